@@ -1,0 +1,219 @@
+"""The front end: goldens of the original tool, an independent per-codon reference, every input form."""
+
+import gzip
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.reference_frontend import chunks, front_end
+from virnucpro.frames import fragment_layout
+from virnucpro.prepare import prepare
+from virnucpro.seqio import read_sequences
+
+# the original tool's outputs, in the project's shared folder beside the repository
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "original_virnucpro"
+
+
+def run_prepare(src, out, size, **kw):
+    paths = {
+        "out_dna": out / "frames.fna",
+        "out_protein": out / "frames.faa",
+        "out_fragments": out / "fragments.fa",
+        "manifest": out / "sequences.tsv",
+    }
+    stats = prepare(src, size, **paths, **kw)
+    return stats, {k: p.read_bytes() for k, p in paths.items()}
+
+
+def reference_text(records, size):
+    frames = front_end(records, size)
+    dna = "".join(f">{i}\n{n}\n" for i, n, _ in frames).encode()
+    protein = "".join(f">{i}\n{p}\n" for i, _, p in frames).encode()
+    return dna, protein
+
+
+def random_records(rng, n, alphabet="ACGT", max_len=2600):
+    records = []
+    for i in range(n):
+        length = int(rng.integers(1, max_len))
+        seq = "".join(rng.choice(list(alphabet), length))
+        records.append((f"seq_{i}", seq))
+    return records
+
+
+def write_fasta(path, records, width=60, newline="\n"):
+    with open(path, "w", newline="") as fh:
+        for rid, seq in records:
+            fh.write(f">{rid} description{newline}")
+            for i in range(0, len(seq), width):
+                fh.write(seq[i : i + width] + newline)
+
+
+@pytest.mark.parametrize("size", [300, 500])
+def test_goldens_byte_for_byte(tmp_path, size):
+    _, out = run_prepare(GOLDEN / "input.fa", tmp_path, size)
+    assert out["out_dna"] == (GOLDEN / f"identified_nucleotide{size}.fa").read_bytes()
+    assert out["out_protein"] == (GOLDEN / f"identified_protein{size}.faa").read_bytes()
+    assert out["out_fragments"] == (GOLDEN / f"chunked{size}.fa").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "length,expected",
+    [(1001, [500, 500, 335]), (1200, [500, 500, 402]), (1499, [500, 500, 500]),
+     (2600, [500] * 5 + [435]), (499, [499]), (500, [500]), (1000, [500, 500])],
+)
+def test_fragment_layout_quirks(length, expected):
+    owner, number, start, frag_len = fragment_layout([length], 500)
+    assert frag_len.tolist() == expected
+    assert number.tolist() == list(range(1, len(expected) + 1))
+    seq = "".join(np.random.default_rng(length).choice(list("ACGT"), length))
+    ref = chunks("s", seq, 500)
+    assert [seq[a : a + n] for a, n in zip(start, frag_len)] == [c for _, c in ref]
+
+
+def test_fragment_layout_matches_reference_for_all_lengths():
+    lengths = np.arange(1, 5000)
+    for size in (300, 500):
+        owner, _, start, frag_len = fragment_layout(lengths, size)
+        for L in (1, 299, 300, 301, 599, 601, 1001, 1499, 2999, 4999):
+            sel = owner == L - 1
+            ref = [(len(c), i) for i, c in chunks("x", "A" * L, size)]
+            assert frag_len[sel].tolist() == [n for n, _ in ref]
+            assert all(0 <= a and a + n <= L for a, n in zip(start[sel], frag_len[sel]))
+
+
+@pytest.mark.parametrize("size", [300, 500])
+def test_matches_per_codon_reference_on_random_iupac_input(tmp_path, size):
+    rng = np.random.default_rng(size)
+    records = random_records(rng, 150, alphabet="ACGTACGTACGTacgtNRYKM")
+    # coding-like records so that many frames are kept
+    sense = [c for c in ("GCT", "AAA", "TGG", "CAT", "GGC", "TTC", "ATG", "CCG")]
+    records += [(f"orf_{i}", "".join(rng.choice(sense, int(rng.integers(1, 700))))) for i in range(60)]
+    write_fasta(tmp_path / "in.fa", records, width=70)
+    stats, out = run_prepare(tmp_path / "in.fa", tmp_path, size, batch_bases=10_000)
+    dna, protein = reference_text(records, size)
+    assert out["out_dna"] == dna
+    assert out["out_protein"] == protein
+    assert stats.frames == dna.count(b">") > 100
+
+
+def test_input_forms_give_identical_output(tmp_path):
+    rng = np.random.default_rng(1)
+    records = random_records(rng, 40, alphabet="ACGTacgtN")
+    plain = tmp_path / "plain.fa"
+    write_fasta(plain, records)
+    forms = {"plain": plain}
+    write_fasta(tmp_path / "crlf.fa", records, width=50, newline="\r\n")
+    forms["crlf"] = tmp_path / "crlf.fa"
+    write_fasta(tmp_path / "oneline.txt", records, width=10**6)
+    forms["oneline"] = tmp_path / "oneline.txt"
+    gz = tmp_path / "named_plain.fa"  # gzip recognised from content, not name
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    forms["gzip"] = gz
+    fq = tmp_path / "reads.fastq.gz"
+    with gzip.open(fq, "wt") as fh:
+        for rid, seq in records:
+            fh.write(f"@{rid} extra\n{seq}\n+\n{'I' * len(seq)}\n")
+    forms["fastq_gz"] = fq
+    results = {}
+    for name, path in forms.items():
+        (tmp_path / name).mkdir()
+        results[name] = run_prepare(path, tmp_path / name, 300)[1]
+    for name, res in results.items():
+        assert res == results["plain"], name
+
+
+def test_manifest_lists_every_sequence(tmp_path):
+    records = [("coding", "ATG" * 200), ("stops_everywhere", "TAAT" * 100), ("tiny", "AC"),
+               ("n_only", "N" * 50)]
+    write_fasta(tmp_path / "in.fa", records)
+    stats, out = run_prepare(tmp_path / "in.fa", tmp_path, 300)
+    rows = [line.split("\t") for line in out["manifest"].decode().splitlines()]
+    assert rows[0] == ["sequence_id", "length", "fragments", "kept_frames"]
+    table = {r[0]: list(map(int, r[1:])) for r in rows[1:]}
+    assert list(table) == [r[0] for r in records]
+    assert table["coding"][:2] == [600, 2] and table["coding"][2] > 0
+    assert table["stops_everywhere"][2] == 0
+    assert table["tiny"] == [2, 1, 0] and table["n_only"] == [50, 1, 0]
+    assert sum(v[2] for v in table.values()) == stats.frames == out["out_dna"].count(b">")
+
+
+BAD_INPUTS = {
+    "empty": (b"", None, "no sequences"),
+    "blank_lines_only": (b"\n\n  \n", None, "no sequences"),
+    "header_only": (b">only_header description\n", "only_header", "no sequence"),
+    "record_without_sequence": (b">a\nACGT\n>b\n>c\nACGT\n", "b", "no sequence"),
+    "bad_character": (b">a\nACGT\n>b\nACGTXACGT\n", "b", "'X' at position 5"),
+    "protein_input": (b">p\nMKVLAAGIEEQQ\n", "p", "not a nucleotide code"),
+    "duplicate_id": (b">a x\nACGT\n>a y\nACGT\n", "a", "duplicate"),
+    "no_id": (b">\nACGT\n", None, "no id"),
+    "binary": (bytes(range(256)) * 4, None, "not FASTA or FASTQ"),
+    "fastq_quality_length": (b"@r1\nACGT\n+\nII\n", "r1", "quality length 2"),
+    "fastq_no_plus": (b"@r1\nACGT\nII\nIIII\n", "r1", "'+'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_one_line_error_and_no_output(tmp_path, name):
+    content, record, problem = BAD_INPUTS[name]
+    src = tmp_path / "input.fa"
+    src.write_bytes(content)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "virnucpro.cli", "prepare", str(src), "--fragment-size", "500",
+         "--out-dna", str(out / "f.fna"), "--out-protein", str(out / "f.faa"),
+         "--out-fragments", str(out / "c.fa"), "--manifest", str(out / "m.tsv")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(src) in lines[0] and problem in lines[0]
+    if record is not None:
+        assert f"record '{record}'" in lines[0]
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_unreadable_gzip(tmp_path, damage):
+    data = gzip.compress(b">a\n" + b"ACGT" * 50_000 + b"\n")
+    data = data[: len(data) // 2] if damage == "truncated" else data[:20] + b"\0" * 200 + data[220:]
+    src = tmp_path / "in.fa.gz"
+    src.write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(Exception) as info:
+        run_prepare(src, out, 500)
+    assert str(src) in str(info.value) and "compressed" in str(info.value)
+    assert list(out.iterdir()) == []
+
+
+def test_missing_input_file(tmp_path):
+    with pytest.raises(Exception, match="cannot read"):
+        list(read_sequences(tmp_path / "absent.fa"))
+
+
+def _peak_bytes(path, out):
+    tracemalloc.start()
+    prepare(path, 500, out / "a.fna", out / "a.faa", manifest=out / "m.tsv", batch_bases=1 << 20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_memory_does_not_grow_with_input(tmp_path):
+    rng = np.random.default_rng(3)
+    contig = rng.choice(np.frombuffer(b"ACGT", np.uint8), 100_000).tobytes()
+    for name, copies in (("small", 20), ("large", 160)):
+        with open(tmp_path / f"{name}.fa", "wb") as fh:
+            for i in range(copies):
+                fh.write(b">c%d\n" % i + contig + b"\n")
+    small = _peak_bytes(tmp_path / "small.fa", tmp_path)
+    large = _peak_bytes(tmp_path / "large.fa", tmp_path)
+    # 8x the input must not need noticeably more memory: only the batch and one record are held
+    assert large < 1.5 * small, (small, large)

@@ -1,0 +1,117 @@
+"""`virnucpro prepare`: input sequences -> fragments -> stop-free frames (+ a manifest).
+
+Outputs, all written to temporary names and renamed together when the whole input has been read:
+- `out_dna` / `out_protein`: one record per kept frame (`>{id}_chunk_{n}{F|R}{1-3}`, one-line sequence),
+  byte for byte as the original's `identified_nucleotide` / `identified_protein` files;
+- `out_fragments` (optional): the fragments as the original's `chunked{S}.fa` (case kept, 60 per line);
+- `manifest` (optional): TSV `sequence_id, length, fragments, kept_frames`, one row per input sequence,
+  in input order, so later steps account for sequences that gave no frame.
+Records are processed in batches of about `batch_bases` bases; memory is bounded by the batch and the
+longest single record, not by the input size.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from virnucpro.atomic import atomic_outputs
+from virnucpro.frames import FRAME_NAMES, encode, fragment_layout, six_frames
+from virnucpro.seqio import read_sequences
+
+log = logging.getLogger("virnucpro")
+MANIFEST_COLUMNS = ("sequence_id", "length", "fragments", "kept_frames")
+FRAGMENT_WINDOW = 4096  # fragments translated at once: bounds the (F, S) arrays to a few MB
+
+
+@dataclass
+class PrepareStats:
+    sequences: int = 0
+    bases: int = 0
+    fragments: int = 0
+    frames: int = 0
+
+
+def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None, manifest=None,
+            batch_bases=1 << 22):
+    """Run the front end on `input_path`; returns `PrepareStats`. See the module docstring."""
+    stats = PrepareStats()
+    started = time.monotonic()
+    with atomic_outputs(out_dna, out_protein, out_fragments, manifest) as tmp:
+        handles = [None if p is None else open(p, "wb", buffering=1 << 20) for p in tmp]
+        try:
+            writer = _Writer(*handles)
+            batch, batch_len = [], 0
+            for rid, seq in read_sequences(input_path):
+                batch.append((rid, seq))
+                batch_len += len(seq)
+                if batch_len >= batch_bases:
+                    _process(batch, fragment_size, writer, stats)
+                    batch, batch_len = [], 0
+            _process(batch, fragment_size, writer, stats)
+        finally:
+            for h in handles:
+                if h is not None:
+                    h.close()
+    rate = stats.bases / max(time.monotonic() - started, 1e-9) / 1e6
+    log.info(
+        "prepare %s: %d sequences, %d bp, %d fragments, %d kept frames (%.1f Mbp/s)",
+        input_path, stats.sequences, stats.bases, stats.fragments, stats.frames, rate,
+    )
+    return stats
+
+
+class _Writer:
+    def __init__(self, dna, protein, fragments, manifest):
+        self.dna, self.protein, self.fragments, self.manifest = dna, protein, fragments, manifest
+        if manifest is not None:
+            manifest.write(("\t".join(MANIFEST_COLUMNS) + "\n").encode())
+
+
+def _process(batch, size, writer, stats):
+    if not batch:
+        return
+    ids = [rid for rid, _ in batch]
+    lengths = np.fromiter((len(s) for _, s in batch), dtype=np.int64, count=len(batch))
+    owner, number, start, length = fragment_layout(lengths, size)
+    offsets = np.cumsum(lengths) - lengths
+    joined = b"".join(s for _, s in batch)
+    upper = joined.upper()
+    codes = encode(upper)
+    names = [f"{ids[o]}_chunk_{k}".encode() for o, k in zip(owner.tolist(), number.tolist())]
+    kept = np.zeros(len(batch), dtype=np.int64)
+    for lo in range(0, owner.size, FRAGMENT_WINDOW):
+        hi = min(lo + FRAGMENT_WINDOW, owner.size)
+        frames = six_frames(upper, codes, offsets[owner[lo:hi]] + start[lo:hi], length[lo:hi], size)
+        _write_frames(writer, names, lo, frames)
+        np.add.at(kept, owner[lo:hi][frames.fragment], 1)
+    if writer.fragments is not None:
+        _write_fragments(writer.fragments, names, joined, offsets[owner] + start, length)
+    if writer.manifest is not None:
+        rows = zip(ids, lengths.tolist(), np.bincount(owner, minlength=len(batch)).tolist(),
+                   kept.tolist())
+        writer.manifest.write("".join(f"{i}\t{n}\t{f}\t{k}\n" for i, n, f, k in rows).encode())
+    stats.sequences += len(batch)
+    stats.bases += int(lengths.sum())
+    stats.fragments += owner.size
+    stats.frames += int(kept.sum())
+
+
+_SUFFIX = [name.encode() for name in FRAME_NAMES]
+
+
+def _write_frames(writer, names, first, frames):
+    heads = [b">" + names[first + i] + _SUFFIX[f] + b"\n"
+             for i, f in zip(frames.fragment.tolist(), frames.frame.tolist())]
+    writer.dna.write(b"".join(h + s + b"\n" for h, s in zip(heads, frames.nucleotide)))
+    writer.protein.write(b"".join(h + s + b"\n" for h, s in zip(heads, frames.protein)))
+
+
+def _write_fragments(out, names, joined, starts, lengths):
+    parts = []
+    for name, a, n in zip(names, starts.tolist(), lengths.tolist()):
+        parts.append(b">" + name + b"\n")
+        end = a + n
+        parts.extend(joined[i : min(i + 60, end)] + b"\n" for i in range(a, end, 60))
+    out.write(b"".join(parts))

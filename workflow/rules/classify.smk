@@ -1,0 +1,31 @@
+# Features (DNABERT-S then ESM-2, 3328 values per frame) and the VirNucPro classifier.
+
+
+rule merge:
+    input:
+        dna=rules.embed_dna.output[0],
+        protein=rules.embed_protein.output[0],
+    output:
+        f"{RESULTS}/{{sample}}/features.h5",
+    log:
+        f"{RESULTS}/{{sample}}/logs/merge.log",
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/merge.py"
+
+
+rule classify:
+    input:
+        features=rules.merge.output[0],
+        model=classifier_path(),
+    output:
+        f"{RESULTS}/{{sample}}/prediction_results.tsv",
+    log:
+        f"{RESULTS}/{{sample}}/logs/classify.log",
+    params:
+        fragment_size=FRAGMENT_SIZE,
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/classify.py"

@@ -1,0 +1,47 @@
+# GPU stages: ESM-2 protein and DNABERT-S nucleotide embeddings of every kept frame.
+
+
+rule embed_protein:
+    input:
+        frames=rules.prepare.output.protein,
+        model=model_path("esm2"),
+    output:
+        f"{RESULTS}/{{sample}}/embeddings/esm2.h5",
+    log:
+        f"{RESULTS}/{{sample}}/logs/embed_protein.log",
+    benchmark:
+        f"{RESULTS}/{{sample}}/benchmarks/embed_protein.tsv"
+    params:
+        device=config["embed"]["device"],
+        tokens_per_batch=config["embed"]["esm2_tokens_per_batch"],
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["gpu_mem_mb"],
+        runtime=config["resources"]["gpu_runtime_min"],
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/embed_protein.py"
+
+
+rule embed_dna:
+    input:
+        frames=rules.prepare.output.dna,
+        model=model_path("dnabert_s"),
+    output:
+        f"{RESULTS}/{{sample}}/embeddings/dnabert_s.h5",
+    log:
+        f"{RESULTS}/{{sample}}/logs/embed_dna.log",
+    benchmark:
+        f"{RESULTS}/{{sample}}/benchmarks/embed_dna.tsv"
+    params:
+        device=config["embed"]["device"],
+        tokens_per_batch=config["embed"]["dnabert_tokens_per_batch"],
+    resources:
+        gpu=1,
+        mem_mb=config["resources"]["gpu_mem_mb"],
+        runtime=config["resources"]["gpu_runtime_min"],
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/embed_dna.py"

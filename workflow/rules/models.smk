@@ -1,0 +1,79 @@
+# Model files: downloaded and verified into models.dir, unless the config points at files on disk.
+
+MODELS = config["models"]["dir"]
+
+
+def classifier_path():
+    """The classifier as the classify rule reads it: our converted safetensors file."""
+    original = Path(model_path("classifier"))
+    if original.suffix == ".safetensors":
+        return str(original)
+    return str(Path(MODELS) / f"{original.stem}.safetensors")
+
+
+rule download_esm2:
+    output:
+        model=f"{MODELS}/{{name}}.pt",
+    wildcard_constraints:
+        name="esm2_t[0-9]+_[0-9]+[MB]_UR50D",
+    log:
+        f"{MODELS}/logs/download_{{name}}.log",
+    params:
+        kind="esm2",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/download_model.py"
+
+
+rule download_dnabert_s:
+    output:
+        model=directory(f"{MODELS}/DNABERT-S"),
+    log:
+        f"{MODELS}/logs/download_DNABERT-S.log",
+    params:
+        kind="dnabert_s",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/download_model.py"
+
+
+rule download_classifier:
+    output:
+        model=f"{MODELS}/{{size}}_model.pth",
+    wildcard_constraints:
+        size="300|500",
+    log:
+        f"{MODELS}/logs/download_{{size}}_model.log",
+    params:
+        kind="classifier",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/download_model.py"
+
+
+rule convert_classifier:
+    input:
+        model_path("classifier"),
+    output:
+        classifier_path(),
+    log:
+        f"{MODELS}/logs/convert_classifier.log",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/convert_classifier.py"
+
+
+rule models:
+    input:
+        model_path("esm2"),
+        model_path("dnabert_s"),
+        classifier_path(),
+    localrule: True

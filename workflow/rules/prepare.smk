@@ -1,0 +1,18 @@
+# Front end: fragments and stop-free six-frame translations of every input sequence.
+
+
+rule prepare:
+    input:
+        fasta=sample_input,
+    output:
+        dna=f"{RESULTS}/{{sample}}/prepare/frames.fna",
+        protein=f"{RESULTS}/{{sample}}/prepare/frames.faa",
+        manifest=f"{RESULTS}/{{sample}}/prepare/sequences.tsv",
+    log:
+        f"{RESULTS}/{{sample}}/logs/prepare.log",
+    params:
+        fragment_size=FRAGMENT_SIZE,
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/prepare.py"

@@ -1,0 +1,43 @@
+# Per-fragment and per-sequence tables, viral sequences and plots for the Snakemake report.
+
+
+rule summarize:
+    input:
+        predictions=rules.classify.output[0],
+        manifest=rules.prepare.output.manifest,
+        fasta=sample_input,
+    output:
+        fragments=report(
+            f"{RESULTS}/{{sample}}/fragment_calls.tsv",
+            category="Tables",
+            subcategory="{sample}",
+            labels={"sample": "{sample}", "table": "fragment calls"},
+        ),
+        sequences=report(
+            f"{RESULTS}/{{sample}}/sequence_summary.tsv",
+            category="Tables",
+            subcategory="{sample}",
+            labels={"sample": "{sample}", "table": "sequence summary"},
+        ),
+        viral=f"{RESULTS}/{{sample}}/viral.fna",
+        histogram=report(
+            f"{RESULTS}/{{sample}}/plots/score_histogram.png",
+            category="Plots",
+            subcategory="{sample}",
+            labels={"sample": "{sample}", "plot": "virus score histogram"},
+        ),
+        along=report(
+            f"{RESULTS}/{{sample}}/plots/score_along_sequences.png",
+            category="Plots",
+            subcategory="{sample}",
+            labels={"sample": "{sample}", "plot": "virus score along sequences"},
+        ),
+    log:
+        f"{RESULTS}/{{sample}}/logs/summarize.log",
+    params:
+        threshold=config["summary"]["viral_fraction_threshold"],
+        top_sequences=config["summary"]["plot_top_sequences"],
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/summarize.py"
