@@ -23,9 +23,9 @@ rule classify:
         f"{RESULTS}/{{sample}}/prediction_results.tsv",
     log:
         f"{RESULTS}/{{sample}}/logs/classify.log",
-    params:
-        fragment_size=FRAGMENT_SIZE,
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        fragment_size=FRAGMENT_SIZE,
     script:
         "../../scripts/classify.py"

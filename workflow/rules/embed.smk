@@ -11,15 +11,15 @@ rule embed_protein:
         f"{RESULTS}/{{sample}}/logs/embed_protein.log",
     benchmark:
         f"{RESULTS}/{{sample}}/benchmarks/embed_protein.tsv"
-    params:
-        device=config["embed"]["device"],
-        tokens_per_batch=config["embed"]["esm2_tokens_per_batch"],
+    conda:
+        "../../envs/virnucpro.yaml"
     resources:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["gpu_runtime_min"],
-    conda:
-        "../../envs/virnucpro.yaml"
+    params:
+        device=config["embed"]["device"],
+        tokens_per_batch=config["embed"]["esm2_tokens_per_batch"],
     script:
         "../../scripts/embed_protein.py"
 
@@ -34,14 +34,14 @@ rule embed_dna:
         f"{RESULTS}/{{sample}}/logs/embed_dna.log",
     benchmark:
         f"{RESULTS}/{{sample}}/benchmarks/embed_dna.tsv"
-    params:
-        device=config["embed"]["device"],
-        tokens_per_batch=config["embed"]["dnabert_tokens_per_batch"],
+    conda:
+        "../../envs/virnucpro.yaml"
     resources:
         gpu=1,
         mem_mb=config["resources"]["gpu_mem_mb"],
         runtime=config["resources"]["gpu_runtime_min"],
-    conda:
-        "../../envs/virnucpro.yaml"
+    params:
+        device=config["embed"]["device"],
+        tokens_per_batch=config["embed"]["dnabert_tokens_per_batch"],
     script:
         "../../scripts/embed_dna.py"

@@ -1,28 +1,18 @@
 # Model files: downloaded and verified into models.dir, unless the config points at files on disk.
 
-MODELS = config["models"]["dir"]
-
-
-def classifier_path():
-    """The classifier as the classify rule reads it: our converted safetensors file."""
-    original = Path(model_path("classifier"))
-    if original.suffix == ".safetensors":
-        return str(original)
-    return str(Path(MODELS) / f"{original.stem}.safetensors")
-
 
 rule download_esm2:
     output:
         model=f"{MODELS}/{{name}}.pt",
-    wildcard_constraints:
-        name="esm2_t[0-9]+_[0-9]+[MB]_UR50D",
     log:
         f"{MODELS}/logs/download_{{name}}.log",
-    params:
-        kind="esm2",
+    wildcard_constraints:
+        name="esm2_t[0-9]+_[0-9]+[MB]_UR50D",
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        kind="esm2",
     script:
         "../../scripts/download_model.py"
 
@@ -32,11 +22,11 @@ rule download_dnabert_s:
         model=directory(f"{MODELS}/DNABERT-S"),
     log:
         f"{MODELS}/logs/download_DNABERT-S.log",
-    params:
-        kind="dnabert_s",
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        kind="dnabert_s",
     script:
         "../../scripts/download_model.py"
 
@@ -44,15 +34,15 @@ rule download_dnabert_s:
 rule download_classifier:
     output:
         model=f"{MODELS}/{{size}}_model.pth",
-    wildcard_constraints:
-        size="300|500",
     log:
         f"{MODELS}/logs/download_{{size}}_model.log",
-    params:
-        kind="classifier",
+    wildcard_constraints:
+        size="300|500",
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        kind="classifier",
     script:
         "../../scripts/download_model.py"
 

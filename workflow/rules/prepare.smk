@@ -10,9 +10,9 @@ rule prepare:
         manifest=f"{RESULTS}/{{sample}}/prepare/sequences.tsv",
     log:
         f"{RESULTS}/{{sample}}/logs/prepare.log",
-    params:
-        fragment_size=FRAGMENT_SIZE,
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        fragment_size=FRAGMENT_SIZE,
     script:
         "../../scripts/prepare.py"

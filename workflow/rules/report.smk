@@ -34,10 +34,10 @@ rule summarize:
         ),
     log:
         f"{RESULTS}/{{sample}}/logs/summarize.log",
+    conda:
+        "../../envs/virnucpro.yaml"
     params:
         threshold=config["summary"]["viral_fraction_threshold"],
         top_sequences=config["summary"]["plot_top_sequences"],
-    conda:
-        "../../envs/virnucpro.yaml"
     script:
         "../../scripts/summarize.py"

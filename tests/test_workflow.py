@@ -1,0 +1,120 @@
+"""The Snakemake workflow: formatting, lint, the full DAG, config validation and real runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from virnucpro.prepare import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
+ALL_RULES = {"prepare", "embed_protein", "embed_dna", "merge", "classify", "summarize", "all"}
+
+
+def snakemake(workdir, *args, check=True):
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def make_workdir(path, sheet=None, **overrides):
+    """A working directory with config/config.yaml (the default, with `overrides`) and a sample sheet."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    sheet = sheet or {
+        "sample_a": REPO / "example" / "sample_a.fa",
+        "sample_b": REPO / "example" / "sample_b.fa.gz",
+    }
+    (path / "config").mkdir(parents=True)
+    text = "sample\tpath\n" + "".join(f"{s}\t{p}\n" for s, p in sheet.items())
+    (path / "config" / "samples.tsv").write_text(text)
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if name:
+            config[section][name] = value
+        else:
+            config[section] = value
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_snakefmt_clean():
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", str(REPO / "workflow")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_lint_clean():
+    proc = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_dry_run_shows_every_stage_for_every_sample(tmp_path):
+    proc = snakemake(make_workdir(tmp_path), "-n", "--quiet", "rules")
+    counts = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    assert ALL_RULES <= set(counts), proc.stdout
+    for rule in ("prepare", "embed_protein", "embed_dna", "merge", "classify", "summarize"):
+        assert counts[rule] == 2, (rule, counts)
+
+
+def test_front_end_runs_for_both_samples(tmp_path):
+    work = make_workdir(tmp_path)
+    targets = [f"results/{s}/prepare/{f}" for s in ("sample_a", "sample_b")
+               for f in ("frames.fna", "frames.faa", "sequences.tsv")]
+    snakemake(work, "--cores", "2", *targets)
+    for sample, src in (("sample_a", "sample_a.fa"), ("sample_b", "sample_b.fa.gz")):
+        ref = tmp_path / f"ref_{sample}"
+        prepare(REPO / "example" / src, 500, ref / "f.fna", ref / "f.faa", manifest=ref / "m.tsv")
+        out = work / "results" / sample / "prepare"
+        assert (out / "frames.fna").read_bytes() == (ref / "f.fna").read_bytes()
+        assert (out / "frames.faa").read_bytes() == (ref / "f.faa").read_bytes()
+        assert (out / "sequences.tsv").read_bytes() == (ref / "m.tsv").read_bytes()
+        assert (work / "results" / sample / "logs" / "prepare.log").exists()
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"fragment_size": 400}, "fragment_size: 400 is not one of [300, 500]"),
+        ({"embed.device": "tpu"}, "embed.device: 'tpu' is not one of"),
+        ({"samples": "config/absent.tsv"}, "sample sheet config/absent.tsv does not exist"),
+    ],
+)
+def test_bad_config_stops_with_one_line(tmp_path, change, expected):
+    proc = snakemake(make_workdir(tmp_path, **change), "-n", check=False)
+    assert proc.returncode != 0
+    errors = [l for l in proc.stderr.splitlines() if "error" in l.lower()]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "sheet,expected",
+    [
+        ("sample\tpath\nbad name;rm\t{fa}\n", "line 2: sample: 'bad name;rm' does not match"),
+        ("sample\tpath\na\t{fa}\na\t{fa}\n", "line 3: duplicate sample 'a'"),
+        ("sample\tfile\na\t{fa}\n", "lacks column(s): path"),
+        ("sample\tpath\na\t/nonexistent/x.fa\n", "input file /nonexistent/x.fa does not exist"),
+    ],
+)
+def test_bad_sample_sheet_stops_with_one_line(tmp_path, sheet, expected):
+    work = make_workdir(tmp_path)
+    (work / "config" / "samples.tsv").write_text(sheet.format(fa=REPO / "example" / "sample_a.fa"))
+    proc = snakemake(work, "-n", check=False)
+    assert proc.returncode != 0
+    errors = [l for l in proc.stderr.splitlines() if "error" in l.lower()]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
