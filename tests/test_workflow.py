@@ -12,7 +12,6 @@ from virnucpro.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
-ALL_RULES = {"prepare", "embed_protein", "embed_dna", "merge", "classify", "summarize", "all"}
 
 
 def snakemake(workdir, *args, check=True):
@@ -59,31 +58,42 @@ def test_lint_clean():
     assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-def test_dry_run_shows_every_stage_for_every_sample(tmp_path):
-    proc = snakemake(make_workdir(tmp_path), "-n", "--quiet", "rules")
+def job_counts(proc):
     counts = {}
     for line in proc.stdout.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    assert ALL_RULES <= set(counts), proc.stdout
-    for rule in ("prepare", "embed_protein", "embed_dna", "merge", "classify", "summarize"):
-        assert counts[rule] == 2, (rule, counts)
+    return counts
 
 
-def test_front_end_runs_for_both_samples(tmp_path):
-    work = make_workdir(tmp_path)
-    targets = [f"results/{s}/prepare/{f}" for s in ("sample_a", "sample_b")
-               for f in ("frames.fna", "frames.faa", "sequences.tsv")]
-    snakemake(work, "--cores", "2", *targets)
+def test_front_end_then_full_dag(tmp_path):
+    """A fresh dry run shows the stages up to the shard checkpoint and the collecting ones; once the
+    front end has run, the dry run shows every GPU, merge and classify job of every shard."""
+    work = make_workdir(tmp_path, **{"shards.tokens_per_shard": 2_000})
+    fresh = job_counts(snakemake(work, "-n", "--quiet", "rules"))
+    assert {"prepare": 2, "shard": 2, "collect_predictions": 2, "summarize": 2}.items() <= fresh.items()
+
+    snakemake(work, "--cores", "2", "results/sample_a/shards", "results/sample_b/shards")
     for sample, src in (("sample_a", "sample_a.fa"), ("sample_b", "sample_b.fa.gz")):
         ref = tmp_path / f"ref_{sample}"
         prepare(REPO / "example" / src, 500, ref / "f.fna", ref / "f.faa", manifest=ref / "m.tsv")
-        out = work / "results" / sample / "prepare"
-        assert (out / "frames.fna").read_bytes() == (ref / "f.fna").read_bytes()
-        assert (out / "frames.faa").read_bytes() == (ref / "f.faa").read_bytes()
-        assert (out / "sequences.tsv").read_bytes() == (ref / "m.tsv").read_bytes()
-        assert (work / "results" / sample / "logs" / "prepare.log").exists()
+        out = work / "results" / sample
+        assert (out / "prepare" / "frames.fna").read_bytes() == (ref / "f.fna").read_bytes()
+        assert (out / "prepare" / "frames.faa").read_bytes() == (ref / "f.faa").read_bytes()
+        assert (out / "prepare" / "sequences.tsv").read_bytes() == (ref / "m.tsv").read_bytes()
+        shards = sorted((out / "shards").glob("*.faa"))
+        assert len(shards) >= 2
+        assert b"".join(p.read_bytes() for p in shards) == (ref / "f.faa").read_bytes()
+        assert (out / "logs" / "prepare.log").exists()
+
+    n_shards = sum(len(list((work / "results" / s / "shards").glob("*.faa"))) for s in ("sample_a", "sample_b"))
+    full = job_counts(snakemake(work, "-n", "--quiet", "rules"))
+    for rule in ("embed_protein", "embed_dna", "merge", "classify"):
+        assert full[rule] == n_shards, (rule, full)
+    for rule in ("collect_predictions", "summarize"):
+        assert full[rule] == 2, (rule, full)
+    assert {"download_esm2", "download_dnabert_s", "download_classifier", "convert_classifier"} <= set(full)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-# Features (DNABERT-S then ESM-2, 3328 values per frame) and the VirNucPro classifier.
+# Features (DNABERT-S then ESM-2, 3328 values per frame) and the VirNucPro classifier, per shard,
+# then the per-frame table of the whole sample in input order.
 
 
 rule merge:
@@ -6,9 +7,9 @@ rule merge:
         dna=rules.embed_dna.output[0],
         protein=rules.embed_protein.output[0],
     output:
-        f"{RESULTS}/{{sample}}/features.h5",
+        f"{RESULTS}/{{sample}}/features/{{shard}}.h5",
     log:
-        f"{RESULTS}/{{sample}}/logs/merge.log",
+        f"{RESULTS}/{{sample}}/logs/merge/{{shard}}.log",
     conda:
         "../../envs/virnucpro.yaml"
     script:
@@ -20,12 +21,26 @@ rule classify:
         features=rules.merge.output[0],
         model=classifier_path(),
     output:
-        f"{RESULTS}/{{sample}}/prediction_results.tsv",
+        f"{RESULTS}/{{sample}}/predictions/{{shard}}.tsv",
     log:
-        f"{RESULTS}/{{sample}}/logs/classify.log",
+        f"{RESULTS}/{{sample}}/logs/classify/{{shard}}.log",
     conda:
         "../../envs/virnucpro.yaml"
     params:
         fragment_size=FRAGMENT_SIZE,
     script:
         "../../scripts/classify.py"
+
+
+rule collect_predictions:
+    input:
+        shard_outputs("predictions/{shard}.tsv"),
+    output:
+        f"{RESULTS}/{{sample}}/prediction_results.tsv",
+    log:
+        f"{RESULTS}/{{sample}}/logs/collect_predictions.log",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    script:
+        "../../scripts/collect_predictions.py"

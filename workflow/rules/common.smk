@@ -49,3 +49,16 @@ def all_results():
         "plots/score_along_sequences.png",
     ]
     return [f"{RESULTS}/{s}/{name}" for s in SAMPLES for name in names]
+
+
+def shard_outputs(pattern):
+    """Input function: `{RESULTS}/{sample}/<pattern>` for every shard the checkpoint wrote."""
+
+    def inputs(wildcards):
+        shard_dir = checkpoints.shard.get(sample=wildcards.sample).output[0]
+        shards = sorted(p.stem for p in Path(shard_dir).glob("*.faa"))
+        return [
+            f"{RESULTS}/{wildcards.sample}/{pattern.format(shard=s)}" for s in shards
+        ]
+
+    return inputs

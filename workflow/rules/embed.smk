@@ -1,16 +1,16 @@
-# GPU stages: ESM-2 protein and DNABERT-S nucleotide embeddings of every kept frame.
+# GPU stages, one job per shard: ESM-2 protein and DNABERT-S nucleotide embeddings of every frame.
 
 
 rule embed_protein:
     input:
-        frames=rules.prepare.output.protein,
+        frames=f"{RESULTS}/{{sample}}/shards/{{shard}}.faa",
         model=model_path("esm2"),
     output:
-        f"{RESULTS}/{{sample}}/embeddings/esm2.h5",
+        f"{RESULTS}/{{sample}}/embeddings/esm2/{{shard}}.h5",
     log:
-        f"{RESULTS}/{{sample}}/logs/embed_protein.log",
+        f"{RESULTS}/{{sample}}/logs/embed_protein/{{shard}}.log",
     benchmark:
-        f"{RESULTS}/{{sample}}/benchmarks/embed_protein.tsv"
+        f"{RESULTS}/{{sample}}/benchmarks/embed_protein/{{shard}}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
     resources:
@@ -26,14 +26,14 @@ rule embed_protein:
 
 rule embed_dna:
     input:
-        frames=rules.prepare.output.dna,
+        frames=f"{RESULTS}/{{sample}}/shards/{{shard}}.fna",
         model=model_path("dnabert_s"),
     output:
-        f"{RESULTS}/{{sample}}/embeddings/dnabert_s.h5",
+        f"{RESULTS}/{{sample}}/embeddings/dnabert_s/{{shard}}.h5",
     log:
-        f"{RESULTS}/{{sample}}/logs/embed_dna.log",
+        f"{RESULTS}/{{sample}}/logs/embed_dna/{{shard}}.log",
     benchmark:
-        f"{RESULTS}/{{sample}}/benchmarks/embed_dna.tsv"
+        f"{RESULTS}/{{sample}}/benchmarks/embed_dna/{{shard}}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
     resources:
