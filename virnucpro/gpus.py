@@ -1,0 +1,78 @@
+"""One GPU per job on a machine with several.
+
+Snakemake runs local jobs side by side (`--resources gpu=N`) but does not tell them which device to
+use. `claim_gpu()` gives the calling process one device of its own, before CUDA is initialised:
+- If CUDA_VISIBLE_DEVICES names exactly one device, a scheduler (SLURM) or the user chose it: use it.
+- Otherwise pick among the visible devices (those CUDA_VISIBLE_DEVICES lists, or all of them) the
+  first whose lock file is free, hold an exclusive `flock` on it for the life of the process, and set
+  CUDA_VISIBLE_DEVICES to that device alone. The kernel drops the lock when the process ends, killed
+  or not, so no stale lock survives a crash. If every device is taken, wait and try again.
+"""
+
+import fcntl
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("virnucpro")
+LOCK_DIR = Path(tempfile.gettempdir()) / "virnucpro-gpu-locks"
+_held = []  # open lock files of this process: closing them would release the devices
+
+
+def visible_devices():
+    """Device names as CUDA_VISIBLE_DEVICES would list them (indices or UUIDs)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def claim_gpu(poll_seconds=5.0, lock_dir=LOCK_DIR):
+    """Reserve one visible GPU for this process; returns its name, or None when there is no GPU."""
+    devices = visible_devices()
+    if len(devices) <= 1:
+        return devices[0] if devices else None
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    _open_permissions(lock_dir, 0o1777)
+    waited = False
+    while True:
+        for device in devices:
+            handle = _try_lock(lock_dir / f"gpu-{device}.lock")
+            if handle is not None:
+                _held.append(handle)
+                os.environ["CUDA_VISIBLE_DEVICES"] = device
+                log.info("using GPU %s (of %s)", device, ",".join(devices))
+                return device
+        if not waited:
+            log.info("all GPUs (%s) are in use by other jobs; waiting", ",".join(devices))
+            waited = True
+        time.sleep(poll_seconds)
+
+
+def _try_lock(path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    _open_permissions(path, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "r+")
+
+
+def _open_permissions(path, mode):
+    """Let other users' jobs share the lock files (best effort: the owner may differ)."""
+    try:
+        os.chmod(path, mode)
+    except PermissionError:
+        pass
