@@ -13,10 +13,12 @@ rule embed_protein:
         f"{RESULTS}/{{sample}}/benchmarks/embed_protein/{{shard}}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    threads: config["resources"]["gpu_cpus"]
     resources:
         gpu=1,
-        mem_mb=config["resources"]["gpu_mem_mb"],
-        runtime=config["resources"]["gpu_runtime_min"],
+        mem_mb=lambda wildcards, attempt: config["resources"]["gpu_mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: config["resources"]["gpu_runtime_min"]
+        * attempt,
     params:
         device=config["embed"]["device"],
         tokens_per_batch=config["embed"]["esm2_tokens_per_batch"],
@@ -36,10 +38,12 @@ rule embed_dna:
         f"{RESULTS}/{{sample}}/benchmarks/embed_dna/{{shard}}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
+    threads: config["resources"]["gpu_cpus"]
     resources:
         gpu=1,
-        mem_mb=config["resources"]["gpu_mem_mb"],
-        runtime=config["resources"]["gpu_runtime_min"],
+        mem_mb=lambda wildcards, attempt: config["resources"]["gpu_mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: config["resources"]["gpu_runtime_min"]
+        * attempt,
     params:
         device=config["embed"]["device"],
         tokens_per_batch=config["embed"]["dnabert_tokens_per_batch"],
