@@ -1,0 +1,85 @@
+"""bf16 packed ESM-2 on a GPU against fair-esm's float32 padded forward (skipped without CUDA).
+
+Criterion: per-sequence cosine similarity >= 0.9999 of the pooled embeddings (ARCHITECTURE.md). bf16
+keeps 8 significant bits (relative rounding 2^-9 = 2e-3 per operation); over 36 layers the pooled error
+stays near 1e-2 relative, i.e. cosine ~ 1 - 5e-5, so 0.9999 passes bf16 done right and fails a real
+defect (positions, scaling, rotary in bf16 over long proteins, pooling of BOS/EOS), each >= 1e-3 in
+cosine. The packed bf16 error is also required to stay within 1.5x fair-esm's own bf16 padded error.
+"""
+
+import esm
+import numpy as np
+import pytest
+import torch
+
+from tiny_esm2 import build_tiny_esm2
+from virnucpro.esm2 import Esm2Tokenizer, PackedESM2
+from virnucpro.runner import embed_packed
+
+pytestmark = pytest.mark.gpu
+
+AA = list("ACDEFGHIKLMNPQRSTVWY")
+LENGTHS = [1, 2, 5, 20, 64, 100, 166, 166, 250, 400, 700, 1021, 1022, 1100]
+
+
+def _proteins(lengths, seed):
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(AA, n)) for n in lengths]
+
+
+@torch.no_grad()
+def _padded_reference(model, seqs, layer, batch=4):
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    convert = alphabet.get_batch_converter(truncation_seq_length=1022)
+    out = []
+    for i in range(0, len(seqs), batch):
+        chunk = seqs[i : i + batch]
+        _, _, tokens = convert(list(enumerate(chunk)))
+        rep = model(tokens.cuda(), repr_layers=[layer])["representations"][layer].float()
+        out += [rep[j, 1 : min(len(s), 1022) + 1].mean(0).cpu().numpy() for j, s in enumerate(chunk)]
+    return np.stack(out)
+
+
+def _cosine(a, b):
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _check(model, seqs, tokens_per_batch):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    layer = model.num_layers
+    ref = _padded_reference(model, seqs, layer)
+    packed = PackedESM2(model, "cuda", torch.bfloat16)
+    tok = Esm2Tokenizer(esm.data.Alphabet.from_architecture("ESM-1b"))
+    ids = [f"p{i}" for i in range(len(seqs))]
+    got = embed_packed(ids, seqs, tok, packed.embed, model.embed_dim, "cuda", tokens_per_batch, "gpu-test")
+    again = embed_packed(ids, seqs, tok, packed.embed, model.embed_dim, "cuda", tokens_per_batch, "gpu-test")
+    del packed
+    model.to(torch.bfloat16)
+    for block in model.layers:  # as a fresh bf16 fair-esm model: no rotary tables cached in float32
+        block.self_attn.rot_emb._seq_len_cached = None
+    fair_bf16 = _padded_reference(model, seqs, layer)
+    cos = _cosine(got, ref)
+    err = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    fair_err = np.linalg.norm(fair_bf16 - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    print(f"\npacked bf16 vs fp32 padded: min cosine {cos.min():.7f}, max rel err {err.max():.2e}; "
+          f"fair-esm bf16 padded max rel err {fair_err.max():.2e}")
+    assert np.array_equal(got, again), "packed GPU embeddings differ between two identical runs"
+    assert cos.min() >= 0.9999
+    assert err.max() <= 1.5 * fair_err.max()
+
+
+def test_tiny_model_bf16_packed_vs_fp32_padded():
+    model = build_tiny_esm2(num_layers=3, embed_dim=64, heads=4).cuda()
+    _check(model, _proteins(LENGTHS * 3, seed=10), tokens_per_batch=4096)
+
+
+def test_3b_architecture_bf16_packed_vs_fp32_padded():
+    from esm.model.esm2 import ESM2
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = ESM2(num_layers=36, embed_dim=2560, attention_heads=40).eval()
+        with torch.no_grad():
+            model.embed_tokens.weight.normal_(0.0, 1.0)
+    _check(model, _proteins(LENGTHS, seed=11), tokens_per_batch=16384)

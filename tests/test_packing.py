@@ -1,0 +1,267 @@
+"""Packer, segment pooling, packed runner and embedding files (no model needed)."""
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro.embeddings import file_sha256, read_embeddings, write_embeddings
+from virnucpro.errors import VirNucProError
+from virnucpro.packing import PackedBatch, pack, plan_batches, segment_mean
+from virnucpro.runner import embed_packed
+
+
+# ------------------------------------------------------------------------------------ plan_batches
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_batches_is_a_greedy_partition_within_budget(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 300, size=500)
+    lengths[rng.integers(0, 500, size=3)] = 1500  # longer than the budget
+    budget = 1024
+    batches = plan_batches(lengths, budget)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))  # every sequence exactly once
+    # length-sorted across the whole plan, ties in input order
+    assert np.array_equal(flat, np.argsort(lengths, kind="stable"))
+    for i, b in enumerate(batches):
+        total = lengths[b].sum()
+        if len(b) == 1 and lengths[b[0]] > budget:
+            continue  # an over-budget sequence goes alone
+        assert total <= budget
+        if i + 1 < len(batches):  # greedy: the next sequence would not have fitted
+            assert total + lengths[batches[i + 1][0]] > budget
+
+
+def test_plan_batches_edge_cases():
+    assert plan_batches([], 100) == []
+    assert [b.tolist() for b in plan_batches([5, 200, 5], 100)] == [[0, 2], [1]]
+    assert [b.tolist() for b in plan_batches([50, 50, 50], 100)] == [[0, 1], [2]]
+    assert [b.tolist() for b in plan_batches([7], 3)] == [[0]]
+    with pytest.raises(ValueError):
+        plan_batches([0, 3], 10)
+
+
+# ------------------------------------------------------------------------------------ pack / split
+
+
+def test_pack_layout_and_split():
+    arrays = [np.array([0, 5, 6, 2]), np.array([0, 7, 2]), np.array([0, 2]), np.array([0, 9, 9, 9, 9, 2])]
+    b = pack(arrays, [10, 3, 7, 1])
+    assert b.input_ids.dtype == torch.int64 and b.cu_seqlens.dtype == torch.int32
+    assert b.input_ids.tolist() == [0, 5, 6, 2, 0, 7, 2, 0, 2, 0, 9, 9, 9, 9, 2]
+    assert b.cu_seqlens.tolist() == [0, 4, 7, 9, 15]
+    assert b.max_seqlen == 6 and b.index.tolist() == [10, 3, 7, 1]
+    left, right = b.split()
+    assert left.index.tolist() == [10, 3] and left.input_ids.tolist() == [0, 5, 6, 2, 0, 7, 2]
+    assert left.cu_seqlens.tolist() == [0, 4, 7] and left.max_seqlen == 4
+    assert right.index.tolist() == [7, 1] and right.cu_seqlens.tolist() == [0, 2, 8]
+    assert right.input_ids.tolist() == [0, 2, 0, 9, 9, 9, 9, 2] and right.max_seqlen == 6
+    moved = b.to("cpu")
+    assert isinstance(moved, PackedBatch) and torch.equal(moved.input_ids, b.input_ids)
+
+
+# ------------------------------------------------------------------------------------ segment_mean
+
+
+@pytest.mark.parametrize("skip", [(1, 1), (0, 0), (2, 0)])
+def test_segment_mean_matches_a_loop(skip):
+    rng = np.random.default_rng(1)
+    lens = rng.integers(3, 40, size=17)
+    cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    hidden = torch.randn(int(lens.sum()), 8, dtype=torch.float64).to(torch.bfloat16)
+    got = segment_mean(hidden, cu, *skip)
+    assert got.dtype == torch.float32 and got.shape == (len(lens), 8)
+    first, last = skip
+    want = torch.stack(
+        [hidden[cu[i] + first : cu[i + 1] - last].double().mean(0) for i in range(len(lens))]
+    ).float()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_segment_mean_of_nothing_is_nan():
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)  # first sequence: <cls> <eos> only
+    got = segment_mean(torch.ones(5, 3), cu, 1, 1)
+    assert torch.isnan(got[0]).all() and torch.equal(got[1], torch.ones(3))
+
+
+# ------------------------------------------------------------------------------------ runner
+
+
+def _toy_tokenize(seqs):
+    return [np.array([1] + [ord(c) for c in s] + [2], dtype=np.int64) for s in seqs]
+
+
+def _toy_forward(batch):
+    """Per-sequence features that depend only on that sequence's own tokens."""
+    t = batch.input_ids.to(torch.float64)
+    feats = torch.stack([t, t**2, torch.sin(t)], dim=1)
+    return segment_mean(feats, batch.cu_seqlens, 1, 1)
+
+
+def _toy_expected(seqs):
+    out = []
+    for s in seqs:
+        t = np.array([ord(c) for c in s], dtype=np.float64)
+        out.append([t.mean(), (t**2).mean(), np.sin(t).mean()])
+    return np.array(out, dtype=np.float32)
+
+
+def _toy_data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    seqs = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), rng.integers(1, 60))) for _ in range(n)]
+    return [f"seq{i}" for i in range(n)], seqs
+
+
+@pytest.mark.parametrize("budget", [16, 100, 10_000])
+def test_runner_returns_rows_in_input_order(budget):
+    ids, seqs = _toy_data(300)
+    got = embed_packed(ids, seqs, _toy_tokenize, _toy_forward, 3, torch.device("cpu"), budget, "toy")
+    assert got.dtype == np.float32 and got.shape == (300, 3)
+    np.testing.assert_allclose(got, _toy_expected(seqs), rtol=1e-6, atol=1e-6)
+
+
+def test_runner_with_given_lengths_and_empty_input():
+    ids, seqs = _toy_data(50)
+    lengths = np.array([len(s) + 2 for s in seqs])
+    got = embed_packed(ids, seqs, _toy_tokenize, _toy_forward, 3, "cpu", 200, "toy", lengths=lengths)
+    np.testing.assert_allclose(got, _toy_expected(seqs), rtol=1e-6, atol=1e-6)
+    empty = embed_packed([], [], _toy_tokenize, _toy_forward, 3, "cpu", 200, "toy")
+    assert empty.shape == (0, 3) and empty.dtype == np.float32
+
+
+def test_runner_splits_batches_that_run_out_of_memory(caplog):
+    ids, seqs = _toy_data(200, seed=3)
+    seen = []
+
+    def forward(batch):
+        if batch.num_tokens > 120:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        seen.extend(batch.index.tolist())
+        return _toy_forward(batch)
+
+    with caplog.at_level(logging.WARNING, logger="virnucpro"):
+        got = embed_packed(ids, seqs, _toy_tokenize, forward, 3, "cpu", 1000, "toy")
+    np.testing.assert_allclose(got, _toy_expected(seqs), rtol=1e-6, atol=1e-6)
+    assert sorted(seen) == list(range(200))  # each sequence computed exactly once
+    assert "splitting it in two" in caplog.text
+
+
+def test_runner_gives_up_when_one_sequence_does_not_fit():
+    ids, seqs = _toy_data(20, seed=4)
+    seqs[7] = "W" * 500
+
+    def forward(batch):
+        if batch.num_tokens > 300:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return _toy_forward(batch)
+
+    with pytest.raises(VirNucProError, match="'seq7'.*does not fit"):
+        embed_packed(ids, seqs, _toy_tokenize, forward, 3, "cpu", 10_000, "toy")
+
+
+def test_runner_stops_on_a_non_finite_embedding():
+    ids, seqs = _toy_data(100, seed=5)
+    seqs[42] = "AC!DE"  # '!' (33) becomes NaN in this forward
+
+    def forward(batch):
+        out = _toy_forward(batch)
+        bad = torch.zeros(len(batch.index), dtype=torch.bool)
+        cu = batch.cu_seqlens.tolist()
+        for i in range(len(batch.index)):
+            bad[i] = bool((batch.input_ids[cu[i] : cu[i + 1]] == 33).any())
+        out[bad] = float("nan")
+        return out
+
+    with pytest.raises(VirNucProError, match="'seq42'"):
+        embed_packed(ids, seqs, _toy_tokenize, forward, 3, "cpu", 64, "toy")
+
+
+def test_runner_reraises_tokenizer_errors():
+    ids, seqs = _toy_data(30, seed=6)
+
+    def tokenize(batch):
+        if any("W" in s for s in batch):
+            raise ValueError("tokenizer broke")
+        return _toy_tokenize(batch)
+
+    lengths = np.array([len(s) + 2 for s in seqs])
+    with pytest.raises(ValueError, match="tokenizer broke"):
+        embed_packed(ids, seqs, tokenize, _toy_forward, 3, "cpu", 64, "toy", lengths=lengths)
+
+
+# ------------------------------------------------------------------------------------ HDF5 files
+
+
+def test_embedding_file_round_trip(tmp_path):
+    ids = ["a", "frame_2_F1", "ünïcode_R3"]
+    emb = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    attrs = {"model": "esm2_t36_3B_UR50D.pt", "layer": 36, "precision": "bfloat16", "pooling": "mean"}
+    path = tmp_path / "sub" / "out.h5"
+    write_embeddings(path, ids, emb, attrs)
+    got_ids, got_emb, got_attrs = read_embeddings(path)
+    assert got_ids == ids and got_emb.dtype == np.float32
+    np.testing.assert_array_equal(got_emb, emb)
+    assert got_attrs == attrs
+    assert [p.name for p in path.parent.iterdir()] == ["out.h5"]
+
+
+def test_embedding_file_with_zero_rows(tmp_path):
+    write_embeddings(tmp_path / "e.h5", [], np.zeros((0, 7)), {"model": "m"})
+    ids, emb, _ = read_embeddings(tmp_path / "e.h5")
+    assert ids == [] and emb.shape == (0, 7)
+
+
+def test_embedding_file_is_atomic(tmp_path):
+    path = tmp_path / "out.h5"
+    with pytest.raises(TypeError):  # fails while the file is being written
+        write_embeddings(path, ["a"], np.zeros((1, 2)), {"bad": object()})
+    assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary is left
+    with pytest.raises(ValueError):
+        write_embeddings(path, ["a", "b"], np.zeros((1, 2)), {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_sha256_is_cached_by_size_and_mtime(tmp_path):
+    f = tmp_path / "model.pt"
+    f.write_bytes(b"weights" * 1000)
+    want = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert file_sha256(f) == want
+    sidecar = tmp_path / "model.pt.sha256"
+    assert sidecar.is_file()
+    # a planted digest is trusted while size and mtime match: proof that the file is not re-hashed
+    sidecar.write_text(sidecar.read_text().replace(want, "0" * 64))
+    assert file_sha256(f) == "0" * 64
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert file_sha256(f) == want  # mtime moved: hashed again
+
+
+# ------------------------------------------------------------------------------------ attention
+
+
+@pytest.mark.parametrize("alibi", [False, True])
+def test_cpu_attention_backends_match_a_naive_softmax(alibi):
+    from virnucpro.attention import varlen_attention
+
+    torch.manual_seed(0)
+    lens = [1, 5, 17, 2, 30]
+    cu = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int32)
+    h, d = 4, 8
+    q, k, v = (torch.randn(sum(lens), h, d, dtype=torch.float64) for _ in range(3))
+    slopes = torch.tensor([2.0**-1, 2.0**-2, 2.0**-3, 2.0**-0.5]) if alibi else None
+    scale = d**-0.5
+    want = torch.empty_like(q)
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        scores = torch.einsum("ihd,jhd->hij", q[s:e], k[s:e]) * scale  # (H, L, L)
+        if alibi:
+            pos = torch.arange(e - s)
+            scores = scores - slopes.double()[:, None, None] * (pos[None, :] - pos[:, None]).abs()
+        want[s:e] = torch.einsum("hij,jhd->ihd", scores.softmax(-1), v[s:e])
+    for backend in ("reference", "padded_sdpa"):
+        got = varlen_attention(q, k, v, cu, max(lens), scale, alibi_slopes=slopes, backend=backend)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -1,0 +1,59 @@
+"""A tiny ESM-2 (fair-esm's own ESM2 class, random weights) saved in fair-esm's checkpoint format.
+
+The files mirror a real `esm2_*.pt` download: a dict with 'model' (the state dict under fairseq names,
+`encoder.sentence_encoder.*` and `encoder.lm_head.*`) and 'cfg' ({'model': argparse.Namespace(...)}),
+plus `<name>-contact-regression.pt` holding the contact head, so the real loader
+(`esm.pretrained.load_model_and_alphabet_core`) is what reads them.
+"""
+
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+
+
+def build_tiny_esm2(num_layers=2, embed_dim=64, heads=4, seed=0, token_dropout=True):
+    """fair-esm ESM2 with random weights (LayerNorms and biases randomised too, so none is trivial)."""
+    from esm.model.esm2 import ESM2
+
+    torch.manual_seed(seed)
+    model = ESM2(num_layers=num_layers, embed_dim=embed_dim, attention_heads=heads, token_dropout=token_dropout)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+            elif "layer_norm" in name and name.endswith("weight"):
+                p.normal_(1.0, 0.1)
+            elif name == "embed_tokens.weight":
+                p.normal_(0.0, 1.0)
+    return model.eval()
+
+
+def save_fair_esm_checkpoint(model, directory, name="esm2_tiny_UR50D", regression=True):
+    """Write `<name>.pt` (and `<name>-contact-regression.pt`) as fair-esm distributes them; returns the path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    main, contact = {}, {}
+    for key, value in state.items():
+        if key.startswith("contact_head."):
+            contact[key] = value.clone()
+        elif key.startswith("lm_head."):
+            main[f"encoder.{key}"] = value.clone()
+        else:
+            main[f"encoder.sentence_encoder.{key}"] = value.clone()
+    cfg = Namespace(
+        _name="ESM2",
+        encoder_layers=model.num_layers,
+        encoder_embed_dim=model.embed_dim,
+        encoder_ffn_embed_dim=4 * model.embed_dim,
+        encoder_attention_heads=model.attention_heads,
+        token_dropout=model.token_dropout,
+        max_positions=1024,
+    )
+    path = directory / f"{name}.pt"
+    torch.save({"model": main, "cfg": {"model": cfg}, "optimizer_history": []}, path)
+    if regression:
+        torch.save({"model": contact, "args": Namespace(arch="contact_regression")},
+                   directory / f"{name}-contact-regression.pt")
+    return path
