@@ -308,30 +308,10 @@ class PackedESM2:
 # ------------------------------------------------------------------------------------ the step
 
 
-def resolve_device(device):
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VirNucProError("--device cuda was asked for but no CUDA GPU is available")
-    return device
-
-
-def _has_no_records(path):
-    """True for a FASTA file holding nothing but blanks: a shard with no frames embeds to zero rows."""
-    from virnucpro.seqio import open_binary
-
-    with open_binary(path) as fh:
-        while chunk := fh.read(1 << 20):
-            if chunk.strip():
-                return False
-    return True
-
-
 def embed_protein(frames, model, out, device="auto", tokens_per_batch=None):
     """Embed every protein of FASTA `frames` with ESM-2 into the HDF5 file `out` (input order)."""
     from virnucpro.embeddings import file_sha256, write_embeddings
-    from virnucpro.runner import embed_packed
+    from virnucpro.runner import embed_packed, resolve_device
     from virnucpro.seqio import read_fasta
 
     import esm
@@ -343,7 +323,7 @@ def embed_protein(frames, model, out, device="auto", tokens_per_batch=None):
     if tokens_per_batch < 1:
         raise VirNucProError("--tokens-per-batch must be positive")
 
-    records = [] if _has_no_records(frames) else list(read_fasta(frames))
+    records = list(read_fasta(frames))
     ids = [r[0] for r in records]
     seqs = [r[1] for r in records]
     del records

@@ -11,7 +11,7 @@ without id or sequence, characters that are not IUPAC nucleotide codes, duplicat
 quality line of the wrong length, an unreadable gzip stream, binary or non-FASTA content.
 
 `read_fasta(path)` is the light reader for the project's own FASTA files (frames written by `prepare`):
-same parsing, no nucleotide check, sequences returned as `str`.
+same parsing, no nucleotide check, empty files allowed, sequences returned as `str`.
 """
 
 import gzip
@@ -36,8 +36,11 @@ def open_binary(path):
     return open(path, "rb")
 
 
-def read_sequences(path, check_nucleotides=True):
-    """Yield `(id, sequence_bytes)` for every record of a FASTA/FASTQ file; see the module docstring."""
+def read_sequences(path, check_nucleotides=True, allow_empty=False):
+    """Yield `(id, sequence_bytes)` for every record of a FASTA/FASTQ file; see the module docstring.
+
+    `allow_empty`: a file with no record yields nothing instead of raising.
+    """
     seen = set()
     n = 0
     with open_binary(path) as fh:
@@ -52,13 +55,16 @@ def read_sequences(path, check_nucleotides=True):
                 yield rid, seq
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(path, f"unreadable compressed data ({exc})") from None
-    if n == 0:
+    if n == 0 and not allow_empty:
         raise InputError(path, "no sequences (empty input)")
 
 
 def read_fasta(path):
-    """Yield `(id, sequence_str)` from a FASTA file written by this project (no nucleotide check)."""
-    for rid, seq in read_sequences(path, check_nucleotides=False):
+    """Yield `(id, sequence_str)` from a FASTA file written by this project (no nucleotide check).
+
+    An empty file (a sample or shard without frames) yields nothing.
+    """
+    for rid, seq in read_sequences(path, check_nucleotides=False, allow_empty=True):
         yield rid, seq.decode("ascii")
 
 

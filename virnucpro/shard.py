@@ -38,7 +38,7 @@ def shard_bounds(tokens, tokens_per_shard):
 
 def shard_frames(dna, protein, out_dir, tokens_per_shard):
     """Write the shards; returns their number. See the module docstring."""
-    nucleotides, proteins = _read(dna), _read(protein)
+    nucleotides, proteins = list(read_fasta(dna)), list(read_fasta(protein))
     if [i for i, _ in nucleotides] != [i for i, _ in proteins]:
         raise VirNucProError(f"{dna} and {protein} do not hold the same frames in the same order")
     records = list(zip(nucleotides, proteins))
@@ -61,7 +61,3 @@ def shard_frames(dna, protein, out_dir, tokens_per_shard):
     n = len(bounds) - 1
     log.info("%d frames, %d tokens -> %d shard(s) in %s", len(records), sum(tokens), n, out_dir)
     return n
-
-
-def _read(path):
-    return list(read_fasta(path)) if Path(path).stat().st_size > 0 else []
