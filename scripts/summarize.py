@@ -16,4 +16,5 @@ run_step(
     along=snakemake.output.along,
     threshold=snakemake.params.threshold,
     top_sequences=snakemake.params.top_sequences,
+    fragment_size=snakemake.params.fragment_size,
 )

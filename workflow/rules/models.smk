@@ -4,6 +4,7 @@
 rule download_esm2:
     output:
         model=f"{MODELS}/{{name}}.pt",
+        regression=f"{MODELS}/{{name}}-contact-regression.pt",
     log:
         f"{MODELS}/logs/download_{{name}}.log",
     wildcard_constraints:

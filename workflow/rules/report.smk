@@ -39,5 +39,6 @@ rule summarize:
     params:
         threshold=config["summary"]["viral_fraction_threshold"],
         top_sequences=config["summary"]["plot_top_sequences"],
+        fragment_size=FRAGMENT_SIZE,
     script:
         "../../scripts/summarize.py"

@@ -1,0 +1,223 @@
+"""Per-fragment calls, the per-sequence table, viral FASTA and plots, from a real `prepare` run."""
+
+import numpy as np
+import pytest
+
+from virnucpro.errors import VirNucProError
+from virnucpro.prepare import prepare
+from virnucpro.seqio import read_fasta
+from virnucpro.summary import collect_predictions, summarize
+
+SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
+HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
+
+
+def coding(rng, n_codons):
+    """A sequence whose first forward frame has no stop codon."""
+    return "".join(rng.choice(SENSE, n_codons))
+
+
+@pytest.fixture
+def sample(tmp_path):
+    rng = np.random.default_rng(11)
+    records = [
+        ("contig_1", coding(rng, 400).lower() + coding(rng, 100)),  # 1500 bp, 3 fragments, mixed case
+        ("seq_chunk_7", coding(rng, 233)),  # an id that itself holds '_chunk_'
+        ("all_n", "N" * 800),  # 2 fragments, no codon: no stop-free frame
+        ("gcc_rich", "GCC" * 333 + "G"),  # 1000 bp, all six frames stop-free in both fragments
+        ("short_read", coding(rng, 50)),  # one short fragment
+        ("low_1", coding(rng, 300)),
+    ]
+    fasta = tmp_path / "input.fa"
+    fasta.write_text("".join(f">{i} some description\n{s[:70]}\n{s[70:]}\n" for i, s in records))
+    prepare(fasta, 500, tmp_path / "frames.fna", tmp_path / "frames.faa", manifest=tmp_path / "manifest.tsv")
+    frames = [fid for fid, _ in read_fasta(tmp_path / "frames.faa")]
+    scores = {}
+    for fid in frames:
+        fragment, frame = fid[:-2], fid[-2:]
+        if fragment == "gcc_rich_chunk_1":  # a tie across frames: max score2 == max score1 -> viral
+            s2 = {"F1": 0.75, "R1": 0.25}.get(frame, 0.4)
+        elif fragment == "gcc_rich_chunk_2":  # a near miss: 0.74 < 0.75 -> not viral
+            s2 = {"F1": 0.74, "R1": 0.25}.get(frame, 0.4)
+        elif fragment == "short_read_chunk_1":  # a single frame at exactly 0.5 / 0.5 -> viral
+            s2 = 0.5
+        elif fragment.startswith("low_1"):
+            s2 = float(rng.uniform(0.0, 0.3))
+        else:
+            s2 = float(rng.uniform(0.2, 0.95))
+        s2 = np.float32(s2)
+        scores[fid] = (np.float32(1) - s2, s2)
+    rows = [f"{f}\t{'virus' if b > a else 'others'}\t{a}\t{b}\n" for f, (a, b) in scores.items()]
+    (tmp_path / "predictions.tsv").write_text(HEADER + "".join(rows))
+    return tmp_path, dict(records), frames, scores
+
+
+def run(d, threshold=0.5, top=3, predictions=None, manifest=None, fasta=None, fragment_size=500):
+    out = {k: d / "out" / name for k, name in [
+        ("fragment_calls", "fragment_calls.tsv"), ("sequence_summary", "sequence_summary.tsv"),
+        ("viral_fasta", "viral.fna"), ("histogram", "plots/hist.png"), ("along", "plots/along.png")]}
+    summarize(
+        predictions=predictions or d / "predictions.tsv", manifest=manifest or d / "manifest.tsv",
+        fasta=fasta or d / "input.fa", threshold=threshold, top_sequences=top, fragment_size=fragment_size, **out,
+    )
+    return out
+
+
+def table(path):
+    lines = path.read_text().splitlines()
+    head = lines[0].split("\t")
+    return [dict(zip(head, line.split("\t"))) for line in lines[1:]]
+
+
+def expected_fragments(scores):
+    """An independent reading of the original per-fragment rule over the per-frame scores."""
+    best = {}
+    for fid, (s1, s2) in scores.items():
+        fragment = fid[:-2]
+        m1, m2 = best.get(fragment, (s1, s2))
+        best[fragment] = (max(m1, s1), max(m2, s2))
+    return {f: (m2 >= m1, m1, m2) for f, (m1, m2) in best.items()}
+
+
+def test_every_sequence_once_with_status_and_call(sample):
+    d, records, frames, scores = sample
+    out = run(d)
+    rows = table(out["sequence_summary"])
+    assert [r["sequence_id"] for r in rows] == list(records)  # every input sequence once, in input order
+    by_id = {r["sequence_id"]: r for r in rows}
+    frags = expected_fragments(scores)
+    for sid, seq in records.items():
+        r = by_id[sid]
+        mine = {f: v for f, v in frags.items() if f.rpartition("_chunk_")[0] == sid}
+        assert int(r["length"]) == len(seq)
+        assert int(r["fragments"]) == -(-len(seq) // 500)
+        assert int(r["fragments_with_frames"]) == len(mine)
+        viral = sum(v for v, _, _ in mine.values())
+        assert int(r["viral_fragments"]) == viral
+        if mine:
+            assert r["status"] == "classified"
+            assert float(r["viral_fraction"]) == pytest.approx(viral / len(mine), abs=1e-6)
+            assert r["max_virus_score"] == str(max(m2 for _, _, m2 in mine.values()))
+            mean = np.mean([float(m2) for _, _, m2 in mine.values()])
+            assert float(r["mean_virus_score"]) == pytest.approx(mean, rel=1e-5)
+            assert r["call"] == ("viral" if viral / len(mine) >= 0.5 else "not_viral")
+        else:
+            assert (r["status"], r["call"], r["viral_fraction"]) == ("no_stop_free_frame", "no_call", "NA")
+    assert by_id["all_n"]["fragments"] == "2" and by_id["all_n"]["fragments_with_frames"] == "0"
+    assert by_id["gcc_rich"]["viral_fragments"] == "1"  # the tie counts as viral, the near miss does not
+    assert by_id["gcc_rich"]["call"] == "viral"  # 1 of 2 fragments: fraction 0.5 >= threshold 0.5
+    assert by_id["low_1"]["call"] == "not_viral"
+    assert table(run(d, threshold=0.6)["sequence_summary"])[3]["call"] == "not_viral"
+
+
+def test_fragment_calls_are_the_original_rule(sample):
+    d, records, frames, scores = sample
+    rows = table(run(d)["fragment_calls"])
+    frags = expected_fragments(scores)
+    order = list(dict.fromkeys(f[:-2] for f in frames))  # fragments in input order
+    assert [r["Modified_ID"] for r in rows] == order
+    for r in rows:
+        viral, m1, m2 = frags[r["Modified_ID"]]
+        assert r["Is_Virus"] == str(viral)
+        assert (r["max_score1"], r["max_score2"]) == (str(m1), str(m2))
+    calls = {r["Modified_ID"]: r["Is_Virus"] for r in rows}
+    assert calls["gcc_rich_chunk_1"] == "True" and calls["gcc_rich_chunk_2"] == "False"
+    assert calls["short_read_chunk_1"] == "True"  # 0.5 >= 0.5
+    assert "seq_chunk_7_chunk_1" in calls and not any(f.startswith("all_n") for f in calls)
+
+
+def test_viral_fasta_holds_the_viral_sequences_in_original_case(sample):
+    d, records, _, _ = sample
+    out = run(d)
+    viral_ids = [r["sequence_id"] for r in table(out["sequence_summary"]) if r["call"] == "viral"]
+    assert "contig_1" in viral_ids and "low_1" not in viral_ids
+    text = out["viral_fasta"].read_text()
+    got = dict(read_fasta(out["viral_fasta"]))
+    assert list(got) == viral_ids
+    for sid in viral_ids:
+        assert got[sid] == records[sid]  # case kept (contig_1 is partly lower case)
+    assert max(len(line) for line in text.splitlines() if not line.startswith(">")) == 60
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plots_written(sample):
+    d, _, _, _ = sample
+    out = run(d, top=3)
+    png_size(out["histogram"])
+    _, three = png_size(out["along"])
+    _, one = png_size(run(d, top=1)["along"])
+    assert three > 2 * one  # one panel per plotted sequence
+    _, none = png_size(run(d, top=0)["along"])
+    assert none > 0
+
+
+def test_frame_of_unknown_sequence(sample):
+    d, _, _, _ = sample
+    with open(d / "predictions.tsv", "a") as fh:
+        fh.write("stranger_chunk_1F1\tvirus\t0.1\t0.9\n")
+    with pytest.raises(VirNucProError, match="'stranger_chunk_1F1' belongs to no sequence"):
+        run(d)
+    assert not (d / "out").exists() or not any((d / "out").rglob("*.tsv"))
+
+
+def test_frame_count_must_match_manifest(sample):
+    d, _, frames, _ = sample
+    lines = (d / "predictions.tsv").read_text().splitlines(keepends=True)
+    dropped = [line for line in lines if not line.startswith(frames[0] + "\t")]
+    (d / "short.tsv").write_text("".join(dropped))
+    with pytest.raises(VirNucProError, match=r"'contig_1' has \d+ classified frame\(s\), but .* lists \d+ kept"):
+        run(d, predictions=d / "short.tsv")
+
+
+def test_fragment_beyond_the_sequence(sample):
+    d, _, _, _ = sample
+    text = (d / "predictions.tsv").read_text().replace("short_read_chunk_1", "short_read_chunk_2")
+    (d / "bad.tsv").write_text(text)
+    with pytest.raises(VirNucProError, match="names fragment 2, but .* 1 fragment"):
+        run(d, predictions=d / "bad.tsv")
+
+
+def test_fragment_size_must_fit_the_manifest(sample):
+    d, _, _, _ = sample
+    with pytest.raises(VirNucProError, match="another fragment size"):
+        run(d, fragment_size=300)
+
+
+def test_fasta_must_match_the_manifest(sample):
+    d, records, _, _ = sample
+    (d / "other.fa").write_text("".join(f">{i}\n{s}\n" for i, s in reversed(list(records.items()))))
+    with pytest.raises(VirNucProError, match="manifest expects 'contig_1'"):
+        run(d, fasta=d / "other.fa")
+
+
+def test_collect_predictions_keeps_order(sample):
+    d, _, _, _ = sample
+    lines = (d / "predictions.tsv").read_text().splitlines(keepends=True)
+    (d / "0000.tsv").write_text(HEADER + "".join(lines[1:5]))
+    (d / "0001.tsv").write_text(HEADER + "".join(lines[5:]))
+    (d / "0002.tsv").write_text(HEADER)  # an empty shard table
+    collect_predictions([d / "0000.tsv", d / "0001.tsv", d / "0002.tsv"], d / "all.tsv")
+    assert (d / "all.tsv").read_text() == (d / "predictions.tsv").read_text()
+    (d / "bad.tsv").write_text("id\tscore\n")
+    with pytest.raises(VirNucProError, match="not a prediction table"):
+        collect_predictions([d / "0000.tsv", d / "bad.tsv"], d / "all2.tsv")
+    assert not (d / "all2.tsv").exists()
+
+
+def test_sample_without_frames(tmp_path):
+    (tmp_path / "in.fa").write_text(">n1\nNNNNNNNNNN\n>n2\nNNN\n")
+    prepare(tmp_path / "in.fa", 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv")
+    collect_predictions([], tmp_path / "predictions.tsv")
+    out = run(tmp_path, fasta=tmp_path / "in.fa", fragment_size=300)
+    rows = table(out["sequence_summary"])
+    assert [(r["sequence_id"], r["status"], r["call"]) for r in rows] == [
+        ("n1", "no_stop_free_frame", "no_call"), ("n2", "no_stop_free_frame", "no_call")]
+    assert out["viral_fasta"].read_text() == ""
+    assert table(out["fragment_calls"]) == []
+    png_size(out["histogram"])
+    png_size(out["along"])

@@ -1,0 +1,266 @@
+"""The VirNucPro MLP classifier: loading, one-time conversion, and per-frame classification.
+
+Model: Linear(input_dim, 512) -> BatchNorm1d -> ReLU -> Dropout(0.5) -> Linear(512, 2), run in eval mode
+with a softmax; column 0 is score1 (others), column 1 is score2 (virus). Attribute names are the
+original's (`hidden_layer`, `bn1`, `output_layer`, `dropout`), so state-dict keys match its files.
+
+Two file forms are read by `load_classifier`:
+- ours: a safetensors state dict whose metadata (all strings) holds `format`, `fragment_size`,
+  `input_dim`, `hidden_dim`, `num_class`, `source` and `source_sha256`;
+- the original `300_model.pth` / `500_model.pth`: whole modules pickled by `torch.save` with their class
+  in `__main__`. They are read with `torch.load(weights_only=True)` and an allow-list naming only our
+  `MLPClassifier` (in place of `__main__.MLPClassifier`) and the three torch layers, so no pickled code
+  runs: any other global in the pickle (a function such as `os.system`, another class) is refused.
+  The fragment size comes from the file name.
+
+`classify` writes the original's `prediction_results` table: header
+`Sequence_ID\\tPrediction\\tscore1\\tscore2`, one row per frame in the feature file's order, scores
+printed as the original prints them (`str` of each float32 value), Prediction `virus` when the argmax
+is column 1, else `others`.
+"""
+
+import logging
+import pickle
+import re
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from virnucpro.atomic import atomic_outputs
+from virnucpro.embeddings import file_sha256, read_embeddings
+from virnucpro.errors import VirNucProError
+
+log = logging.getLogger("virnucpro")
+
+FORMAT = "virnucpro-mlp-classifier/1"
+INPUT_DIM, HIDDEN_DIM, NUM_CLASS = 3328, 512, 2
+BATCH = 256  # rows per forward pass, as the original's DataLoader
+HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
+LABELS = ("others", "virus")
+_ORIGINAL_NAME = re.compile(r"^(300|500)_model\.pth$")
+
+
+class MLPClassifier(nn.Module):
+    """The VirNucPro classifier; `forward` takes (N, input_dim) float32 and returns (N, num_class) logits."""
+
+    def __init__(self, input_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM, num_class=NUM_CLASS):
+        super().__init__()
+        self.hidden_layer = nn.Linear(input_dim, hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim)
+        self.output_layer = nn.Linear(hidden_dim, num_class)
+        self.dropout = nn.Dropout(0.5)
+        nn.init.xavier_uniform_(self.hidden_layer.weight)
+        nn.init.xavier_uniform_(self.output_layer.weight)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.hidden_layer(x)))  # (N, hidden)
+        return self.output_layer(self.dropout(x))  # (N, num_class)
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A loaded classifier: the model in eval mode and what its file says about it."""
+
+    model: MLPClassifier
+    fragment_size: int | None  # None: an original file whose name does not tell
+    source: str
+    source_sha256: str
+
+    @property
+    def input_dim(self):
+        return self.model.hidden_layer.in_features
+
+
+def _dims(state, path):
+    try:
+        hidden, input_dim = state["hidden_layer.weight"].shape
+        num_class = state["output_layer.weight"].shape[0]
+    except (KeyError, ValueError):
+        raise VirNucProError(
+            f"{path}: not a VirNucPro classifier (no hidden_layer/output_layer weights)"
+        ) from None
+    return int(input_dim), int(hidden), int(num_class)
+
+
+def _from_state(state, path):
+    model = MLPClassifier(*_dims(state, path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise VirNucProError(f"{path}: state dict does not fit the VirNucPro classifier ({first})") from None
+    return model.eval()
+
+
+def _is_safetensors(path):
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < (1 << 27)
+
+
+def load_classifier(path):
+    """Read our converted safetensors file or an original `{300|500}_model.pth`; see the module docstring."""
+    path = Path(path)
+    if not path.is_file():
+        raise VirNucProError(f"{path}: classifier file not found")
+    if _is_safetensors(path):
+        return _load_converted(path)
+    return _load_original(path)
+
+
+def _load_converted(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise VirNucProError(f"{path}: unreadable safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise VirNucProError(
+            f"{path}: not a converted VirNucPro classifier (metadata format {meta.get('format')!r})"
+        )
+    model = _from_state(state, path)
+    dims = (str(d) for d in _dims(state, path))
+    if tuple(dims) != (meta.get("input_dim"), meta.get("hidden_dim"), meta.get("num_class")):
+        raise VirNucProError(f"{path}: metadata dimensions disagree with the stored weights")
+    return Classifier(model, int(meta["fragment_size"]), meta.get("source", ""), meta.get("source_sha256", ""))
+
+
+def _load_original(path):
+    allowed = [(MLPClassifier, "__main__.MLPClassifier"), nn.Linear, nn.BatchNorm1d, nn.Dropout]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"asks for {refused.group(1)}, which is" if refused else "holds something"
+        raise VirNucProError(
+            f"{path}: refused to load: the pickle {what} outside the classifier allow-list "
+            "(not an original VirNucPro classifier, or a tampered one)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VirNucProError(f"{path}: not a readable classifier file ({reason})") from None
+    if isinstance(obj, MLPClassifier):
+        state = obj.state_dict()
+    elif isinstance(obj, dict) and "hidden_layer.weight" in obj:  # a bare state dict
+        state = obj
+    else:
+        raise VirNucProError(f"{path}: holds a {type(obj).__name__}, not the VirNucPro MLPClassifier")
+    match = _ORIGINAL_NAME.match(path.name)
+    size = int(match.group(1)) if match else None
+    return Classifier(_from_state(state, path), size, path.name, file_sha256(path))
+
+
+def write_classifier_file(model, path, fragment_size, source, source_sha256):
+    """Write `model` to `path` in our safetensors format (not atomic: callers write to a temporary name)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    input_dim, hidden, num_class = _dims(state, path)
+    meta = {
+        "format": FORMAT,
+        "fragment_size": str(int(fragment_size)),
+        "input_dim": str(input_dim),
+        "hidden_dim": str(hidden),
+        "num_class": str(num_class),
+        "source": str(source),
+        "source_sha256": str(source_sha256),
+    }
+    save_file(state, str(path), metadata=meta)
+
+
+def save_classifier(model, out, fragment_size, source, source_sha256):
+    """Write `model` as our safetensors classifier file (state dict + metadata), atomically."""
+    with atomic_outputs(out) as (tmp,):
+        write_classifier_file(model, tmp, fragment_size, source, source_sha256)
+
+
+def convert_original(pth, out, n_check=512, seed=0):
+    """Convert an original `{300|500}_model.pth` to our safetensors file, verifying identical outputs.
+
+    The fragment size comes from the file name (an error otherwise). Before the file is renamed into
+    place, the converted file is loaded back and must give bit-identical logits to the module read from
+    the original file on `n_check` random inputs.
+    """
+    pth, out = Path(pth), Path(out)
+    if not _ORIGINAL_NAME.match(pth.name):
+        raise VirNucProError(
+            f"{pth}: cannot tell the fragment size; original classifier files are named "
+            "300_model.pth or 500_model.pth"
+        )
+    if pth.is_file() and _is_safetensors(pth):
+        raise VirNucProError(f"{pth}: already a converted safetensors file, not an original pickled classifier")
+    original = load_classifier(pth)
+    x = torch.randn(n_check, original.input_dim, generator=torch.Generator().manual_seed(seed))
+    with atomic_outputs(out) as (tmp,):
+        write_classifier_file(original.model, tmp, original.fragment_size, original.source, original.source_sha256)
+        converted = load_classifier(tmp)
+        with torch.no_grad():
+            same = torch.equal(original.model(x), converted.model(x))
+        if not same or converted.fragment_size != original.fragment_size:
+            raise VirNucProError(f"{pth}: the converted classifier does not reproduce the original's outputs")
+    log.info("converted %s (%d bp fragments, sha256 %s) -> %s", pth, original.fragment_size,
+             original.source_sha256, out)
+    return out
+
+
+def predict(model, features, batch=BATCH):
+    """Softmax probabilities (N, num_class) float32 of `features` (N, input_dim), in eval mode."""
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    out = []
+    with torch.no_grad():
+        for lo in range(0, x.shape[0], batch):
+            out.append(F.softmax(model(x[lo : lo + batch]), dim=1))
+    if not out:
+        return np.zeros((0, model.output_layer.out_features), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
+def format_rows(ids, probabilities):
+    """Lines of the original's prediction table (without header) for `ids` and float32 `probabilities`."""
+    predicted = torch.max(torch.from_numpy(probabilities), 1).indices.tolist() if len(ids) else []
+    return [
+        f"{i}\t{LABELS[p]}\t" + "\t".join(map(str, row)) + "\n"
+        for i, p, row in zip(ids, predicted, probabilities)
+    ]
+
+
+def classify(features, model, out, fragment_size):
+    """Score every frame of the feature file `features` with classifier file `model`; write `out`."""
+    clf = load_classifier(model)
+    if clf.fragment_size is None:
+        raise VirNucProError(
+            f"{model}: the classifier's fragment size is unknown; name an original file "
+            "300_model.pth/500_model.pth or convert it first"
+        )
+    if clf.fragment_size != int(fragment_size):
+        raise VirNucProError(
+            f"{model}: classifier trained on {clf.fragment_size} bp fragments, but fragment_size is "
+            f"{fragment_size}; use the {fragment_size}_model classifier or change fragment_size"
+        )
+    ids, emb, attrs = read_embeddings(features)
+    if emb.shape[0] and emb.shape[1] != clf.input_dim:
+        raise VirNucProError(
+            f"{features}: features have {emb.shape[1]} values per frame, the classifier {model} "
+            f"expects {clf.input_dim}"
+        )
+    probabilities = predict(clf.model, emb)
+    with atomic_outputs(out) as (tmp,):
+        with open(tmp, "w") as fh:
+            fh.write(HEADER)
+            fh.writelines(format_rows(ids, probabilities))
+    n_virus = int((probabilities[:, 1] > probabilities[:, 0]).sum()) if len(ids) else 0
+    log.info("classified %d frames of %s (%d virus) with %s -> %s", len(ids), features, n_virus, model, out)
+    return out
+

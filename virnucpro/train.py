@@ -1,0 +1,175 @@
+"""Retraining the VirNucPro classifier with the original recipe (its `train.py`).
+
+`train_classifier(features, out_model, metrics_tsv, fragment_size, seed=42, max_epochs=200, patience=5)`:
+- features: a list of (feature file, label) pairs, label 1 = viral and 0 = other, as written by
+  `merge_embeddings`; all rows of all files are pooled;
+- split: the rows are shuffled with `seed` and 10 % (int(N * 0.1)) are held out, the rest trained on;
+- recipe: `MLPClassifier` (xavier-uniform weights), CrossEntropyLoss, SGD lr 2e-4 momentum 0.9, batches
+  of 32 reshuffled every epoch, StepLR(step_size=10, gamma=0.85) stepped after every epoch; after each
+  epoch the held-out loss (mean over held-out batches of 32) is measured, and training stops when it
+  has not improved for `patience` epochs; the weights of the best epoch are restored (the original
+  meant to; its copy kept references to the live tensors). A final training batch of a single row is
+  skipped, as BatchNorm cannot train on one row;
+- outputs, both atomic: the classifier in our safetensors format (loadable by `load_classifier`, with
+  the fragment size in its metadata) and a metrics TSV (`metric`, `value`): accuracy, precision,
+  recall, F1 (class 1 positive) and AUROC of the held-out rows, plus the held-out loss and counts.
+Runs on CPU in float32 and is deterministic for a seed (same inputs, same machine, same thread count).
+"""
+
+import hashlib
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from virnucpro.atomic import atomic_outputs
+from virnucpro.classifier import MLPClassifier, write_classifier_file
+from virnucpro.errors import VirNucProError
+
+log = logging.getLogger("virnucpro")
+
+LR, MOMENTUM, BATCH = 2e-4, 0.9, 32
+STEP_SIZE, GAMMA = 10, 0.85
+HELD_OUT = 0.1
+
+
+def load_training_set(features):
+    """(X float32 (N, D), y int64 (N,), sha256 over the inputs) from (feature file, label) pairs."""
+    from virnucpro.embeddings import file_sha256, read_embeddings
+
+    xs, ys, digest = [], [], hashlib.sha256()
+    for path, label in features:
+        if label not in (0, 1):
+            raise VirNucProError(f"{path}: label must be 0 (other) or 1 (viral), not {label!r}")
+        _, emb, _ = read_embeddings(path)
+        if xs and emb.shape[0] and emb.shape[1] != xs[0].shape[1]:
+            raise VirNucProError(
+                f"{path}: {emb.shape[1]} values per frame, other feature files have {xs[0].shape[1]}"
+            )
+        if emb.shape[0]:
+            xs.append(emb)
+            ys.append(np.full(emb.shape[0], label, dtype=np.int64))
+        digest.update(f"{file_sha256(path)} {label}\n".encode())
+    if not xs:
+        raise VirNucProError("no frames in the training feature files")
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    counts = np.bincount(y, minlength=2)
+    if counts.min() == 0:
+        raise VirNucProError(f"training needs frames of both classes; got {counts[0]} other and {counts[1]} viral")
+    return x, y, digest.hexdigest()
+
+
+def auroc(labels, scores):
+    """Area under the ROC curve by the rank formula (ties get their average rank); NaN for one class."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    n_pos = int((labels == 1).sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(scores.size, dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], scores.size]
+    for a, b in zip(starts, ends):  # average rank (1-based) within each tie group
+        ranks[order[a:b]] = (a + b + 1) / 2
+    return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_metrics(labels, predicted, scores):
+    """Accuracy, precision, recall, F1 (class 1 positive; 0 where undefined) and AUROC."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    tp = int(((predicted == 1) & (labels == 1)).sum())
+    fp = int(((predicted == 1) & (labels == 0)).sum())
+    fn = int(((predicted == 0) & (labels == 1)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "accuracy": float((labels == predicted).mean()) if labels.size else float("nan"),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "auroc": auroc(labels, scores),
+    }
+
+
+def _evaluate(model, x, y):
+    """(mean over batches of the batch-mean cross-entropy, predicted class, virus probability)."""
+    model.eval()
+    losses, predicted, virus = [], [], []
+    with torch.no_grad():
+        for lo in range(0, x.shape[0], BATCH):
+            logits = model(x[lo : lo + BATCH])
+            losses.append(F.cross_entropy(logits, y[lo : lo + BATCH]).item())
+            predicted.append(logits.argmax(dim=1))
+            virus.append(F.softmax(logits, dim=1)[:, 1])
+    return float(np.mean(losses)), torch.cat(predicted).numpy(), torch.cat(virus).numpy()
+
+
+def train_classifier(features, out_model, metrics_tsv, fragment_size, seed=42, max_epochs=200, patience=5):
+    """Train, write the classifier and the metrics table; returns the metrics dict. See the module docstring."""
+    x_all, y_all, inputs_sha256 = load_training_set(features)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y_all))
+    n_held = int(len(y_all) * HELD_OUT)
+    if n_held < 1 or len(y_all) - n_held < 2:
+        raise VirNucProError(f"{len(y_all)} frames are too few to hold out 10% and train on the rest")
+    held, train = order[:n_held], order[n_held:]
+    x_train, y_train = torch.from_numpy(x_all[train]), torch.from_numpy(y_all[train])
+    x_held, y_held = torch.from_numpy(x_all[held]), torch.from_numpy(y_all[held])
+
+    torch.manual_seed(seed)
+    model = MLPClassifier(input_dim=x_all.shape[1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=STEP_SIZE, gamma=GAMMA)
+    shuffler = torch.Generator().manual_seed(seed)
+    best_loss, best_state, best_epoch, waited, epoch = None, None, 0, 0, 0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        running = []
+        for batch in torch.randperm(len(train), generator=shuffler).split(BATCH):
+            if batch.numel() < 2:
+                continue
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
+            loss.backward()
+            optimizer.step()
+            running.append(loss.item())
+        held_loss, _, _ = _evaluate(model, x_held, y_held)
+        log.info("epoch %d: training loss %.4f, held-out loss %.4f", epoch, np.mean(running), held_loss)
+        if best_loss is None or held_loss < best_loss:
+            best_loss, best_epoch, waited = held_loss, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= patience:
+                log.info("early stop after epoch %d: no held-out improvement for %d epochs", epoch, patience)
+                break
+        scheduler.step()
+    model.load_state_dict(best_state)
+    held_loss, predicted, virus = _evaluate(model, x_held, y_held)
+    metrics = binary_metrics(y_held.numpy(), predicted, virus)
+    metrics.update({
+        "heldout_loss": held_loss,
+        "best_epoch": best_epoch,
+        "epochs_run": epoch,
+        "train_frames": len(train),
+        "heldout_frames": n_held,
+        "heldout_viral_frames": int(y_held.sum()),
+        "seed": seed,
+    })
+    if np.isnan(metrics["auroc"]):
+        log.warning("the held-out part holds one class only: AUROC is undefined")
+    source = f"trained by virnucpro.train on {len(features)} feature file(s), seed {seed}"
+    with atomic_outputs(out_model, metrics_tsv) as (tmp_model, tmp_metrics):
+        write_classifier_file(model, tmp_model, fragment_size, source, inputs_sha256)
+        tmp_metrics.write_text("metric\tvalue\n" + "".join(f"{k}\t{_fmt(v)}\n" for k, v in metrics.items()))
+    log.info("classifier -> %s; held-out AUROC %.4f, accuracy %.4f -> %s", out_model, metrics["auroc"],
+             metrics["accuracy"], metrics_tsv)
+    return metrics
+
+
+def _fmt(v):
+    return str(v) if isinstance(v, (int, np.integer)) else ("NA" if np.isnan(v) else f"{v:.6f}")
