@@ -51,6 +51,58 @@ def _embed_dna(args):
     )
 
 
+def _merge(args):
+    from virnucpro.features import merge_embeddings
+
+    merge_embeddings(args.dna, args.protein, args.out)
+
+
+def _classify(args):
+    from virnucpro.classifier import classify
+
+    classify(args.features, model=args.model, out=args.out, fragment_size=args.fragment_size)
+
+
+def _convert_classifier(args):
+    from virnucpro.classifier import convert_original
+
+    convert_original(args.original, args.out)
+
+
+def _summarize(args):
+    from pathlib import Path
+
+    from virnucpro.summary import summarize
+
+    out = Path(args.out_dir)
+    summarize(
+        predictions=args.predictions,
+        manifest=args.manifest,
+        fasta=args.fasta,
+        fragment_calls=out / "fragment_calls.tsv",
+        sequence_summary=out / "sequence_summary.tsv",
+        viral_fasta=out / "viral.fna",
+        histogram=out / "plots" / "score_histogram.png",
+        along=out / "plots" / "score_along_sequences.png",
+        threshold=args.threshold,
+        top_sequences=args.top_sequences,
+        fragment_size=args.fragment_size,
+    )
+
+
+def _train(args):
+    from virnucpro.train import train_classifier
+
+    labelled = [(p, 1) for p in args.viral] + [(p, 0) for p in args.other]
+    train_classifier(labelled, args.out_model, args.metrics, args.fragment_size, seed=args.seed)
+
+
+def _download(args):
+    from virnucpro.models import download_model
+
+    download_model(args.kind, args.output)
+
+
 def _add_embed_options(p, default_tokens):
     p.add_argument("--out", required=True, help="output HDF5 file (ids, embeddings)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -88,6 +140,48 @@ def build_parser():
     p.add_argument("--model", required=True, help="DNABERT-S snapshot directory")
     _add_embed_options(p, "65536 on GPU, 8192 on CPU")
     p.set_defaults(handler=_embed_dna)
+
+    p = sub.add_parser("merge", help="join DNABERT-S and ESM-2 embeddings into classifier features")
+    p.add_argument("dna", help="DNABERT-S embeddings (HDF5)")
+    p.add_argument("protein", help="ESM-2 embeddings (HDF5)")
+    p.add_argument("--out", required=True, help="features (HDF5), DNABERT-S values first")
+    p.set_defaults(handler=_merge)
+
+    p = sub.add_parser("classify", help="score features with the VirNucPro classifier")
+    p.add_argument("features", help="features (HDF5) from `merge`")
+    p.add_argument("--model", required=True, help="converted classifier (.safetensors) or original .pth")
+    p.add_argument("--out", required=True, help="prediction table (the original's columns)")
+    p.add_argument("--fragment-size", type=int, required=True, choices=[300, 500])
+    p.set_defaults(handler=_classify)
+
+    p = sub.add_parser("convert-classifier", help="original 300/500_model.pth -> safetensors")
+    p.add_argument("original", help="the original pickled classifier, named 300_model.pth or 500_model.pth")
+    p.add_argument("--out", required=True, help="converted classifier (.safetensors)")
+    p.set_defaults(handler=_convert_classifier)
+
+    p = sub.add_parser("summarize", help="fragment and sequence tables, viral FASTA and plots")
+    p.add_argument("--predictions", required=True, help="prediction table of the whole sample")
+    p.add_argument("--manifest", required=True, help="sequences.tsv from `prepare`")
+    p.add_argument("--fasta", required=True, help="the sample's input sequences")
+    p.add_argument("--fragment-size", type=int, required=True, choices=[300, 500])
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--threshold", type=float, default=0.5, help="viral fraction for a viral call")
+    p.add_argument("--top-sequences", type=int, default=20, help="sequences in the along-sequence plot")
+    p.set_defaults(handler=_summarize)
+
+    p = sub.add_parser("train", help="train the classifier on labelled feature files")
+    p.add_argument("--viral", nargs="+", required=True, help="features (HDF5) of viral frames")
+    p.add_argument("--other", nargs="+", required=True, help="features (HDF5) of non-viral frames")
+    p.add_argument("--fragment-size", type=int, required=True, choices=[300, 500])
+    p.add_argument("--out-model", required=True, help="trained classifier (.safetensors)")
+    p.add_argument("--metrics", required=True, help="held-out metrics (TSV)")
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("download-model", help="fetch and verify a model file")
+    p.add_argument("kind", choices=["esm2", "dnabert_s", "classifier"])
+    p.add_argument("output", help="file (or directory, for dnabert_s) to create, named as in models.dir")
+    p.set_defaults(handler=_download)
     return parser
 
 

@@ -60,3 +60,14 @@ def read_samples(path, schema_path):
             )
         samples[row["sample"]] = row["path"]
     return samples
+
+
+def training_sets(train):
+    """{name: path} of the labelled training inputs, named train-viral-N and train-other-N (1-based)."""
+    sets = {}
+    for label in ("viral", "other"):
+        for n, path in enumerate(train[label], start=1):
+            if not Path(path).is_file():
+                raise VirNucProError(f"config: train.{label}[{n - 1}]: input file {path} does not exist")
+            sets[f"train-{label}-{n}"] = path
+    return sets

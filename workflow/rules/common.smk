@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from virnucpro.config import read_samples, validate_config
+from virnucpro.config import read_samples, training_sets, validate_config
 from virnucpro.errors import VirNucProError
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -11,6 +11,7 @@ SCHEMAS = Path(workflow.basedir) / "schemas"
 try:
     validate_config(config, SCHEMAS / "config.schema.yaml")
     SAMPLES = read_samples(config["samples"], SCHEMAS / "samples.schema.yaml")
+    TRAIN_SETS = training_sets(config["train"])
 except VirNucProError as exc:
     sys.exit(f"configuration error: {exc}")
 RESULTS = config["results"]
@@ -36,7 +37,10 @@ def classifier_path():
 
 
 def sample_input(wildcards):
-    return SAMPLES[wildcards.sample]
+    """Input file of a sample, or of a training set (named train-viral-N / train-other-N)."""
+    if wildcards.sample in SAMPLES:
+        return SAMPLES[wildcards.sample]
+    return TRAIN_SETS[wildcards.sample]
 
 
 def all_results():
@@ -51,14 +55,22 @@ def all_results():
     return [f"{RESULTS}/{s}/{name}" for s in SAMPLES for name in names]
 
 
+def sample_shard_outputs(sample, pattern):
+    """`{RESULTS}/{sample}/<pattern>` for every shard the checkpoint wrote for `sample`."""
+    shard_dir = checkpoints.shard.get(sample=sample).output[0]
+    shards = sorted(p.stem for p in Path(shard_dir).glob("*.faa"))
+    return [f"{RESULTS}/{sample}/{pattern.format(shard=s)}" for s in shards]
+
+
 def shard_outputs(pattern):
-    """Input function: `{RESULTS}/{sample}/<pattern>` for every shard the checkpoint wrote."""
+    """Input function: `sample_shard_outputs` for the job's sample."""
+    return lambda wildcards: sample_shard_outputs(wildcards.sample, pattern)
 
-    def inputs(wildcards):
-        shard_dir = checkpoints.shard.get(sample=wildcards.sample).output[0]
-        shards = sorted(p.stem for p in Path(shard_dir).glob("*.faa"))
-        return [
-            f"{RESULTS}/{wildcards.sample}/{pattern.format(shard=s)}" for s in shards
-        ]
 
-    return inputs
+def training_features(label):
+    """Input function: feature shards of every training set with `label` (viral or other)."""
+    names = [n for n in TRAIN_SETS if n.startswith(f"train-{label}-")]
+    pattern = "features/{shard}.h5"
+    return lambda wildcards: [
+        f for n in names for f in sample_shard_outputs(n, pattern)
+    ]
