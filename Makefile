@@ -27,7 +27,7 @@ run: $(VENV)/.workflow
 	$(BIN)/snakemake --cores all
 
 test: $(VENV)/.test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .snakemake results

@@ -41,3 +41,16 @@ def test_a_device_chosen_by_the_scheduler_is_kept(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no lock needed
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert claim_gpu(lock_dir=tmp_path) is None
+
+
+def test_jobs_on_a_one_gpu_machine_take_turns(tmp_path, monkeypatch):
+    """With CUDA_VISIBLE_DEVICES unset and one GPU, the device is still locked for the job's life."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("virnucpro.gpus.visible_devices", lambda: ["0"])
+    assert claim_gpu(lock_dir=tmp_path) == "0"
+    assert [p.name for p in tmp_path.iterdir()] == ["gpu-0.lock"]
+    probe = subprocess.run(
+        [sys.executable, "-c", "import fcntl,sys; f=open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+         str(tmp_path / "gpu-0.lock")], capture_output=True, text=True,
+    )
+    assert probe.returncode != 0 and "BlockingIOError" in probe.stderr

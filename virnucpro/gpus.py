@@ -3,8 +3,9 @@
 Snakemake runs local jobs side by side (`--resources gpu=N`) but does not tell them which device to
 use. `claim_gpu()` gives the calling process one device of its own, before CUDA is initialised:
 - If CUDA_VISIBLE_DEVICES names exactly one device, a scheduler (SLURM) or the user chose it: use it.
-- Otherwise pick among the visible devices (those CUDA_VISIBLE_DEVICES lists, or all of them) the
-  first whose lock file is free, hold an exclusive `flock` on it for the life of the process, and set
+- Otherwise pick among the visible devices (those CUDA_VISIBLE_DEVICES lists, or all of them: one
+  GPU too, so that jobs started side by side on a one-GPU machine take turns) the first whose lock
+  file is free, hold an exclusive `flock` on it for the life of the process, and set
   CUDA_VISIBLE_DEVICES to that device alone. The kernel drops the lock when the process ends, killed
   or not, so no stale lock survives a crash. If every device is taken, wait and try again.
 """
@@ -40,8 +41,10 @@ def visible_devices():
 def claim_gpu(poll_seconds=5.0, lock_dir=LOCK_DIR):
     """Reserve one visible GPU for this process; returns its name, or None when there is no GPU."""
     devices = visible_devices()
-    if len(devices) <= 1:
-        return devices[0] if devices else None
+    if not devices:
+        return None
+    if len(devices) == 1 and "CUDA_VISIBLE_DEVICES" in os.environ:
+        return devices[0]
     lock_dir.mkdir(parents=True, exist_ok=True)
     _open_permissions(lock_dir, 0o1777)
     waited = False
