@@ -8,14 +8,24 @@ All backends take q, k, v (T, H, Dh) and `cu_seqlens` (B + 1,) int32 on the same
 - "torch_varlen": torch.nn.attention.varlen.varlen_attn, PyTorch's FlashAttention (CUDA, fp16/bf16; no ALiBi)
 - "padded_sdpa":  sequences padded to (B, H, Lmax, Dh) and scaled_dot_product_attention with a key
                   mask and, for ALiBi, an additive bias (CUDA fallback for ALiBi without flash-attn)
+- "flex":         FlexAttention over the packed row (ALiBi): a block-sparse document mask built from
+                  `cu_seqlens` and a `score_mod` adding the bias in float32 (compiled on first use)
 - "reference":    one scaled_dot_product_attention call per sequence (CPU, float32; same numbers as a
                   padded batch, so the CPU path reproduces fair-esm's padded forward)
+
+With ALiBi, "padded_sdpa" and "flex" build a per-batch plan (padding indices and the bias, or the
+block mask) once and reuse it for every layer: the plan of the last (cu_seqlens, max_seqlen, slopes)
+is kept, recognised by tensor identity, so the layers of one batch must pass the same tensors.
 """
+
+import weakref
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("flash_attn", "torch_varlen", "padded_sdpa", "reference")
+from virnucpro.packing import segment_ids
+
+BACKENDS = ("flash_attn", "torch_varlen", "padded_sdpa", "flex", "reference")
 
 
 def _have_flash_attn():
@@ -42,6 +52,8 @@ def select_backend(device, dtype, alibi=False):
             return "flash_attn"
         if not alibi and _have_torch_varlen():
             return "torch_varlen"
+        # ALiBi without flash-attn: padded SDPA needs no compiler; "flex" is the alternative, and
+        # benchmarks/dnabert_throughput.py measures the two side by side
         return "padded_sdpa"
     return "reference"
 
@@ -64,6 +76,10 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes=None, 
         from torch.nn.attention.varlen import varlen_attn
 
         return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
+    if alibi_slopes is not None and backend == "padded_sdpa":
+        return _padded_sdpa_alibi(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes)
+    if backend == "flex":
+        return _flex(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes)
     if backend == "padded_sdpa":
         return _padded_sdpa(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes)
     if backend == "reference":
@@ -109,3 +125,122 @@ def _padded_sdpa(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes):
         mask = mask + _alibi_bias(alibi_slopes, max_seqlen, q.device, q.dtype)[None]
     o = F.scaled_dot_product_attention(to_padded(q), to_padded(k), to_padded(v), attn_mask=mask, scale=scale)
     return o.permute(0, 2, 1, 3)[valid]  # (T, H, Dh)
+
+
+# --------------------------------------------------------------------------- ALiBi on packed batches
+
+
+class _LastPlan:
+    """The plan of the most recent batch, reused while the same tensors (by identity) come back."""
+
+    def __init__(self):
+        self.refs, self.key, self.plan = (), None, None
+
+    def get(self, tensors, key, build):
+        same = len(self.refs) == len(tensors) and all(r() is t for r, t in zip(self.refs, tensors))
+        if not same or self.key != key:
+            self.plan = None  # free the old plan before building the new one
+            self.plan = build()
+            self.refs, self.key = tuple(weakref.ref(t) for t in tensors), key
+        return self.plan
+
+
+_padded_plans = _LastPlan()
+_flex_plans = _LastPlan()
+_MASK_ALIGN = 16  # SDPA's memory-efficient kernel copies a bias whose row stride is not aligned
+
+
+def _padded_alibi_plan(cu_seqlens, total, max_seqlen, slopes, dtype):
+    """Padding indices and the (B, H, L, L) additive bias (ALiBi + key mask) of one packed batch."""
+    b, n = cu_seqlens.shape[0] - 1, max_seqlen
+    device = cu_seqlens.device
+    cu = cu_seqlens.to(torch.int64)
+    seg = segment_ids(cu_seqlens, total)  # (T,) sequence of each token
+    pos = torch.arange(total, device=device) - cu[seg]  # (T,) position within its sequence
+    slot = torch.arange(n, device=device)
+    src = (cu[:-1, None] + slot[None, :]).clamp_max(max(total - 1, 0))  # (B, L) token of each padded slot
+    valid = slot[None, :] < (cu[1:] - cu[:-1])[:, None]  # (B, L)
+    acc = torch.promote_types(dtype, torch.float32)  # at least float32, float64 for float64 inputs
+    dist = (slot[None, :] - slot[:, None]).abs().to(acc)  # (L, L)
+    alibi = -slopes.to(device, acc)[:, None, None] * dist  # (H, L, L)
+    key_mask = torch.zeros(b, 1, 1, n, device=device, dtype=acc)
+    key_mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
+    width = -(-n // _MASK_ALIGN) * _MASK_ALIGN
+    bias = torch.empty(b, slopes.shape[0], n, width, device=device, dtype=dtype)[..., :n]
+    torch.add(alibi[None], key_mask, out=bias)  # (B, H, L, L), rounded once to `dtype`
+    return src, seg, pos, bias
+
+
+def _padded_sdpa_alibi(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes):
+    """ALiBi attention as one padded SDPA call; no host synchronisation (indices, not boolean masks)."""
+    t = q.shape[0]
+    key = (t, int(max_seqlen), q.dtype, q.device)
+    src, seg, pos, bias = _padded_plans.get(
+        (cu_seqlens, alibi_slopes), key,
+        lambda: _padded_alibi_plan(cu_seqlens, t, int(max_seqlen), alibi_slopes, q.dtype),
+    )
+
+    def to_padded(x):
+        return x[src].transpose(1, 2)  # (B, H, L, Dh)
+
+    o = F.scaled_dot_product_attention(to_padded(q), to_padded(k), to_padded(v), attn_mask=bias, scale=scale)
+    return o[seg, :, pos]  # (T, H, Dh): padded slot (seg, pos) of every packed token
+
+
+_FLEX_BLOCK = 128
+_flex_compiled = None
+
+
+def _flex_plan(cu_seqlens, total):
+    """Block mask of the packed row: token i attends to token j iff both lie in the same sequence.
+
+    Each query block of 128 tokens visits the key blocks from the start of its first sequence to the
+    end of its last one; `mask_mod` settles the tokens inside those blocks.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    device = cu_seqlens.device
+    bs = _FLEX_BLOCK
+    cu = cu_seqlens.to(torch.int64)
+    seg = segment_ids(cu_seqlens, total)  # (T,)
+    nq = -(-total // bs)
+    qb = torch.arange(nq, device=device)
+    first = seg[qb * bs]  # (NQ,) first sequence of each query block
+    last = seg[((qb + 1) * bs).clamp_max(total) - 1]  # (NQ,) its last sequence
+    start = cu[first] // bs  # first key block needed
+    end = -(-cu[last + 1] // bs)  # one past the last key block needed
+    num = (end - start).to(torch.int32)[None, None]  # (1, 1, NQ)
+    idx = (start[:, None] + qb[None, :]).clamp_max(nq - 1).to(torch.int32)[None, None]  # (1, 1, NQ, NQ)
+
+    def same_sequence(b, h, q_idx, kv_idx):
+        return seg[q_idx] == seg[kv_idx]
+
+    mask = BlockMask.from_kv_blocks(
+        num, idx, BLOCK_SIZE=bs, mask_mod=same_sequence, seq_lengths=(total, total)
+    )
+    return seg, mask
+
+
+def _flex(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes):
+    """FlexAttention over the packed row (1, H, T, Dh); the ALiBi bias uses packed indices, whose
+    difference equals the within-sequence distance wherever the mask lets a score through."""
+    global _flex_compiled
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if _flex_compiled is None:
+        _flex_compiled = torch.compile(flex_attention, dynamic=True)
+    t = q.shape[0]
+    _, block_mask = _flex_plans.get((cu_seqlens,), (t, q.device), lambda: _flex_plan(cu_seqlens, t))
+    score_mod = None
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(q.device, torch.float32)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score - slopes[h] * (q_idx - kv_idx).abs()
+
+    def packed_row(x):
+        return x.transpose(0, 1).unsqueeze(0)  # (1, H, T, Dh)
+
+    o = _flex_compiled(packed_row(q), packed_row(k), packed_row(v), score_mod=score_mod,
+                       block_mask=block_mask, scale=scale)
+    return o[0].transpose(0, 1)  # (T, H, Dh)

@@ -1,0 +1,407 @@
+"""DNABERT-S: native packed forward against a simple one-sequence-at-a-time float32 reference.
+
+The tiny snapshots (tests/tiny_dnabert.py) are in the published format and go through the real loader.
+The reference below is written from the published model code's arithmetic, not from virnucpro.dnabert:
+one sequence at a time as VirNucPro ran it, shape (1, L, D), an explicit (H, L, L) ALiBi matrix with the
+published 12-head slopes, matmul attention and softmax.
+
+Tolerances: both sides are float32 on the CPU and differ only in summation order (packed rows vs one
+sequence, fused SDPA vs matmul + softmax), ~1e-7 relative per operation and ~1e-6 after two post-LN
+layers; 1e-5 leaves room for other BLAS builds, while a real defect (a slope, an ALiBi distance across
+sequences, a dropped [CLS] in the mean, q/k/v order) moves values by 1e-2 or more.
+"""
+
+import hashlib
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer, write_weights
+from virnucpro.cli import main as cli_main
+from virnucpro.dnabert import DnabertConfig, DnaTokenizer, alibi_slopes, load_dnabert
+from virnucpro.embeddings import read_embeddings
+from virnucpro.errors import VirNucProError
+from virnucpro.packing import pack
+from virnucpro.runner import embed_packed
+
+# the published slopes of the 12-head model, written out (not computed)
+SLOPES_12 = [2**-1, 2**-2, 2**-3, 2**-4, 2**-5, 2**-6, 2**-7, 2**-8, 2**-0.5, 2**-1.5, 2**-2.5, 2**-3.5]
+TOL = 1e-5
+# bp lengths: a base, short frames, 300/500 bp frames and sequences of more than 512 tokens
+RAGGED_BP = [1, 2, 5, 17, 64, 150, 298, 300, 499, 500, 1900, 3000]
+
+
+@torch.no_grad()
+def reference_hidden(state, ids, device="cpu", dtype=torch.float32, heads=12, eps=1e-12):
+    """Last hidden state (L, D) of ONE sequence of token ids, computed as the original model does."""
+    w = {k.removeprefix("bert."): t.to(device=device, dtype=dtype) for k, t in state.items()}
+    ids = torch.as_tensor(np.asarray(ids), device=device).long()[None]  # (1, L)
+    length = ids.shape[1]
+    d = w["embeddings.word_embeddings.weight"].shape[1]
+    dh = d // heads
+    n_layers = len({k.split(".")[2] for k in w if k.startswith("encoder.layer.")})
+
+    def ln(x, prefix):
+        return F.layer_norm(x, (d,), w[f"{prefix}.weight"], w[f"{prefix}.bias"], eps)
+
+    token_type = torch.zeros_like(ids)
+    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.token_type_embeddings.weight"][token_type]
+    x = ln(x, "embeddings.LayerNorm")  # (1, L, D)
+    pos = torch.arange(length, device=device)
+    distance = (pos[None, :] - pos[:, None]).abs().to(torch.float32)  # (L, L)
+    alibi = -torch.tensor(SLOPES_12, device=device)[:, None, None] * distance  # (H, L, L)
+    alibi = alibi[None].to(dtype)  # (1, H, L, L)
+    for n in range(n_layers):
+        p = f"encoder.layer.{n}"
+        qkv = x @ w[f"{p}.attention.self.Wqkv.weight"].T + w[f"{p}.attention.self.Wqkv.bias"]
+        qkv = qkv.view(1, length, 3, heads, dh)
+        q = qkv[:, :, 0].permute(0, 2, 1, 3)  # (1, H, L, Dh)
+        k = qkv[:, :, 1].permute(0, 2, 3, 1)  # (1, H, Dh, L)
+        v = qkv[:, :, 2].permute(0, 2, 1, 3)  # (1, H, L, Dh)
+        scores = q @ k / math.sqrt(dh) + alibi
+        att = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(1, length, d)
+        att = att @ w[f"{p}.attention.output.dense.weight"].T + w[f"{p}.attention.output.dense.bias"]
+        x = ln(att + x, f"{p}.attention.output.LayerNorm")
+        h = x @ w[f"{p}.mlp.gated_layers.weight"].T  # (1, L, 2I)
+        inter = h.shape[-1] // 2
+        h = F.gelu(h[..., :inter]) * h[..., inter:]
+        h = h @ w[f"{p}.mlp.wo.weight"].T + w[f"{p}.mlp.wo.bias"]
+        x = ln(h + x, f"{p}.mlp.layernorm")
+    return x[0]
+
+
+def reference_embeddings(state, token_lists, **kw):
+    """VirNucPro's DNABERT-S embedding: mean of the last hidden state over all tokens, per sequence."""
+    return np.stack([reference_hidden(state, ids, **kw).float().mean(0).cpu().numpy() for ids in token_lists])
+
+
+def hf_token_ids(model_dir, seqs):
+    """Token ids as the published tokenizer gives them (tokenizers library, specials added by the file)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    return [tok.encode(s.upper()).ids for s in seqs]
+
+
+def _rel_err(a, b):
+    return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return train_tokenizer(256, seed=0)
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory, bpe):
+    """(snapshot dir with model.safetensors, its state dict, float32 CPU model, tokenizer)."""
+    directory, state, _ = build_tiny_dnabert(tmp_path_factory.mktemp("dnabert") / "DNABERT-S", tokenizer=bpe)
+    model, tok, _ = load_dnabert(directory)
+    return directory, state, model, tok
+
+
+# ------------------------------------------------------------------------------------ slopes, config
+
+
+def test_alibi_slopes_are_the_published_ones():
+    # float32, as the original holds them: exactly the published values; float64 within a few ulps
+    # (start * ratio**i accumulates rounding)
+    assert torch.equal(torch.tensor(alibi_slopes(12), dtype=torch.float32), torch.tensor(SLOPES_12))
+    assert np.allclose(alibi_slopes(12), SLOPES_12, rtol=1e-14, atol=0)
+    assert alibi_slopes(8) == [2.0**-k for k in range(1, 9)]  # a power of two: start 2^(-8/n)
+    want_16 = torch.tensor([2 ** (-k / 2) for k in range(1, 17)], dtype=torch.float32)
+    assert torch.equal(torch.tensor(alibi_slopes(16), dtype=torch.float32), want_16)
+    assert alibi_slopes(4) == [2**-2, 2**-4, 2**-6, 2**-8]
+    assert alibi_slopes(6) == [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]  # 4 heads, then 8's odd ones
+
+
+def test_config_reads_published_field_names(snapshot, tmp_path):
+    directory = snapshot[0]
+    cfg = DnabertConfig.from_json(directory / "config.json")
+    sizes = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size)
+    assert sizes == (96, 2, 12, 160)
+    assert cfg.vocab_size == 256 and cfg.layer_norm_eps == 1e-12 and cfg.alibi_starting_size == 512
+    raw = json.loads((directory / "config.json").read_text())
+    del raw["num_attention_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(VirNucProError, match="config lacks 'num_attention_heads'"):
+        DnabertConfig.from_json(tmp_path / "config.json")
+    raw["num_attention_heads"] = 7  # 96 is not a multiple of 7
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(VirNucProError, match="not a multiple"):
+        DnabertConfig.from_json(tmp_path / "config.json")
+
+
+# ------------------------------------------------------------------------------------ tokenising
+
+
+def test_tokenizer_adds_cls_and_sep_and_upper_cases(snapshot):
+    directory, _, _, tok = snapshot
+    # [UNK]=0 [CLS]=1 [SEP]=2 [PAD]=3 [MASK]=4, then the alphabet A=5 C=6 G=7 T=8
+    assert [t.tolist() for t in tok(["A", "t", "G", "c"])] == [[1, 5, 2], [1, 8, 2], [1, 7, 2], [1, 6, 2]]
+    assert tok(["N"])[0].tolist() == [1, 0, 2]  # not in the vocabulary: [UNK]
+    seqs = random_dna(20, range(1, 400, 20), seed=3)
+    mixed = [s.lower() if i % 2 else s for i, s in enumerate(seqs)]
+    got = tok(mixed)
+    assert [g.tolist() for g in got] == hf_token_ids(directory, seqs)
+    assert all(g[0] == 1 and g[-1] == 2 and (g[1:-1] > 4).all() for g in got)
+    assert max(len(g) for g in got) > 30  # merges happened: fewer tokens than bases
+    assert all(len(g) - 2 < len(s) for g, s in zip(got, seqs) if len(s) > 20)
+
+
+def test_tokenizer_without_post_processor_adds_them_by_id(snapshot, tmp_path):
+    directory, _, _, tok = snapshot
+    raw = json.loads((directory / "tokenizer.json").read_text())
+    assert raw["post_processor"]["type"] == "TemplateProcessing"
+    raw["post_processor"] = None
+    raw["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(raw))
+    bare = DnaTokenizer(tmp_path / "tokenizer.json")
+    assert not bare.post_processed and tok.post_processed
+    seqs = random_dna(5, [3, 100, 500, 700, 1], seed=4)
+    assert [t.tolist() for t in bare(seqs)] == [t.tolist() for t in tok(seqs)]  # truncation ignored too
+
+
+def test_tokenizer_errors(tmp_path):
+    with pytest.raises(VirNucProError, match="not a readable tokenizer.json"):
+        DnaTokenizer(tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(VirNucProError, match="not a readable tokenizer.json"):
+        DnaTokenizer(tmp_path / "tokenizer.json")
+
+
+# ------------------------------------------------------------------------------------ the packed forward
+
+
+def test_every_token_matches_the_reference(snapshot):
+    directory, state, model, tok = snapshot
+    seqs = random_dna(len(RAGGED_BP), RAGGED_BP, seed=1)
+    tokens = tok(seqs)
+    lengths = [len(t) for t in tokens]
+    assert max(lengths) > 512 and min(lengths) == 3
+    batch = pack(tokens, np.arange(len(seqs)))
+    with torch.inference_mode():
+        hidden = model(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
+    cu = batch.cu_seqlens.tolist()
+    for i, ids in enumerate(hf_token_ids(directory, seqs)):
+        want = reference_hidden(state, ids)
+        torch.testing.assert_close(hidden[cu[i] : cu[i + 1]], want, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("budget", [1000, 8192, 1_000_000])  # the longest alone, default CPU, one batch
+def test_packed_embeddings_equal_the_reference(snapshot, budget):
+    directory, state, model, tok = snapshot
+    seqs = random_dna(len(RAGGED_BP) * 2, RAGGED_BP * 2, seed=2)
+    ids = [f"s{i}" for i in range(len(seqs))]
+    got = embed_packed(ids, tok(seqs), lambda t: t, model.embed, 96, "cpu", budget, "test")
+    want = reference_embeddings(state, hf_token_ids(directory, seqs))
+    assert _rel_err(got, want).max() < TOL
+
+
+def test_pooling_is_over_all_tokens_cls_and_sep_included(snapshot):
+    directory, state, model, tok = snapshot
+    seqs = random_dna(4, [10, 300, 500, 40], seed=5)
+    got = model.embed(pack(tok(seqs), np.arange(4))).numpy()
+    ids = hf_token_ids(directory, seqs)
+    hidden = [reference_hidden(state, i).numpy() for i in ids]
+    all_tokens = np.stack([h.mean(0) for h in hidden])
+    inner_only = np.stack([h[1:-1].mean(0) for h in hidden])
+    assert _rel_err(got, all_tokens).max() < TOL
+    assert _rel_err(got, inner_only).min() > 100 * TOL  # the test tells the two poolings apart
+
+
+@pytest.mark.parametrize("backend", ["reference", "padded_sdpa", "flex"])
+def test_attention_backends_agree_with_the_reference(snapshot, backend):
+    """Every ALiBi backend, run in float32 on the CPU, gives the reference's numbers."""
+    directory, state, _, tok = snapshot
+    model, _, _ = load_dnabert(directory, attention=backend)
+    seqs = random_dna(9, [1, 30, 300, 500, 499, 2500, 64, 298, 7], seed=6)
+    ids = [f"s{i}" for i in range(len(seqs))]
+    got = embed_packed(ids, tok(seqs), lambda t: t, model.embed, 96, "cpu", 2048, "test")
+    want = reference_embeddings(state, hf_token_ids(directory, seqs))
+    assert _rel_err(got, want).max() < TOL
+
+
+def test_compiled_layers_match_eager(snapshot):
+    """The torch.compile path (default on CUDA; token dimension dynamic) computes the eager function."""
+    directory, _, model, tok = snapshot
+    compiled, _, _ = load_dnabert(directory, compile=True)
+    for lengths in ([3, 50, 200], [1, 7, 20, 90, 400, 1100]):  # two token counts: no re-specialisation
+        batch = pack(tok(random_dna(len(lengths), lengths, seed=len(lengths))), np.arange(len(lengths)))
+        want = model.embed(batch).numpy()
+        got = compiled.embed(batch).numpy()
+        assert compiled.compiled  # did not fall back to eager
+        assert _rel_err(got, want).max() < TOL
+
+
+def test_cpu_embeddings_do_not_depend_on_batch_composition(snapshot):
+    """Bit for bit on the CPU: a frame's embedding is the same in any batch (so any shard count)."""
+    _, _, model, tok = snapshot
+    rng = np.random.default_rng(12)
+    seqs = random_dna(240, rng.integers(280, 501, 240), seed=12)
+    ids = [f"s{i}" for i in range(len(seqs))]
+    whole = embed_packed(ids, tok(seqs), lambda t: t, model.embed, 96, "cpu", 8192, "test")
+    third = embed_packed(ids[:80], tok(seqs[:80]), lambda t: t, model.embed, 96, "cpu", 8192, "test")
+    small = embed_packed(ids, tok(seqs), lambda t: t, model.embed, 96, "cpu", 1500, "test")
+    assert np.array_equal(whole[:80], third) and np.array_equal(whole, small)
+
+
+def test_no_cross_talk_between_packed_sequences(snapshot):
+    _, _, model, tok = snapshot
+    seqs = random_dna(5, [120, 3, 900, 300, 1], seed=7)
+    alone = np.stack([model.embed(pack(tok([s]), [0]))[0].numpy() for s in seqs])
+    together = model.embed(pack(tok(seqs), np.arange(5))).numpy()
+    reordered = model.embed(pack(tok(seqs[::-1]), np.arange(5))).numpy()[::-1]
+    assert _rel_err(together, alone).max() < 1e-6
+    assert _rel_err(reordered, alone).max() < 1e-6
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def _embed(model_dir, seqs):
+    model, tok, path = load_dnabert(model_dir)
+    return model.embed(pack(tok(seqs), np.arange(len(seqs)))).numpy(), path
+
+
+def test_both_weight_formats_and_the_bert_prefix_load_the_same_model(snapshot, tmp_path, bpe):
+    directory, state, _, _ = snapshot
+    seqs = random_dna(3, [50, 500, 5], seed=8)
+    want, path = _embed(directory, seqs)
+    assert path.name == "model.safetensors"
+    for name, formats, prefix in [("bin", ("bin",), ""), ("bert", ("safetensors",), "bert."),
+                                  ("bert_bin", ("bin",), "bert."), ("both", ("bin", "safetensors"), "")]:
+        d, other_state, _ = build_tiny_dnabert(tmp_path / name, tokenizer=bpe, formats=formats, prefix=prefix)
+        assert all(torch.equal(other_state[k], state[k]) for k in state)  # same seed, same weights
+        got, path = _embed(d, seqs)
+        assert path.name == ("pytorch_model.bin" if formats == ("bin",) else "model.safetensors")
+        assert np.array_equal(got, want), name
+    assert any(k.startswith("pooler.") for k in state) and any(k.startswith("cls.") for k in state)
+
+
+def _write_variant(tmp_path, snapshot, state=None, config_changes=None, fmt="safetensors"):
+    directory = snapshot[0]
+    out = tmp_path / f"variant{len(list(tmp_path.glob('variant*')))}"
+    out.mkdir()
+    (out / "tokenizer.json").write_text((directory / "tokenizer.json").read_text())
+    cfg = json.loads((directory / "config.json").read_text())
+    cfg.update(config_changes or {})
+    (out / "config.json").write_text(json.dumps(cfg))
+    if state is not None:
+        write_weights(state, out, fmt)
+    return out
+
+
+def _one_line_error(directory, match):
+    with pytest.raises(VirNucProError, match=match) as err:
+        load_dnabert(directory)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_mismatched_checkpoints_are_refused_naming_file_and_key(snapshot, tmp_path):
+    state = snapshot[1]
+    missing = {k: v for k, v in state.items() if k != "encoder.layer.1.mlp.wo.bias"}
+    d = _write_variant(tmp_path, snapshot, missing)
+    msg = _one_line_error(d, "missing key 'encoder.layer.1.mlp.wo.bias'")
+    assert str(d / "model.safetensors") in msg
+
+    shaped = dict(state, **{"encoder.layer.0.attention.self.Wqkv.weight": torch.zeros(96 * 3, 64)})
+    d = _write_variant(tmp_path, snapshot, shaped, fmt="bin")
+    msg = _one_line_error(d, r"key 'encoder.layer.0.attention.self.Wqkv.weight' has shape \(288, 64\)")
+    assert "(288, 96)" in msg and str(d / "pytorch_model.bin") in msg
+
+    extra = dict(state, **{"encoder.layer.0.attention.self.Wq.weight": torch.zeros(96, 96)})
+    d = _write_variant(tmp_path, snapshot, extra)
+    _one_line_error(d, "unexpected key 'encoder.layer.0.attention.self.Wq.weight'")
+
+    d = _write_variant(tmp_path, snapshot, state, {"num_hidden_layers": 3})
+    _one_line_error(d, "missing key 'encoder.layer.2.")
+    d = _write_variant(tmp_path, snapshot, state, {"num_hidden_layers": 1})
+    _one_line_error(d, "unexpected key 'encoder.layer.1.")
+    d = _write_variant(tmp_path, snapshot, state, {"hidden_size": 120})
+    _one_line_error(d, "has shape")
+    d = _write_variant(tmp_path, snapshot, state, {"vocab_size": 100})  # tokenizer has 256 tokens
+    _one_line_error(d, "tokenizer.json has 256 tokens but config.json vocab_size is 100")
+
+    buffers = dict(state, **{"embeddings.position_ids": torch.arange(512)[None]})  # saved by some BERTs
+    d = _write_variant(tmp_path, snapshot, buffers)
+    load_dnabert(d)
+
+
+class Payload:
+    """A class no allow-list names: unpickling it must be refused, not executed."""
+
+
+def test_unsafe_or_broken_weight_files_are_refused(snapshot, tmp_path):
+    d = _write_variant(tmp_path, snapshot)
+    _one_line_error(d, r"no model weights \(model.safetensors or pytorch_model.bin\)")
+    torch.save({"embeddings.word_embeddings.weight": Payload()}, d / "pytorch_model.bin")
+    _one_line_error(d, "pytorch_model.bin: not a loadable weights file")
+    torch.save({"step": 3}, d / "pytorch_model.bin")
+    _one_line_error(d, "not a state dict of tensors")
+    (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken header}")
+    _one_line_error(d, "model.safetensors: not a loadable weights file")
+    with pytest.raises(VirNucProError, match="model directory not found"):
+        load_dnabert(tmp_path / "absent")
+
+
+# ------------------------------------------------------------------------------------ the CLI step
+
+
+def _write_fasta(path, records):
+    path.write_text("".join(f">{rid} frame\n{seq[:70]}\n{seq[70:]}\n" for rid, seq in records))
+
+
+def test_cli_embed_dna_end_to_end(snapshot, tmp_path, caplog):
+    directory, state, _, _ = snapshot
+    seqs = random_dna(8, [299, 500, 12, 301, 2000, 498, 1, 60], seed=9)
+    seqs[1] = seqs[1].lower()  # upper-cased before tokenising, as the original does
+    seqs[3] = seqs[3][:100] + "NNRYK" + seqs[3][105:]  # IUPAC codes become [UNK] tokens
+    records = [(f"contig{i}_chunk_{i + 1}{'FR'[i % 2]}{i % 3 + 1}", s) for i, s in enumerate(seqs)]
+    fna = tmp_path / "frames.fna"
+    _write_fasta(fna, records)
+    out = tmp_path / "dnabert" / "0.h5"
+    with caplog.at_level(logging.INFO, logger="virnucpro"):
+        rc = cli_main(["embed-dna", str(fna), "--model", str(directory), "--out", str(out),
+                       "--device", "cpu", "--tokens-per-batch", "700"])
+    assert rc == 0
+    ids, emb, attrs = read_embeddings(out)
+    assert ids == [r[0] for r in records]
+    assert emb.shape == (8, 96) and emb.dtype == np.float32
+    token_ids = hf_token_ids(directory, seqs)
+    assert 0 in token_ids[3]
+    assert _rel_err(emb, reference_embeddings(state, token_ids)).max() < TOL
+    weights = directory / "model.safetensors"
+    assert attrs["model"] == str(directory) and attrs["model_file"] == "model.safetensors"
+    assert attrs["model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert attrs["precision"] == "float32" and attrs["layer"] == 2 and attrs["attention"] == "reference"
+    assert "[CLS]" in attrs["pooling"] and "[SEP]" in attrs["pooling"] and "all tokens" in attrs["pooling"]
+    assert "sequences/s" in caplog.text and "tokens/s" in caplog.text
+
+
+def test_cli_empty_frames_give_zero_rows(snapshot, tmp_path):
+    fna = tmp_path / "empty.fna"
+    fna.write_text("")
+    out = tmp_path / "empty.h5"
+    rc = cli_main(["embed-dna", str(fna), "--model", str(snapshot[0]), "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    ids, emb, _ = read_embeddings(out)
+    assert ids == [] and emb.shape == (0, 96)
+
+
+def test_cli_errors_are_one_line(snapshot, tmp_path, capsys):
+    fna = tmp_path / "f.fna"
+    _write_fasta(fna, [("a", "ACGT")])
+    out = tmp_path / "o.h5"
+    assert cli_main(["embed-dna", str(fna), "--model", str(tmp_path / "none"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("virnucpro embed-dna: error: ") and "model directory not found" in err[-1]
+    assert cli_main(["embed-dna", str(fna), "--model", str(snapshot[0]), "--out", str(out),
+                     "--device", "cpu", "--tokens-per-batch", "0"]) == 1
+    assert not out.exists()

@@ -1,0 +1,469 @@
+"""DNABERT-S nucleotide embeddings: the MosaicBERT / DNABERT-2 architecture, native and packed.
+
+The published model loads through `trust_remote_code`, which runs code from the model repository; this
+module implements the same forward itself and reads the published snapshot directory directly:
+`config.json` (Hugging Face field names), `tokenizer.json` (a BPE file for the `tokenizers` library)
+and `model.safetensors` or `pytorch_model.bin` (a plain state dict, read without executing pickled code).
+
+The forward runs over packed batches (all tokens of B sequences in one row, `cu_seqlens` (B + 1,) int32
+marking where each starts) and reproduces the original one-sequence-at-a-time forward for every sequence:
+
+- embeddings = word + token_type[0], then LayerNorm; no position embeddings;
+- post-LayerNorm blocks: x = LN(x + Attn(x)); x = LN(x + MLP(x));
+- attention: fused `Wqkv` (q, k, v in that order), scale head_dim^-0.5, ALiBi bias -slope_h * |i - j|
+  with positions restarting in every sequence;
+- MLP: gelu(h[:, :I]) * h[:, I:] with h = `gated_layers`(x) (no bias), then `wo`.
+
+`embed_dna` is the `virnucpro embed-dna` step: sequences are upper-cased, tokenised as
+`[CLS] tokens [SEP]`, and each embedding is the mean of the last hidden state over ALL tokens of the
+sequence, `[CLS]` and `[SEP]` included, as VirNucPro computes it. On a GPU the matrix products run in
+bf16 while embeddings, LayerNorms, the gated GELU and the residual stream stay float32; on the CPU all is
+float32, and a frame's embedding is bit for bit the same whatever batch it is packed into.
+"""
+
+import json
+import logging
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from virnucpro.attention import select_backend, varlen_attention
+from virnucpro.errors import VirNucProError
+from virnucpro.packing import segment_mean
+
+log = logging.getLogger("virnucpro")
+
+DEFAULT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 8192}
+POOLING = "mean of the last hidden state over all tokens, [CLS] and [SEP] included"
+PRECISION = {
+    torch.float32: "float32",
+    torch.bfloat16: "bfloat16 matmuls; float32 embeddings, LayerNorm, GELU and residual stream",
+}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
+IGNORED_PREFIXES = ("pooler.", "cls.")  # heads the embedding does not use
+IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")  # index buffers some BERTs save
+TOKENIZE_CHUNK = 16384  # sequences per `encode_batch` call
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+@dataclass(frozen=True)
+class DnabertConfig:
+    """The architecture fields of a DNABERT-S / DNABERT-2 `config.json` (Hugging Face names)."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    vocab_size: int = 4096
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    alibi_starting_size: int = 512  # the original's initial ALiBi table; it grows on demand, no effect here
+
+    REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_json(cls, path):
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise VirNucProError(f"{path}: not a readable config.json ({exc})") from None
+        if not isinstance(raw, dict):
+            raise VirNucProError(f"{path}: not a model config (expected a JSON object)")
+        missing = [k for k in cls.REQUIRED if k not in raw]
+        if missing:
+            raise VirNucProError(f"{path}: config lacks '{missing[0]}'")
+        values = {}
+        for field in fields(cls):
+            value = raw.get(field.name, field.default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
+                field.type is int and value != int(value)
+            ):
+                raise VirNucProError(f"{path}: '{field.name}' must be a positive number, got {value!r}")
+            values[field.name] = field.type(value)
+        config = cls(**values)
+        if config.hidden_size % config.num_attention_heads:
+            raise VirNucProError(
+                f"{path}: hidden_size {config.hidden_size} is not a multiple of "
+                f"num_attention_heads {config.num_attention_heads}"
+            )
+        return config
+
+
+def alibi_slopes(n_heads):
+    """ALiBi head slopes as MosaicBERT / DNABERT-2 compute them (list of n_heads floats).
+
+    For a power of two n: start = 2^(-8/n) and slopes start^1 .. start^n. Otherwise the slopes of the
+    largest power of two p < n, then every other slope of 2p, up to n in all. For 12 heads:
+    2^-1 .. 2^-8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5.
+    """
+
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return power_of_2(n_heads)
+    closest = 2 ** math.floor(math.log2(n_heads))
+    return power_of_2(closest) + alibi_slopes(2 * closest)[0::2][: n_heads - closest]
+
+
+# ------------------------------------------------------------------------------------ tokenising
+
+
+class DnaTokenizer:
+    """`tokenizer.json` through the `tokenizers` library: upper-cased sequence -> `[CLS] ids [SEP]`.
+
+    The file's post-processor adds `[CLS]` and `[SEP]` as the published tokenizer does; a file without
+    one gets them added here by id. Truncation and padding stored in the file are switched off, as the
+    Hugging Face tokenizer call of the original does by default.
+    """
+
+    def __init__(self, path):
+        from tokenizers import Tokenizer  # Rust tokenizer; only this step needs it
+
+        self.path = Path(path)
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.path))
+        except Exception as exc:  # the Rust side raises plain Exception for missing and malformed files
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VirNucProError(f"{self.path}: not a readable tokenizer.json ({reason})") from None
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.cls_id = self.tokenizer.token_to_id("[CLS]")
+        self.sep_id = self.tokenizer.token_to_id("[SEP]")
+        if self.cls_id is None or self.sep_id is None:
+            raise VirNucProError(f"{self.path}: tokenizer has no [CLS] or no [SEP] token")
+        self.post_processed = self.tokenizer.post_processor is not None
+        probe = self(["ACGT"])[0]
+        if probe[0] != self.cls_id or probe[-1] != self.sep_id or len(probe) < 3:
+            raise VirNucProError(f"{self.path}: the tokenizer's post-processor does not give [CLS] ... [SEP]")
+
+    @property
+    def vocab_size(self):
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, seqs):
+        """list[str] -> list of (n_i,) int32 token ids, [CLS] and [SEP] included."""
+        out = []
+        for i in range(0, len(seqs), TOKENIZE_CHUNK):
+            chunk = [s.upper() for s in seqs[i : i + TOKENIZE_CHUNK]]
+            for enc in self.tokenizer.encode_batch(chunk, add_special_tokens=self.post_processed):
+                ids = np.asarray(enc.ids, dtype=np.int32)
+                if not self.post_processed:
+                    ids = np.concatenate([[self.cls_id], ids, [self.sep_id]]).astype(np.int32)
+                out.append(ids)
+        return out
+
+
+# ------------------------------------------------------------------------------------ the model
+
+
+def post_attention(x, a, out_w, out_b, ln1_w, ln1_b, gate_w, wo_w, wo_b, ln2_w, ln2_b, eps):
+    """The rest of a block after attention: x (T, D) block input (float32), a (T, D) heads merged.
+
+    Matrix products run in the linear weights' dtype; the residual adds, LayerNorms and the gated GELU
+    run in x's dtype (float32), so only the matmul inputs and outputs are ever rounded to bf16.
+    The GELU input is made contiguous: on a strided slice the CPU kernel splits rows between threads and
+    computes the split rows' ends with a scalar erf, so a token's result would depend on its place in
+    the batch; contiguous, every token gets the same bits whatever batch it is packed into.
+    """
+    d = x.shape[1]
+    a = F.linear(a, out_w, out_b).to(x.dtype)  # attention output projection
+    x = F.layer_norm(x + a, (d,), ln1_w, ln1_b, eps)  # residual, post-LN
+    g = F.linear(x.to(gate_w.dtype), gate_w)  # (T, 2I)
+    i = g.shape[1] // 2
+    gate = g[:, :i].to(x.dtype).contiguous()  # (T, I)
+    h = F.gelu(gate) * g[:, i:].to(x.dtype)  # (T, I): erf GELU of the gate times the rest
+    m = F.linear(h.to(wo_w.dtype), wo_w, wo_b).to(x.dtype)  # (T, D)
+    return F.layer_norm(x + m, (d,), ln2_w, ln2_b, eps)  # residual, post-LN
+
+
+class Block(nn.Module):
+    """One post-LayerNorm encoder layer (parameter names: see CHECKPOINT_NAMES)."""
+
+    def __init__(self, config):
+        super().__init__()
+        d, i = config.hidden_size, config.intermediate_size
+        self.heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.eps = config.layer_norm_eps
+        self.Wqkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.attn_norm = nn.LayerNorm(d, eps=self.eps)
+        self.gated_layers = nn.Linear(d, 2 * i, bias=False)
+        self.wo = nn.Linear(i, d)
+        self.mlp_norm = nn.LayerNorm(d, eps=self.eps)
+
+    def attention(self, x, cu_seqlens, max_seqlen, slopes, backend):
+        """x (T, D) -> the attention heads of every token, merged: (T, D) in the linear weights' dtype."""
+        t, d = x.shape
+        qkv = self.Wqkv(x.to(self.Wqkv.weight.dtype))  # (T, 3D)
+        q, k, v = qkv.view(t, 3, self.heads, self.head_dim).unbind(1)  # (T, H, Dh) each
+        a = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=self.head_dim**-0.5,
+                             alibi_slopes=slopes, backend=backend)  # (T, H, Dh)
+        return a.reshape(t, d)
+
+    def post_params(self):
+        return (self.attn_out.weight, self.attn_out.bias, self.attn_norm.weight, self.attn_norm.bias,
+                self.gated_layers.weight, self.wo.weight, self.wo.bias, self.mlp_norm.weight,
+                self.mlp_norm.bias, self.eps)
+
+
+# checkpoint name -> parameter name here; layer entries sit under `encoder.layer.{n}.` / `layers.{n}.`
+CHECKPOINT_NAMES = {
+    "embeddings.word_embeddings": "word_embeddings",
+    "embeddings.token_type_embeddings": "token_type_embeddings",
+    "embeddings.LayerNorm": "embed_norm",
+}
+CHECKPOINT_LAYER_NAMES = {
+    "attention.self.Wqkv": "Wqkv",
+    "attention.output.dense": "attn_out",
+    "attention.output.LayerNorm": "attn_norm",
+    "mlp.gated_layers": "gated_layers",
+    "mlp.wo": "wo",
+    "mlp.layernorm": "mlp_norm",
+}
+
+
+class DnabertS(nn.Module):
+    """DNABERT-S over packed batches (parameter names: CHECKPOINT_NAMES maps the published ones).
+
+    `attention` is a backend of `virnucpro.attention` ("reference" on CPU); `compile` runs the per-layer
+    work after attention through `torch.compile` (only the token dimension dynamic) and falls back to
+    eager code, with one warning, if compiling fails. `to_inference(device, dtype)` puts the linear layers
+    in `dtype` (bf16 on GPU) and keeps the embeddings, LayerNorms and residual stream in float32.
+    """
+
+    def __init__(self, config, attention="reference", compile=False):
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, d)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d)
+        self.embed_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.slopes = alibi_slopes(config.num_attention_heads)
+        self._slopes_on = {}  # device -> (H,) float32, kept in float32 whatever the weights' dtype
+        self.attention_backend = attention
+        self._post = torch.compile(post_attention) if compile else post_attention
+        self.compiled = bool(compile)
+
+    def to_inference(self, device, dtype):
+        """Linear layers in `dtype` on `device`; embeddings and LayerNorms stay float32.
+
+        bf16 rounding of the weights is the largest error of a bf16 forward; LayerNorm weights near 1
+        (bf16 step 2^-7 there) and the token-type row, common to every token, would shift all tokens the
+        same way, so they and the residual stream are kept in float32 at little cost.
+        """
+        self.to(device=device, dtype=torch.float32)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.to(dtype)
+        return self.eval().requires_grad_(False)
+
+    def alibi_slopes(self, device):
+        if device not in self._slopes_on:
+            self._slopes_on[device] = torch.tensor(self.slopes, dtype=torch.float32, device=device)
+        return self._slopes_on[device]
+
+    def forward(self, input_ids, cu_seqlens, max_seqlen):
+        """input_ids (T,) int64, cu_seqlens (B + 1,) int32, on the model's device; max_seqlen int.
+
+        Returns the last hidden state (T, D) float32.
+        """
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]  # (T, D) float32
+        x = self.embed_norm(x)
+        slopes = self.alibi_slopes(x.device)
+        for block in self.layers:
+            a = block.attention(x, cu_seqlens, max_seqlen, slopes, self.attention_backend)
+            x = self._run_post(x, a, block.post_params())
+        return x
+
+    def _run_post(self, x, a, params):
+        if not self.compiled:
+            return post_attention(x, a, *params)
+        torch._dynamo.mark_dynamic(x, 0)
+        torch._dynamo.mark_dynamic(a, 0)
+        try:
+            return self._post(x, a, *params)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a compiler failure (no C compiler, Triton missing): run eagerly
+            if "out of memory" in str(exc).lower():
+                raise
+            log.warning("torch.compile failed (%s); running DNABERT-S without it", str(exc).splitlines()[0])
+            self._post, self.compiled = post_attention, False
+            return post_attention(x, a, *params)
+
+    @torch.inference_mode()
+    def embed(self, batch):
+        """Mean over all tokens of each sequence (B, D) float32, for a PackedBatch on the model's device."""
+        hidden = self(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
+        return segment_mean(hidden, batch.cu_seqlens, 0, 0)
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def find_weights(model_dir):
+    for name in WEIGHT_FILES:
+        path = Path(model_dir) / name
+        if path.is_file():
+            return path
+    raise VirNucProError(f"{model_dir}: no model weights ({' or '.join(WEIGHT_FILES)})")
+
+
+def read_state_dict(path):
+    """{name: tensor} from a safetensors file or a plain pickled state dict (no code executed)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, BadZipFile, OSError, ..., safetensors' SafetensorError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VirNucProError(f"{path}: not a loadable weights file ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VirNucProError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def _model_name(key):
+    """Parameter name here for a checkpoint key (prefix `bert.` already removed), or None."""
+    module, _, leaf = key.rpartition(".")
+    if module in CHECKPOINT_NAMES:
+        return f"{CHECKPOINT_NAMES[module]}.{leaf}"
+    parts = module.split(".", 3)
+    if len(parts) == 4 and parts[:2] == ["encoder", "layer"] and parts[2].isdigit():
+        if parts[3] in CHECKPOINT_LAYER_NAMES:
+            return f"layers.{parts[2]}.{CHECKPOINT_LAYER_NAMES[parts[3]]}.{leaf}"
+    return None
+
+
+def _checkpoint_name(name):
+    """Checkpoint key for a parameter name here (inverse of `_model_name`)."""
+    module, _, leaf = name.rpartition(".")
+    for ckpt, here in CHECKPOINT_NAMES.items():
+        if module == here:
+            return f"{ckpt}.{leaf}"
+    _, n, here = module.split(".", 2)
+    ckpt = next(c for c, h in CHECKPOINT_LAYER_NAMES.items() if h == here)
+    return f"encoder.layer.{n}.{ckpt}.{leaf}"
+
+
+def load_state_dict(model, state, path):
+    """Copy a DNABERT-S checkpoint into `model`, refusing any missing, unexpected or misshapen entry.
+
+    Keys may carry a `bert.` prefix. Ignored: `pooler.*` and `cls.*` (heads the embedding does not use) and
+    the integer index buffers some BERT checkpoints carry (`embeddings.position_ids`, `.token_type_ids`).
+    """
+    expected = model.state_dict()
+    found = {}
+    for key, value in state.items():
+        bare = key.removeprefix("bert.")
+        if bare.startswith(IGNORED_PREFIXES) or bare in IGNORED_KEYS:
+            continue
+        name = _model_name(bare)
+        if name is None or name not in expected:
+            raise VirNucProError(f"{path}: unexpected key '{key}' for this config")
+        if name in found:
+            raise VirNucProError(f"{path}: key '{key}' appears twice (with and without 'bert.')")
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise VirNucProError(
+                f"{path}: key '{key}' has shape {tuple(value.shape)}, config.json implies "
+                f"{tuple(expected[name].shape)}"
+            )
+        if not value.is_floating_point():
+            raise VirNucProError(f"{path}: key '{key}' holds {value.dtype}, expected floating point")
+        found[name] = value
+    for name in expected:
+        if name not in found:
+            raise VirNucProError(f"{path}: missing key '{_checkpoint_name(name)}'")
+    model.load_state_dict(found, strict=True)
+
+
+def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None, compile=None):
+    """(DnabertS in eval mode on `device` in `dtype`, DnaTokenizer, weights path) from a snapshot dir.
+
+    attention: a backend name, or None to choose by capability; compile: None = on CUDA only.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise VirNucProError(f"{model_dir}: DNABERT-S model directory not found")
+    device = torch.device(device)
+    config = DnabertConfig.from_json(model_dir / "config.json")
+    tokenizer = DnaTokenizer(model_dir / "tokenizer.json")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise VirNucProError(
+            f"{model_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but config.json "
+            f"vocab_size is {config.vocab_size}"
+        )
+    path = find_weights(model_dir)
+    if attention is None:
+        attention = select_backend(device, dtype, alibi=True)
+    if compile is None:
+        compile = device.type == "cuda"
+    with torch.device("meta"):
+        model = DnabertS(config, attention=attention, compile=compile)
+    model = model.to_empty(device="cpu")
+    load_state_dict(model, read_state_dict(path), path)
+    return model.to_inference(device, dtype), tokenizer, path
+
+
+# ------------------------------------------------------------------------------------ the step
+
+
+def embed_dna(frames, model_dir, out, device="auto", tokens_per_batch=None):
+    """Embed every nucleotide frame of FASTA `frames` with DNABERT-S into HDF5 `out` (input order)."""
+    from virnucpro.embeddings import file_sha256, write_embeddings
+    from virnucpro.runner import embed_packed, resolve_device
+    from virnucpro.seqio import read_fasta
+
+    device = resolve_device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # of the linear layers
+    if tokens_per_batch is None:
+        tokens_per_batch = DEFAULT_TOKENS_PER_BATCH[device.type]
+    if tokens_per_batch < 1:
+        raise VirNucProError("--tokens-per-batch must be positive")
+
+    records = list(read_fasta(frames))
+    model, tokenizer, path = load_dnabert(model_dir, device, dtype)
+    ids = [r[0] for r in records]
+    tokens = tokenizer([r[1] for r in records])  # once, up front: the lengths plan the batches
+    del records
+    lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+    log.info(
+        "DNABERT-S %s: %d layers, dim %d, %s on %s, attention %s%s",
+        model_dir, model.config.num_hidden_layers, model.config.hidden_size, PRECISION[dtype],
+        device, model.attention_backend, ", compiled" if model.compiled else "",
+    )
+    embeddings = embed_packed(
+        ids, tokens, lambda batch_tokens: batch_tokens, model.embed, model.config.hidden_size, device,
+        tokens_per_batch, label="embed-dna", lengths=lengths,
+    )
+    attrs = {
+        "model": str(model_dir),
+        "model_file": path.name,
+        "model_sha256": file_sha256(path),
+        "tokenizer_sha256": file_sha256(tokenizer.path),
+        "layer": model.config.num_hidden_layers,
+        "precision": PRECISION[dtype],
+        "pooling": POOLING,
+        "attention": model.attention_backend,
+        "tokens_per_batch": tokens_per_batch,
+    }
+    write_embeddings(out, ids, embeddings, attrs)
+    log.info("embed-dna: wrote %d embeddings to %s", len(ids), out)
