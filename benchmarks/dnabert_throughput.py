@@ -162,7 +162,7 @@ def main():
         args.n_packed, args.n_original = 48, 8
         args.budgets = "8192"
     backends = (args.backends.split(",") if args.backends else
-                (["padded_sdpa", "flex"] + (["flash_attn"] if _have_flash_attn() else []) if cuda
+                (["padded_sdpa"] + (["flash_attn"] if _have_flash_attn() else []) if cuda
                  else ["reference", "padded_sdpa"]))
     modes = (args.compile.split(",") if args.compile else (["eager", "compiled"] if cuda else ["eager"]))
     budgets = [int(b) for b in args.budgets.split(",")]

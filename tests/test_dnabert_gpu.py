@@ -21,7 +21,7 @@ from virnucpro.runner import embed_packed
 
 pytestmark = pytest.mark.gpu
 
-BACKENDS = ["padded_sdpa", "flex"] + (["flash_attn"] if _have_flash_attn() else [])
+BACKENDS = ["padded_sdpa"] + (["flash_attn"] if _have_flash_attn() else [])
 # 300 and 500 bp frames as `prepare` writes them, short ones, and sequences of more than 512 tokens
 LENGTHS_BP = [294, 298, 299, 300, 300, 498, 499, 500, 500, 1, 3, 20, 120, 3000, 4000]
 

@@ -8,13 +8,13 @@ All backends take q, k, v (T, H, Dh) and `cu_seqlens` (B + 1,) int32 on the same
 - "torch_varlen": torch.nn.attention.varlen.varlen_attn, PyTorch's FlashAttention (CUDA, fp16/bf16; no ALiBi)
 - "padded_sdpa":  sequences padded to (B, H, Lmax, Dh) and scaled_dot_product_attention with a key
                   mask and, for ALiBi, an additive bias (CUDA fallback for ALiBi without flash-attn)
-- "flex":         FlexAttention over the packed row (ALiBi): a block-sparse document mask built from
-                  `cu_seqlens` and a `score_mod` adding the bias in float32 (compiled on first use)
 - "reference":    one scaled_dot_product_attention call per sequence (CPU, float32; same numbers as a
                   padded batch, so the CPU path reproduces fair-esm's padded forward)
 
-With ALiBi, "padded_sdpa" and "flex" build a per-batch plan (padding indices and the bias, or the
-block mask) once and reuse it for every layer: the plan of the last (cu_seqlens, max_seqlen, slopes)
+For ALiBi without flash-attn, padded SDPA measured faster than FlexAttention with a document mask on
+these short sequences (DNABERT-S on an H200: 1.06 M against 0.86 M tokens/s, compiled, 500 bp frames;
+benchmarks/results/dnabert_throughput_h200.md), so it is the only fallback. It builds a per-batch plan
+(padding indices and the bias) once and reuses it for every layer: the plan of the last (cu_seqlens, max_seqlen, slopes)
 is kept, recognised by tensor identity, so the layers of one batch must pass the same tensors.
 """
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from virnucpro.packing import segment_ids
 
-BACKENDS = ("flash_attn", "torch_varlen", "padded_sdpa", "flex", "reference")
+BACKENDS = ("flash_attn", "torch_varlen", "padded_sdpa", "reference")
 
 
 def _have_flash_attn():
@@ -52,8 +52,7 @@ def select_backend(device, dtype, alibi=False):
             return "flash_attn"
         if not alibi and _have_torch_varlen():
             return "torch_varlen"
-        # ALiBi without flash-attn: padded SDPA needs no compiler; "flex" is the alternative, and
-        # benchmarks/dnabert_throughput.py measures the two side by side
+        # ALiBi without flash-attn: padded SDPA (measured faster than FlexAttention, module docstring)
         return "padded_sdpa"
     return "reference"
 
@@ -78,8 +77,6 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes=None, 
         return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
     if alibi_slopes is not None and backend == "padded_sdpa":
         return _padded_sdpa_alibi(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes)
-    if backend == "flex":
-        return _flex(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes)
     if backend == "padded_sdpa":
         return _padded_sdpa(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes)
     if backend == "reference":
@@ -146,7 +143,6 @@ class _LastPlan:
 
 
 _padded_plans = _LastPlan()
-_flex_plans = _LastPlan()
 _MASK_ALIGN = 16  # SDPA's memory-efficient kernel copies a bias whose row stride is not aligned
 
 
@@ -185,62 +181,3 @@ def _padded_sdpa_alibi(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes):
 
     o = F.scaled_dot_product_attention(to_padded(q), to_padded(k), to_padded(v), attn_mask=bias, scale=scale)
     return o[seg, :, pos]  # (T, H, Dh): padded slot (seg, pos) of every packed token
-
-
-_FLEX_BLOCK = 128
-_flex_compiled = None
-
-
-def _flex_plan(cu_seqlens, total):
-    """Block mask of the packed row: token i attends to token j iff both lie in the same sequence.
-
-    Each query block of 128 tokens visits the key blocks from the start of its first sequence to the
-    end of its last one; `mask_mod` settles the tokens inside those blocks.
-    """
-    from torch.nn.attention.flex_attention import BlockMask
-
-    device = cu_seqlens.device
-    bs = _FLEX_BLOCK
-    cu = cu_seqlens.to(torch.int64)
-    seg = segment_ids(cu_seqlens, total)  # (T,)
-    nq = -(-total // bs)
-    qb = torch.arange(nq, device=device)
-    first = seg[qb * bs]  # (NQ,) first sequence of each query block
-    last = seg[((qb + 1) * bs).clamp_max(total) - 1]  # (NQ,) its last sequence
-    start = cu[first] // bs  # first key block needed
-    end = -(-cu[last + 1] // bs)  # one past the last key block needed
-    num = (end - start).to(torch.int32)[None, None]  # (1, 1, NQ)
-    idx = (start[:, None] + qb[None, :]).clamp_max(nq - 1).to(torch.int32)[None, None]  # (1, 1, NQ, NQ)
-
-    def same_sequence(b, h, q_idx, kv_idx):
-        return seg[q_idx] == seg[kv_idx]
-
-    mask = BlockMask.from_kv_blocks(
-        num, idx, BLOCK_SIZE=bs, mask_mod=same_sequence, seq_lengths=(total, total)
-    )
-    return seg, mask
-
-
-def _flex(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes):
-    """FlexAttention over the packed row (1, H, T, Dh); the ALiBi bias uses packed indices, whose
-    difference equals the within-sequence distance wherever the mask lets a score through."""
-    global _flex_compiled
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if _flex_compiled is None:
-        _flex_compiled = torch.compile(flex_attention, dynamic=True)
-    t = q.shape[0]
-    _, block_mask = _flex_plans.get((cu_seqlens,), (t, q.device), lambda: _flex_plan(cu_seqlens, t))
-    score_mod = None
-    if alibi_slopes is not None:
-        slopes = alibi_slopes.to(q.device, torch.float32)
-
-        def score_mod(score, b, h, q_idx, kv_idx):
-            return score - slopes[h] * (q_idx - kv_idx).abs()
-
-    def packed_row(x):
-        return x.transpose(0, 1).unsqueeze(0)  # (1, H, T, Dh)
-
-    o = _flex_compiled(packed_row(q), packed_row(k), packed_row(v), score_mod=score_mod,
-                       block_mask=block_mask, scale=scale)
-    return o[0].transpose(0, 1)  # (T, H, Dh)
