@@ -16,6 +16,7 @@ rule embed_protein:
     threads: config["resources"]["gpu_cpus"]
     resources:
         gpu=1,
+        gpu_model=config["resources"]["gpu_model"],
         mem_mb=lambda wildcards, attempt: config["resources"]["gpu_mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: config["resources"]["gpu_runtime_min"]
         * attempt,
@@ -41,6 +42,7 @@ rule embed_dna:
     threads: config["resources"]["gpu_cpus"]
     resources:
         gpu=1,
+        gpu_model=config["resources"]["gpu_model"],
         mem_mb=lambda wildcards, attempt: config["resources"]["gpu_mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: config["resources"]["gpu_runtime_min"]
         * attempt,
