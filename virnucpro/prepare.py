@@ -37,7 +37,7 @@ def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None,
             batch_bases=1 << 22):
     """Run the front end on `input_path`; returns `PrepareStats`. See the module docstring."""
     stats = PrepareStats()
-    started = time.monotonic()
+    started = last_report = time.monotonic()
     with atomic_outputs(out_dna, out_protein, out_fragments, manifest) as tmp:
         handles = [None if p is None else open(p, "wb", buffering=1 << 20) for p in tmp]
         try:
@@ -49,6 +49,7 @@ def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None,
                 if batch_len >= batch_bases:
                     _process(batch, fragment_size, writer, stats)
                     batch, batch_len = [], 0
+                    last_report = _progress(stats, started, last_report)
             _process(batch, fragment_size, writer, stats)
         finally:
             for h in handles:
@@ -60,6 +61,16 @@ def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None,
         input_path, stats.sequences, stats.bases, stats.fragments, stats.frames, rate,
     )
     return stats
+
+
+def _progress(stats, started, last_report, every_s=10.0):
+    """Log a progress line at most every `every_s` seconds; returns the time of the last line."""
+    now = time.monotonic()
+    if now - last_report < every_s:
+        return last_report
+    log.info("prepare: %d sequences, %.1f Mbp so far (%.1f Mbp/s), %d kept frames",
+             stats.sequences, stats.bases / 1e6, stats.bases / (now - started) / 1e6, stats.frames)
+    return now
 
 
 class _Writer:
