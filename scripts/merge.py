@@ -9,4 +9,5 @@ run_step(
     dna=snakemake.input.dna,
     protein=snakemake.input.protein,
     out=snakemake.output[0],
+    frames=snakemake.input.frames,
 )

@@ -37,6 +37,8 @@ def test_classifier_verified_by_blob_id(tmp_path, remote, monkeypatch):
     out = tmp_path / "models" / "500_model.pth"
     models.download_model("classifier", out)
     assert out.read_bytes() == content
+    digest = hashlib.sha256(content).hexdigest()
+    assert (out.parent / "500_model.pth.sha256sum").read_text() == f"{digest}  500_model.pth\n"
 
 
 def test_classifier_with_wrong_content_is_not_kept(tmp_path, remote, monkeypatch):
@@ -113,8 +115,11 @@ def test_dnabert_s_directory(tmp_path, remote, monkeypatch):
     serve_dnabert(monkeypatch, remote)
     out = tmp_path / "models" / "DNABERT-S"
     models.download_model("dnabert_s", out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "pytorch_model.bin", "tokenizer.json"]
+    names = ["config.json", "pytorch_model.bin", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + [f"{n}.sha256sum" for n in names])
     assert (out / "pytorch_model.bin").read_bytes() == b"weights" * 100
+    digest = hashlib.sha256(b"weights" * 100).hexdigest()
+    assert (out / "pytorch_model.bin.sha256sum").read_text() == f"{digest}  pytorch_model.bin\n"
 
 
 @pytest.mark.parametrize("config, weights, message", [
@@ -142,6 +147,9 @@ def test_esm2_zip_integrity(tmp_path, remote, monkeypatch):
     models.download_model("esm2", out)
     assert out.read_bytes() == (remote / "models" / "esm2_t6_8M_UR50D.pt").read_bytes()
     assert (tmp_path / "m" / "esm2_t6_8M_UR50D-contact-regression.pt").is_file()
+    for name in ("esm2_t6_8M_UR50D.pt", "esm2_t6_8M_UR50D-contact-regression.pt"):
+        digest = hashlib.sha256((tmp_path / "m" / name).read_bytes()).hexdigest()
+        assert (tmp_path / "m" / f"{name}.sha256sum").read_text() == f"{digest}  {name}\n"
 
     data = bytearray((remote / "models" / "esm2_t6_8M_UR50D.pt").read_bytes())
     at = data.index(b"data/0") + 200  # inside the tensor data of the first storage

@@ -4,12 +4,40 @@
 atomic on one file system). When the block ends without an exception every temporary file is renamed
 to its final name; on any exception (including KeyboardInterrupt) all temporary files are removed and
 nothing under a final name is touched. A killed process leaves only `.tmp-*` names, never a final name.
+A full disk (ENOSPC, EDQUOT, or an HDF5 write error that says so) becomes one `DiskFullError` line naming
+the outputs, raised after the temporary files are removed.
 """
 
 import contextlib
+import errno
 import os
 import uuid
 from pathlib import Path
+
+from virnucpro.errors import VirNucProError
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(VirNucProError, OSError):
+    """No space left while writing an output; nothing was left under its final name. An `OSError` too,
+    so that callers which tolerate a failed optional write (checksum sidecars) still do."""
+
+
+def is_disk_full(exc):
+    """True for an OSError from a full disk or quota (h5py reports errno 28 only in its message)."""
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in _NO_SPACE or "No space left on device" in str(exc) or "errno = 28" in str(exc)
+
+
+def disk_full_error(paths):
+    """The one-line error for a full disk while writing `paths` (a sequence of final names)."""
+    names = ", ".join(str(p) for p in paths)
+    return DiskFullError(
+        f"{names}: no space left on device (ENOSPC) while writing; nothing was kept under "
+        "the final name(s): free space and rerun"
+    )
 
 
 def temp_path_for(path):
@@ -30,10 +58,12 @@ def atomic_outputs(*paths):
                 raise RuntimeError(f"internal error: {tmp} was not written")
         for tmp, final in zip(temps, finals):
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        if is_disk_full(exc):
+            raise disk_full_error(finals) from None
         raise
 
 

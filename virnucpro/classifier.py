@@ -34,6 +34,7 @@ from torch import nn
 
 from virnucpro.atomic import atomic_outputs
 from virnucpro.embeddings import file_sha256, read_embeddings
+from virnucpro.checksums import verify_recorded
 from virnucpro.errors import VirNucProError
 
 log = logging.getLogger("virnucpro")
@@ -109,6 +110,7 @@ def load_classifier(path):
     path = Path(path)
     if not path.is_file():
         raise VirNucProError(f"{path}: classifier file not found")
+    verify_recorded(path)  # against the checksum recorded when it was downloaded or converted, if any
     if _is_safetensors(path):
         return _load_converted(path)
     return _load_original(path)
@@ -135,7 +137,17 @@ def _load_converted(path):
     return Classifier(model, int(meta["fragment_size"]), meta.get("source", ""), meta.get("source_sha256", ""))
 
 
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a legacy pickle (protocol 2+)
+
+
 def _load_original(path):
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_MAGIC):
+        raise VirNucProError(
+            f"{path}: not a readable classifier file (not a torch.save file: it starts with {head!r}, "
+            "neither a zip archive nor a pickle)"
+        )
     allowed = [(MLPClassifier, "__main__.MLPClassifier"), nn.Linear, nn.BatchNorm1d, nn.Dropout]
     try:
         with torch.serialization.safe_globals(allowed):

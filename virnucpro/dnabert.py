@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from virnucpro.attention import select_backend, varlen_attention
+from virnucpro.checksums import verify_recorded
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_mean
 
@@ -404,6 +405,9 @@ def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None, c
     if not model_dir.is_dir():
         raise VirNucProError(f"{model_dir}: DNABERT-S model directory not found")
     device = torch.device(device)
+    for name in ("config.json", "tokenizer.json"):  # against the download's checksum records, if any
+        if (model_dir / name).is_file():
+            verify_recorded(model_dir / name)
     config = DnabertConfig.from_json(model_dir / "config.json")
     tokenizer = DnaTokenizer(model_dir / "tokenizer.json")
     if tokenizer.vocab_size > config.vocab_size:
@@ -412,6 +416,7 @@ def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None, c
             f"vocab_size is {config.vocab_size}"
         )
     path = find_weights(model_dir)
+    verify_recorded(path)
     if attention is None:
         attention = select_backend(device, dtype, alibi=True)
     if compile is None:
@@ -450,10 +455,13 @@ def embed_dna(frames, model_dir, out, device="auto", tokens_per_batch=None):
         model_dir, model.config.num_hidden_layers, model.config.hidden_size, PRECISION[dtype],
         device, model.attention_backend, ", compiled" if model.compiled else "",
     )
-    embeddings = embed_packed(
-        ids, tokens, lambda batch_tokens: batch_tokens, model.embed, model.config.hidden_size, device,
-        tokens_per_batch, label="embed-dna", lengths=lengths,
-    )
+    try:
+        embeddings = embed_packed(
+            ids, tokens, lambda batch_tokens: batch_tokens, model.embed, model.config.hidden_size, device,
+            tokens_per_batch, label="embed-dna", lengths=lengths,
+        )
+    except VirNucProError as exc:  # a NaN or a device fault: name the shard
+        raise VirNucProError(f"{frames}: {exc}") from None
     attrs = {
         "model": str(model_dir),
         "model_file": path.name,

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.attention import select_backend, varlen_attention
+from virnucpro.checksums import verify_recorded
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_ids, segment_mean
 
@@ -58,11 +59,18 @@ def resolve_checkpoint(model):
 
 
 def _safe_torch_load(path):
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
+        raise VirNucProError(
+            f"{path}: not a loadable fair-esm checkpoint (not a torch.save file: it starts with {head!r})"
+        )
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = reason.split(". ")[0]  # torch's first sentence; the rest is advice for other cases
         raise VirNucProError(f"{path}: not a loadable fair-esm checkpoint ({reason})") from None
 
 
@@ -71,10 +79,13 @@ def load_fair_esm(model):
     import esm
 
     path = resolve_checkpoint(model)
+    regression_path = path.with_name(f"{path.stem}-contact-regression.pt")
+    verify_recorded(path)
+    if regression_path.is_file():
+        verify_recorded(regression_path)
     data = _safe_torch_load(path)
     if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
         raise VirNucProError(f"{path}: not a fair-esm ESM-2 checkpoint (expected 'model' and 'cfg' entries)")
-    regression_path = path.with_name(f"{path.stem}-contact-regression.pt")
     regression = _safe_torch_load(regression_path) if regression_path.is_file() else None
     name = path.stem if path.stem.startswith("esm2") else f"esm2_{path.stem}"  # selects the ESM-2 loader
     try:
@@ -338,10 +349,13 @@ def embed_protein(frames, model, out, device="auto", tokens_per_batch=None):
         path.name, packed.num_layers, packed.embed_dim, str(dtype).removeprefix("torch."), device,
         packed.attention_backend, ", compiled" if packed.compiled else "",
     )
-    embeddings = embed_packed(
-        ids, seqs, tokenizer, packed.embed, packed.embed_dim, device, tokens_per_batch,
-        label="embed-protein", lengths=lengths,
-    )
+    try:
+        embeddings = embed_packed(
+            ids, seqs, tokenizer, packed.embed, packed.embed_dim, device, tokens_per_batch,
+            label="embed-protein", lengths=lengths,
+        )
+    except VirNucProError as exc:  # a NaN or a device fault: name the shard
+        raise VirNucProError(f"{frames}: {exc}") from None
     attrs = {
         "model": path.name,
         "model_sha256": file_sha256(path),

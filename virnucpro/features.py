@@ -6,6 +6,9 @@ models; DNABERT-S first, as the original concatenates them), rows in the DNA fil
 frame must appear exactly once in each file: a frame missing from either file, or an id repeated
 within a file, is an error naming the frame and the files. The output's attributes record both
 sources (path, sha256, width) and the model attributes of each, prefixed `dna_` / `protein_`.
+With `frames` (the shard's FASTA that both embedding steps read), the embedded ids must be exactly that
+file's frames in its order: a frame that was not embedded, or an embedding of a frame the shard does not
+hold, is an error naming the frame, so the counts embedded, merged and classified always agree.
 """
 
 import logging
@@ -15,6 +18,7 @@ import numpy as np
 
 from virnucpro.embeddings import file_sha256, read_embeddings, write_embeddings
 from virnucpro.errors import VirNucProError
+from virnucpro.seqio import read_fasta
 
 log = logging.getLogger("virnucpro")
 _SHOWN = 3  # ids named in an error message
@@ -32,12 +36,31 @@ def _check_unique(ids, path):
         raise VirNucProError(f"{path}: frame id {_named(dup)} appears more than once")
 
 
-def merge_embeddings(dna, protein, out):
+def check_same_frames(expected, expected_path, found, found_path, what):
+    """`found` (ids of `found_path`) must be `expected` (ids of `expected_path`) in the same order."""
+    if found == expected:
+        return
+    present = set(found)
+    missing = [i for i in expected if i not in present]
+    if missing:
+        raise VirNucProError(f"frame {_named(missing)} of {expected_path} has no {what} in {found_path}")
+    known = set(expected)
+    extra = [i for i in found if i not in known]
+    if extra:
+        raise VirNucProError(f"{found_path}: {what} of frame {_named(extra)}, which {expected_path} does not hold")
+    raise VirNucProError(f"{found_path}: frames are not in the order of {expected_path} (or repeated)")
+
+
+def merge_embeddings(dna, protein, out, frames=None):
     """Join DNABERT-S (`dna`) and ESM-2 (`protein`) embeddings by frame id into `out`; returns N frames."""
     dna_ids, dna_emb, dna_attrs = read_embeddings(dna)
     prot_ids, prot_emb, prot_attrs = read_embeddings(protein)
     _check_unique(dna_ids, dna)
     _check_unique(prot_ids, protein)
+    if frames is not None:
+        shard_ids = [i for i, _ in read_fasta(frames)]
+        check_same_frames(shard_ids, frames, dna_ids, dna, "DNABERT-S embedding")
+        check_same_frames(shard_ids, frames, prot_ids, protein, "ESM-2 embedding")
     row = {frame: i for i, frame in enumerate(prot_ids)}
     missing = [i for i in dna_ids if i not in row]
     if missing:

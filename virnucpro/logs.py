@@ -4,7 +4,15 @@ import logging
 import sys
 import traceback
 
+from virnucpro.atomic import is_disk_full
 from virnucpro.errors import VirNucProError
+
+
+class _LogFile(logging.FileHandler):
+    """The step's log file; a failed write (a full disk) is dropped: stderr still carries every line."""
+
+    def handleError(self, record):
+        pass
 
 
 def run_step(log_path, fn, /, *args, **kwargs):
@@ -12,9 +20,13 @@ def run_step(log_path, fn, /, *args, **kwargs):
 
     A `VirNucProError` ends the step with exit status 1 and its one-line message (prefixed by the step
     name) in the log and on stderr; any other exception is written to the log with its traceback and
-    re-raised.
+    re-raised, except a full disk, which also ends in one line and exit status 1.
     """
-    handlers = [logging.FileHandler(log_path, mode="w"), logging.StreamHandler(sys.stderr)]
+    handlers = [logging.StreamHandler(sys.stderr)]
+    try:
+        handlers.insert(0, _LogFile(log_path, mode="w"))
+    except OSError as exc:
+        print(f"cannot write the log {log_path}: {exc.strerror or exc}", file=sys.stderr)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -28,6 +40,10 @@ def run_step(log_path, fn, /, *args, **kwargs):
     except VirNucProError as exc:
         log.error("%s: %s", fn.__name__, exc)
         sys.exit(1)
-    except Exception:
+    except Exception as exc:
+        if is_disk_full(exc):
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            log.error("%s: no space left on device (ENOSPC)%s: %s", fn.__name__, where, exc)
+            sys.exit(1)
         log.error("%s failed:\n%s", fn.__name__, traceback.format_exc())
         raise

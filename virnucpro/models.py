@@ -20,6 +20,8 @@ What is verified, and how (stated plainly, as far as public sources let us pin t
 - esm2 (fair-esm hub files): Meta publishes no checksums. The byte count must equal the server's
   Content-Length and the file must be a complete PyTorch zip archive whose every member passes its
   CRC-32 check; the sha256 is logged.
+Every verified file gets a checksum record `<file>.sha256sum` (virnucpro.checksums), written with it;
+the steps that load a model check the file against its record first.
 """
 
 import hashlib
@@ -34,6 +36,7 @@ import zipfile
 from pathlib import Path
 
 from virnucpro.atomic import atomic_outputs
+from virnucpro.checksums import record_path, write_record
 from virnucpro.errors import VirNucProError
 
 log = logging.getLogger("virnucpro")
@@ -132,7 +135,7 @@ def _download_classifier(output):
     if name not in CLASSIFIER_BLOB_IDS:
         raise VirNucProError(f"{output}: the VirNucPro classifiers are {' and '.join(CLASSIFIER_BLOB_IDS)}")
     url = CLASSIFIER_URL.format(name=name)
-    with atomic_outputs(output) as (tmp,):
+    with atomic_outputs(output, record_path(output)) as (tmp, tmp_record):
         try:
             fetch(url, tmp)
             data = tmp.read_bytes()
@@ -144,6 +147,7 @@ def _download_classifier(output):
                 _fetch_lfs_object(url, tmp, data, output)
         except _Unreachable as exc:
             raise _offline(exc, [(url, output)]) from None
+        write_record(output, tmp_record, sha256_file(tmp))
     log.info("%s verified (git blob id %s) -> %s", name, CLASSIFIER_BLOB_IDS[name], output)
     return output
 
@@ -165,15 +169,16 @@ def _download_esm2(output):
         raise VirNucProError(f"{output}: an ESM-2 file is named like esm2_t36_3B_UR50D.pt")
     regression = output.with_name(f"{name}-contact-regression.pt")
     pairs = [(ESM2_URL.format(name=name), output), (ESM2_REGRESSION_URL.format(name=name), regression)]
-    with atomic_outputs(output, regression) as tmps:
+    finals = [output, regression]
+    with atomic_outputs(*finals, *map(record_path, finals)) as tmps:
         try:
-            for (url, final), tmp in zip(pairs, tmps):
+            for (url, final), tmp, tmp_record in zip(pairs, tmps[:2], tmps[2:]):
                 fetch(url, tmp)
                 problem = _torch_zip_problem(tmp)
                 if problem:
                     raise _bad(url, final, problem)
-                log.info("%s verified (complete zip, CRC-32 of every member; sha256 %s)", final.name,
-                         sha256_file(tmp))
+                digest = write_record(final, tmp_record, sha256_file(tmp))
+                log.info("%s verified (complete zip, CRC-32 of every member; sha256 %s)", final.name, digest)
         except _Unreachable as exc:
             raise _offline(exc, pairs) from None
     return output
@@ -210,7 +215,8 @@ def _download_dnabert_s(output):
                 problem = _DNABERT_CHECKS[final.name](part)
                 if problem:
                     raise _bad(url, output, problem)
-                log.info("%s verified (sha256 %s)", final.name, sha256_file(part))
+                digest = write_record(final, record_path(part), sha256_file(part))
+                log.info("%s verified (sha256 %s)", final.name, digest)
         except _Unreachable as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise _offline(exc, pairs) from None

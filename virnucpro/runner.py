@@ -4,7 +4,8 @@
 background thread (pinned host memory on CUDA) while the device computes, copies both ways without
 blocking, splits a batch in two when the device runs out of memory, and returns one float32 row per
 input sequence, in input order. Every sequence is embedded exactly once; a non-finite embedding stops
-the run with the sequence's id.
+the run with the sequence's id; any other device fault (a lost GPU, a driver or ECC error) stops it with
+one line (a `VirNucProError`), before anything is written.
 """
 
 import logging
@@ -108,6 +109,24 @@ def _is_oom(exc):
     )
 
 
+_DEVICE_FAILURE_MARKS = ("CUDA error", "CUDA driver error", "CUBLAS_STATUS", "CUDNN_STATUS", "device-side assert",
+                        "NCCL error", "no CUDA-capable device", "CUDA-capable device(s) is/are busy")
+
+
+def _is_device_failure(exc):
+    """True for a device fault other than running out of memory: a lost or reset GPU, an ECC or driver
+    error, a failed kernel. The CUDA context is unusable afterwards, so the job must end."""
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    if isinstance(exc, accelerator_error) or isinstance(exc, getattr(torch.cuda, "CudaError", ())):
+        return not _is_oom(exc)
+    return isinstance(exc, RuntimeError) and not _is_oom(exc) and any(m in str(exc) for m in _DEVICE_FAILURE_MARKS)
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def embed_packed(
     ids,
     sequences,
@@ -174,6 +193,7 @@ def embed_packed(
 
     pending = None  # (host batch, host result, event) of the batch launched before the current one
     retry = deque()  # halves of batches that ran out of memory, run before the next planned batch
+    host = None
     try:
         with torch.inference_mode():
             while True:
@@ -218,6 +238,16 @@ def embed_packed(
                 pending = (host, host_result, event)
             if pending is not None:
                 finish(*pending)
+    except Exception as exc:
+        if not _is_device_failure(exc):
+            raise
+        where = ""
+        if host is not None and host is not _DONE and not isinstance(host, BaseException):
+            where = f" on a batch of {len(host.index)} sequences from '{ids[host.index[0]]}'"
+        raise VirNucProError(
+            f"{label}: device failure{where} ({_first_line(exc)}); nothing was written, "
+            "rerun to resume from this shard"
+        ) from None
     finally:
         stop.set()
         producer.join(timeout=10)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.atomic import temp_path_for
+from virnucpro.atomic import disk_full_error, is_disk_full, temp_path_for
 from virnucpro.errors import VirNucProError
 from virnucpro.seqio import read_fasta
 
@@ -46,8 +46,8 @@ def shard_frames(dna, protein, out_dir, tokens_per_shard):
     bounds = shard_bounds(tokens, tokens_per_shard)
     out_dir = Path(out_dir)
     tmp = temp_path_for(out_dir)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
             part = records[lo:hi]
             (tmp / f"{k:04d}.fna").write_text("".join(f">{i}\n{s}\n" for (i, s), _ in part))
@@ -55,8 +55,10 @@ def shard_frames(dna, protein, out_dir, tokens_per_shard):
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full_error([out_dir]) from None
         raise
     n = len(bounds) - 1
     log.info("%d frames, %d tokens -> %d shard(s) in %s", len(records), sum(tokens), n, out_dir)

@@ -6,6 +6,7 @@ rule merge:
     input:
         dna=rules.embed_dna.output[0],
         protein=rules.embed_protein.output[0],
+        frames=rules.embed_protein.input.frames,
     output:
         f"{RESULTS}/{{sample}}/features/{{shard}}.h5",
     log:
@@ -34,7 +35,8 @@ rule classify:
 
 rule collect_predictions:
     input:
-        shard_outputs("predictions/{shard}.tsv"),
+        predictions=shard_outputs("predictions/{shard}.tsv"),
+        frames=rules.prepare.output.protein,
     output:
         f"{RESULTS}/{{sample}}/prediction_results.tsv",
     log:

@@ -1,0 +1,350 @@
+"""Reliability through the real workflow: the bad-input corpus in tests/data/bad, frame accounting
+between embedding, merging and classification, and a results directory that fills up.
+
+Every failure must give exit status non-zero, exactly one error line naming the file and the problem
+(on snakemake's stderr for config and sample-sheet errors, in the failing job's log for data and model
+errors), and leave nothing under a final output name, nor any `.tmp-*` file, that a rerun could take for
+finished work.
+"""
+
+import filecmp
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_workflow import REPO, make_workdir, snakemake
+from virnucpro.embeddings import read_embeddings, write_embeddings
+from virnucpro.seqio import read_fasta
+
+pytestmark = [pytest.mark.workflow]
+BAD = REPO / "tests" / "data" / "bad"
+SAMPLE = "s"
+METACHAR = BAD / "shell_metachar_ids.fa"
+FRONT_END = [f"results/{SAMPLE}/prepare/{n}" for n in ("frames.fna", "frames.faa", "sequences.tsv")]
+TABLES = ["prediction_results.tsv", "fragment_calls.tsv", "sequence_summary.tsv", "viral.fna"]
+
+
+def workdir(path, models=None, sheet=None, **overrides):
+    """A working directory for sample `s` (or `sheet`); with `models`, tiny models on CPU."""
+    path.mkdir(parents=True, exist_ok=True)
+    if models is not None:
+        overrides = {**models, "models.dir": str(path / "models"), "embed.device": "cpu", **overrides}
+    return make_workdir(path, sheet=sheet or {SAMPLE: METACHAR}, **overrides)
+
+
+def error_lines(text):
+    return [line for line in text.splitlines() if "error" in line.lower()]
+
+
+def one_error_line(text, *needles):
+    """The single error line of `text`; it must hold every needle, and no traceback may appear."""
+    errors = error_lines(text)
+    assert len(errors) == 1, text
+    assert "Traceback" not in text, text
+    for needle in needles:
+        assert str(needle) in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def leftovers(work):
+    """Temporary names anywhere under the working directory (outside .snakemake)."""
+    return [p for p in work.rglob(".tmp-*") if ".snakemake" not in p.parts]
+
+
+def assert_nothing_looks_finished(work, *finals):
+    for final in finals:
+        assert not (work / final).exists(), f"{final} exists after a failed step"
+    assert leftovers(work) == [], leftovers(work)
+
+
+# ------------------------------------------------------------------------------------ data errors
+
+DATA_CASES = {
+    "empty.fa": "no sequences (empty input)",
+    "zero_bytes.fa": "no sequences (empty input)",
+    "header_only.fa": "record 'only_a_header': record has no sequence",
+    "fastq_bad_quality.fq": "record 'read2': quality length 5 differs from sequence length 12",
+    "truncated.fa.gz": "unreadable compressed data",
+    "binary.fa": "not FASTA or FASTQ",
+    "non_nucleotide.fa": "record 'bad_2': character '1' at position 9 is not a nucleotide code",
+    "duplicate_ids.fa": "record 'dup': duplicate sequence id",
+}
+
+
+def _sample_name(file_name):
+    return file_name.replace(".", "_")
+
+
+@pytest.fixture(scope="module")
+def bad_data_run(tmp_path_factory):
+    """The front end of one sample per bad file plus one good sample, in one `--keep-going` run."""
+    sheet = {_sample_name(name): BAD / name for name in DATA_CASES}
+    work = workdir(tmp_path_factory.mktemp("bad_data"), sheet={**sheet, "good": METACHAR})
+    targets = [f"results/{s}/prepare/sequences.tsv" for s in [*sheet, "good"]]
+    proc = snakemake(work, "--cores", "2", "--keep-going", *targets, check=False)
+    return work, proc
+
+
+@pytest.mark.parametrize("name", sorted(DATA_CASES))
+def test_bad_sequence_file_fails_the_front_end_with_one_line(bad_data_run, name):
+    work, proc = bad_data_run
+    assert proc.returncode != 0
+    sample = _sample_name(name)
+    log = (work / "results" / sample / "logs" / "prepare.log").read_text()
+    one_error_line(log, f"prepare: {BAD / name}: ", DATA_CASES[name])
+    assert f"prepare: {BAD / name}: " in proc.stderr  # snakemake's output shows the same line
+    assert_nothing_looks_finished(work, *(f.replace(f"/{SAMPLE}/", f"/{sample}/") for f in FRONT_END))
+
+
+def test_good_sample_beside_bad_ones_finishes_its_front_end(bad_data_run):
+    work, _ = bad_data_run
+    manifest = (work / "results" / "good" / "prepare" / "sequences.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in manifest[1:]] == ["a;rm", "`touch", "plain"]
+
+
+def test_shell_metacharacters_in_ids_are_just_ids(tmp_path, tiny_models):
+    """Headers full of shell syntax are valid input: the first word is the id, nothing is executed,
+    and the whole workflow finishes with those ids in its tables."""
+    work = workdir(tmp_path / "work", tiny_models)
+    snakemake(work, "--cores", "2")
+    ids = ["a;rm", "`touch", "plain"]
+    summary = (work / "results" / SAMPLE / "sequence_summary.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in summary[1:]] == ids
+    assert all(row.split("\t")[8] == "classified" for row in summary[1:]), summary
+    predictions = (work / "results" / SAMPLE / "prediction_results.tsv").read_text().splitlines()
+    assert len(predictions) == 1 + 12 and predictions[1].startswith("a;rm_chunk_1F1\t")
+    for pwned in ("pwned", "pwned2", "pwned3", "x"):
+        assert not (work / pwned).exists() and not (REPO / pwned).exists() and not Path(pwned).exists()
+    assert leftovers(work) == []
+
+
+# ---------------------------------------------------------------------------- config and sheet
+
+
+def _sheet_case(tmp_path, name):
+    work = workdir(tmp_path)
+    (work / "example").mkdir()
+    shutil.copy(REPO / "example" / "sample_a.fa", work / "example" / "sample_a.fa")
+    shutil.copy(BAD / name, work / "config" / "samples.tsv")
+    return work, []
+
+
+def _config_case(tmp_path, name):
+    return workdir(tmp_path), ["--configfile", str(BAD / name)]
+
+
+def _empty_path_case(tmp_path, name):
+    work = workdir(tmp_path)
+    (work / "config" / "samples.tsv").write_text("sample\tpath\ns\t\n")
+    return work, []
+
+
+CONFIG_CASES = [
+    (_sheet_case, "sheet_missing_column.tsv", ["config/samples.tsv", "lacks column(s): path"]),
+    (_sheet_case, "sheet_unsafe_name.tsv",
+     ["config/samples.tsv, line 2: sample: '../escape;rm -rf $HOME' does not match"]),
+    (_empty_path_case, "(empty path column)", ["config/samples.tsv, line 2: path: '' should be non-empty"]),
+    (_config_case, "config_wrong_fragment_size.yaml", ["fragment_size: 400 is not one of [300, 500]"]),
+]
+
+
+@pytest.mark.parametrize("make,name,needles", CONFIG_CASES, ids=[c[1] for c in CONFIG_CASES])
+def test_bad_config_or_sheet_stops_before_any_job(tmp_path, make, name, needles):
+    work, args = make(tmp_path, name)
+    proc = snakemake(work, "--cores", "2", *args, check=False)
+    assert proc.returncode != 0
+    line = one_error_line(proc.stderr, "configuration error: ", *needles)
+    assert line.startswith("configuration error: "), line
+    assert not (work / "results").exists()
+    assert not (work / "escape;rm -rf $HOME").exists()
+
+
+# ------------------------------------------------------------------------------------ model files
+
+
+def _text_esm(tmp_path, models):
+    return {"models.esm2": str(BAD / "models" / "esm2_t36_3B_UR50D.pt")}
+
+
+def _truncated_esm(tmp_path, models):
+    src = Path(models["models.esm2"])
+    dst = tmp_path / "cut" / src.name
+    dst.parent.mkdir()
+    dst.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    return {"models.esm2": str(dst)}
+
+
+def _dnabert_without_tokenizer(tmp_path, models):
+    dst = tmp_path / "DNABERT-S-no-tokenizer"
+    shutil.copytree(models["models.dnabert_s"], dst)
+    (dst / "tokenizer.json").unlink()
+    return {"models.dnabert_s": str(dst)}
+
+
+def _text_classifier(tmp_path, models):
+    return {"models.classifier": str(BAD / "models" / "500_model.pth")}
+
+
+def _full_size_classifier(tmp_path, models):
+    from tests.original_classifier import make_original_classifier
+
+    path = tmp_path / "full" / "500_model.pth"
+    path.parent.mkdir()
+    make_original_classifier(path, input_dim=3328)  # the real width: the tiny features have fewer
+    return {"models.classifier": str(path)}
+
+
+MODEL_CASES = [
+    (_text_esm, "results/s/logs/embed_protein/0000.log", "results/s/embeddings/esm2/0000.h5",
+     ["esm2_t36_3B_UR50D.pt: not a loadable fair-esm checkpoint (not a torch.save file"]),
+    (_truncated_esm, "results/s/logs/embed_protein/0000.log", "results/s/embeddings/esm2/0000.h5",
+     ["cut/esm2_tiny_UR50D.pt: not a loadable fair-esm checkpoint (PytorchStreamReader failed"]),
+    (_dnabert_without_tokenizer, "results/s/logs/embed_dna/0000.log",
+     "results/s/embeddings/dnabert_s/0000.h5", ["tokenizer.json: not a readable tokenizer.json"]),
+    (_text_classifier, "models/logs/convert_classifier.log", "models/500_model.safetensors",
+     ["500_model.pth: not a readable classifier file (not a torch.save file"]),
+    (_full_size_classifier, "results/s/logs/classify/0000.log", "results/s/predictions/0000.tsv",
+     ["results/s/features/0000.h5: features have 160 values per frame", "expects 3328"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change,log,output,needles", MODEL_CASES, ids=[c[0].__name__[1:] for c in MODEL_CASES])
+def test_wrong_model_file_fails_its_step_with_one_line(tmp_path, tiny_models, change, log, output, needles):
+    models = {**tiny_models, **change(tmp_path, tiny_models)}
+    work = workdir(tmp_path / "work", models)
+    proc = snakemake(work, "--cores", "2", check=False)
+    assert proc.returncode != 0
+    one_error_line((work / log).read_text(), *needles)
+    assert_nothing_looks_finished(work, output, *(f"results/s/{t}" for t in TABLES))
+
+
+# ------------------------------------------------------------------------------------- accounting
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_models):
+    """One normal run of the small sample, split into several shards: the reference for the tests below."""
+    work = workdir(tmp_path_factory.mktemp("reference"), tiny_models, **{"shards.tokens_per_shard": 700})
+    snakemake(work, "--cores", "2")
+    assert len(list((work / "results" / SAMPLE / "shards").glob("*.faa"))) >= 2
+    return work
+
+
+def _copy_run(finished, dst):
+    shutil.copytree(finished, dst, symlinks=True)
+    return dst
+
+
+def _drop_row(path, frame):
+    ids, emb, attrs = read_embeddings(path)
+    keep = [k for k, i in enumerate(ids) if i != frame]
+    assert len(keep) == len(ids) - 1
+    path.unlink()
+    write_embeddings(path, [ids[k] for k in keep], emb[keep], attrs)
+
+
+@pytest.mark.slow
+def test_frame_missing_from_both_embeddings_fails_the_merge(finished, tmp_path):
+    """The same frame dropped from both embedding files: they agree with each other, but not with the
+    shard, and the merge names the frame."""
+    work = _copy_run(finished, tmp_path / "work")
+    out = work / "results" / SAMPLE
+    frame = [i for i, _ in read_fasta(out / "shards" / "0001.faa")][1]
+    for kind in ("esm2", "dnabert_s"):
+        _drop_row(out / "embeddings" / kind / "0001.h5", frame)
+    proc = snakemake(work, "--cores", "2", check=False)
+    assert proc.returncode != 0
+    one_error_line((out / "logs" / "merge" / "0001.log").read_text(), f"frame '{frame}'",
+                   "results/s/shards/0001.faa", "results/s/embeddings/dnabert_s/0001.h5")
+    assert_nothing_looks_finished(work, "results/s/features/0001.h5")
+
+
+@pytest.mark.slow
+def test_frame_missing_from_the_features_fails_the_collection(finished, tmp_path):
+    """A frame removed from a feature file is classified by nobody: collecting the predictions checks
+    them against the sample's frames and names the frame; no table of the sample is (re)written."""
+    work = _copy_run(finished, tmp_path / "work")
+    out = work / "results" / SAMPLE
+    frame = [i for i, _ in read_fasta(out / "shards" / "0000.faa")][0]
+    for table in TABLES:
+        (out / table).unlink()
+    _drop_row(out / "features" / "0000.h5", frame)
+    proc = snakemake(work, "--cores", "2", check=False)
+    assert proc.returncode != 0
+    one_error_line((out / "logs" / "collect_predictions.log").read_text(), f"frame '{frame}'",
+                   "results/s/prepare/frames.faa", "has no prediction")
+    assert_nothing_looks_finished(work, *(f"results/s/{t}" for t in TABLES))
+
+
+# -------------------------------------------------------------------------------------- full disk
+
+
+def _same_content(a, b):
+    """Byte-identical; a checksum sidecar (`*.sha256`, which also records the file's mtime) must hold the
+    same checksum; HDF5 files may instead hold the same ids, values and attributes."""
+    if filecmp.cmp(a, b, shallow=False):
+        return True
+    if a.suffix == ".sha256":
+        return json.loads(a.read_text())["sha256"] == json.loads(b.read_text())["sha256"]
+    if a.suffix != ".h5":
+        return False
+    ia, ea, aa = read_embeddings(a)
+    ib, eb, ab = read_embeddings(b)
+    return ia == ib and np.array_equal(ea, eb) and aa.keys() == ab.keys() and all(
+        np.array_equal(aa[k], ab[k]) for k in aa
+    )
+
+
+PAGE = 4096  # tmpfs allocates whole pages
+
+
+def _mount_tmpfs(path, size):
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
+
+
+@pytest.mark.slow
+def test_full_results_disk_fails_cleanly_and_a_rerun_with_space_finishes(finished, tmp_path, tiny_models):
+    """The results directory, a tmpfs, has room for every step but the last (summarize, whose plots are
+    the largest files): that step fails with one line naming its outputs, everything finished before is
+    intact, and after a remount with space the rerun finishes with the normal run's results."""
+    ref = finished / "results"
+    late = {"fragment_calls.tsv", "sequence_summary.tsv", "viral.fna", "score_histogram.png",
+            "score_along_sequences.png", "summarize.log"}
+    pages = {p.name: -(-p.stat().st_size // PAGE) for p in ref.rglob("*") if p.is_file()}
+    early = sum(n for p in ref.rglob("*") if p.is_file() and p.name not in late
+                for n in [-(-p.stat().st_size // PAGE)])
+    assert sum(pages[n] for n in late) > 8  # room for the margin below, not for the summary
+    work = workdir(tmp_path / "work", tiny_models, **{"shards.tokens_per_shard": 700})
+    results = work / "results"
+    results.mkdir()
+    _mount_tmpfs(results, (early + 4) * PAGE)
+    try:
+        proc = snakemake(work, "--cores", "2", check=False)
+        assert proc.returncode != 0
+        one_error_line((results / SAMPLE / "logs" / "summarize.log").read_text(),
+                       "summarize: results/s/fragment_calls.tsv", "no space left on device (ENOSPC)")
+        assert "summarize: results/s/fragment_calls.tsv" in proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert leftovers(work) == []
+        finals = [p for p in results.rglob("*")
+                  if p.is_file() and not {"logs", "benchmarks"} & set(p.relative_to(results).parts)]
+        assert len(finals) < len([p for p in ref.rglob("*") if p.is_file()])
+        for p in finals:
+            twin = ref / p.relative_to(results)
+            assert twin.is_file() and _same_content(p, twin), f"{p} looks finished but differs"
+
+        subprocess.run(["mount", "-o", "remount,size=256m", str(results)], check=True)
+        snakemake(work, "--cores", "2")
+        for table in TABLES:
+            assert (results / SAMPLE / table).read_bytes() == (ref / SAMPLE / table).read_bytes(), table
+        assert leftovers(work) == []
+    finally:
+        subprocess.run(["umount", str(results)], capture_output=True)

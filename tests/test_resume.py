@@ -1,0 +1,232 @@
+"""Kill and resume, and determinism (issue 7, items 2 and 3), on CPU with the tiny models.
+
+Kill and resume: the workflow runs as a user runs it (`snakemake`, the default profile, so
+`rerun-incomplete: true`), with `--cores 1` so that one job runs at a time. The test watches the results
+directory and, at the chosen moment, stops the whole snakemake process group (SIGSTOP, so the moment
+cannot slip while the test looks), checks that the moment is the one it wanted, and SIGKILLs the group:
+1. in the middle of an embedding job: at least one embedding file is finished and another embedding job
+   has started (its log exists) but has not written its output;
+2. in the middle of writing the results: `summarize` holds its outputs under temporary `.tmp-*` names.
+After each kill a dry run shows what a rerun would do (only the unfinished jobs, each because its output
+is missing), the rerun finishes, finished files keep their inode and mtime, and the final tables equal an
+uninterrupted run's byte for byte. No product code knows about the test: the moments are found from the
+outside, by polling the files every job writes anyway.
+
+Determinism: a second run on the same input and config gives byte-identical tables, and a sample whose
+FASTA holds the same records in reverse order gives the same calls and scores for every id (rows follow
+the input order, so they are compared keyed by id). Shard-count invariance is tested in
+test_workflow_e2e.py (`test_results_do_not_depend_on_the_shard_count`).
+"""
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_workflow import REPO, SNAKEMAKE, snakemake
+from tests.test_workflow_e2e import TABLES, rows, workdir
+from virnucpro.seqio import read_sequences
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+SAMPLE_A = REPO / "example" / "sample_a.fa"
+SHARDS = {"shards.tokens_per_shard": 6000}  # two shards for sample_a
+STEP_OUTPUTS = ["shards", "embeddings", "features", "predictions", "prepare"]
+
+
+def reversed_fasta(src, dest):
+    records = list(read_sequences(src))
+    dest.write_text("".join(f">{rid}\n{seq.decode()}\n" for rid, seq in reversed(records)))
+    return [rid for rid, _ in records]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, tiny_models):
+    """An uninterrupted run: sample_a, and the same records in reverse order as sample_rev."""
+    base = tmp_path_factory.mktemp("baseline")
+    reversed_fasta(SAMPLE_A, base / "sample_rev.fa")
+    sheet = {"sample_a": SAMPLE_A, "sample_rev": base / "sample_rev.fa"}
+    work = workdir(base / "work", tiny_models, sheet=sheet, **SHARDS)
+    snakemake(work, "--cores", "2")
+    return work
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def start(work, *args):
+    """snakemake in the background, in a process group of its own (so the test can kill all of it)."""
+    log = open(work / "snakemake.out", "a")
+    return subprocess.Popen(
+        [*SNAKEMAKE, "--directory", str(work), "--cores", "1", *args], stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+    )
+
+
+def kill_when(proc, moment, timeout=240):
+    """SIGKILL `proc`'s process group at the first poll where `moment()` holds (checked again while the
+    group is stopped); returns what `moment()` returned then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "snakemake finished before the moment came"
+        if moment():
+            os.killpg(proc.pid, signal.SIGSTOP)
+            seen = moment()
+            if seen:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return seen
+            os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    raise AssertionError("the moment to kill never came")
+
+
+def snapshot(root):
+    """{relative path: (inode, mtime_ns)} of every file under the step-output folders of `root`."""
+    files = {}
+    for folder in STEP_OUTPUTS:
+        for p in (root / folder).rglob("*") if (root / folder).exists() else []:
+            if p.is_file():
+                st = p.stat()
+                files[str(p.relative_to(root))] = (st.st_ino, st.st_mtime_ns)
+    return files
+
+
+def planned_jobs(work):
+    """{(rule, shard or None): reason} of the jobs a rerun would run, from a dry run."""
+    proc = snakemake(work, "--cores", "1", "--dry-run")
+    jobs = {}
+    for block in re.split(r"\n(?=\[|(?:local)?rule |localcheckpoint |checkpoint )", proc.stdout):
+        m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block.strip())
+        if not m:
+            continue
+        shard = re.search(r"wildcards: .*shard=(\d{4})", block)
+        reason = re.search(r"reason: (.*)", block)
+        jobs[(m.group(1), shard.group(1) if shard else None)] = reason.group(1) if reason else ""
+    return jobs
+
+
+def unlock_as_a_user_would(work):
+    """After a SIGKILL the directory stays locked: the same command stops at once, before any job, saying
+    to run --unlock; the user does."""
+    assert any((work / ".snakemake" / "locks").iterdir())
+    proc = snakemake(work, "--cores", "1", check=False)
+    assert proc.returncode != 0 and "--unlock" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    snakemake(work, "--unlock")
+
+
+def assert_same_tables(work, baseline, sample="sample_a"):
+    for table in TABLES:
+        got = (work / "results" / sample / table).read_bytes()
+        assert got == (baseline / "results" / sample / table).read_bytes(), (sample, table)
+
+
+# -------------------------------------------------------------------------------- kill and resume
+
+
+def test_killed_in_embedding_and_in_summarize_resumes_to_the_same_results(tmp_path, tiny_models, baseline):
+    work = workdir(tmp_path, tiny_models, sheet={"sample_a": SAMPLE_A}, **SHARDS)
+    out = work / "results" / "sample_a"
+
+    def embedding_in_flight():
+        """(finished embedding files, started-but-unfinished embedding jobs) or None."""
+        finished, started = [], []
+        for kind, rule in (("esm2", "embed_protein"), ("dnabert_s", "embed_dna")):
+            for log in (out / "logs" / rule).glob("*.log"):
+                h5 = out / "embeddings" / kind / f"{log.stem}.h5"
+                (finished if h5.exists() else started).append((rule, log.stem))
+        return (finished, started) if finished and started else None
+
+    # 1. killed in the middle of an embedding job
+    finished, started = kill_when(start(work), embedding_in_flight)
+    assert len(started) == 1  # --cores 1: the job that was running
+    before = snapshot(out)
+    assert not any(Path(p).name.startswith(".tmp-") and "embeddings" not in p for p in before)
+    plan = planned_jobs(work)
+    for rule, shard in finished:
+        assert (rule, shard) not in plan, f"finished {rule} {shard} would be recomputed"
+    assert started[0] in plan and "Missing output files" in plan[started[0]], plan.get(started[0])
+    shards = sorted(p.stem for p in (out / "shards").glob("*.faa"))
+    assert len(shards) == 2
+    done = {(r, s) for r, s in finished}
+    for rule in ("embed_protein", "embed_dna"):
+        for shard in shards:
+            assert ((rule, shard) in plan) == ((rule, shard) not in done), (rule, shard)
+    assert ("prepare", None) not in plan and ("shard", None) not in plan
+
+    # 2. the rerun, killed in the middle of writing the results
+    def summarize_writing():
+        return sorted(p.name for p in [*out.glob(".tmp-*"), *(out / "plots").glob(".tmp-*")]) or None
+
+    unlock_as_a_user_would(work)
+    temps = kill_when(start(work), summarize_writing)
+    assert any(name.endswith("fragment_calls.tsv") for name in temps), temps
+    for table in [t for t in TABLES if t != "prediction_results.tsv"]:
+        assert not (out / table).exists(), f"{table} appeared although summarize did not finish"
+    middle = snapshot(out)
+    for path, stamp in before.items():
+        assert middle[path] == stamp, f"{path} was rewritten although it was finished"
+    recomputed = {p for p in middle if p not in before}
+    for rule, shard in started:
+        kind = "esm2" if rule == "embed_protein" else "dnabert_s"
+        assert f"embeddings/{kind}/{shard}.h5" in recomputed
+    plan = planned_jobs(work)
+    assert set(plan) <= {("summarize", None), ("all", None)} and ("summarize", None) in plan, plan
+    assert "Missing output files" in plan[("summarize", None)]
+
+    # 3. the final rerun
+    snakemake(work, "--unlock")
+    proc = snakemake(work, "--cores", "1")
+    assert "rule summarize" in proc.stdout + proc.stderr or "localrule summarize" in proc.stdout + proc.stderr
+    after = snapshot(out)
+    for path, stamp in middle.items():
+        assert after[path] == stamp, f"{path} was rewritten although it was finished"
+    assert_same_tables(work, baseline)
+    # leftovers of the killed writes keep their temporary names and are never read as results
+    leftovers = [p.name for p in out.rglob(".tmp-*")]
+    assert all(re.fullmatch(r"\.tmp-[0-9a-f]{8}-.+", n) for n in leftovers), leftovers
+
+
+# ---------------------------------------------------------------------------------- determinism
+
+
+def test_two_runs_give_identical_tables(tmp_path, tiny_models, baseline):
+    work = workdir(tmp_path, tiny_models, sheet={"sample_a": SAMPLE_A}, **SHARDS)
+    snakemake(work, "--cores", "2")
+    assert_same_tables(work, baseline)
+
+    # the converted classifier carries a checksum record, and classification checks the file against it
+    model = work / "models" / "500_model.safetensors"
+    record = model.with_name(model.name + ".sha256sum")
+    assert record.is_file()
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0x01
+    model.write_bytes(bytes(data))
+    target = "results/sample_a/predictions/0000.tsv"
+    proc = snakemake(work, "--cores", "1", "--force", target, check=False)
+    assert proc.returncode != 0
+    log = (work / "results" / "sample_a" / "logs" / "classify" / "0000.log").read_text().strip().splitlines()
+    assert len(log) == 1 and "differs from the checksum recorded" in log[0], log
+    assert not (work / target).exists()
+
+
+def keyed(path, key=0):
+    table = rows(path)
+    return table[0], {r[key]: r for r in table[1:]}
+
+
+def test_input_order_does_not_change_any_call(baseline):
+    forward, backward = baseline / "results" / "sample_a", baseline / "results" / "sample_rev"
+    ids = [rid for rid, _ in read_sequences(SAMPLE_A)]
+    summary = rows(backward / "sequence_summary.tsv")
+    assert [r[0] for r in summary[1:]] == ids[::-1]  # rows follow the input order
+    for table in ("prediction_results.tsv", "fragment_calls.tsv", "sequence_summary.tsv"):
+        assert keyed(forward / table) == keyed(backward / table), table
+    viral = [dict(read_sequences(d / "viral.fna", allow_empty=True)) for d in (forward, backward)]
+    assert viral[0] == viral[1]

@@ -1,0 +1,167 @@
+"""Untrusted files (issue 7, item 5): nothing unpickles an untrusted file or runs model-repository code,
+model files are checked against their recorded checksums before they are loaded, and sample names and
+paths never reach a shell."""
+
+import ast
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.test_workflow import REPO, make_workdir, snakemake
+from virnucpro.checksums import record_path, write_record
+from virnucpro.cli import main as cli_main
+from virnucpro.dnabert import embed_dna
+from virnucpro.errors import VirNucProError
+from virnucpro.esm2 import embed_protein
+
+CODE = sorted([*(REPO / "virnucpro").glob("*.py"), *(REPO / "scripts").glob("*.py")])
+RULES = sorted([REPO / "workflow" / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")])
+FORBIDDEN = {
+    "weights_only=False": r"weights_only\s*=\s*False",
+    "pickle.load": r"\bpickle\.loads?\b|\bcPickle\b|\bdill\b|\bjoblib\.load\b",
+    "trust_remote_code": r"trust_remote_code",
+    "eval(": r"(?<![.\w])eval\s*\(",  # the builtin; `model.eval()` is torch's eval mode
+    "exec(": r"(?<![.\w])exec\s*\(",
+    "shell=True": r"shell\s*=\s*True",
+    "os.system": r"\bos\.(system|popen|exec\w*|spawn\w*)\b",
+}
+
+
+def code_lines(path):
+    """(line number, line) of `path` without comments and docstrings (prose may name what we avoid)."""
+    text = path.read_text()
+    docs = set()
+    for node in ast.walk(ast.parse(text)):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            docs.update(range(body[0].lineno, body[0].end_lineno + 1))
+    return [(i, line.split("#")[0]) for i, line in enumerate(text.splitlines(), 1) if i not in docs]
+
+
+@pytest.mark.parametrize("what", FORBIDDEN)
+def test_no_unsafe_loading_or_shell_in_the_package(what):
+    hits = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in CODE for i, line in code_lines(p)
+            if re.search(FORBIDDEN[what], line)]
+    hits += [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in RULES
+             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(FORBIDDEN[what], line)]
+    assert hits == [], hits
+
+
+def test_every_torch_load_passes_weights_only_true():
+    calls = []
+    for path in CODE:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                kw = {k.arg: k.value for k in node.keywords}
+                ok = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
+                calls.append((f"{path.relative_to(REPO)}:{node.lineno}", ok))
+    assert calls, "no torch.load found: the test looks in the wrong place"
+    assert [c for c, ok in calls if not ok] == []
+
+
+def test_no_fair_esm_or_hugging_face_loader_that_unpickles_or_runs_repository_code():
+    """fair-esm's own loaders call torch.load without weights_only; transformers' Auto* classes would
+    run the DNABERT-S repository's code. Neither may be called."""
+    banned = r"load_model_and_alphabet(_local|_hub)?\(|esm\.pretrained\.esm2_\w+\(|from_pretrained\(|AutoModel"
+    hits = [f"{p.name}:{i}" for p in CODE for i, line in code_lines(p) if re.search(banned, line)]
+    assert hits == [], hits
+
+
+def test_rules_never_use_a_shell():
+    """Every rule that runs something does it through `script:` (arguments travel as Python objects);
+    no `shell:`, `run:` with subprocess, or `notebook:` where a wildcard could be spliced into a command."""
+    for path in RULES:
+        text = path.read_text()
+        assert not re.search(r"^\s+(shell|run|notebook|wrapper|cwl):", text, re.M), path.name
+    scripts = sum(len(re.findall(r"^\s+script:", p.read_text(), re.M)) for p in RULES)
+    assert scripts >= 10
+
+
+# ------------------------------------------------------------------------------- model checksums
+
+
+def _frames(tmp_path):
+    faa, fna = tmp_path / "0000.faa", tmp_path / "0000.fna"
+    faa.write_text(">a_chunk_1F1\nMKTAYIAKQR\n>b_chunk_1F2\nMSTNPKPQRK\n")
+    fna.write_text(">a_chunk_1F1\nATGAAAACCGCGTATATTGCGAAACAGCGCA\n>b_chunk_1F2\nATGAGCACCAACCCGAAACCGCAGCGCAAAA\n")
+    return faa, fna
+
+
+def _tamper(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_tampered_esm2_file_is_refused_before_loading(tmp_path, tiny_models, capsys):
+    faa, _ = _frames(tmp_path)
+    model = tmp_path / "models" / Path(tiny_models["models.esm2"]).name
+    model.parent.mkdir()
+    shutil.copy(tiny_models["models.esm2"], model)
+    write_record(model)  # as the download rule does
+    out = tmp_path / "esm2" / "0000.h5"
+    embed_protein(faa, model, out, device="cpu")  # the recorded file loads
+    out.unlink()
+    _tamper(model)
+    with pytest.raises(VirNucProError, match=r"sha256 \w+ differs from the checksum recorded"):
+        embed_protein(faa, model, out, device="cpu")
+    assert not out.exists() and not list(out.parent.glob(".tmp-*"))
+    rc = cli_main(["embed-protein", str(faa), "--model", str(model), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and "differs from the checksum recorded" in err[-1] and str(model) in err[-1]
+    assert not out.exists()
+    record_path(model).unlink()  # a file the user points at without a record is hashed into the attrs only
+    embed_protein(faa, model, out, device="cpu")
+    assert out.exists()
+
+
+@pytest.mark.parametrize("which", ["weights", "tokenizer.json"])
+def test_tampered_dnabert_file_is_refused_before_loading(tmp_path, tiny_models, which):
+    _, fna = _frames(tmp_path)
+    model = tmp_path / "DNABERT-S"
+    shutil.copytree(tiny_models["models.dnabert_s"], model)
+    files = [p for p in model.iterdir() if p.is_file() and not p.name.endswith((".sha256", ".sha256sum"))]
+    for p in files:
+        write_record(p)
+    weights = next(p for p in files if p.name in ("pytorch_model.bin", "model.safetensors"))
+    _tamper(weights if which == "weights" else model / which)
+    out = tmp_path / "dnabert_s" / "0000.h5"
+    with pytest.raises(VirNucProError, match="differs from the checksum recorded"):
+        embed_dna(fna, model, out, device="cpu")
+    assert not out.exists()
+
+
+def test_unreadable_record_is_one_clear_error(tmp_path, tiny_models):
+    faa, _ = _frames(tmp_path)
+    model = tmp_path / Path(tiny_models["models.esm2"]).name
+    shutil.copy(tiny_models["models.esm2"], model)
+    record_path(model).write_text("not a checksum\n")
+    with pytest.raises(VirNucProError, match="not a sha256 checksum record"):
+        embed_protein(faa, model, tmp_path / "o.h5", device="cpu")
+
+
+# -------------------------------------------------------------------- names and paths, no shell
+
+
+def test_tricky_sample_name_and_path_run_without_executing_anything(tmp_path):
+    """A sample name with every allowed punctuation character, and a FASTA in a folder whose name holds
+    spaces, `$(...)`, backticks, `;`, quotes and `&`: prepare runs and nothing in the name is executed."""
+    folder = tmp_path / "in dir $(touch PWNED) `touch PWNED2`; touch PWNED3 & 'q' \"d\""
+    folder.mkdir()
+    fasta = folder / "my reads; $(id).fa"
+    shutil.copy(REPO / "example" / "sample_a.fa", fasta)
+    sample = "S-1.v2_x"
+    work = make_workdir(tmp_path / "work", sheet={sample: fasta})
+    proc = snakemake(work, "--cores", "1", f"results/{sample}/shards")
+    out = work / "results" / sample
+    assert (out / "prepare" / "frames.faa").stat().st_size > 0 and list((out / "shards").glob("*.faa"))
+    assert str(fasta) in (out / "logs" / "prepare.log").read_text()
+    for where in (tmp_path, work, folder, REPO, Path.cwd()):
+        assert not list(where.glob("PWNED*")), where
+    assert "Shell command: None" in proc.stdout + proc.stderr or "shell" not in proc.stdout.lower()
+    assert os.path.exists(fasta)
