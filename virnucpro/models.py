@@ -36,7 +36,7 @@ import zipfile
 from pathlib import Path
 
 from virnucpro.atomic import atomic_outputs
-from virnucpro.checksums import record_path, write_record
+from virnucpro.checksums import record_path, sha256_of, write_record
 from virnucpro.errors import VirNucProError
 
 log = logging.getLogger("virnucpro")
@@ -71,14 +71,6 @@ class _Unreachable(Exception):
 def git_blob_id(data):
     """The git object id of a file with content `data` (bytes), as `git hash-object` prints it."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download_model(kind, output):
@@ -147,7 +139,7 @@ def _download_classifier(output):
                 _fetch_lfs_object(url, tmp, data, output)
         except _Unreachable as exc:
             raise _offline(exc, [(url, output)]) from None
-        write_record(output, tmp_record, sha256_file(tmp))
+        write_record(output, tmp_record, sha256_of(tmp))
     log.info("%s verified (git blob id %s) -> %s", name, CLASSIFIER_BLOB_IDS[name], output)
     return output
 
@@ -156,7 +148,7 @@ def _fetch_lfs_object(url, tmp, pointer, output):
     fields = dict(line.split(" ", 1) for line in pointer.decode().splitlines() if " " in line)
     oid, size = fields.get("oid", "").removeprefix("sha256:"), int(fields.get("size", -1))
     n = fetch(url, tmp)
-    if n != size or sha256_file(tmp) != oid:
+    if n != size or sha256_of(tmp) != oid:
         raise _bad(url, output, f"LFS object of {n} bytes does not match the pointer (sha256 {oid}, {size} bytes)")
 
 
@@ -177,7 +169,7 @@ def _download_esm2(output):
                 problem = _torch_zip_problem(tmp)
                 if problem:
                     raise _bad(url, final, problem)
-                digest = write_record(final, tmp_record, sha256_file(tmp))
+                digest = write_record(final, tmp_record, sha256_of(tmp))
                 log.info("%s verified (complete zip, CRC-32 of every member; sha256 %s)", final.name, digest)
         except _Unreachable as exc:
             raise _offline(exc, pairs) from None
@@ -215,7 +207,7 @@ def _download_dnabert_s(output):
                 problem = _DNABERT_CHECKS[final.name](part)
                 if problem:
                     raise _bad(url, output, problem)
-                digest = write_record(final, record_path(part), sha256_file(part))
+                digest = write_record(final, record_path(part), sha256_of(part))
                 log.info("%s verified (sha256 %s)", final.name, digest)
         except _Unreachable as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -252,7 +244,7 @@ def _check_tokenizer(path):
 
 
 def _check_weights(path):
-    digest = sha256_file(path)
+    digest = sha256_of(path)
     return None if digest == DNABERT_S_WEIGHTS_SHA256 else f"sha256 {digest}, expected {DNABERT_S_WEIGHTS_SHA256}"
 
 
