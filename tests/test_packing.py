@@ -265,3 +265,15 @@ def test_cpu_attention_backends_match_a_naive_softmax(alibi):
     for backend in ("reference", "padded_sdpa"):
         got = varlen_attention(q, k, v, cu, max(lens), scale, alibi_slopes=slopes, backend=backend)
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_compile_fallback_reraises_out_of_memory_and_logs_other_failures(caplog):
+    from virnucpro.runner import fall_back_from_compile
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        fall_back_from_compile(torch.cuda.OutOfMemoryError("CUDA out of memory"), "ESM-2")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        fall_back_from_compile(RuntimeError("inductor: out of memory while autotuning"), "ESM-2")
+    with caplog.at_level("WARNING", logger="virnucpro"):
+        fall_back_from_compile(RuntimeError("InductorError: no C compiler\nmore"), "DNABERT-S")
+    assert "torch.compile failed (InductorError: no C compiler); running DNABERT-S without it" in caplog.text

@@ -36,6 +36,7 @@ from virnucpro.attention import select_backend, varlen_attention
 from virnucpro.checksums import verify_recorded
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_mean
+from virnucpro.runner import fall_back_from_compile
 
 log = logging.getLogger("virnucpro")
 
@@ -297,12 +298,8 @@ class DnabertS(nn.Module):
         torch._dynamo.mark_dynamic(a, 0)
         try:
             return self._post(x, a, *params)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:  # a compiler failure (no C compiler, Triton missing): run eagerly
-            if "out of memory" in str(exc).lower():
-                raise
-            log.warning("torch.compile failed (%s); running DNABERT-S without it", str(exc).splitlines()[0])
+        except Exception as exc:
+            fall_back_from_compile(exc, "DNABERT-S")
             self._post, self.compiled = post_attention, False
             return post_attention(x, a, *params)
 

@@ -4,16 +4,15 @@ An embedding file holds dataset `ids` (N,) UTF-8 strings in input order, dataset
 float32, and attributes describing how they were made (model, model_sha256, layer, precision, pooling).
 """
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from virnucpro.atomic import atomic_outputs
+from virnucpro.checksums import sha256_of
 from virnucpro.errors import VirNucProError
 
-_HASH_CHUNK = 16 << 20
 
 
 def write_embeddings(path, ids, embeddings, attrs):
@@ -61,11 +60,7 @@ def file_sha256(path):
             return cached["sha256"]
     except (OSError, ValueError, AttributeError, KeyError):
         pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = sha256_of(path)
     record = json.dumps({"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     try:
         with atomic_outputs(sidecar) as (tmp,):

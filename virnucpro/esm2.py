@@ -30,6 +30,7 @@ from virnucpro.attention import select_backend, varlen_attention
 from virnucpro.checksums import verify_recorded
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_ids, segment_mean
+from virnucpro.runner import fall_back_from_compile
 
 log = logging.getLogger("virnucpro")
 
@@ -301,12 +302,8 @@ class PackedESM2:
             return self._layer(*args)
         try:
             return self._layer(*args)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:  # a compiler failure (no C compiler, Triton missing): run eagerly
-            if "out of memory" in str(exc).lower():
-                raise
-            log.warning("torch.compile failed (%s); running ESM-2 without it", str(exc).splitlines()[0])
+        except Exception as exc:
+            fall_back_from_compile(exc, "ESM-2")
             (self._pre, self._post), self.compiled = self._eager, False
             return self._layer(*args)
 
