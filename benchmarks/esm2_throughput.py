@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import esm  # noqa: E402
 from esm.model.esm2 import ESM2  # noqa: E402
 
+from virnucpro import kernels  # noqa: E402
 from virnucpro.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
 from virnucpro.runner import embed_packed  # noqa: E402
 
@@ -91,6 +92,10 @@ def run_fair_padded(model, seqs, device, toks_per_batch):
         mask = mask.to(device)[..., None].to(rep.dtype)
         results.append(((rep * mask).sum(1) / mask.sum(1)).float().cpu())
     return len(batches)
+
+
+def unfused_fc1_gelu(h, weight, bias):
+    return kernels.gelu_(torch.nn.functional.linear(h, weight, bias))
 
 
 def run_packed(packed, tok, seqs, device, tokens_per_batch):
@@ -174,15 +179,16 @@ def main():
     ap.add_argument("--workloads", default="fixed166,uniform20-166")
     ap.add_argument("--n-packed", type=int, default=6000, help="sequences per packed / padded-bf16 run")
     ap.add_argument("--n-original", type=int, default=500, help="sequences per original-path run")
-    ap.add_argument("--variants", default="original,fair_bf16,packed_eager,packed_compiled,gemm")
+    ap.add_argument("--variants", default="original,fair_bf16,packed_eager,packed_compiled,packed_triton,gemm")
     ap.add_argument("--budgets", default="16384,32768,65536,131072", help="packed token budgets (compiled)")
     ap.add_argument("--max-autotune", action="store_true", help="also try torch.compile max-autotune")
-    ap.add_argument("--profile", action="store_true", help="kernel breakdown of one compiled batch")
+    ap.add_argument("--profile", action="store_true", help="kernel breakdown of one batch per packed variant")
     ap.add_argument("--time-limit", type=float, default=480, help="skip remaining variants after this many s")
     args = ap.parse_args()
 
     device = torch.device(args.device)
     variants = set(args.variants.split(","))
+    default_blocks = dict(kernels.ATTENTION_BLOCKS)
     budgets = [int(b) for b in args.budgets.split(",")]
     start = time.perf_counter()
     lines = []
@@ -221,37 +227,57 @@ def main():
                     lambda s: run_fair_padded(fair, s, device, 65536), seqs[:n], warm[:400], device, results, log)
             del fair
         if "packed_eager" in variants and not out_of_time():
-            packed = PackedESM2(model, device, torch.bfloat16, compile=False)
+            packed = PackedESM2(model, device, torch.bfloat16, compile=False, kernels=False)
             for b in (16384, 65536):
                 if not out_of_time():
                     measure(f"{wl} packed bf16 eager {b} tok/batch",
                             lambda s: run_packed(packed, tok, s, device, b), seqs, warm, device, results, log)
             del packed
-        if "packed_compiled" in variants and not out_of_time():
-            packed = PackedESM2(model, device, torch.bfloat16, compile=True)
+        for variant, label, options in (("packed_compiled", "compiled", dict(compile=True, kernels=False)),
+                                        ("packed_triton", "triton kernels", dict(kernels=True))):
+            if variant not in variants or out_of_time():
+                continue
+            packed = PackedESM2(model, device, torch.bfloat16, **options)
             check = seqs[:300]
             ids = [str(i) for i in range(len(check))]
-            eager = PackedESM2(model, device, torch.bfloat16, compile=False)
+            eager = PackedESM2(model, device, torch.bfloat16, compile=False, kernels=False)
             a = embed_packed(ids, check, tok, eager.embed, dim, device, 16384, "check")
             c = embed_packed(ids, check, tok, packed.embed, dim, device, 16384, "check")
             del eager
             cos = (a * c).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(c, axis=1)
-            log(f"# compiled vs eager packed bf16, {len(check)} proteins: min cosine {cos.min():.7f}")
+            log(f"# {label} vs eager packed bf16, {len(check)} proteins: min cosine {cos.min():.7f}")
             for b in budgets:
                 if not out_of_time():
-                    measure(f"{wl} packed bf16 compiled {b} tok/batch",
+                    measure(f"{wl} packed bf16 {label} {b} tok/batch",
                             lambda s: run_packed(packed, tok, s, device, b), seqs, warm, device, results, log)
+            if args.profile and wl == "fixed166":
+                profile_batch(packed, tok, seqs, device, 65536, log)
             del packed
-        if args.profile and wl == "fixed166":
-            packed = PackedESM2(model, device, torch.bfloat16, compile=True)
-            profile_batch(packed, tok, seqs, device, 65536, log)
-            del packed
+        if "ablations" in variants and not out_of_time():
+            ablations = (
+                ("bf16 residual stream", dict(residual_dtype=torch.bfloat16)),
+                ("fc1 by cuBLAS + gelu_ kernel", dict(fc1_gelu=unfused_fc1_gelu)),
+                ("k rotated in the attention kernel", dict(blocks=dict(PREROTATE=False, num_stages=1))),
+            )
+            for label, change in ablations:
+                if out_of_time():
+                    break
+                packed = PackedESM2(model, device, torch.bfloat16, kernels=True)
+                for attr, value in change.items():
+                    if attr == "blocks":
+                        kernels.ATTENTION_BLOCKS = {**default_blocks, **value}
+                    else:
+                        setattr(packed, attr, value)
+                measure(f"{wl} triton kernels, {label}, 65536 tok/batch",
+                        lambda s: run_packed(packed, tok, s, device, 65536), seqs, warm, device, results, log)
+                kernels.ATTENTION_BLOCKS = default_blocks
+                del packed
         if args.max_autotune and wl == "fixed166" and not out_of_time():
             import torch._inductor.config as inductor_config
 
             if hasattr(inductor_config.triton, "enable_persistent_tma_matmul"):
                 inductor_config.triton.enable_persistent_tma_matmul = True
-            packed = PackedESM2(model, device, torch.bfloat16, compile=False)
+            packed = PackedESM2(model, device, torch.bfloat16, compile=False, kernels=False)
             packed.compiled = True
             packed._pre = torch.compile(packed._pre, dynamic=True, mode="max-autotune-no-cudagraphs")
             packed._post = torch.compile(packed._post, dynamic=True, mode="max-autotune-no-cudagraphs")
@@ -263,7 +289,7 @@ def main():
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if "gemm" in variants and device.type == "cuda":
-        packed = PackedESM2(model, device, torch.bfloat16, compile=False)
+        packed = PackedESM2(model, device, torch.bfloat16, compile=False, kernels=False)
         tps = gemm_ceiling(packed, device)
         log(f"# cuBLAS bias GEMMs alone (36 layers, 65536-token M): {tps / 1e3:.1f} K tok/s "
             f"= {tps * GFLOP_PER_TOKEN / 1e3:.0f} TFLOP/s")

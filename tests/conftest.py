@@ -1,10 +1,27 @@
 """Shared pytest set-up: GPU tests skip cleanly where CUDA is absent; SLURM tests skip where no
 cluster answers, unless --require-slurm (CI) turns that into a failure; tiny models for workflow runs."""
 
+import os
 import shutil
 import subprocess
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels run through its CPU interpreter (tests/test_kernels.py)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    try:
+        import triton.runtime.interpreter as _interpreter
+    except ImportError:
+        pass
+    else:  # Triton 3.6's interpreter calls int() on 1-element arrays (a loop bound), which NumPy >= 2.4 refuses
+        _patch_tensor = _interpreter._patch_lang_tensor
+
+        def _patch_lang_tensor(tensor, scope):
+            _patch_tensor(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(())))
+
+        _interpreter._patch_lang_tensor = _patch_lang_tensor
 
 ESM_DIM, DNA_DIM = 64, 96
 
@@ -21,8 +38,6 @@ def slurm_answers():
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_slurm = pytest.mark.skip(reason="no SLURM cluster answers (CI starts one: .ci/slurm.sh)")
     has_slurm = None

@@ -44,16 +44,18 @@ def _cosine(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def _check(model, seqs, tokens_per_batch):
+def _check(model, seqs, tokens_per_batch, kernels):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     layer = model.num_layers
     ref = _padded_reference(model, seqs, layer)
     packed = PackedESM2(model, "cuda", torch.bfloat16)
+    assert packed.kernels == kernels  # the default CUDA path: Triton kernels where the head size allows
     tok = Esm2Tokenizer(esm.data.Alphabet.from_architecture("ESM-1b"))
     ids = [f"p{i}" for i in range(len(seqs))]
     got = embed_packed(ids, seqs, tok, packed.embed, model.embed_dim, "cuda", tokens_per_batch, "gpu-test")
     again = embed_packed(ids, seqs, tok, packed.embed, model.embed_dim, "cuda", tokens_per_batch, "gpu-test")
+    packed_path = packed.attention_backend + (", compiled" if packed.compiled else "")
     del packed
     model.to(torch.bfloat16)
     for block in model.layers:  # as a fresh bf16 fair-esm model: no rotary tables cached in float32
@@ -62,7 +64,7 @@ def _check(model, seqs, tokens_per_batch):
     cos = _cosine(got, ref)
     err = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
     fair_err = np.linalg.norm(fair_bf16 - ref, axis=1) / np.linalg.norm(ref, axis=1)
-    print(f"\npacked bf16 vs fp32 padded: min cosine {cos.min():.7f}, max rel err {err.max():.2e}; "
+    print(f"\npacked bf16 ({packed_path}) vs fp32 padded: min cosine {cos.min():.7f}, max rel err {err.max():.2e}; "
           f"fair-esm bf16 padded max rel err {fair_err.max():.2e}")
     assert np.array_equal(got, again), "packed GPU embeddings differ between two identical runs"
     assert cos.min() >= 0.9999
@@ -70,8 +72,13 @@ def _check(model, seqs, tokens_per_batch):
 
 
 def test_tiny_model_bf16_packed_vs_fp32_padded():
-    model = build_tiny_esm2(num_layers=3, embed_dim=64, heads=4).cuda()
-    _check(model, _proteins(LENGTHS * 3, seed=10), tokens_per_batch=4096)
+    model = build_tiny_esm2(num_layers=3, embed_dim=64, heads=4).cuda()  # head size 16: torch path
+    _check(model, _proteins(LENGTHS * 3, seed=10), tokens_per_batch=4096, kernels=False)
+
+
+def test_tiny_model_triton_path_bf16_packed_vs_fp32_padded():
+    model = build_tiny_esm2(num_layers=3, embed_dim=128, heads=2).cuda()  # head size 64: Triton path
+    _check(model, _proteins(LENGTHS * 3, seed=12), tokens_per_batch=4096, kernels=True)
 
 
 def test_3b_architecture_bf16_packed_vs_fp32_padded():
@@ -82,4 +89,4 @@ def test_3b_architecture_bf16_packed_vs_fp32_padded():
         model = ESM2(num_layers=36, embed_dim=2560, attention_heads=40).eval()
         with torch.no_grad():
             model.embed_tokens.weight.normal_(0.0, 1.0)
-    _check(model, _proteins(LENGTHS, seed=11), tokens_per_batch=16384)
+    _check(model, _proteins(LENGTHS, seed=11), tokens_per_batch=16384, kernels=True)

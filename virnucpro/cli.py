@@ -132,7 +132,7 @@ def build_parser():
     p = sub.add_parser("embed-protein", help="ESM-2 embeddings of protein frames (packed)")
     p.add_argument("frames", help="protein FASTA from `prepare`")
     p.add_argument("--model", required=True, help="fair-esm checkpoint file or model name")
-    _add_embed_options(p, "16384 on GPU, 4096 on CPU")
+    _add_embed_options(p, "65536 on GPU, 4096 on CPU")
     p.set_defaults(handler=_embed_protein)
 
     p = sub.add_parser("embed-dna", help="DNABERT-S embeddings of nucleotide frames (packed)")

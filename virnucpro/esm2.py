@@ -35,7 +35,7 @@ from virnucpro.runner import fall_back_from_compile
 log = logging.getLogger("virnucpro")
 
 TRUNCATION = 1022  # residues kept per protein, as fair-esm's extract (truncation_seq_length=1022)
-DEFAULT_TOKENS_PER_BATCH = {"cuda": 16384, "cpu": 4096}
+DEFAULT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 4096}
 POOLING = "mean over residues of the last layer; <cls> and <eos> excluded"
 _SAFE_GLOBALS = [argparse.Namespace]  # the only non-tensor class in fair-esm ESM-2 checkpoints
 
@@ -154,6 +154,20 @@ class Esm2Tokenizer:
 # ------------------------------------------------------------------------------------ the model
 
 
+def _have_triton():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _kernels():
+    from virnucpro import kernels
+
+    return kernels
+
+
 def _rotate_half(x):
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -186,12 +200,20 @@ class PackedESM2:
     """fair-esm ESM-2 weights run over packed batches.
 
     Built from a fair-esm `ESM2` module (its weights are copied to `device` in `dtype`, q/k/v fused into
-    one projection). The attention backend is chosen here, once. With `compile` (default: on CUDA) the
-    per-layer work around attention runs through `torch.compile`, dynamic in the token count only; if
-    compiling fails the model warns once and runs eagerly.
+    one projection). The path is chosen here, once:
+
+    - "triton" (default on CUDA when Triton is installed and the head size is 32, 64 or 128): each
+      layer is three cuBLAS GEMMs and the kernels of `virnucpro.kernels` (rotary fused into attention,
+      which reads q, k, v straight from the projection; residual add fused with LayerNorm; fc1, bias and
+      GELU in one kernel). The residual stream is float32 and so is the last layer's representation
+      (bf16 there costs ~2 % of speed less but leaves proteins below the 0.9999 cosine criterion:
+      benchmarks/results/esm2_accuracy_h200.txt); GEMM inputs are bf16;
+    - otherwise the attention backend of `virnucpro.attention` with the per-layer work around it in
+      torch ops, through `torch.compile` when `compile` (default: on CUDA), dynamic in the token count
+      only; if compiling fails the model warns once and runs eagerly.
     """
 
-    def __init__(self, esm_model, device, dtype, compile=None):
+    def __init__(self, esm_model, device, dtype, compile=None, kernels=None):
         self.device, self.dtype = torch.device(device), dtype
         self.num_layers = esm_model.num_layers
         self.embed_dim = esm_model.embed_dim
@@ -226,7 +248,15 @@ class PackedESM2:
         inv_freq = esm_model.layers[0].self_attn.rot_emb.inv_freq
         self.inv_freq = inv_freq.detach().to(device=self.device, dtype=torch.float32)  # (Dh / 2,)
 
-        self.attention_backend = select_backend(self.device, dtype)
+        if kernels is None:
+            kernels = self.device.type == "cuda" and _have_triton() and _kernels().supported(self.head_dim)
+        self.kernels = bool(kernels)
+        self._tables = None  # rotary cos/sin tables of the Triton path, made on first use
+        self.residual_dtype = torch.float32  # of the Triton path (class docstring)
+        self.fc1_gelu = _kernels().linear_gelu if self.kernels else None
+        self.attention_backend = "triton" if self.kernels else select_backend(self.device, dtype)
+        if compile is None and self.kernels:
+            compile = False
         if compile is None:
             compile = self.device.type == "cuda"
         heads = self.heads
@@ -262,6 +292,30 @@ class PackedESM2:
             x = x * (1 - 0.15 * 0.8) / (1 - observed)[seg][:, None]
         return x
 
+    def _first_layer_norm(self, x):
+        w, b, eps = self.layers[0]["ln1"]
+        return F.layer_norm(x, (self.embed_dim,), w.to(x.dtype), b.to(x.dtype), eps).to(self.dtype)
+
+    def _rotary_lookup(self, max_seqlen):
+        """The Triton path's cos/sin tables (positions x Dh / 2, float32), covering max_seqlen."""
+        if self._tables is None or self._tables[0].shape[0] < max_seqlen:
+            self._tables = _kernels().rotary_tables(self.inv_freq, max(TRUNCATION + 2, int(max_seqlen)))
+        return self._tables
+
+    def _kernel_layer(self, i, x, h, cu_seqlens, max_seqlen):
+        """Block i on the Triton path; x (the residual stream) is updated in place."""
+        k = _kernels()
+        p = self.layers[i]
+        next_ln = self.layers[i + 1]["ln1"] if i + 1 < self.num_layers else self.final_ln
+        cos, sin = self._rotary_lookup(max_seqlen)
+        qkv = F.linear(h, p["qkv_w"], p["qkv_b"])
+        a = k.rotary_attention(qkv, cu_seqlens, max_seqlen, self.heads, p["scaling"], cos, sin)
+        del qkv
+        h = k.add_layer_norm(x, F.linear(a.view(x.shape), *p["out"]), *p["ln2"], out_dtype=self.dtype)
+        mlp = F.linear(self.fc1_gelu(h, *p["fc1"]), *p["fc2"])
+        last = i + 1 == self.num_layers  # the final layer norm's output is the representation: float32
+        return x, k.add_layer_norm(x, mlp, *next_ln, out_dtype=torch.float32 if last else self.dtype)
+
     def _layer(self, i, x, h, cos, sin, cu_seqlens, max_seqlen):
         """Block i: x the residual stream, h its layer norm; returns the new x and the next layer norm."""
         p = self.layers[i]
@@ -286,15 +340,23 @@ class PackedESM2:
         if not repr_layers <= set(range(self.num_layers + 1)):
             raise ValueError(f"repr_layers must be within 0..{self.num_layers}")
         total = input_ids.shape[0]
-        cos, sin, seg = self._rotary_tables(cu_seqlens, total)
+        if self.kernels:
+            seg = segment_ids(cu_seqlens, total)
+        else:
+            cos, sin, seg = self._rotary_tables(cu_seqlens, total)
         x = self._embed(input_ids, cu_seqlens, seg)
-        reps = {0: x} if 0 in repr_layers else {}
         last = max(repr_layers, default=0)
-        h = F.layer_norm(x, (self.embed_dim,), *self.layers[0]["ln1"]) if last else None
+        if self.kernels:
+            x = x.to(self.residual_dtype)
+        reps = {0: x.clone() if last else x} if 0 in repr_layers else {}  # the Triton path updates x in place
+        h = self._first_layer_norm(x) if last else None
         for i in range(last):
-            x, h = self._run_layer(i, x, h, cos, sin, cu_seqlens, max_seqlen)
-            if i + 1 in repr_layers:
-                reps[i + 1] = h if i + 1 == self.num_layers else x  # the last one with the final norm
+            if self.kernels:
+                x, h = self._kernel_layer(i, x, h, cu_seqlens, max_seqlen)
+            else:
+                x, h = self._run_layer(i, x, h, cos, sin, cu_seqlens, max_seqlen)
+            if i + 1 in repr_layers:  # the last layer with the final norm
+                reps[i + 1] = h if i + 1 == self.num_layers else x.clone() if i + 1 < last else x
         return {"representations": reps}
 
     def _run_layer(self, *args):

@@ -1,0 +1,80 @@
+"""bf16 ESM-2 3B paths against fair-esm's float32 padded forward: per-protein cosine and relative error.
+
+    python benchmarks/esm2_accuracy.py --out benchmarks/results/esm2_accuracy_h200.txt
+
+The 3B architecture with random weights (as tests/test_esm2_gpu.py) on proteins of 1 to 1100 residues;
+pooled embeddings as the workflow makes them. The criterion (ARCHITECTURE.md) is a cosine of at least
+0.9999 for every protein. Rows: the default Triton path (float32 residual stream), the same with a bf16
+residual stream, the torch.compile path, and fair-esm's own forward in bf16.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import esm  # noqa: E402
+from esm.model.esm2 import ESM2  # noqa: E402
+
+from test_esm2_gpu import LENGTHS, _padded_reference, _proteins  # noqa: E402
+from virnucpro.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
+from virnucpro.runner import embed_packed  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out")
+    ap.add_argument("--repeats", type=int, default=3, help="protein sets (seeds) per row")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = ESM2(num_layers=36, embed_dim=2560, attention_heads=40).eval()
+        with torch.no_grad():
+            model.embed_tokens.weight.normal_(0.0, 1.0)
+    tok = Esm2Tokenizer(esm.data.Alphabet.from_architecture("ESM-1b"))
+    sets = [_proteins(LENGTHS, seed=11 + r) for r in range(args.repeats)]
+    refs = [_padded_reference(model, seqs, 36) for seqs in sets]
+    rows = []
+
+    def report(name, embed):
+        cos, err = [], []
+        for seqs, ref in zip(sets, refs):
+            got = embed(seqs)
+            cos.append((got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)))
+            err.append(np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1))
+        cos, err = np.concatenate(cos), np.concatenate(err)
+        rows.append(f"{name:<44} min cosine {cos.min():.7f}  median {np.median(cos):.7f}  "
+                    f"max rel err {err.max():.2e}  proteins below 0.9999: {(cos < 0.9999).sum()} of {len(cos)}")
+        print(rows[-1], flush=True)
+
+    def packed_rows(packed):
+        def embed(seqs):
+            ids = [str(i) for i in range(len(seqs))]
+            return embed_packed(ids, seqs, tok, packed.embed, 2560, "cuda", 16384, "accuracy")
+        return embed
+
+    packed = PackedESM2(model, "cuda", torch.bfloat16, kernels=True)
+    report("triton kernels, float32 residual (default)", packed_rows(packed))
+    packed.residual_dtype = torch.bfloat16
+    report("triton kernels, bf16 residual", packed_rows(packed))
+    del packed
+    packed = PackedESM2(model, "cuda", torch.bfloat16, kernels=False, compile=True)
+    report("torch ops + varlen_attn, compiled", packed_rows(packed))
+    del packed
+    model.to(torch.bfloat16)
+    for block in model.layers:  # as a fresh bf16 fair-esm model: no rotary tables cached in float32
+        block.self_attn.rot_emb._seq_len_cached = None
+    report("fair-esm padded forward in bf16", lambda seqs: _padded_reference(model, seqs, 36))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()

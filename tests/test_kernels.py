@@ -1,0 +1,188 @@
+"""The Triton kernels of the packed ESM-2 path, each against an independent torch reference.
+
+Where there is no GPU they run through Triton's CPU interpreter (conftest sets TRITON_INTERPRET=1), in
+float32 and float16; on a GPU, in bfloat16 and float16. Tolerances follow from where each kernel rounds:
+- float32: only summation order differs (~1e-7 relative); 1e-5 leaves room, and a wrong position,
+  scale, head or sequence boundary is >= 1e-2;
+- float16 / bfloat16 attention: q, k (after rotary) and the softmax probabilities are rounded to 11 / 8
+  significant bits before the matrix products, as in FlashAttention: ~2^-11 / 2^-8 per element, so the
+  output's relative norm error stays under 2e-3 / 1.5e-2;
+- add + LayerNorm and GELU round only their outputs, so they must match the reference rounded to the
+  same dtype within torch's default tolerance for that dtype (about one unit in the last place).
+The whole Triton path of `PackedESM2` is also checked against fair-esm's padded float32 forward, layer
+by layer, on the CPU (float32 through the interpreter; the bf16 GPU check is tests/test_esm2_gpu.py).
+"""
+
+import esm
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from tiny_esm2 import build_tiny_esm2  # noqa: E402
+from virnucpro import kernels  # noqa: E402
+from virnucpro.attention import varlen_attention  # noqa: E402
+from virnucpro.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
+from virnucpro.packing import pack  # noqa: E402
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+DTYPES = [torch.bfloat16, torch.float16] if GPU else [torch.float32, torch.float16]
+ATTENTION_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+AA = list("ACDEFGHIKLMNPQRSTVWY")
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _reference_attention(qkv, lengths, heads, scale, inv_freq):
+    """float64 with fair-esm's float32 cos/sin: fair-esm's rotary with per-sequence positions, then softmax attention per sequence."""
+    t = qkv.shape[0]
+    head_dim = qkv.shape[1] // 3 // heads
+    q, k, v = qkv.double().view(t, 3, heads, head_dim).unbind(1)
+    pos = torch.cat([torch.arange(n) for n in lengths]).to(qkv.device, torch.float32)
+    freqs = pos[:, None] * inv_freq[None, :]  # float32, as fair-esm's RotaryEmbedding
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
+    emb = emb.cos().double(), emb.sin().double()
+    q = q * scale
+    q = q * emb[0] + _rotate_half(q) * emb[1]
+    k = k * emb[0] + _rotate_half(k) * emb[1]
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device=qkv.device)
+    return varlen_attention(q, k, v, cu, max(lengths), scale=1.0, backend="reference")
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("prerotate", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [32, 64])
+def test_rotary_attention_matches_reference(dtype, head_dim, prerotate):
+    torch.manual_seed(head_dim)
+    heads = 3
+    lengths = [1, 2, 63, 64, 65, 130, 7]  # block edges (64) on both sides, a sequence of one token
+    t = sum(lengths)
+    qkv = torch.randn(t, 3 * heads * head_dim, device=DEVICE).to(dtype)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim))
+    cos, sin = kernels.rotary_tables(inv_freq, 1024)
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device=DEVICE)
+    out = torch.full((t, heads, head_dim), float("nan"), device=DEVICE, dtype=dtype)
+    want = _reference_attention(qkv, lengths, heads, head_dim**-0.5, inv_freq)
+    out.copy_(kernels.rotary_attention(qkv, cu, max(lengths), heads, head_dim**-0.5, cos, sin,
+                                       blocks=dict(PREROTATE=prerotate)))
+    assert not out.isnan().any()
+    assert _rel(out, want) < ATTENTION_RTOL[dtype]
+    for i, n in enumerate(lengths):  # every sequence on its own, not only the batch norm
+        s = slice(sum(lengths[:i]), sum(lengths[: i + 1]))
+        assert _rel(out[s], want[s]) < 2 * ATTENTION_RTOL[dtype], f"sequence {i} (length {n})"
+
+
+def test_rotary_attention_keeps_sequences_apart():
+    torch.manual_seed(1)
+    heads, head_dim = 2, 32
+    dtype = DTYPES[0]
+    lengths = [40, 3, 90]
+    qkv = torch.randn(sum(lengths), 3 * heads * head_dim, device=DEVICE).to(dtype)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim))
+    cos, sin = kernels.rotary_tables(inv_freq, 256)
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device=DEVICE)
+    together = kernels.rotary_attention(qkv.clone(), cu, 90, heads, 0.2, cos, sin)  # k is rotated in place
+    start = 0
+    for n in lengths:
+        alone = kernels.rotary_attention(qkv[start : start + n].clone(),
+                                         torch.tensor([0, n], dtype=torch.int32, device=DEVICE), n, heads, 0.2, cos, sin)
+        assert torch.equal(alone, together[start : start + n])
+        start += n
+
+
+def test_rotary_attention_rejects_what_it_does_not_handle():
+    qkv = torch.zeros(4, 3 * 2 * 24, device=DEVICE)
+    cos, sin = kernels.rotary_tables(torch.ones(12, device=DEVICE), 16)
+    with pytest.raises(ValueError, match="head size 24"):
+        kernels.rotary_attention(qkv, torch.tensor([0, 4], dtype=torch.int32, device=DEVICE), 4, 2, 1.0, cos, sin)
+    assert kernels.supported(64) and not kernels.supported(16) and not kernels.supported(24)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_layer_norm_matches_torch(dtype):
+    torch.manual_seed(2)
+    t, d = 37, 320  # a width that is not a power of two
+    x = (3 + torch.randn(t, d, device=DEVICE)).to(dtype)
+    delta = torch.randn(t, d, device=DEVICE).to(dtype)
+    w = (1 + 0.1 * torch.randn(d, device=DEVICE)).to(dtype)
+    b = (0.1 * torch.randn(d, device=DEVICE)).to(dtype)
+    want_x = x + delta
+    want_h = F.layer_norm(want_x.float(), (d,), w.float(), b.float(), 1e-5).to(dtype)
+    h = kernels.add_layer_norm(x, delta, w, b, 1e-5)
+    assert torch.equal(x, want_x)  # the residual stream, updated in place, rounded as an eager add
+    torch.testing.assert_close(h, want_h)
+
+
+def test_add_layer_norm_on_a_float32_residual_stream():
+    torch.manual_seed(4)
+    dtype = DTYPES[-1]  # a 16-bit type: delta and output; the stream itself stays float32
+    x = 3 + torch.randn(9, 200, device=DEVICE)
+    delta = torch.randn(9, 200, device=DEVICE).to(dtype)
+    w, b = torch.randn(200, device=DEVICE).to(dtype), torch.randn(200, device=DEVICE).to(dtype)
+    want_x = x + delta.float()
+    want_h = F.layer_norm(want_x, (200,), w.float(), b.float(), 1e-5)
+    h = kernels.add_layer_norm(x, delta, w, b, 1e-5, out_dtype=dtype)
+    assert h.dtype == dtype
+    torch.testing.assert_close(x, want_x, rtol=1e-6, atol=1e-6)  # float32 sum, not rounded to 16 bits
+    torch.testing.assert_close(h, want_h.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_gelu_matches_torch(dtype):
+    """gelu(x @ W.T + b) in one kernel; rows and columns that are not whole tiles."""
+    torch.manual_seed(6)
+    x = torch.randn(300, 128, device=DEVICE).to(dtype)
+    w = (torch.randn(136, 128, device=DEVICE) / 11).to(dtype)
+    b = torch.randn(136, device=DEVICE).to(dtype)
+    want = F.gelu(x.double() @ w.double().T + b.double())
+    got = torch.full((300, 136), float("nan"), device=DEVICE, dtype=dtype)
+    got.copy_(kernels.linear_gelu(x, w, b))
+    assert not got.isnan().any()
+    # float32: summation order only; 16-bit: the output's rounding (2^-11 / 2^-8 relative per element)
+    assert _rel(got, want) < {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_is_the_erf_form(dtype):
+    torch.manual_seed(3)
+    x = (4 * torch.randn(5000, 3, device=DEVICE)).to(dtype)
+    want = F.gelu(x.float()).to(dtype)  # erf form (F.gelu's default, approximate="none")
+    got = kernels.gelu_(x.clone())
+    torch.testing.assert_close(got, want)
+    tanh_form = F.gelu(x.float(), approximate="tanh").to(dtype)
+    assert not torch.equal(tanh_form, want)  # the check can tell the two forms apart
+
+
+# ------------------------------------------------------------------------ the whole Triton path
+
+
+@pytest.mark.skipif(GPU, reason="the float32 model check runs the kernels through Triton's CPU interpreter")
+def test_triton_path_matches_fair_esm_layer_by_layer():
+    model = build_tiny_esm2(num_layers=2, embed_dim=64, heads=2)  # head size 32
+    packed = PackedESM2(model, "cpu", torch.float32, kernels=True)
+    assert packed.kernels and packed.attention_backend == "triton"
+    tok = Esm2Tokenizer(esm.data.Alphabet.from_architecture("ESM-1b"))
+    rng = np.random.default_rng(5)
+    seqs = ["".join(rng.choice(AA, n)) for n in (1, 9, 70, 130)] + ["ACD<mask>EFGH<mask>K"]
+    batch = pack(tok(seqs), np.arange(len(seqs)))
+    layers = [0, 1, 2]
+    got = packed.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen, layers)["representations"]
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    _, _, tokens = alphabet.get_batch_converter(truncation_seq_length=1022)(list(enumerate(seqs)))
+    with torch.no_grad():
+        want = model(tokens, repr_layers=layers)["representations"]
+    cu = batch.cu_seqlens.tolist()
+    for layer in layers:
+        for i in range(len(seqs)):
+            n = cu[i + 1] - cu[i]
+            torch.testing.assert_close(got[layer][cu[i] : cu[i + 1]], want[layer][i, :n], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,303 @@
+"""Triton kernels of the packed ESM-2 forward on CUDA.
+
+One layer of the packed forward is three cuBLAS GEMMs (q/k/v, attention output, fc2) and these
+kernels, each one pass over its data:
+
+- `rotary_attention(qkv, cu_seqlens, max_seqlen, heads, scale, cos, sin)`: attention within each packed
+  sequence, reading q, k and v straight from the fused projection output (T, 3 * H * Dh). q is scaled,
+  then q and k are rotated ("rotate halves", positions restarting at 0 in every sequence, float32
+  cos/sin tables) and rounded to the input dtype, as fair-esm's bf16 forward does before its attention;
+  scores and softmax are float32, the probabilities are rounded to the input dtype for the p·v product
+  (as FlashAttention does), the output is normalised in float32. By default (`PREROTATE`) a first
+  kernel rotates the k columns of `qkv` in place, once per key, instead of once per block of queries.
+- `add_layer_norm(x, delta, weight, bias, eps, out_dtype)`: x += delta in place (rounded to x's dtype,
+  as an eager `x + delta` is; the model keeps x in float32), then LayerNorm of the new x with float32
+  statistics (biased variance, eps inside the square root, as `torch.nn.functional.layer_norm`).
+- `linear_gelu(x, weight, bias)`: gelu(x @ weight.T + bias), a persistent TMA matrix multiply (float32
+  accumulation) whose epilogue adds the bias and applies the GELU before the one rounding.
+- `gelu_(x)`: the GELU alone, in place.
+
+The GELU is the erf form, x * Phi(x), with erfc from Abramowitz & Stegun 7.1.26 (absolute error
+<= 1.5e-7, about float32's own; `_gelu`). The kernels take any float dtype; the GPU path runs them in
+bf16, the tests run them on the CPU in float32 and float16 through Triton's interpreter
+(`TRITON_INTERPRET=1`, read when this module is imported). `supported(head_dim)` says whether
+`rotary_attention` handles a head size (a power of two from 32 to 128: each rotary half is a
+matrix-multiply operand). Block shapes were chosen on an H200 (benchmarks/esm2_kernels.py).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+ATTENTION_BLOCKS = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, PREROTATE=True)
+GELU_BLOCK = 2048
+LINEAR_GELU_BLOCKS = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=16, num_warps=8, num_stages=3,
+                          WARP_SPECIALIZE=False)
+
+
+def supported(head_dim):
+    return head_dim in (32, 64, 128)
+
+
+@triton.jit
+def _rotate(x1, x2, cos, sin):
+    """fair-esm's rotary on the two halves of a head, in float32: (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    return x1 * cos - x2 * sin, x2 * cos + x1 * sin
+
+
+@triton.jit
+def _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, cos_tab, sin_tab, stride_t,
+            D: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, ROTATE_K: tl.constexpr):
+    """One block of keys and values (from k_base, rows n0..) folded into the online softmax."""
+    dtype = q1.dtype
+    half = tl.arange(0, HALF)
+    keys = n0 + tl.arange(0, BLOCK_N)
+    in_n = keys < length
+    k_at = k_base + keys[:, None] * stride_t + half[None, :]
+    k1 = tl.load(k_at, mask=in_n[:, None], other=0.0).to(tl.float32)
+    k2 = tl.load(k_at + HALF, mask=in_n[:, None], other=0.0).to(tl.float32)
+    if ROTATE_K:
+        ck = tl.load(cos_tab + keys[:, None] * HALF + half[None, :], mask=in_n[:, None], other=0.0)
+        sk = tl.load(sin_tab + keys[:, None] * HALF + half[None, :], mask=in_n[:, None], other=0.0)
+        k1, k2 = _rotate(k1, k2, ck, sk)
+    scores = tl.dot(q1, tl.trans(k1.to(dtype))) + tl.dot(q2, tl.trans(k2.to(dtype)))  # float32
+    scores = tl.where(in_n[None, :], scores * LOG2E, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    p = tl.math.exp2(scores - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    dims = tl.arange(0, 2 * HALF)
+    v = tl.load(k_base + D + keys[:, None] * stride_t + dims[None, :], mask=in_n[:, None], other=0.0)
+    acc = tl.dot(p.to(dtype), v, acc * alpha[:, None])
+    return m_new, l_i * alpha + tl.sum(p, 1), acc
+
+
+@triton.jit
+def _rotary_attention_kernel(
+    qkv, out, cu_seqlens, cos_tab, sin_tab, scale, n_mblocks, heads,
+    stride_t, stride_o, D: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREROTATE: tl.constexpr,
+):
+    # one program per (sequence, head, block of query rows); neighbours share the sequence's keys in L2
+    pid = tl.program_id(0)
+    mblock = pid % n_mblocks
+    head = (pid // n_mblocks) % heads
+    seq = pid // (n_mblocks * heads)
+    start = tl.load(cu_seqlens + seq).to(tl.int64)
+    length = (tl.load(cu_seqlens + seq + 1) - start).to(tl.int32)
+    m0 = mblock * BLOCK_M
+    if m0 >= length:
+        return
+    dtype = qkv.dtype.element_ty
+    half = tl.arange(0, HALF)
+    col = head * 2 * HALF + half  # first half of this head's q columns
+    rows = m0 + tl.arange(0, BLOCK_M)
+    in_m = rows < length
+    q_at = qkv + (start + rows)[:, None] * stride_t + col[None, :]
+    q1 = tl.load(q_at, mask=in_m[:, None], other=0.0).to(tl.float32) * scale
+    q2 = tl.load(q_at + HALF, mask=in_m[:, None], other=0.0).to(tl.float32) * scale
+    c = tl.load(cos_tab + rows[:, None] * HALF + half[None, :], mask=in_m[:, None], other=0.0)
+    s = tl.load(sin_tab + rows[:, None] * HALF + half[None, :], mask=in_m[:, None], other=0.0)
+    q1, q2 = _rotate(q1, q2, c, s)
+    q1, q2 = q1.to(dtype), q2.to(dtype)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, 2 * HALF], tl.float32)
+    k_base = qkv + start * stride_t + D + head * 2 * HALF
+    for n0 in range(0, length, BLOCK_N):
+        m_i, l_i, acc = _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, cos_tab, sin_tab, stride_t, D, HALF,
+                                BLOCK_N, not PREROTATE)
+    o = acc / l_i[:, None]
+    o_at = out + (start + rows)[:, None] * stride_o + head * 2 * HALF + tl.arange(0, 2 * HALF)[None, :]
+    tl.store(o_at, o.to(out.dtype.element_ty), mask=in_m[:, None])
+
+
+@triton.jit
+def _rotate_keys_kernel(qkv, cu_seqlens, cos_tab, sin_tab, n_mblocks, heads, stride_t,
+                        D: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr):
+    # rotary on the k columns of qkv, in place, once per key (same program grid as the attention)
+    pid = tl.program_id(0)
+    mblock = pid % n_mblocks
+    head = (pid // n_mblocks) % heads
+    seq = pid // (n_mblocks * heads)
+    start = tl.load(cu_seqlens + seq).to(tl.int64)
+    length = (tl.load(cu_seqlens + seq + 1) - start).to(tl.int32)
+    rows = mblock * BLOCK_M + tl.arange(0, BLOCK_M)
+    half = tl.arange(0, HALF)
+    inside = (rows < length)[:, None]
+    at = qkv + (start + rows)[:, None] * stride_t + D + head * 2 * HALF + half[None, :]
+    k1 = tl.load(at, mask=inside, other=0.0).to(tl.float32)
+    k2 = tl.load(at + HALF, mask=inside, other=0.0).to(tl.float32)
+    c = tl.load(cos_tab + rows[:, None] * HALF + half[None, :], mask=inside, other=0.0)
+    s = tl.load(sin_tab + rows[:, None] * HALF + half[None, :], mask=inside, other=0.0)
+    k1, k2 = _rotate(k1, k2, c, s)
+    tl.store(at, k1.to(qkv.dtype.element_ty), mask=inside)
+    tl.store(at + HALF, k2.to(qkv.dtype.element_ty), mask=inside)
+
+
+def rotary_tables(inv_freq, max_positions):
+    """cos, sin (max_positions, Dh / 2) float32 of position * inv_freq, as fair-esm computes them."""
+    pos = torch.arange(max_positions, device=inv_freq.device, dtype=torch.float32)
+    freqs = pos[:, None] * inv_freq.to(torch.float32)[None, :]
+    return freqs.cos().contiguous(), freqs.sin().contiguous()
+
+
+def rotary_attention(qkv, cu_seqlens, max_seqlen, heads, scale, cos, sin, blocks=None):
+    """qkv (T, 3 * H * Dh) with q, k, v blocks in that order -> attention output (T, H, Dh).
+
+    cu_seqlens (B + 1,) int32; cos/sin from `rotary_tables` with at least max_seqlen positions;
+    `blocks` overrides ATTENTION_BLOCKS (benchmarks). With PREROTATE (the default) the k columns of
+    qkv are left rotated.
+    """
+    t, width = qkv.shape
+    d = width // 3
+    head_dim = d // heads
+    if qkv.stride(1) != 1 or not supported(head_dim) or cos.shape[0] < max_seqlen:
+        raise ValueError(f"rotary_attention: unsupported input (head size {head_dim}, {cos.shape[0]} positions)")
+    out = torch.empty(t, heads, head_dim, device=qkv.device, dtype=qkv.dtype)
+    blocks = {**ATTENTION_BLOCKS, **(blocks or {})}
+    n_mblocks = triton.cdiv(max(int(max_seqlen), 1), blocks["BLOCK_M"])
+    grid = ((cu_seqlens.shape[0] - 1) * heads * n_mblocks,)
+    if grid[0] and blocks["PREROTATE"]:  # k rotated once, in place, instead of once per block of queries
+        _rotate_keys_kernel[grid](qkv, cu_seqlens, cos, sin, n_mblocks, heads, qkv.stride(0), D=d,
+                                  HALF=head_dim // 2, BLOCK_M=blocks["BLOCK_M"])
+    if grid[0]:
+        _rotary_attention_kernel[grid](
+            qkv, out, cu_seqlens, cos, sin, float(scale), n_mblocks, heads, qkv.stride(0), d,
+            D=d, HALF=head_dim // 2, **blocks,
+        )
+    return out
+
+
+@triton.jit
+def _add_layer_norm_kernel(x_ptr, d_ptr, w_ptr, b_ptr, h_ptr, n, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    inside = cols < n
+    x = tl.load(x_ptr + row * n + cols, mask=inside, other=0.0).to(tl.float32)
+    d = tl.load(d_ptr + row * n + cols, mask=inside, other=0.0).to(tl.float32)
+    s = (x + d).to(x_ptr.dtype.element_ty)
+    tl.store(x_ptr + row * n + cols, s, mask=inside)
+    s = s.to(tl.float32)
+    mean = tl.sum(s, 0) / n
+    diff = tl.where(inside, s - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, 0) / n + eps)
+    w = tl.load(w_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+    tl.store(h_ptr + row * n + cols, (diff * rstd * w + b).to(h_ptr.dtype.element_ty), mask=inside)
+
+
+def add_layer_norm(x, delta, weight, bias, eps, out_dtype=None):
+    """x (T, D) += delta, in place; returns LayerNorm(x) (T, D) in out_dtype (default: x's dtype)."""
+    if not (x.is_contiguous() and delta.is_contiguous() and x.shape == delta.shape):
+        raise ValueError("add_layer_norm: x and delta must be contiguous and of one shape")
+    t, d = x.shape
+    h = torch.empty_like(x, dtype=out_dtype or x.dtype)
+    block = triton.next_power_of_2(d)
+    if t:
+        _add_layer_norm_kernel[(t,)](x, delta, weight, bias, h, d, float(eps), BLOCK=block,
+                                     num_warps=min(max(block // 256, 1), 16))
+    return h
+
+
+@triton.jit
+def _gelu(x):
+    """erf GELU of float32 x: x * Phi(x), Phi from erfc by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7).
+
+    The error is about that of float32's own erf (1 + erf(x / sqrt 2) loses the same digits to
+    cancellation); in bf16 the outputs round as `torch.nn.functional.gelu`'s do (tests/test_kernels.py).
+    One exp2 and a reciprocal instead of libdevice's two-branch erf: the GELU stays memory-bound.
+    """
+    t = tl.abs(x) * 0.7071067811865476
+    k = 1.0 / (1.0 + 0.3275911 * t)
+    poly = ((((1.061405429 * k - 1.453152027) * k + 1.421413741) * k - 0.284496736) * k + 0.254829592) * k
+    erfc = poly * tl.math.exp2(-(t * t) * LOG2E)  # erfc(|x| / sqrt 2)
+    return x * tl.where(x >= 0, 1.0 - 0.5 * erfc, 0.5 * erfc)
+
+
+@triton.jit
+def _gelu_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+    tl.store(x_ptr + offs, _gelu(x).to(x_ptr.dtype.element_ty), mask=inside)
+
+
+def gelu_(x):
+    """The erf GELU of a contiguous tensor, in place; returns x."""
+    if not x.is_contiguous():
+        raise ValueError("gelu_: x must be contiguous")
+    n = x.numel()
+    if n:
+        _gelu_kernel[(triton.cdiv(n, GELU_BLOCK),)](x, n, BLOCK=GELU_BLOCK, num_warps=8)
+    return x
+
+
+@triton.jit
+def _tile(tile_id, n_pid_m, n_pid_n, GROUP_M: tl.constexpr):
+    """Grouped tile order: GROUP_M row blocks sweep the columns together (weights stay in L2)."""
+    per_group = GROUP_M * n_pid_n
+    first_m = (tile_id // per_group) * GROUP_M
+    group_m = tl.minimum(n_pid_m - first_m, GROUP_M)
+    return first_m + (tile_id % per_group) % group_m, (tile_id % per_group) // group_m
+
+
+@triton.jit
+def _linear_gelu_kernel(a_desc, w_desc, c_desc, bias, M, N, K: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+                        GELU: tl.constexpr = True):
+    # persistent: each program walks tiles start, start + NUM_SMS, ...; loads and stores through TMA
+    start = tl.program_id(0)
+    n_pid_m = tl.cdiv(M, BLOCK_M)
+    n_pid_n = tl.cdiv(N, BLOCK_N)
+    n_tiles = n_pid_m * n_pid_n
+    half = tl.arange(0, BLOCK_N // 2)
+    tile_c = start - NUM_SMS
+    for tile_id in tl.range(start, n_tiles, NUM_SMS, flatten=True, warp_specialize=WARP_SPECIALIZE):
+        pid_m, pid_n = _tile(tile_id, n_pid_m, n_pid_n, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            a = a_desc.load([pid_m * BLOCK_M, k])
+            w = w_desc.load([pid_n * BLOCK_N, k])
+            acc = tl.dot(a, w.T, acc)
+        tile_c += NUM_SMS
+        pid_m, pid_n = _tile(tile_c, n_pid_m, n_pid_n, GROUP_M)
+        # epilogue in two column halves (fewer live registers): + bias, GELU, round, store
+        acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        col = pid_n * BLOCK_N + half
+        b0 = tl.load(bias + col, mask=col < N, other=0.0).to(tl.float32)
+        b1 = tl.load(bias + col + BLOCK_N // 2, mask=col + BLOCK_N // 2 < N, other=0.0).to(tl.float32)
+        acc0, acc1 = acc0 + b0[None, :], acc1 + b1[None, :]
+        if GELU:
+            acc0, acc1 = _gelu(acc0), _gelu(acc1)
+        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc0.to(c_desc.dtype))
+        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2], acc1.to(c_desc.dtype))
+
+
+def linear_gelu(x, weight, bias, blocks=None):
+    """gelu(x @ weight.T + bias) in one kernel: x (M, K), weight (N, K), bias (N,) -> (M, N) in x's dtype.
+
+    The product accumulates in float32; bias and GELU are applied to the float32 sum, which is rounded
+    once. `blocks` overrides LINEAR_GELU_BLOCKS (benchmarks).
+    """
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    m, k = x.shape
+    n = weight.shape[0]
+    if not (x.is_contiguous() and weight.is_contiguous() and weight.shape[1] == k and bias.shape == (n,)):
+        raise ValueError("linear_gelu: x (M, K) and weight (N, K) must be contiguous, bias (N,)")
+    cfg = {**LINEAR_GELU_BLOCKS, **(blocks or {})}
+    bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
+    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    if m == 0:
+        return out
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    _linear_gelu_kernel[(min(sms, tiles),)](
+        TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(weight, [bn, bk]),
+        TensorDescriptor.from_tensor(out, [bm, bn // 2]), bias, m, n, K=k,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, NUM_SMS=min(sms, tiles), **cfg,
+    )
+    return out
