@@ -8,8 +8,6 @@ float32 reference on the same inputs, then timed with CUDA events (median of `tr
 
 - attention (rotary included): torch.compile'd rotary + torch varlen_attn (FlashAttention-2) against
   `kernels.rotary_attention` under several block shapes, with and without pre-rotated keys;
-- fc1 + bias + GELU: cuBLAS + `kernels.gelu_` against `kernels.linear_gelu` under several tile shapes
-  (one row without the GELU, to show what the epilogue costs);
 - residual add + LayerNorm: torch.compile'd against `kernels.add_layer_norm` (bf16 and float32 stream);
 - erf GELU: eager, torch.compile'd and `kernels.gelu_`;
 - a plain copy of the same bytes (the memory floor of an elementwise pass), and the cuBLAS GEMMs.
@@ -32,25 +30,15 @@ from virnucpro.attention import varlen_attention  # noqa: E402
 
 DIM, HEADS, HEAD_DIM, FFN = 2560, 40, 64, 10240
 BLOCK_VARIANTS = [
-    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1),
-    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
-    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=1),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1, PREROTATE=False),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, PREROTATE=False),
+    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1, PREROTATE=False),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=1, PREROTATE=False),
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1, PREROTATE=True),
-    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1, PREROTATE=True),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=1, PREROTATE=True),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=1, PREROTATE=True),
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, PREROTATE=True),
-]
-LINEAR_GELU_VARIANTS = [
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, WARP_SPECIALIZE=False),
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, WARP_SPECIALIZE=True),
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, WARP_SPECIALIZE=False,
-         GELU=False),
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=2, WARP_SPECIALIZE=False),
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=16, num_warps=8, num_stages=3, WARP_SPECIALIZE=False),
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=4, num_warps=8, num_stages=4, WARP_SPECIALIZE=True),
-    dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, WARP_SPECIALIZE=True),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, PREROTATE=True),
+    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2, PREROTATE=True),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, PREROTATE=True),
 ]
 
 
@@ -155,23 +143,6 @@ def main():
             del scratch
         nbytes = t * (3 * DIM + DIM) * 2
         log(f"# attention bytes (qkv read once, output written once): {nbytes / 1e9:.2f} GB")
-
-        # --- fc1 + bias + GELU
-        ref_fc1 = F.gelu(h.float() @ fc1_w.float().T + fc1_b.float())
-        fc1_unfused = kernels.gelu_(F.linear(h, fc1_w, fc1_b))
-        log(f"fc1+gelu cuBLAS + gelu_ kernel: rel err vs fp32 {rel(fc1_unfused, ref_fc1):.2e}, "
-            f"{bench(lambda: kernels.gelu_(F.linear(h, fc1_w, fc1_b))):.3f} ms; with eager F.gelu "
-            f"{bench(lambda: F.gelu(F.linear(h, fc1_w, fc1_b))):.3f} ms")
-        for cfg in LINEAR_GELU_VARIANTS:
-            try:
-                got = kernels.linear_gelu(h, fc1_w, fc1_b, blocks=cfg)
-                ms = bench(lambda cfg=cfg: kernels.linear_gelu(h, fc1_w, fc1_b, blocks=cfg))
-                err = "no GELU (diagnostic)" if cfg.get("GELU") is False else f"rel err vs fp32 {rel(got, ref_fc1):.2e}"
-                log(f"fc1+gelu triton {cfg}: {err}, {ms:.3f} ms, "
-                    f"{2 * t * FFN * DIM / ms / 1e9:.0f} TFLOP/s")
-            except Exception as exc:  # a configuration that does not fit (shared memory, registers)
-                log(f"fc1+gelu triton {cfg}: failed: {str(exc).splitlines()[0][:160]}")
-        del ref_fc1, fc1_unfused
 
         # --- residual add + LayerNorm
         x = torch.randn(t, DIM, device=dev, dtype=bf16)

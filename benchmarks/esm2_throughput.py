@@ -94,10 +94,6 @@ def run_fair_padded(model, seqs, device, toks_per_batch):
     return len(batches)
 
 
-def unfused_fc1_gelu(h, weight, bias):
-    return kernels.gelu_(torch.nn.functional.linear(h, weight, bias))
-
-
 def run_packed(packed, tok, seqs, device, tokens_per_batch):
     ids = [str(i) for i in range(len(seqs))]
     embed_packed(ids, seqs, tok, packed.embed, packed.embed_dim, device, tokens_per_batch, "bench")
@@ -256,7 +252,6 @@ def main():
         if "ablations" in variants and not out_of_time():
             ablations = (
                 ("bf16 residual stream", dict(residual_dtype=torch.bfloat16)),
-                ("fc1 by cuBLAS + gelu_ kernel", dict(fc1_gelu=unfused_fc1_gelu)),
                 ("k rotated in the attention kernel", dict(blocks=dict(PREROTATE=False, num_stages=1))),
             )
             for label, change in ablations:

@@ -1,5 +1,6 @@
-"""Shared pytest set-up: GPU tests skip cleanly where CUDA is absent; SLURM tests skip where no
-cluster answers, unless --require-slurm (CI) turns that into a failure; tiny models for workflow runs."""
+"""Shared pytest set-up: GPU tests skip cleanly where CUDA is absent, and Triton kernels run through
+Triton's CPU interpreter there; SLURM tests skip where no cluster answers, unless --require-slurm (CI)
+turns that into a failure; tiny models for workflow runs."""
 
 import os
 import shutil
@@ -13,9 +14,9 @@ if not torch.cuda.is_available():  # Triton kernels run through its CPU interpre
     try:
         import triton.runtime.interpreter as _interpreter
     except ImportError:
-        pass
-    else:  # Triton 3.6's interpreter calls int() on 1-element arrays (a loop bound), which NumPy >= 2.4 refuses
-        _patch_tensor = _interpreter._patch_lang_tensor
+        _interpreter = None
+    _patch_tensor = getattr(_interpreter, "_patch_lang_tensor", None)
+    if _patch_tensor is not None:  # Triton 3.6 calls int() on 1-element arrays (loop bounds): NumPy >= 2.4 refuses
 
         def _patch_lang_tensor(tensor, scope):
             _patch_tensor(tensor, scope)

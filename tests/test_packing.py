@@ -268,12 +268,12 @@ def test_cpu_attention_backends_match_a_naive_softmax(alibi):
 
 
 def test_compile_fallback_reraises_out_of_memory_and_logs_other_failures(caplog):
-    from virnucpro.runner import fall_back_from_compile
+    from virnucpro.runner import fall_back
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        fall_back_from_compile(torch.cuda.OutOfMemoryError("CUDA out of memory"), "ESM-2")
+        fall_back(torch.cuda.OutOfMemoryError("CUDA out of memory"), "torch.compile", "ESM-2")
     with pytest.raises(RuntimeError, match="out of memory"):
-        fall_back_from_compile(RuntimeError("inductor: out of memory while autotuning"), "ESM-2")
+        fall_back(RuntimeError("inductor: out of memory while autotuning"), "torch.compile", "ESM-2")
     with caplog.at_level("WARNING", logger="virnucpro"):
-        fall_back_from_compile(RuntimeError("InductorError: no C compiler\nmore"), "DNABERT-S")
-    assert "torch.compile failed (InductorError: no C compiler); running DNABERT-S without it" in caplog.text
+        fall_back(RuntimeError("InductorError: no C compiler\nmore"), "torch.compile", "DNABERT-S")
+    assert "torch.compile failed (InductorError: no C compiler); running DNABERT-S on plain torch ops" in caplog.text

@@ -36,7 +36,7 @@ from virnucpro.attention import select_backend, varlen_attention
 from virnucpro.checksums import verify_recorded
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_mean
-from virnucpro.runner import fall_back_from_compile
+from virnucpro.runner import fall_back
 
 log = logging.getLogger("virnucpro")
 
@@ -299,7 +299,7 @@ class DnabertS(nn.Module):
         try:
             return self._post(x, a, *params)
         except Exception as exc:
-            fall_back_from_compile(exc, "DNABERT-S")
+            fall_back(exc, "torch.compile", "DNABERT-S")
             self._post, self.compiled = post_attention, False
             return post_attention(x, a, *params)
 

@@ -30,7 +30,7 @@ from virnucpro.attention import select_backend, varlen_attention
 from virnucpro.checksums import verify_recorded
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_ids, segment_mean
-from virnucpro.runner import fall_back_from_compile
+from virnucpro.runner import fall_back
 
 log = logging.getLogger("virnucpro")
 
@@ -154,7 +154,10 @@ class Esm2Tokenizer:
 # ------------------------------------------------------------------------------------ the model
 
 
-def _have_triton():
+def _kernels_run_on(device):
+    """The Triton path needs CUDA, Triton, and bf16 matrix units (compute capability >= 8.0)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return False
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -202,12 +205,13 @@ class PackedESM2:
     Built from a fair-esm `ESM2` module (its weights are copied to `device` in `dtype`, q/k/v fused into
     one projection). The path is chosen here, once:
 
-    - "triton" (default on CUDA when Triton is installed and the head size is 32, 64 or 128): each
-      layer is three cuBLAS GEMMs and the kernels of `virnucpro.kernels` (rotary fused into attention,
-      which reads q, k, v straight from the projection; residual add fused with LayerNorm; fc1, bias and
-      GELU in one kernel). The residual stream is float32 and so is the last layer's representation
-      (bf16 there costs ~2 % of speed less but leaves proteins below the 0.9999 cosine criterion:
-      benchmarks/results/esm2_accuracy_h200.txt); GEMM inputs are bf16;
+    - "triton" (default on CUDA GPUs of compute capability >= 8.0 when Triton is installed and the head
+      size is 32, 64 or 128): each layer is four cuBLAS GEMMs and the kernels of `virnucpro.kernels`
+      (rotary fused into attention, which reads q, k, v straight from the projection; residual add
+      fused with LayerNorm; GELU in place). The residual stream and the last layer's representation
+      are float32, GEMM inputs bf16 (a bf16 stream is ~2 % faster but leaves proteins below the 0.9999
+      cosine criterion: benchmarks/results/esm2_accuracy_h200.txt). If a kernel fails to build, the
+      model warns once and goes on with the torch path, uncompiled;
     - otherwise the attention backend of `virnucpro.attention` with the per-layer work around it in
       torch ops, through `torch.compile` when `compile` (default: on CUDA), dynamic in the token count
       only; if compiling fails the model warns once and runs eagerly.
@@ -249,11 +253,10 @@ class PackedESM2:
         self.inv_freq = inv_freq.detach().to(device=self.device, dtype=torch.float32)  # (Dh / 2,)
 
         if kernels is None:
-            kernels = self.device.type == "cuda" and _have_triton() and _kernels().supported(self.head_dim)
+            kernels = _kernels_run_on(self.device) and _kernels().supported(self.head_dim)
         self.kernels = bool(kernels)
         self._tables = None  # rotary cos/sin tables of the Triton path, made on first use
         self.residual_dtype = torch.float32  # of the Triton path (class docstring)
-        self.fc1_gelu = _kernels().linear_gelu if self.kernels else None
         self.attention_backend = "triton" if self.kernels else select_backend(self.device, dtype)
         if compile is None and self.kernels:
             compile = False
@@ -312,7 +315,7 @@ class PackedESM2:
         a = k.rotary_attention(qkv, cu_seqlens, max_seqlen, self.heads, p["scaling"], cos, sin)
         del qkv
         h = k.add_layer_norm(x, F.linear(a.view(x.shape), *p["out"]), *p["ln2"], out_dtype=self.dtype)
-        mlp = F.linear(self.fc1_gelu(h, *p["fc1"]), *p["fc2"])
+        mlp = F.linear(k.gelu_(F.linear(h, *p["fc1"])), *p["fc2"])
         last = i + 1 == self.num_layers  # the final layer norm's output is the representation: float32
         return x, k.add_layer_norm(x, mlp, *next_ln, out_dtype=torch.float32 if last else self.dtype)
 
@@ -339,6 +342,16 @@ class PackedESM2:
         repr_layers = set(repr_layers)
         if not repr_layers <= set(range(self.num_layers + 1)):
             raise ValueError(f"repr_layers must be within 0..{self.num_layers}")
+        if not self.kernels:
+            return self._forward(input_ids, cu_seqlens, max_seqlen, repr_layers)
+        try:
+            return self._forward(input_ids, cu_seqlens, max_seqlen, repr_layers)
+        except Exception as exc:  # a kernel that does not build here: the torch path, from the start
+            fall_back(exc, "the Triton kernels", "ESM-2")
+            self.kernels, self.attention_backend = False, select_backend(self.device, self.dtype)
+            return self._forward(input_ids, cu_seqlens, max_seqlen, repr_layers)
+
+    def _forward(self, input_ids, cu_seqlens, max_seqlen, repr_layers):
         total = input_ids.shape[0]
         if self.kernels:
             seg = segment_ids(cu_seqlens, total)
@@ -365,7 +378,7 @@ class PackedESM2:
         try:
             return self._layer(*args)
         except Exception as exc:
-            fall_back_from_compile(exc, "ESM-2")
+            fall_back(exc, "torch.compile", "ESM-2")
             (self._pre, self._post), self.compiled = self._eager, False
             return self._layer(*args)
 

@@ -1,6 +1,6 @@
 """Triton kernels of the packed ESM-2 forward on CUDA.
 
-One layer of the packed forward is three cuBLAS GEMMs (q/k/v, attention output, fc2) and these
+One layer of the packed forward is four cuBLAS GEMMs (q/k/v, attention output, fc1, fc2) and these
 kernels, each one pass over its data:
 
 - `rotary_attention(qkv, cu_seqlens, max_seqlen, heads, scale, cos, sin)`: attention within each packed
@@ -13,9 +13,7 @@ kernels, each one pass over its data:
 - `add_layer_norm(x, delta, weight, bias, eps, out_dtype)`: x += delta in place (rounded to x's dtype,
   as an eager `x + delta` is; the model keeps x in float32), then LayerNorm of the new x with float32
   statistics (biased variance, eps inside the square root, as `torch.nn.functional.layer_norm`).
-- `linear_gelu(x, weight, bias)`: gelu(x @ weight.T + bias), a persistent TMA matrix multiply (float32
-  accumulation) whose epilogue adds the bias and applies the GELU before the one rounding.
-- `gelu_(x)`: the GELU alone, in place.
+- `gelu_(x)`: the GELU of the fc1 output, in place.
 
 The GELU is the erf form, x * Phi(x), with erfc from Abramowitz & Stegun 7.1.26 (absolute error
 <= 1.5e-7, about float32's own; `_gelu`). The kernels take any float dtype; the GPU path runs them in
@@ -32,8 +30,6 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 ATTENTION_BLOCKS = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, PREROTATE=True)
 GELU_BLOCK = 2048
-LINEAR_GELU_BLOCKS = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=16, num_warps=8, num_stages=3,
-                          WARP_SPECIALIZE=False)
 
 
 def supported(head_dim):
@@ -232,72 +228,3 @@ def gelu_(x):
     if n:
         _gelu_kernel[(triton.cdiv(n, GELU_BLOCK),)](x, n, BLOCK=GELU_BLOCK, num_warps=8)
     return x
-
-
-@triton.jit
-def _tile(tile_id, n_pid_m, n_pid_n, GROUP_M: tl.constexpr):
-    """Grouped tile order: GROUP_M row blocks sweep the columns together (weights stay in L2)."""
-    per_group = GROUP_M * n_pid_n
-    first_m = (tile_id // per_group) * GROUP_M
-    group_m = tl.minimum(n_pid_m - first_m, GROUP_M)
-    return first_m + (tile_id % per_group) % group_m, (tile_id % per_group) // group_m
-
-
-@triton.jit
-def _linear_gelu_kernel(a_desc, w_desc, c_desc, bias, M, N, K: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-                        GELU: tl.constexpr = True):
-    # persistent: each program walks tiles start, start + NUM_SMS, ...; loads and stores through TMA
-    start = tl.program_id(0)
-    n_pid_m = tl.cdiv(M, BLOCK_M)
-    n_pid_n = tl.cdiv(N, BLOCK_N)
-    n_tiles = n_pid_m * n_pid_n
-    half = tl.arange(0, BLOCK_N // 2)
-    tile_c = start - NUM_SMS
-    for tile_id in tl.range(start, n_tiles, NUM_SMS, flatten=True, warp_specialize=WARP_SPECIALIZE):
-        pid_m, pid_n = _tile(tile_id, n_pid_m, n_pid_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, K, BLOCK_K):
-            a = a_desc.load([pid_m * BLOCK_M, k])
-            w = w_desc.load([pid_n * BLOCK_N, k])
-            acc = tl.dot(a, w.T, acc)
-        tile_c += NUM_SMS
-        pid_m, pid_n = _tile(tile_c, n_pid_m, n_pid_n, GROUP_M)
-        # epilogue in two column halves (fewer live registers): + bias, GELU, round, store
-        acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-        col = pid_n * BLOCK_N + half
-        b0 = tl.load(bias + col, mask=col < N, other=0.0).to(tl.float32)
-        b1 = tl.load(bias + col + BLOCK_N // 2, mask=col + BLOCK_N // 2 < N, other=0.0).to(tl.float32)
-        acc0, acc1 = acc0 + b0[None, :], acc1 + b1[None, :]
-        if GELU:
-            acc0, acc1 = _gelu(acc0), _gelu(acc1)
-        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc0.to(c_desc.dtype))
-        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2], acc1.to(c_desc.dtype))
-
-
-def linear_gelu(x, weight, bias, blocks=None):
-    """gelu(x @ weight.T + bias) in one kernel: x (M, K), weight (N, K), bias (N,) -> (M, N) in x's dtype.
-
-    The product accumulates in float32; bias and GELU are applied to the float32 sum, which is rounded
-    once. `blocks` overrides LINEAR_GELU_BLOCKS (benchmarks).
-    """
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    m, k = x.shape
-    n = weight.shape[0]
-    if not (x.is_contiguous() and weight.is_contiguous() and weight.shape[1] == k and bias.shape == (n,)):
-        raise ValueError("linear_gelu: x (M, K) and weight (N, K) must be contiguous, bias (N,)")
-    cfg = {**LINEAR_GELU_BLOCKS, **(blocks or {})}
-    bm, bn, bk = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
-    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    if m == 0:
-        return out
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    _linear_gelu_kernel[(min(sms, tiles),)](
-        TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(weight, [bn, bk]),
-        TensorDescriptor.from_tensor(out, [bm, bn // 2]), bias, m, n, K=k,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, NUM_SMS=min(sms, tiles), **cfg,
-    )
-    return out

@@ -109,13 +109,14 @@ def _is_oom(exc):
     )
 
 
-def fall_back_from_compile(exc, model):
-    """Called with an exception raised by a torch.compile'd function: an out-of-memory error is re-raised
-    (the runner splits the batch); anything else is a compiler failure (no C compiler, Triton missing),
-    logged once, and the caller then runs `model` eagerly."""
+def fall_back(exc, what, model):
+    """Called with an exception raised by generated code (`what`: torch.compile, the Triton kernels): an
+    out-of-memory error is re-raised (the runner splits the batch); anything else is a build failure (no
+    C compiler, Triton missing, an unsupported GPU), logged once, and the caller then runs `model` on
+    plain torch ops."""
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         raise exc
-    log.warning("torch.compile failed (%s); running %s without it", _first_line(exc), model)
+    log.warning("%s failed (%s); running %s on plain torch ops", what, _first_line(exc), model)
 
 
 _DEVICE_FAILURE_MARKS = ("CUDA error", "CUDA driver error", "CUBLAS_STATUS", "CUDNN_STATUS", "device-side assert",
