@@ -43,6 +43,17 @@ def _rotate(x1, x2, cos, sin):
 
 
 @triton.jit
+def _program(cu_seqlens, n_mblocks, heads):
+    """This program's (block of rows, head, first token, sequence length): sequences outermost, so that
+    the programs of one sequence and head run side by side and share its keys in L2."""
+    pid = tl.program_id(0)
+    seq = pid // (n_mblocks * heads)
+    start = tl.load(cu_seqlens + seq).to(tl.int64)
+    length = (tl.load(cu_seqlens + seq + 1) - start).to(tl.int32)
+    return pid % n_mblocks, (pid // n_mblocks) % heads, start, length
+
+
+@triton.jit
 def _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, cos_tab, sin_tab, stride_t,
             D: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, ROTATE_K: tl.constexpr):
     """One block of keys and values (from k_base, rows n0..) folded into the online softmax."""
@@ -74,13 +85,8 @@ def _rotary_attention_kernel(
     stride_t, stride_o, D: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PREROTATE: tl.constexpr,
 ):
-    # one program per (sequence, head, block of query rows); neighbours share the sequence's keys in L2
-    pid = tl.program_id(0)
-    mblock = pid % n_mblocks
-    head = (pid // n_mblocks) % heads
-    seq = pid // (n_mblocks * heads)
-    start = tl.load(cu_seqlens + seq).to(tl.int64)
-    length = (tl.load(cu_seqlens + seq + 1) - start).to(tl.int32)
+    # one program per (sequence, head, block of query rows)
+    mblock, head, start, length = _program(cu_seqlens, n_mblocks, heads)
     m0 = mblock * BLOCK_M
     if m0 >= length:
         return
@@ -113,12 +119,7 @@ def _rotary_attention_kernel(
 def _rotate_keys_kernel(qkv, cu_seqlens, cos_tab, sin_tab, n_mblocks, heads, stride_t,
                         D: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr):
     # rotary on the k columns of qkv, in place, once per key (same program grid as the attention)
-    pid = tl.program_id(0)
-    mblock = pid % n_mblocks
-    head = (pid // n_mblocks) % heads
-    seq = pid // (n_mblocks * heads)
-    start = tl.load(cu_seqlens + seq).to(tl.int64)
-    length = (tl.load(cu_seqlens + seq + 1) - start).to(tl.int32)
+    mblock, head, start, length = _program(cu_seqlens, n_mblocks, heads)
     rows = mblock * BLOCK_M + tl.arange(0, BLOCK_M)
     half = tl.arange(0, HALF)
     inside = (rows < length)[:, None]
