@@ -13,7 +13,6 @@ The whole Triton path of `PackedESM2` is also checked against fair-esm's padded 
 by layer, on the CPU (float32 through the interpreter; the bf16 GPU check is tests/test_esm2_gpu.py).
 """
 
-import esm
 import numpy as np
 import pytest
 import torch
@@ -21,11 +20,11 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
+from test_esm2 import assert_every_layer_matches_fair_esm  # noqa: E402
 from tiny_esm2 import build_tiny_esm2  # noqa: E402
 from virnucpro import kernels  # noqa: E402
 from virnucpro.attention import varlen_attention  # noqa: E402
-from virnucpro.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
-from virnucpro.packing import pack  # noqa: E402
+from virnucpro.esm2 import PackedESM2  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -152,22 +151,9 @@ def test_gelu_is_the_erf_form(dtype):
 
 
 def _check_every_layer(model, packed):
-    """Packed representations of every layer equal fair-esm's padded float32 forward, token by token."""
-    tok = Esm2Tokenizer(esm.data.Alphabet.from_architecture("ESM-1b"))
     rng = np.random.default_rng(5)
     seqs = ["".join(rng.choice(AA, n)) for n in (1, 9, 70, 130)] + ["ACD<mask>EFGH<mask>K"]
-    batch = pack(tok(seqs), np.arange(len(seqs)))
-    layers = list(range(model.num_layers + 1))
-    got = packed.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen, layers)["representations"]
-    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    _, _, tokens = alphabet.get_batch_converter(truncation_seq_length=1022)(list(enumerate(seqs)))
-    with torch.no_grad():
-        want = model(tokens, repr_layers=layers)["representations"]
-    cu = batch.cu_seqlens.tolist()
-    for layer in layers:
-        for i in range(len(seqs)):
-            n = cu[i + 1] - cu[i]
-            torch.testing.assert_close(got[layer][cu[i] : cu[i + 1]], want[layer][i, :n], rtol=1e-5, atol=1e-5)
+    assert_every_layer_matches_fair_esm(model, packed, seqs)
 
 
 @pytest.mark.skipif(GPU, reason="the float32 model check runs the kernels through Triton's CPU interpreter")
