@@ -40,12 +40,9 @@ from virnucpro.attention import _have_flash_attn  # noqa: E402
 from virnucpro.dnabert import alibi_slopes, load_dnabert  # noqa: E402
 from virnucpro.runner import embed_packed  # noqa: E402
 
+from benchmarks.timing import timed  # noqa: E402
+
 ARCHS = {"full": (768, 12, 12, 3072, 4096), "tiny": (96, 2, 12, 160, 256)}  # D, layers, heads, I, vocab
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def workload(size, n, seed):
@@ -120,17 +117,7 @@ def run_packed(model, tokenizer, seqs, device, tokens_per_batch):
 
 
 def measure(name, fn, seqs, warm, device, n_tokens, log, results):
-    if warm:
-        fn(warm)
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    t0 = time.perf_counter()
-    fn(seqs)
-    sync(device)
-    dt = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda" else float("nan")
+    dt, peak, _ = timed(fn, seqs, warm, device)
     row = dict(name=name, frames=len(seqs), tokens=n_tokens, seconds=dt, tps=n_tokens / dt,
                fps=len(seqs) / dt, peak=peak)
     results.append(row)

@@ -28,6 +28,8 @@ from virnucpro import kernels  # noqa: E402
 from virnucpro.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
 from virnucpro.runner import embed_packed  # noqa: E402
 
+from benchmarks.timing import sync, timed  # noqa: E402
+
 GFLOP_PER_TOKEN = 5.66
 ARCHS = {"3B": (36, 2560, 40), "tiny": (2, 64, 4)}
 AA = list("ACDEFGHIKLMNPQRSTVWY")
@@ -49,11 +51,6 @@ def fresh_bf16_copy(model):
 
 def n_tokens(seqs):
     return int(sum(min(len(s), 1022) + 2 for s in seqs))
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 @torch.no_grad()
@@ -148,18 +145,8 @@ def profile_batch(packed, tok, seqs, device, tokens_per_batch, log):
 
 
 def measure(name, fn, seqs, warm, device, results, log):
-    if warm:
-        fn(warm)
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    t0 = time.perf_counter()
-    batches = fn(seqs)
-    sync(device)
-    dt = time.perf_counter() - t0
+    dt, peak, batches = timed(fn, seqs, warm, device)
     tokens = n_tokens(seqs)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda" else float("nan")
     row = dict(name=name, seqs=len(seqs), tokens=tokens, seconds=dt, tps=tokens / dt,
                tflops=tokens / dt * GFLOP_PER_TOKEN / 1e3, peak=peak, batches=batches)
     results.append(row)
