@@ -1,4 +1,6 @@
-"""Snakemake adapter for rule `classify`: the VirNucPro MLP on one feature file."""
+"""Snakemake adapter for rule `classify`: the VirNucPro MLP on every frame of a sample."""
+
+from pathlib import Path
 
 from virnucpro.classifier import classify
 from virnucpro.logs import run_step
@@ -6,8 +8,11 @@ from virnucpro.logs import run_step
 run_step(
     snakemake.log[0],
     classify,
-    snakemake.input.features,
+    snakemake.input.dna,
+    snakemake.input.protein,
+    snakemake.input.member,
     model=snakemake.input.model,
-    out=snakemake.output[0],
+    models_dir=Path(snakemake.input.converted[0]).parent.parent if snakemake.input.converted else None,
     fragment_size=snakemake.params.fragment_size,
+    out=snakemake.output[0],
 )

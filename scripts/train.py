@@ -1,9 +1,14 @@
-"""Snakemake adapter for rule `train_classifier`: the original recipe on labelled feature shards."""
+"""Snakemake adapter for rule `train_classifier`: the original recipe on the labelled training sets."""
 
 from virnucpro.logs import run_step
 from virnucpro.train import train_classifier
 
-labelled = [(path, 1) for path in snakemake.input.viral] + [(path, 0) for path in snakemake.input.other]
+inputs = snakemake.input
+labelled = [
+    (dna, protein, member, label)
+    for label, part in ((1, "viral"), (0, "other"))
+    for dna, protein, member in zip(inputs[f"{part}_dna"], inputs[f"{part}_protein"], inputs[f"{part}_member"])
+]
 run_step(
     snakemake.log[0],
     train_classifier,

@@ -1,5 +1,6 @@
 """The classifier: an original-style pickled module converts to identical scores, unsafe pickles are
-refused without running, fragment sizes are enforced, and the prediction table is the original's."""
+refused without running, fragment sizes are enforced, the prediction table is the original's, and a
+frame's scores do not depend on the frames scored beside it."""
 
 import hashlib
 import pickletools
@@ -13,57 +14,96 @@ import pytest
 import torch
 
 from tests.original_classifier import make_original_classifier
+from tests.stored_features import stored_features
 from virnucpro.classifier import (
     HEADER,
     MLPClassifier,
     classify,
     convert_original,
     load_classifier,
-    save_classifier,
+    predict,
+    write_classifier_file,
 )
-from virnucpro.embeddings import read_embeddings, write_embeddings
 from virnucpro.errors import VirNucProError
+
+
+def save_classifier(model, out, fragment_size, source="test", source_sha256=""):
+    write_classifier_file(model, out, fragment_size, source, source_sha256)
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
 def original(tmp_path_factory):
-    """An original-style 500_model.pth, random features, and the original's prediction table for them."""
+    """An original-style 500_model.pth, a sample whose features (random) sit in an embedding store, and
+    the original's prediction table for those features."""
     d = tmp_path_factory.mktemp("original")
     rng = np.random.default_rng(3)
     x = (rng.normal(size=(700, 3328)) * 2).astype(np.float32)
     ids = [f"contig_{i % 37}_x_chunk_{i // 37 + 1}{'FR'[i % 2]}{i % 3 + 1}" for i in range(len(x))]
     make_original_classifier(d / "500_model.pth", 3328, frames=(ids, x), table=d / "prediction_results.txt")
-    write_embeddings(d / "features.h5", ids, x, {"model": "test"})
-    return d
+    return d, ids, stored_features(d / "sample", ids, x, 768)
+
+
+def scored(path):
+    """(ids, labels, (N, 2) float64 scores) of a prediction table."""
+    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines(keepends=True)[1:]]
+    return [r[0] for r in rows], [r[1] for r in rows], np.array([[float(r[2]), float(r[3])] for r in rows])
 
 
 def test_original_file_is_a_main_module_pickle(original):
     """The fixture really is what the original wrote: a whole module whose class lives in __main__."""
+    d, _, _ = original
     with pytest.raises(Exception, match="__main__"):
-        torch.load(original / "500_model.pth", weights_only=True)
+        torch.load(d / "500_model.pth", weights_only=True)
 
 
 def test_conversion_reproduces_the_original_table(original, tmp_path):
+    """Converted, the classifier gives the original's calls and scores. The original scores 256 rows at
+    a time and the last 188 rows alone; we score every block at 256 rows, so on a BLAS whose rounding
+    follows the row count a score may differ in its last float32 digit, never more."""
+    d, ids, (dna, protein, member) = original
+    pth = d / "500_model.pth"
     conv = tmp_path / "500_model.safetensors"
-    convert_original(original / "500_model.pth", conv)
+    convert_original(pth, conv, sha256(pth))
     clf = load_classifier(conv)
     assert clf.fragment_size == 500 and clf.input_dim == 3328
-    assert clf.source == "500_model.pth"
-    assert clf.source_sha256 == hashlib.sha256((original / "500_model.pth").read_bytes()).hexdigest()
+    assert clf.source == "500_model.pth" and clf.source_sha256 == sha256(pth)
     assert not clf.model.training
     assert clf.model.bn1.num_batches_tracked.item() == 5  # running statistics came along
-    for model in (conv, original / "500_model.pth"):  # the converted file and the original directly
+    want_ids, want_labels, want = scored(d / "prediction_results.txt")
+    tables = []
+    for model in (conv, pth):  # our converted file, and the original through its conversion
         out = tmp_path / f"pred_{model.suffix}.tsv"
-        classify(original / "features.h5", model, out, fragment_size=500)
-        assert out.read_text() == (original / "prediction_results.txt").read_text()
+        classify(dna, protein, member, model, tmp_path / "models", fragment_size=500, out=out)
+        got_ids, got_labels, got = scored(out)
+        assert got_ids == want_ids == ids and got_labels == want_labels
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        tables.append(out.read_bytes())
+    assert tables[0] == tables[1]
+    assert len(list((tmp_path / "models" / "converted").glob("500_model-*.safetensors"))) == 1
+
+
+def test_a_frame_scores_the_same_beside_any_other_frames():
+    """Blocks of one shape: the same rows in another order, or alone, get the same bits."""
+    torch.manual_seed(1)
+    model = MLPClassifier(input_dim=3328).eval()
+    x = np.random.default_rng(4).normal(size=(300, 3328)).astype(np.float32)
+    whole = predict(model, x)
+    order = np.random.default_rng(5).permutation(300)
+    assert np.array_equal(predict(model, x[order]), whole[order])
+    for i in (0, 7, 299):
+        assert np.array_equal(predict(model, x[i : i + 1]), whole[i : i + 1])
 
 
 def test_output_format(original, tmp_path):
+    d, ids, (dna, protein, member) = original
     out = tmp_path / "pred.tsv"
-    classify(original / "features.h5", original / "500_model.pth", out, 500)
+    classify(dna, protein, member, d / "500_model.pth", tmp_path / "models", 500, out)
     lines = out.read_text().splitlines(keepends=True)
     assert lines[0] == HEADER == "Sequence_ID\tPrediction\tscore1\tscore2\n"
-    ids, _, _ = read_embeddings(original / "features.h5")
     assert len(lines) == len(ids) + 1
     labels = set()
     for line, frame in zip(lines[1:], ids):
@@ -91,7 +131,7 @@ def test_refuses_pickle_that_runs_code(tmp_path):
     with pytest.raises(VirNucProError, match=r"refused to load.*(posix|os)\.system"):
         load_classifier(tmp_path / "500_model.pth")
     with pytest.raises(VirNucProError, match="refused"):
-        convert_original(tmp_path / "500_model.pth", tmp_path / "out.safetensors")
+        convert_original(tmp_path / "500_model.pth", tmp_path / "out.safetensors", "0" * 64)
     assert not marker.exists()
     assert not (tmp_path / "out.safetensors").exists()
     # the payload is real: the pickle calls os.system with the command (read statically, never run)
@@ -109,31 +149,33 @@ def test_refuses_other_pickled_classes(tmp_path):
 
 
 def test_fragment_size_mismatch(original, tmp_path):
+    d, _, sample = original
     with pytest.raises(VirNucProError, match=r"500 bp fragments, but fragment_size is 300"):
-        classify(original / "features.h5", original / "500_model.pth", tmp_path / "p.tsv", fragment_size=300)
+        classify(*sample, d / "500_model.pth", tmp_path / "models", 300, tmp_path / "p.tsv")
     assert not (tmp_path / "p.tsv").exists()
     conv = tmp_path / "c.safetensors"
-    convert_original(original / "500_model.pth", conv)
+    convert_original(d / "500_model.pth", conv, sha256(d / "500_model.pth"))
     with pytest.raises(VirNucProError, match=r"500 bp fragments, but fragment_size is 300"):
-        classify(original / "features.h5", conv, tmp_path / "p.tsv", fragment_size=300)
+        classify(*sample, conv, tmp_path / "models", 300, tmp_path / "p.tsv")
 
 
 def test_conversion_needs_the_original_name(original, tmp_path):
+    d, _, sample = original
     renamed = tmp_path / "model.pth"
-    renamed.write_bytes((original / "500_model.pth").read_bytes())
+    renamed.write_bytes((d / "500_model.pth").read_bytes())
     with pytest.raises(VirNucProError, match="cannot tell the fragment size"):
-        convert_original(renamed, tmp_path / "out.safetensors")
-    with pytest.raises(VirNucProError, match="fragment size is unknown"):
-        classify(original / "features.h5", renamed, tmp_path / "p.tsv", fragment_size=500)
-    assert not (tmp_path / "out.safetensors").exists()
+        convert_original(renamed, tmp_path / "out.safetensors", sha256(renamed))
+    with pytest.raises(VirNucProError, match="cannot tell the fragment size"):
+        classify(*sample, renamed, tmp_path / "models", 500, tmp_path / "p.tsv")
+    assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "p.tsv").exists()
 
 
 def test_feature_width_must_match(tmp_path):
     torch.manual_seed(0)
-    save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 300, "test", "")
-    write_embeddings(tmp_path / "f.h5", ["s_chunk_1F1"], np.zeros((1, 20), np.float32), {})
+    save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 300)
+    sample = stored_features(tmp_path / "s", ["s_chunk_1F1"], np.zeros((1, 20)), 8)
     with pytest.raises(VirNucProError, match="20 values per frame.*expects 24"):
-        classify(tmp_path / "f.h5", tmp_path / "m.safetensors", tmp_path / "p.tsv", 300)
+        classify(*sample, tmp_path / "m.safetensors", tmp_path / "models", 300, tmp_path / "p.tsv")
 
 
 def test_converted_metadata_is_checked(tmp_path):
@@ -146,9 +188,9 @@ def test_converted_metadata_is_checked(tmp_path):
         load_classifier(tmp_path / "bare.safetensors")
 
 
-def test_empty_feature_file(tmp_path):
-    save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 500, "test", "")
-    write_embeddings(tmp_path / "f.h5", [], np.zeros((0, 24), np.float32), {})
-    classify(tmp_path / "f.h5", tmp_path / "m.safetensors", tmp_path / "p.tsv", 500)
+def test_sample_without_frames(tmp_path):
+    save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 500)
+    sample = stored_features(tmp_path / "s", [], np.zeros((0, 24)), 8)
+    classify(*sample, tmp_path / "m.safetensors", tmp_path / "models", 500, tmp_path / "p.tsv")
     assert (tmp_path / "p.tsv").read_text() == HEADER
 

@@ -1,98 +1,126 @@
-"""GPU faults at the level of the embedding steps (issue 7, item 7), on CPU with fake forwards.
+"""GPU faults at the level of the embedding step, on CPU with fake forwards.
 
 The out-of-memory split and the NaN check of the runner itself are tested in test_esm2.py
 (`test_out_of_memory_split_gives_the_same_embeddings`, `test_nan_embedding_names_the_sequence`). Here:
 a non-finite embedding and a device failure that is not an out-of-memory (a lost GPU, a driver or ECC
-error: CUDA errors arrive as RuntimeError "CUDA error: ..." or torch.AcceleratorError) stop
-embed_protein / embed_dna with one line naming the shard, the error and, for NaN, the frame, and leave no
-output file; through the Snakemake adapter's `run_step` the job exits with status 1. The rerun then
-finds the shard's output missing and runs it again: that is the kill-and-resume test (test_resume.py).
+error: CUDA errors arrive as RuntimeError "CUDA error: ..." or torch.AcceleratorError) in either
+encoder stop `embed_shard` with one line naming the shard, the error and, for NaN, the frame and its
+sample, and leave neither a store file nor a receipt; through the Snakemake adapter's `run_step` the job
+exits with status 1. The rerun then finds the receipt missing and runs the shard again: that is the
+kill-and-resume test (test_resume.py).
 """
+
+import json
 
 import pytest
 import torch
 
 from virnucpro import dnabert, esm2
+from virnucpro.embed import embed_shard
 from virnucpro.errors import VirNucProError
 from virnucpro.logs import run_step
+from virnucpro.plan import plan_run
+from virnucpro.store import Namespace, store_files
 
-PROTEINS = [("a_chunk_1F1", "MKTAYIAKQR"), ("b_chunk_1F2", "MSTNPKPQRK"), ("c_chunk_2R1", "MLSDEDFKAV")]
-NUCLEOTIDES = [("a_chunk_1F1", "ATGAAAACCGCGTATATTGCG"), ("b_chunk_1F2", "ATGAGCACCAACCCGAAACCG"),
-               ("c_chunk_2R1", "ATGCTGAGCGATGAAGATTTT")]
+FRAMES = [("a_chunk_1F1", "ATGAAAACCGCGTATATTGCGAAACAGCGCA", "MKTAYIAKQR"),
+          ("b_chunk_1F2", "ATGAGCACCAACCCGAAACCGCAGCGCAAAA", "MSTNPKPQRK"),
+          ("c_chunk_2R1", "ATGCTGAGCGATGAAGATTTTAAAGCGGTGA", "MLSDEDFKAV")]
 LOST_GPU = [
     RuntimeError("CUDA error: unspecified launch failure\nCUDA kernel errors might be asynchronously reported"),
     torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
     RuntimeError("CUDA error: uncorrectable ECC error encountered"),
 ]
+ENCODERS = {"esm2": esm2.PackedESM2, "dnabert_s": dnabert.DnabertS}
 
 
-def _write(path, records):
-    path.write_text("".join(f">{i}\n{s}\n" for i, s in records))
-    return path
+@pytest.fixture
+def shard(tmp_path, tiny_models):
+    """A one-shard plan of the three frames; returns the arguments of embed_shard."""
+    (tmp_path / "f.fna").write_text("".join(f">{i}\n{n}\n" for i, n, _ in FRAMES))
+    (tmp_path / "f.faa").write_text("".join(f">{i}\n{p}\n" for i, _, p in FRAMES))
+    plan = plan_run({"s": (tmp_path / "f.fna", tmp_path / "f.faa")}, tmp_path / "plan", tmp_path / "store",
+                    tiny_models["models.esm2"], tiny_models["models.dnabert_s"], "cpu", 10**9)
+    (only,) = plan["shards"]
+    return dict(plan_dir=tmp_path / "plan", shard=only["name"], esm2_model=tiny_models["models.esm2"],
+                dnabert_s=tiny_models["models.dnabert_s"], models_dir=tmp_path / "models",
+                receipt=tmp_path / "done" / "x.json")
 
 
-STEPS = {
-    "protein": (esm2.embed_protein, esm2.PackedESM2, "models.esm2", PROTEINS, "faa"),
-    "dna": (dnabert.embed_dna, dnabert.DnabertS, "models.dnabert_s", NUCLEOTIDES, "fna"),
-}
-
-
-def _run(step, tmp_path, tiny_models, monkeypatch, fake):
-    embed, cls, key, records, ext = STEPS[step]
+def _fault(monkeypatch, encoder, fake):
+    """`fake(rows, batch)` on every batch of the shard's frames (the models' warm-up batch, whose
+    sequences have no input position, passes untouched)."""
+    cls = ENCODERS[encoder]
     real = cls.embed
-    monkeypatch.setattr(cls, "embed", lambda self, batch: fake(real(self, batch), batch))
-    frames = _write(tmp_path / f"0007.{ext}", records)
-    out = tmp_path / "out" / "0007.h5"
-    return embed, frames, out, tiny_models[key]
+
+    def embed(self, batch):
+        rows = real(self, batch)
+        return rows if (batch.index < 0).all() else fake(rows, batch)
+
+    monkeypatch.setattr(cls, "embed", embed)
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_nan_for_one_frame_names_frame_and_shard_and_writes_nothing(step, tmp_path, tiny_models, monkeypatch):
+def _nothing_written(args):
+    assert not args["receipt"].exists()
+    store = args["plan_dir"].parent / "store"
+    for ns in json.loads((args["plan_dir"] / "plan.json").read_text())["namespaces"].values():
+        folder = Namespace.from_json(ns).directory(store)
+        assert store_files(store, Namespace.from_json(ns)) == []
+        assert not (folder.exists() and list(folder.glob(".tmp-*")))
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_nan_for_one_frame_names_frame_and_shard_and_writes_nothing(encoder, shard, monkeypatch):
     def fake(rows, batch):
         rows = rows.clone()
         rows[list(batch.index).index(1)] = float("nan")  # the second frame of the shard
         return rows
 
-    embed, frames, out, model = _run(step, tmp_path, tiny_models, monkeypatch, fake)
+    _fault(monkeypatch, encoder, fake)
     with pytest.raises(VirNucProError) as err:
-        embed(frames, model, out, device="cpu", tokens_per_batch=4096)
+        embed_shard(**shard)
     message = str(err.value)
-    assert "\n" not in message and str(frames) in message and "'b_chunk_1F2'" in message and "NaN" in message
-    assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
+    assert "\n" not in message and shard["shard"] in message and "NaN" in message
+    assert f"{encoder}: non-finite embedding" in message and "'s:b_chunk_1F2'" in message
+    _nothing_written(shard)
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("fault", LOST_GPU, ids=["launch-failure", "AcceleratorError", "ECC"])
-def test_lost_gpu_fails_cleanly_naming_the_shard(step, fault, tmp_path, tiny_models, monkeypatch):
+def test_lost_gpu_fails_cleanly_naming_the_shard(encoder, fault, shard, monkeypatch, tmp_path):
     calls = []
 
     def fake(rows, batch):
         calls.append(len(batch.index))
-        if len(calls) == 2:  # the second batch: the first one went through
+        if len(calls) == 2:  # the second batch of this encoder: the first one went through
             raise fault
         return rows
 
-    embed, frames, out, model = _run(step, tmp_path, tiny_models, monkeypatch, fake)
+    _fault(monkeypatch, encoder, fake)
     with pytest.raises(VirNucProError) as err:
-        embed(frames, model, out, device="cpu", tokens_per_batch=12)  # a batch per frame
+        _one_per_batch(shard)
     message = str(err.value)
-    assert "\n" not in message and str(frames) in message and "device failure" in message
+    assert "\n" not in message and shard["shard"] in message and "device failure" in message
     assert str(fault).splitlines()[0] in message
     assert len(calls) == 2  # no retry: a device fault is not an out-of-memory
-    assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
+    _nothing_written(shard)
 
     # through the Snakemake adapter: exit status 1, one line in the job's log
     log = tmp_path / "embed.log"
     calls.clear()
     with pytest.raises(SystemExit) as exit_:
-        run_step(log, embed, frames, model, out=out, device="cpu", tokens_per_batch=12)
+        run_step(log, _one_per_batch, shard)
     assert exit_.value.code == 1
     lines = [line for line in log.read_text().splitlines() if " ERROR " in line]
     assert len(lines) == 1 and "device failure" in lines[0] and "Traceback" not in log.read_text()
-    assert not out.exists()
+    _nothing_written(shard)
 
 
-def test_out_of_memory_is_still_split_not_failed(tmp_path, tiny_models, monkeypatch):
+def _one_per_batch(shard):
+    """embed_shard with batches too small for two frames: one batch per frame."""
+    return embed_shard(**shard, esm2_tokens_per_batch=1, dnabert_tokens_per_batch=1)
+
+
+def test_out_of_memory_is_still_split_not_failed(shard, monkeypatch):
     """The device-failure path must not catch an out-of-memory: that one is split and retried."""
     seen = []
 
@@ -102,6 +130,7 @@ def test_out_of_memory_is_still_split_not_failed(tmp_path, tiny_models, monkeypa
             raise RuntimeError("CUDA error: out of memory")
         return rows
 
-    embed, frames, out, model = _run("protein", tmp_path, tiny_models, monkeypatch, fake)
-    embed(frames, model, out, device="cpu", tokens_per_batch=4096)
-    assert out.exists() and seen[0] == 3 and seen.count(1) == 3
+    _fault(monkeypatch, "esm2", fake)
+    note = embed_shard(**shard)
+    assert shard["receipt"].exists() and note["frames"] == {"esm2": 3, "dnabert_s": 3}
+    assert seen[0] == 3 and seen.count(1) == 3

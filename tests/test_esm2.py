@@ -1,23 +1,23 @@
-"""ESM-2 packed path against fair-esm's own padded forward, on a tiny model in fair-esm's file format.
+"""ESM-2: the float16 conversion of a fair-esm checkpoint and the packed path that runs it, against
+fair-esm's own padded forward of the same file, on a tiny model in fair-esm's file format.
 
-Tolerances: both sides run in float32 on the CPU and differ only in summation order (packed rows vs
-padded rows, per-segment attention vs masked attention), which is ~1e-7 relative; 1e-5 leaves room for
-other BLAS builds while any real defect (a wrong position, a missing scale, a pooled BOS) is >= 1e-3.
+Tolerances: both sides run in float32 on the CPU over the same (float16-valued) weights and differ only
+in summation order (packed rows vs padded rows, per-segment attention vs masked attention), which is
+~1e-7 relative; 1e-5 leaves room for other BLAS builds while any real defect (a missing scale, a pooled
+BOS, the recomputed instead of the stored rotary table) is >= 1e-4.
 """
 
 import hashlib
-import logging
 
 import esm
 import numpy as np
 import pytest
 import torch
 
-from tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint
-from virnucpro.cli import main as cli_main
-from virnucpro.embeddings import read_embeddings
+from tiny_esm2 import build_tiny_esm2, fair_esm_from_file, save_fair_esm_checkpoint
+from virnucpro.converted import ensure_converted
 from virnucpro.errors import VirNucProError
-from virnucpro.esm2 import Esm2Tokenizer, PackedESM2, load_fair_esm
+from virnucpro.esm2 import Esm2Tokenizer, PackedESM2, convert_checkpoint, load_converted, read_checkpoint, tokenizer
 from virnucpro.packing import pack
 from virnucpro.runner import embed_packed
 
@@ -27,11 +27,12 @@ RTOL = 1e-5
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """(fair-esm reference model, checkpoint path, packed float32 model loaded from that file)."""
-    ref = build_tiny_esm2(num_layers=3, embed_dim=64, heads=4)
-    path = save_fair_esm_checkpoint(ref, tmp_path_factory.mktemp("models"))
-    loaded, alphabet, _ = load_fair_esm(path)
-    return ref, path, PackedESM2(loaded, "cpu", torch.float32), Esm2Tokenizer(alphabet)
+    """(fair-esm model as the original loads the checkpoint, checkpoint path, the packed float32 model
+    loaded from its conversion, tokenizer)."""
+    d = tmp_path_factory.mktemp("models")
+    path = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=3, embed_dim=64, heads=4), d)
+    converted, digest = ensure_converted("esm2", path, d)
+    return fair_esm_from_file(path), path, load_converted(converted, digest, "cpu"), tokenizer()
 
 
 def _random_proteins(lengths, seed=0):
@@ -82,49 +83,103 @@ def test_bad_residue_names_the_record():
         tok.lengths(["low"], ["acd"])
 
 
-# ----------------------------------------------------------------------------------- loading
+# ------------------------------------------------------------------------------------ conversion
 
 
-def test_loader_goes_through_fair_esm_and_keeps_every_weight(tiny):
-    ref, path, _, _ = tiny
-    loaded, alphabet, found = load_fair_esm(path)
-    assert found == path and len(alphabet) == 33
+def test_conversion_keeps_every_weight_in_float16(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    ref, path, packed, _ = tiny
+    converted, digest = ensure_converted("esm2", path, tmp_path)
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert converted.name == f"{path.stem}-{digest[:16]}.safetensors"
+    state = load_file(converted)
     want = ref.state_dict()
-    got = loaded.state_dict()
-    assert set(got) == set(want)
-    assert all(torch.equal(got[k], want[k]) for k in want)  # contact head too, from the regression file
+    layer = ref.layers[1]
+    assert state["layers.1.qkv.weight"].dtype == torch.float16
+    qkv = torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight])
+    assert torch.equal(state["layers.1.qkv.weight"].float(), qkv)
+    assert torch.equal(state["layers.2.fc2.bias"].float(), want["layers.2.fc2.bias"])
+    assert torch.equal(state["final_norm.weight"].float(), want["emb_layer_norm_after.weight"])
+    # the rotary table is the file's own, rounded to float16, as fair-esm runs it, not recomputed
+    stored = want["layers.0.self_attn.rot_emb.inv_freq"]
+    recomputed = 1.0 / (10000 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+    assert torch.equal(state["rotary.inv_freq"], stored) and not torch.equal(stored, recomputed)
+    assert torch.equal(packed.inv_freq, stored)
 
 
-def test_loader_by_name_from_the_torch_hub_cache(tiny, tmp_path, monkeypatch):
+def test_a_second_conversion_is_found_not_made(tiny, tmp_path):
+    _, path, _, _ = tiny
+    first, _ = ensure_converted("esm2", path, tmp_path)
+    stamp = first.stat().st_mtime_ns
+    again, _ = ensure_converted("esm2", path, tmp_path)
+    assert again == first and first.stat().st_mtime_ns == stamp
+
+
+def test_conversion_loaded_from_the_torch_hub_cache_by_name(tiny, tmp_path, monkeypatch):
+    from virnucpro.esm2 import resolve_checkpoint
+
     ref, _, _, _ = tiny
     save_fair_esm_checkpoint(ref, tmp_path / "hub" / "checkpoints", name="esm2_t3_tiny", regression=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    loaded, _, path = load_fair_esm("esm2_t3_tiny")
-    assert path == tmp_path / "hub" / "checkpoints" / "esm2_t3_tiny.pt"
-    assert torch.equal(loaded.embed_tokens.weight, ref.embed_tokens.weight)
+    assert resolve_checkpoint("esm2_t3_tiny") == tmp_path / "hub" / "checkpoints" / "esm2_t3_tiny.pt"
 
 
 class Payload:
     """A class no allow-list names: unpickling it must be refused, not executed."""
 
 
-def test_loader_errors_are_one_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(VirNucProError, match="model file not found"):
-        load_fair_esm(tmp_path / "absent.pt")
-    with pytest.raises(VirNucProError, match="neither a file nor in the torch hub cache"):
-        load_fair_esm("esm2_t36_3B_UR50D")
+def test_unreadable_checkpoints_are_one_line_errors(tmp_path):
+    out = tmp_path / "out.safetensors"
     text = tmp_path / "text.pt"
     text.write_text("not a checkpoint\n")
     with pytest.raises(VirNucProError, match="not a loadable fair-esm checkpoint") as err:
-        load_fair_esm(text)
+        convert_checkpoint(text, out, "0" * 64)
     assert "\n" not in str(err.value)
     torch.save({"weights": torch.zeros(3)}, tmp_path / "plain.pt")
     with pytest.raises(VirNucProError, match="not a fair-esm ESM-2 checkpoint"):
-        load_fair_esm(tmp_path / "plain.pt")
+        convert_checkpoint(tmp_path / "plain.pt", out, "0" * 64)
     torch.save({"model": {}, "cfg": Payload()}, tmp_path / "esm2_evil.pt")
     with pytest.raises(VirNucProError, match="not a loadable fair-esm checkpoint"):
-        load_fair_esm(tmp_path / "esm2_evil.pt")
+        convert_checkpoint(tmp_path / "esm2_evil.pt", out, "0" * 64)
+    with pytest.raises(VirNucProError, match="model file not found"):
+        ensure_converted("esm2", tmp_path / "absent.pt", tmp_path)
+    assert not out.exists()
+
+
+def test_checkpoints_of_another_architecture_are_refused(tmp_path):
+    model = build_tiny_esm2(num_layers=2, embed_dim=64, heads=4)
+    path = save_fair_esm_checkpoint(model, tmp_path / "a")
+    data = torch.load(path, weights_only=False)
+    del data["model"]["encoder.sentence_encoder.layers.1.fc1.bias"]
+    torch.save(data, tmp_path / "missing.pt")
+    with pytest.raises(VirNucProError, match="missing 'layers.1.fc1.bias'"):
+        read_checkpoint(tmp_path / "missing.pt")
+    data["cfg"]["model"].encoder_embed_dim = 32
+    torch.save(data, tmp_path / "wide.pt")
+    with pytest.raises(VirNucProError, match=r"'embed_tokens.weight' has shape \(33, 64\), the config implies \(33, 32\)"):
+        read_checkpoint(tmp_path / "wide.pt")
+
+
+def test_weights_beyond_float16_are_refused(tmp_path):
+    model = build_tiny_esm2(num_layers=1, embed_dim=64, heads=4)
+    with torch.no_grad():
+        model.layers[0].fc1.weight[0, 0] = 1e6
+    path = save_fair_esm_checkpoint(model, tmp_path, dtype=torch.float32)
+    with pytest.raises(VirNucProError, match="'layers.0.fc1.weight' does not fit in float16"):
+        convert_checkpoint(path, tmp_path / "out.safetensors", "0" * 64)
+
+
+def test_a_converted_file_must_name_its_source_and_be_unchanged(tiny, tmp_path):
+    _, path, _, _ = tiny
+    converted, digest = ensure_converted("esm2", path, tmp_path)
+    with pytest.raises(VirNucProError, match="converted from another checkpoint"):
+        load_converted(converted, "1" * 64, "cpu")
+    data = bytearray(converted.read_bytes())
+    data[-3] ^= 0x01
+    converted.write_bytes(bytes(data))
+    with pytest.raises(VirNucProError, match="differs from the checksum recorded when it was verified"):
+        load_converted(converted, digest, "cpu")
 
 
 # ----------------------------------------------------------------------------------- the packed path
@@ -158,7 +213,7 @@ def test_every_layer_matches_fair_esm_token_by_token(tiny):
 
 @pytest.mark.parametrize(
     "budget",
-    [1024 + 2, 4096, 1_000_000],  # one full protein a batch, typical, everything in one batch
+    [1024 + 2, 4096, 6100],  # one full protein a batch, typical, everything in one batch (6068 tokens)
 )
 def test_packed_embeddings_equal_the_padded_original(tiny, budget):
     ref, _, packed, tok = tiny
@@ -191,82 +246,32 @@ def test_out_of_memory_split_gives_the_same_embeddings(tiny):
     _, _, packed, tok = tiny
     seqs = _random_proteins(np.random.default_rng(4).integers(1, 200, 60), seed=4)
     ids = [f"s{i}" for i in range(len(seqs))]
-    whole = embed_packed(ids, seqs, tok, packed.embed, 64, "cpu", 100_000, "test")
+    whole = embed_packed(ids, seqs, tok, packed.embed, 64, "cpu", 7000, "test")  # one batch
 
     def forward(batch):
         if batch.num_tokens > 500:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
         return packed.embed(batch)
 
-    split = embed_packed(ids, seqs, tok, forward, 64, "cpu", 100_000, "test")
+    split = embed_packed(ids, seqs, tok, forward, 64, "cpu", 7000, "test")
     assert _rel_err(split, whole).max() < 1e-6
 
 
 def test_nan_embedding_names_the_sequence(tiny):
-    ref, path, _, tok = tiny
-    loaded, _, _ = load_fair_esm(path)
+    _, path, _, tok = tiny
+    loaded = fair_esm_from_file(path)
     with torch.no_grad():
         loaded.embed_tokens.weight[22] = float("nan")  # W
-    broken = PackedESM2(loaded, "cpu", torch.float32)
+    broken = PackedESM2.from_fair_esm(loaded, "cpu", torch.float32)
     seqs = ["ACDE", "KLMNPW", "QRST"]
     with pytest.raises(VirNucProError, match="'second'"):
         embed_packed(["first", "second", "third"], seqs, tok, broken.embed, 64, "cpu", 4096, "test")
 
 
-# ----------------------------------------------------------------------------------- the CLI step
-
-
-def _write_fasta(path, records):
-    path.write_text("".join(f">{rid} some description\n{seq[:60]}\n{seq[60:]}\n" for rid, seq in records))
-
-
-def test_cli_embed_protein_end_to_end(tiny, tmp_path, caplog):
-    ref, path, _, _ = tiny
-    seqs = _random_proteins([5, 166, 80, 1100, 1, 33], seed=5)
-    records = [(f"frag{i}_chunk_1F{i % 3 + 1}", s) for i, s in enumerate(seqs)]
-    faa = tmp_path / "frames.faa"
-    _write_fasta(faa, records)
-    out = tmp_path / "esm" / "0.h5"
-    with caplog.at_level(logging.INFO, logger="virnucpro"):
-        rc = cli_main(["embed-protein", str(faa), "--model", str(path), "--out", str(out),
-                       "--device", "cpu", "--tokens-per-batch", "1500"])
-    assert rc == 0
-    ids, emb, attrs = read_embeddings(out)
-    assert ids == [r[0] for r in records]
-    assert emb.shape == (6, 64) and emb.dtype == np.float32
-    assert _rel_err(emb, _fair_esm_reference(ref, seqs, 3)).max() < RTOL
-    assert attrs["model"] == path.name and attrs["layer"] == 3 and attrs["precision"] == "float32"
-    assert attrs["model_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert "BOS" in attrs["pooling"] or "<cls>" in attrs["pooling"]
-    assert "sequences/s" in caplog.text and "tokens/s" in caplog.text
-
-
-def test_cli_empty_input_gives_zero_rows(tiny, tmp_path):
-    _, path, _, _ = tiny
-    faa = tmp_path / "empty.faa"
-    faa.write_text("")
-    out = tmp_path / "empty.h5"
-    assert cli_main(["embed-protein", str(faa), "--model", str(path), "--out", str(out), "--device", "cpu"]) == 0
-    ids, emb, _ = read_embeddings(out)
-    assert ids == [] and emb.shape == (0, 64)
-
-
-def test_cli_errors_are_one_line(tiny, tmp_path, capsys):
-    _, path, _, _ = tiny
-    faa = tmp_path / "f.faa"
-    _write_fasta(faa, [("ok", "ACDE"), ("bad", "AC1DE")])
-    out = tmp_path / "o.h5"
-    assert cli_main(["embed-protein", str(faa), "--model", str(path), "--out", str(out), "--device", "cpu"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("virnucpro embed-protein: error: protein 'bad'")
-    assert cli_main(["embed-protein", str(faa), "--model", str(tmp_path / "none.pt"), "--out", str(out)]) == 1
-    assert not out.exists()
-
-
 def test_compiled_layers_match_eager(tiny):
     """The torch.compile path (token dimension dynamic) computes the same function as the eager one."""
     ref, _, packed, tok = tiny
-    compiled = PackedESM2(ref, "cpu", torch.float32, compile=True)
+    compiled = PackedESM2.from_fair_esm(ref, "cpu", torch.float32, compile=True)
     for lengths in ([3, 50, 200], [1, 7, 20, 90, 400, 1100]):  # two token counts: no re-specialisation
         batch = pack(tok(_random_proteins(lengths, seed=len(lengths))), np.arange(len(lengths)))
         want = packed.embed(batch).numpy()

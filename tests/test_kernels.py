@@ -159,14 +159,14 @@ def _check_every_layer(model, packed):
 @pytest.mark.skipif(GPU, reason="the float32 model check runs the kernels through Triton's CPU interpreter")
 def test_triton_path_matches_fair_esm_layer_by_layer():
     model = build_tiny_esm2(num_layers=2, embed_dim=64, heads=2)  # head size 32
-    packed = PackedESM2(model, "cpu", torch.float32, kernels=True)
+    packed = PackedESM2.from_fair_esm(model, "cpu", torch.float32, kernels=True)
     assert packed.kernels and packed.attention_backend == "triton"
     _check_every_layer(model, packed)
 
 
 def test_a_kernel_that_fails_to_build_falls_back_to_torch_ops(monkeypatch, caplog):
     model = build_tiny_esm2(num_layers=2, embed_dim=64, heads=2)
-    packed = PackedESM2(model, "cpu", torch.float32, kernels=True)
+    packed = PackedESM2.from_fair_esm(model, "cpu", torch.float32, kernels=True)
 
     def broken(*args, **kwargs):
         raise RuntimeError("PTX assembly failed: sm_70 is not supported\ndetails")
@@ -176,4 +176,4 @@ def test_a_kernel_that_fails_to_build_falls_back_to_torch_ops(monkeypatch, caplo
         _check_every_layer(model, packed)  # the whole batch again on the torch path: nothing half-done
     assert not packed.kernels and packed.attention_backend == "reference"
     assert "the Triton kernels failed (PTX assembly failed: sm_70 is not supported); running ESM-2 on plain" in caplog.text
-    assert not PackedESM2(model, "cpu", torch.float32).kernels  # never the default off CUDA
+    assert not PackedESM2.from_fair_esm(model, "cpu", torch.float32).kernels  # never the default off CUDA

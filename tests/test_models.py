@@ -37,8 +37,9 @@ def test_classifier_verified_by_blob_id(tmp_path, remote, monkeypatch):
     out = tmp_path / "models" / "500_model.pth"
     models.download_model("classifier", out)
     assert out.read_bytes() == content
-    digest = hashlib.sha256(content).hexdigest()
-    assert (out.parent / "500_model.pth.sha256sum").read_text() == f"{digest}  500_model.pth\n"
+    record = json.loads((out.parent / "500_model.pth.checksum.json").read_text())
+    assert record["sha256"] == hashlib.sha256(content).hexdigest() and record["size"] == len(content)
+    assert record["mtime_ns"] == out.stat().st_mtime_ns and "git blob id" in record["verified"]
 
 
 def test_classifier_with_wrong_content_is_not_kept(tmp_path, remote, monkeypatch):
@@ -116,10 +117,11 @@ def test_dnabert_s_directory(tmp_path, remote, monkeypatch):
     out = tmp_path / "models" / "DNABERT-S"
     models.download_model("dnabert_s", out)
     names = ["config.json", "pytorch_model.bin", "tokenizer.json"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(names + [f"{n}.sha256sum" for n in names])
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + [f"{n}.checksum.json" for n in names])
     assert (out / "pytorch_model.bin").read_bytes() == b"weights" * 100
-    digest = hashlib.sha256(b"weights" * 100).hexdigest()
-    assert (out / "pytorch_model.bin.sha256sum").read_text() == f"{digest}  pytorch_model.bin\n"
+    record = json.loads((out / "pytorch_model.bin.checksum.json").read_text())
+    assert record["sha256"] == hashlib.sha256(b"weights" * 100).hexdigest() and "published sha256" in record["verified"]
+    assert record["mtime_ns"] == (out / "pytorch_model.bin").stat().st_mtime_ns
 
 
 @pytest.mark.parametrize("config, weights, message", [
@@ -148,8 +150,9 @@ def test_esm2_zip_integrity(tmp_path, remote, monkeypatch):
     assert out.read_bytes() == (remote / "models" / "esm2_t6_8M_UR50D.pt").read_bytes()
     assert (tmp_path / "m" / "esm2_t6_8M_UR50D-contact-regression.pt").is_file()
     for name in ("esm2_t6_8M_UR50D.pt", "esm2_t6_8M_UR50D-contact-regression.pt"):
-        digest = hashlib.sha256((tmp_path / "m" / name).read_bytes()).hexdigest()
-        assert (tmp_path / "m" / f"{name}.sha256sum").read_text() == f"{digest}  {name}\n"
+        record = json.loads((tmp_path / "m" / f"{name}.checksum.json").read_text())
+        assert record["sha256"] == hashlib.sha256((tmp_path / "m" / name).read_bytes()).hexdigest()
+        assert "CRC-32 of every member" in record["verified"]
 
     data = bytearray((remote / "models" / "esm2_t6_8M_UR50D.pt").read_bytes())
     at = data.index(b"data/0") + 200  # inside the tensor data of the first storage

@@ -1,17 +1,15 @@
-"""Packer, segment pooling, packed runner and embedding files (no model needed)."""
+"""Packer, padding, segment pooling and the packed runner (no model needed)."""
 
-import hashlib
 import logging
-import os
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from virnucpro.embeddings import file_sha256, read_embeddings, write_embeddings
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import PackedBatch, pack, plan_batches, segment_mean
-from virnucpro.runner import embed_packed
+from virnucpro.runner import Task, embed_packed, interleave, run_packed
 
 
 # ------------------------------------------------------------------------------------ plan_batches
@@ -63,6 +61,26 @@ def test_pack_layout_and_split():
     assert right.input_ids.tolist() == [0, 2, 0, 9, 9, 9, 9, 2] and right.max_seqlen == 6
     moved = b.to("cpu")
     assert isinstance(moved, PackedBatch) and torch.equal(moved.input_ids, b.input_ids)
+
+
+def test_pad_to_appends_sequences_no_longer_than_the_longest():
+    b = pack([np.array([0, 5, 6, 2]), np.array([0, 7, 2])], [4, 9])
+    padded = b.pad_to(16)
+    assert padded.num_tokens == 16 and padded.num_real_tokens == 7
+    assert padded.index.tolist() == [4, 9]  # only the real sequences have an input position
+    assert padded.input_ids[:7].tolist() == b.input_ids.tolist() and set(padded.input_ids[7:].tolist()) == {0}
+    assert padded.cu_seqlens.tolist() == [0, 4, 7, 11, 15, 16]  # 4 + 4 + 1 padding tokens
+    assert padded.seqlens.tolist() == [4, 3, 4, 4, 1] and padded.max_seqlen == 4
+    assert padded.kept(2) == 2 + 1 + 2 + 2 and b.pad_to(7) is b and b.pad_to(3) is b
+    left, right = padded.split()  # halves of the real sequences only
+    assert left.num_tokens == 4 and right.num_tokens == 3
+
+
+def test_segment_mean_skips_padding_shorter_than_its_skip():
+    b = pack([np.array([0, 5, 6, 2]), np.array([0, 7, 2])], [0, 1]).pad_to(9)  # padding of 2
+    hidden = torch.arange(9, dtype=torch.float32)[:, None].repeat(1, 2)
+    got = segment_mean(hidden, b.cu_seqlens, 1, 1, b.kept(2))
+    assert got[:2, 0].tolist() == [1.5, 5.0] and torch.isnan(got[2]).all()
 
 
 # ------------------------------------------------------------------------------------ segment_mean
@@ -170,7 +188,7 @@ def test_runner_stops_on_a_non_finite_embedding():
 
     def forward(batch):
         out = _toy_forward(batch)
-        bad = torch.zeros(len(batch.index), dtype=torch.bool)
+        bad = torch.zeros(out.shape[0], dtype=torch.bool)
         cu = batch.cu_seqlens.tolist()
         for i in range(len(batch.index)):
             bad[i] = bool((batch.input_ids[cu[i] : cu[i + 1]] == 33).any())
@@ -192,53 +210,6 @@ def test_runner_reraises_tokenizer_errors():
     lengths = np.array([len(s) + 2 for s in seqs])
     with pytest.raises(ValueError, match="tokenizer broke"):
         embed_packed(ids, seqs, tokenize, _toy_forward, 3, "cpu", 64, "toy", lengths=lengths)
-
-
-# ------------------------------------------------------------------------------------ HDF5 files
-
-
-def test_embedding_file_round_trip(tmp_path):
-    ids = ["a", "frame_2_F1", "ünïcode_R3"]
-    emb = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
-    attrs = {"model": "esm2_t36_3B_UR50D.pt", "layer": 36, "precision": "bfloat16", "pooling": "mean"}
-    path = tmp_path / "sub" / "out.h5"
-    write_embeddings(path, ids, emb, attrs)
-    got_ids, got_emb, got_attrs = read_embeddings(path)
-    assert got_ids == ids and got_emb.dtype == np.float32
-    np.testing.assert_array_equal(got_emb, emb)
-    assert got_attrs == attrs
-    assert [p.name for p in path.parent.iterdir()] == ["out.h5"]
-
-
-def test_embedding_file_with_zero_rows(tmp_path):
-    write_embeddings(tmp_path / "e.h5", [], np.zeros((0, 7)), {"model": "m"})
-    ids, emb, _ = read_embeddings(tmp_path / "e.h5")
-    assert ids == [] and emb.shape == (0, 7)
-
-
-def test_embedding_file_is_atomic(tmp_path):
-    path = tmp_path / "out.h5"
-    with pytest.raises(TypeError):  # fails while the file is being written
-        write_embeddings(path, ["a"], np.zeros((1, 2)), {"bad": object()})
-    assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary is left
-    with pytest.raises(ValueError):
-        write_embeddings(path, ["a", "b"], np.zeros((1, 2)), {})
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_file_sha256_is_cached_by_size_and_mtime(tmp_path):
-    f = tmp_path / "model.pt"
-    f.write_bytes(b"weights" * 1000)
-    want = hashlib.sha256(f.read_bytes()).hexdigest()
-    assert file_sha256(f) == want
-    sidecar = tmp_path / "model.pt.sha256"
-    assert sidecar.is_file()
-    # a planted digest is trusted while size and mtime match: proof that the file is not re-hashed
-    sidecar.write_text(sidecar.read_text().replace(want, "0" * 64))
-    assert file_sha256(f) == "0" * 64
-    st = f.stat()
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert file_sha256(f) == want  # mtime moved: hashed again
 
 
 # ------------------------------------------------------------------------------------ attention
@@ -277,3 +248,45 @@ def test_compile_fallback_reraises_out_of_memory_and_logs_other_failures(caplog)
     with caplog.at_level("WARNING", logger="virnucpro"):
         fall_back(RuntimeError("InductorError: no C compiler\nmore"), "torch.compile", "DNABERT-S")
     assert "torch.compile failed (InductorError: no C compiler); running DNABERT-S on plain torch ops" in caplog.text
+
+
+# ------------------------------------------------------------------------------------ several tasks
+
+
+def test_interleave_spreads_each_task_over_the_run():
+    plans = [[np.array([i]) for i in range(6)], [np.array([10]), np.array([11])]]
+    order = [(t, int(b[0])) for t, b in interleave(plans)]
+    assert sorted(order) == sorted([(0, i) for i in range(6)] + [(1, 10), (1, 11)])
+    assert [b for t, b in order if t == 0] == list(range(6))  # each task keeps its own order
+    assert order.index((1, 10)) == 2 and order.index((1, 11)) == 6  # at 1/4 and 3/4 of the run
+    assert interleave([[], []]) == []
+
+
+def test_two_tasks_in_one_run_each_get_their_rows():
+    ids, seqs = _toy_data(120, seed=7)
+    other_ids, other = _toy_data(40, seed=8)
+    tasks = [Task("a", ids, seqs, _toy_tokenize, _toy_forward, 3, 64),
+             Task("b", other_ids, other, _toy_tokenize, _toy_forward, 3, 200)]
+    got_a, got_b = run_packed(tasks, "cpu")
+    np.testing.assert_allclose(got_a, _toy_expected(seqs), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got_b, _toy_expected(other), rtol=1e-6, atol=1e-6)
+    assert run_packed([Task("none", [], [], _toy_tokenize, _toy_forward, 3, 64)], "cpu")[0].shape == (0, 3)
+
+
+def _gemm_forward(batch):
+    """A forward whose matrix product sees the whole batch: BLAS libraries compute a row differently for
+    different row counts (small ones above all), so this is only batch-independent at one batch shape."""
+    t = batch.input_ids.to(torch.float32)
+    x = torch.stack([torch.sin(t * (k + 1)) for k in range(256)], dim=1)  # (T, 256)
+    w = torch.linspace(-1, 1, 256 * 64).reshape(64, 256)
+    return segment_mean(F.linear(x, w), batch.cu_seqlens, 1, 1)
+
+
+def test_a_sequence_gets_the_same_bits_in_any_batch():
+    ids, seqs = _toy_data(200, seed=9)
+    ids, seqs = ["short", *ids], ["ACDEF", *seqs]  # alone, a batch of 7 tokens: BLAS takes a small-matrix path
+    whole = embed_packed(ids, seqs, _toy_tokenize, _gemm_forward, 64, "cpu", 512, "toy")
+    alone = embed_packed(ids[:1], seqs[:1], _toy_tokenize, _gemm_forward, 64, "cpu", 512, "toy")
+    mixed = embed_packed(ids[::-1][:50], seqs[::-1][:50], _toy_tokenize, _gemm_forward, 64, "cpu", 512, "toy")
+    assert np.array_equal(alone, whole[:1])
+    assert np.array_equal(mixed, whole[::-1][:50])

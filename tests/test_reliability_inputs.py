@@ -13,12 +13,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
+import h5py
 import pytest
 
 from tests.test_workflow import REPO, make_workdir, snakemake
-from virnucpro.embeddings import read_embeddings, write_embeddings
 from virnucpro.seqio import read_fasta
+from virnucpro.store import Namespace, frame_key, read_keys, store_files, write_store_file
 
 pytestmark = [pytest.mark.workflow]
 BAD = REPO / "tests" / "data" / "bad"
@@ -166,8 +166,16 @@ def test_bad_config_or_sheet_stops_before_any_job(tmp_path, make, name, needles)
 # ------------------------------------------------------------------------------------ model files
 
 
+def _copy_bad(tmp_path, name):
+    """A bad model file copied out of the repository (the steps record checksums beside model files)."""
+    dest = tmp_path / "bad" / name
+    dest.parent.mkdir(exist_ok=True)
+    shutil.copy(BAD / "models" / name, dest)
+    return str(dest)
+
+
 def _text_esm(tmp_path, models):
-    return {"models.esm2": str(BAD / "models" / "esm2_t36_3B_UR50D.pt")}
+    return {"models.esm2": _copy_bad(tmp_path, "esm2_t36_3B_UR50D.pt")}
 
 
 def _truncated_esm(tmp_path, models):
@@ -186,7 +194,7 @@ def _dnabert_without_tokenizer(tmp_path, models):
 
 
 def _text_classifier(tmp_path, models):
-    return {"models.classifier": str(BAD / "models" / "500_model.pth")}
+    return {"models.classifier": _copy_bad(tmp_path, "500_model.pth")}
 
 
 def _full_size_classifier(tmp_path, models):
@@ -199,16 +207,16 @@ def _full_size_classifier(tmp_path, models):
 
 
 MODEL_CASES = [
-    (_text_esm, "results/s/logs/embed_protein/0000.log", "results/s/embeddings/esm2/0000.h5",
+    (_text_esm, "models/logs/convert_esm2.log", "models/converted/esm2.json",
      ["esm2_t36_3B_UR50D.pt: not a loadable fair-esm checkpoint (not a torch.save file"]),
-    (_truncated_esm, "results/s/logs/embed_protein/0000.log", "results/s/embeddings/esm2/0000.h5",
+    (_truncated_esm, "models/logs/convert_esm2.log", "models/converted/esm2.json",
      ["cut/esm2_tiny_UR50D.pt: not a loadable fair-esm checkpoint (PytorchStreamReader failed"]),
-    (_dnabert_without_tokenizer, "results/s/logs/embed_dna/0000.log",
-     "results/s/embeddings/dnabert_s/0000.h5", ["tokenizer.json: not a readable tokenizer.json"]),
-    (_text_classifier, "models/logs/convert_classifier.log", "models/500_model.safetensors",
+    (_dnabert_without_tokenizer, "results/embedding/samples/logs/plan.log", "results/embedding/samples/plan",
+     ["tokenizer.json: not a readable tokenizer.json"]),
+    (_text_classifier, "models/logs/convert_classifier.log", "models/converted/classifier.json",
      ["500_model.pth: not a readable classifier file (not a torch.save file"]),
-    (_full_size_classifier, "results/s/logs/classify/0000.log", "results/s/predictions/0000.tsv",
-     ["results/s/features/0000.h5: features have 160 values per frame", "expects 3328"]),
+    (_full_size_classifier, "results/s/logs/classify.log", "results/s/prediction_results.tsv",
+     ["results/embedding/samples/plan/members/s.json: features have 160 values per frame", "expects 3328"]),
 ]
 
 
@@ -231,7 +239,8 @@ def finished(tmp_path_factory, tiny_models):
     """One normal run of the small sample, split into several shards: the reference for the tests below."""
     work = workdir(tmp_path_factory.mktemp("reference"), tiny_models, **{"shards.tokens_per_shard": 700})
     snakemake(work, "--cores", "2")
-    assert len(list((work / "results" / SAMPLE / "shards").glob("*.faa"))) >= 2
+    plan = json.loads((work / "results" / "embedding" / "samples" / "plan" / "plan.json").read_text())
+    assert len(plan["shards"]) >= 2
     return work
 
 
@@ -240,64 +249,62 @@ def _copy_run(finished, dst):
     return dst
 
 
-def _drop_row(path, frame):
-    ids, emb, attrs = read_embeddings(path)
-    keep = [k for k, i in enumerate(ids) if i != frame]
-    assert len(keep) == len(ids) - 1
-    path.unlink()
-    write_embeddings(path, [ids[k] for k in keep], emb[keep], attrs)
+def _drop_from_store(work, frame):
+    """Rewrite the ESM-2 store file that holds `frame` (a frame id of sample s) without it."""
+    member = json.loads((work / "results" / "embedding" / "samples" / "plan" / "members" / f"{SAMPLE}.json").read_text())
+    nucleotides = dict(read_fasta(work / "results" / SAMPLE / "prepare" / "frames.fna"))
+    proteins = dict(read_fasta(work / "results" / SAMPLE / "prepare" / "frames.faa"))
+    key = frame_key(nucleotides[frame], proteins[frame]).encode()
+    ns = Namespace.from_json(member["namespaces"]["esm2"])
+    for path in store_files(member["store"], ns):
+        keys = read_keys(path)
+        if key in keys.tolist():
+            with h5py.File(path, "r") as f:
+                emb = f["embeddings"][()]
+            keep = keys != key
+            path.unlink()
+            write_store_file(member["store"], ns, path.stem, keys[keep], emb[keep], {})
+            return path
+    raise AssertionError(f"{frame} is in no store file")
 
 
 @pytest.mark.slow
-def test_frame_missing_from_both_embeddings_fails_the_merge(finished, tmp_path):
-    """The same frame dropped from both embedding files: they agree with each other, but not with the
-    shard, and the merge names the frame."""
+def test_frame_missing_from_the_store_fails_the_classification(finished, tmp_path):
+    """A frame lost from the embedding store after the plan is classified by nobody: classify names the
+    frame, the encoder and the store, says how to plan again, and writes no table of the sample."""
     work = _copy_run(finished, tmp_path / "work")
+    store = work / "resources" / "embeddings"
+    member = work / "results" / "embedding" / "samples" / "plan" / "members" / f"{SAMPLE}.json"
+    member.write_text(member.read_text().replace(str(finished / "resources"), str(work / "resources")))
     out = work / "results" / SAMPLE
-    frame = [i for i, _ in read_fasta(out / "shards" / "0001.faa")][1]
-    for kind in ("esm2", "dnabert_s"):
-        _drop_row(out / "embeddings" / kind / "0001.h5", frame)
-    proc = snakemake(work, "--cores", "2", check=False)
-    assert proc.returncode != 0
-    one_error_line((out / "logs" / "merge" / "0001.log").read_text(), f"frame '{frame}'",
-                   "results/s/shards/0001.faa", "results/s/embeddings/dnabert_s/0001.h5")
-    assert_nothing_looks_finished(work, "results/s/features/0001.h5")
-
-
-@pytest.mark.slow
-def test_frame_missing_from_the_features_fails_the_collection(finished, tmp_path):
-    """A frame removed from a feature file is classified by nobody: collecting the predictions checks
-    them against the sample's frames and names the frame; no table of the sample is (re)written."""
-    work = _copy_run(finished, tmp_path / "work")
-    out = work / "results" / SAMPLE
-    frame = [i for i, _ in read_fasta(out / "shards" / "0000.faa")][0]
+    frame = [i for i, _ in read_fasta(out / "prepare" / "frames.faa")][3]
+    _drop_from_store(work, frame)
     for table in TABLES:
         (out / table).unlink()
-    _drop_row(out / "features" / "0000.h5", frame)
     proc = snakemake(work, "--cores", "2", check=False)
     assert proc.returncode != 0
-    one_error_line((out / "logs" / "collect_predictions.log").read_text(), f"frame '{frame}'",
-                   "results/s/prepare/frames.faa", "has no prediction")
+    one_error_line((out / "logs" / "classify.log").read_text(), f"frame '{frame}' is not in the embedding store",
+                   f"esm2, {store}", "snakemake --forcerun plan")
     assert_nothing_looks_finished(work, *(f"results/s/{t}" for t in TABLES))
+    snakemake(work, "--cores", "2", "--forcerun", "plan")  # as the message says: planned and embedded again
+    for table in TABLES:
+        assert (out / table).read_bytes() == (finished / "results" / SAMPLE / table).read_bytes(), table
 
 
 # -------------------------------------------------------------------------------------- full disk
 
 
 def _same_content(a, b):
-    """Byte-identical; a checksum sidecar (`*.sha256`, which also records the file's mtime) must hold the
-    same checksum; HDF5 files may instead hold the same ids, values and attributes."""
+    """Byte-identical; the embedding stage's JSON notes (which hold the run's own paths and timings) must
+    be complete: valid JSON with the same fields."""
     if filecmp.cmp(a, b, shallow=False):
         return True
-    if a.suffix == ".sha256":
-        return json.loads(a.read_text())["sha256"] == json.loads(b.read_text())["sha256"]
-    if a.suffix != ".h5":
+    if a.suffix != ".json":
         return False
-    ia, ea, aa = read_embeddings(a)
-    ib, eb, ab = read_embeddings(b)
-    return ia == ib and np.array_equal(ea, eb) and aa.keys() == ab.keys() and all(
-        np.array_equal(aa[k], ab[k]) for k in aa
-    )
+    try:
+        return json.loads(a.read_text()).keys() == json.loads(b.read_text()).keys()
+    except ValueError:
+        return False
 
 
 PAGE = 4096  # tmpfs allocates whole pages

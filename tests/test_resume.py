@@ -1,11 +1,11 @@
-"""Kill and resume, and determinism (issue 7, items 2 and 3), on CPU with the tiny models.
+"""Kill and resume, and determinism, on CPU with the tiny models.
 
 Kill and resume: the workflow runs as a user runs it (`snakemake`, the default profile, so
 `rerun-incomplete: true`), with `--cores 1` so that one job runs at a time. The test watches the results
 directory and, at the chosen moment, stops the whole snakemake process group (SIGSTOP, so the moment
 cannot slip while the test looks), checks that the moment is the one it wanted, and SIGKILLs the group:
-1. in the middle of an embedding job: at least one embedding file is finished and another embedding job
-   has started (its log exists) but has not written its output;
+1. in the middle of an embedding job: at least one shard is finished (its receipt exists) and another
+   embedding job has started (its log exists) but has not written its receipt;
 2. in the middle of writing the results: `summarize` holds its outputs under temporary `.tmp-*` names.
 After each kill a dry run shows what a rerun would do (only the unfinished jobs, each because its output
 is missing), the rerun finishes, finished files keep their inode and mtime, and the final tables equal an
@@ -18,6 +18,7 @@ the input order, so they are compared keyed by id). Shard-count invariance is te
 test_workflow_e2e.py (`test_results_do_not_depend_on_the_shard_count`).
 """
 
+import json
 import os
 import re
 import signal
@@ -35,7 +36,7 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 SAMPLE_A = REPO / "example" / "sample_a.fa"
 SHARDS = {"shards.tokens_per_shard": 6000}  # two shards for sample_a
-STEP_OUTPUTS = ["shards", "embeddings", "features", "predictions", "prepare"]
+STEP_OUTPUTS = ["results/embedding", "resources/embeddings", "results/sample_a/prepare"]
 
 
 def reversed_fasta(src, dest):
@@ -87,14 +88,15 @@ def kill_when(proc, moment, timeout=240):
     raise AssertionError("the moment to kill never came")
 
 
-def snapshot(root):
-    """{relative path: (inode, mtime_ns)} of every file under the step-output folders of `root`."""
+def snapshot(work):
+    """{relative path: (inode, mtime_ns)} of every file under the step-output folders of `work` (logs
+    and Snakemake's own timestamps aside)."""
     files = {}
     for folder in STEP_OUTPUTS:
-        for p in (root / folder).rglob("*") if (root / folder).exists() else []:
-            if p.is_file():
+        for p in (work / folder).rglob("*") if (work / folder).exists() else []:
+            if p.is_file() and "logs" not in p.parts and p.name != ".snakemake_timestamp":
                 st = p.stat()
-                files[str(p.relative_to(root))] = (st.st_ino, st.st_mtime_ns)
+                files[str(p.relative_to(work))] = (st.st_ino, st.st_mtime_ns)
     return files
 
 
@@ -106,7 +108,7 @@ def planned_jobs(work):
         m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block.strip())
         if not m:
             continue
-        shard = re.search(r"wildcards: .*shard=(\d{4})", block)
+        shard = re.search(r"wildcards: .*shard=([0-9a-f]{16})", block)
         reason = re.search(r"reason: (.*)", block)
         jobs[(m.group(1), shard.group(1) if shard else None)] = reason.group(1) if reason else ""
     return jobs
@@ -133,49 +135,45 @@ def assert_same_tables(work, baseline, sample="sample_a"):
 def test_killed_in_embedding_and_in_summarize_resumes_to_the_same_results(tmp_path, tiny_models, baseline):
     work = workdir(tmp_path, tiny_models, sheet={"sample_a": SAMPLE_A}, **SHARDS)
     out = work / "results" / "sample_a"
+    stage = work / "results" / "embedding" / "samples"
 
     def embedding_in_flight():
-        """(finished embedding files, started-but-unfinished embedding jobs) or None."""
+        """(finished shards, started-but-unfinished shards) or None."""
         finished, started = [], []
-        for kind, rule in (("esm2", "embed_protein"), ("dnabert_s", "embed_dna")):
-            for log in (out / "logs" / rule).glob("*.log"):
-                h5 = out / "embeddings" / kind / f"{log.stem}.h5"
-                (finished if h5.exists() else started).append((rule, log.stem))
+        for log in (stage / "logs" / "embed").glob("*.log"):
+            (finished if (stage / "done" / f"{log.stem}.json").exists() else started).append(log.stem)
         return (finished, started) if finished and started else None
 
     # 1. killed in the middle of an embedding job
     finished, started = kill_when(start(work), embedding_in_flight)
     assert len(started) == 1  # --cores 1: the job that was running
-    before = snapshot(out)
+    before = snapshot(work)
     assert not any(Path(p).name.startswith(".tmp-") and "embeddings" not in p for p in before)
     plan = planned_jobs(work)
-    for rule, shard in finished:
-        assert (rule, shard) not in plan, f"finished {rule} {shard} would be recomputed"
-    assert started[0] in plan and "Missing output files" in plan[started[0]], plan.get(started[0])
-    shards = sorted(p.stem for p in (out / "shards").glob("*.faa"))
+    for shard in finished:
+        assert ("embed", shard) not in plan, f"finished shard {shard} would be recomputed"
+    assert ("embed", started[0]) in plan and "Missing output files" in plan[("embed", started[0])]
+    shards = [s["name"] for s in json.loads((stage / "plan" / "plan.json").read_text())["shards"]]
     assert len(shards) == 2
-    done = {(r, s) for r, s in finished}
-    for rule in ("embed_protein", "embed_dna"):
-        for shard in shards:
-            assert ((rule, shard) in plan) == ((rule, shard) not in done), (rule, shard)
-    assert ("prepare", None) not in plan and ("shard", None) not in plan
+    for shard in shards:
+        assert (("embed", shard) in plan) == (shard not in finished), shard
+    assert ("prepare", None) not in plan and ("plan", None) not in plan
 
     # 2. the rerun, killed in the middle of writing the results
     def summarize_writing():
-        return sorted(p.name for p in [*out.glob(".tmp-*"), *(out / "plots").glob(".tmp-*")]) or None
+        temps = sorted(p.name for p in [*out.glob(".tmp-*"), *(out / "plots").glob(".tmp-*")])
+        return temps if any(t.endswith("fragment_calls.tsv") for t in temps) else None
 
     unlock_as_a_user_would(work)
     temps = kill_when(start(work), summarize_writing)
     assert any(name.endswith("fragment_calls.tsv") for name in temps), temps
     for table in [t for t in TABLES if t != "prediction_results.tsv"]:
         assert not (out / table).exists(), f"{table} appeared although summarize did not finish"
-    middle = snapshot(out)
+    middle = snapshot(work)
     for path, stamp in before.items():
-        assert middle[path] == stamp, f"{path} was rewritten although it was finished"
-    recomputed = {p for p in middle if p not in before}
-    for rule, shard in started:
-        kind = "esm2" if rule == "embed_protein" else "dnabert_s"
-        assert f"embeddings/{kind}/{shard}.h5" in recomputed
+        if not Path(path).name.startswith(".tmp-"):
+            assert middle[path] == stamp, f"{path} was rewritten although it was finished"
+    assert f"results/embedding/samples/done/{started[0]}.json" in set(middle) - set(before)
     plan = planned_jobs(work)
     assert set(plan) <= {("summarize", None), ("all", None)} and ("summarize", None) in plan, plan
     assert "Missing output files" in plan[("summarize", None)]
@@ -184,12 +182,13 @@ def test_killed_in_embedding_and_in_summarize_resumes_to_the_same_results(tmp_pa
     snakemake(work, "--unlock")
     proc = snakemake(work, "--cores", "1")
     assert "rule summarize" in proc.stdout + proc.stderr or "localrule summarize" in proc.stdout + proc.stderr
-    after = snapshot(out)
+    after = snapshot(work)
     for path, stamp in middle.items():
-        assert after[path] == stamp, f"{path} was rewritten although it was finished"
+        if not Path(path).name.startswith(".tmp-"):
+            assert after[path] == stamp, f"{path} was rewritten although it was finished"
     assert_same_tables(work, baseline)
     # leftovers of the killed writes keep their temporary names and are never read as results
-    leftovers = [p.name for p in out.rglob(".tmp-*")]
+    leftovers = [p.name for p in work.rglob(".tmp-*") if ".snakemake" not in p.parts]
     assert all(re.fullmatch(r"\.tmp-[0-9a-f]{8}-.+", n) for n in leftovers), leftovers
 
 
@@ -201,17 +200,16 @@ def test_two_runs_give_identical_tables(tmp_path, tiny_models, baseline):
     snakemake(work, "--cores", "2")
     assert_same_tables(work, baseline)
 
-    # the converted classifier carries a checksum record, and classification checks the file against it
-    model = work / "models" / "500_model.safetensors"
-    record = model.with_name(model.name + ".sha256sum")
-    assert record.is_file()
+    # the converted classifier carries a verified checksum record, and classification checks it
+    (model,) = (work / "models" / "converted").glob("500_model-*.safetensors")
+    assert model.with_name(model.name + ".checksum.json").is_file()
     data = bytearray(model.read_bytes())
     data[-1] ^= 0x01
     model.write_bytes(bytes(data))
-    target = "results/sample_a/predictions/0000.tsv"
+    target = "results/sample_a/prediction_results.tsv"
     proc = snakemake(work, "--cores", "1", "--force", target, check=False)
     assert proc.returncode != 0
-    log = (work / "results" / "sample_a" / "logs" / "classify" / "0000.log").read_text().strip().splitlines()
+    log = (work / "results" / "sample_a" / "logs" / "classify.log").read_text().strip().splitlines()
     assert len(log) == 1 and "differs from the checksum recorded" in log[0], log
     assert not (work / target).exists()
 

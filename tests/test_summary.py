@@ -6,7 +6,7 @@ import pytest
 from virnucpro.errors import VirNucProError
 from virnucpro.prepare import prepare
 from virnucpro.seqio import read_fasta
-from virnucpro.summary import collect_predictions, summarize
+from virnucpro.summary import summarize
 
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
@@ -195,24 +195,10 @@ def test_fasta_must_match_the_manifest(sample):
         run(d, fasta=d / "other.fa")
 
 
-def test_collect_predictions_keeps_order(sample):
-    d, _, _, _ = sample
-    lines = (d / "predictions.tsv").read_text().splitlines(keepends=True)
-    (d / "0000.tsv").write_text(HEADER + "".join(lines[1:5]))
-    (d / "0001.tsv").write_text(HEADER + "".join(lines[5:]))
-    (d / "0002.tsv").write_text(HEADER)  # an empty shard table
-    collect_predictions([d / "0000.tsv", d / "0001.tsv", d / "0002.tsv"], d / "all.tsv")
-    assert (d / "all.tsv").read_text() == (d / "predictions.tsv").read_text()
-    (d / "bad.tsv").write_text("id\tscore\n")
-    with pytest.raises(VirNucProError, match="not a prediction table"):
-        collect_predictions([d / "0000.tsv", d / "bad.tsv"], d / "all2.tsv")
-    assert not (d / "all2.tsv").exists()
-
-
 def test_sample_without_frames(tmp_path):
     (tmp_path / "in.fa").write_text(">n1\nNNNNNNNNNN\n>n2\nNNN\n")
     prepare(tmp_path / "in.fa", 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv")
-    collect_predictions([], tmp_path / "predictions.tsv")
+    (tmp_path / "predictions.tsv").write_text(HEADER)
     out = run(tmp_path, fasta=tmp_path / "in.fa", fragment_size=300)
     rows = table(out["sequence_summary"])
     assert [(r["sequence_id"], r["status"], r["call"]) for r in rows] == [

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.stored_features import stored_features
 from virnucpro.classifier import classify, load_classifier
-from virnucpro.embeddings import write_embeddings
 from virnucpro.errors import VirNucProError
 from virnucpro.train import auroc, binary_metrics, train_classifier
 
@@ -22,21 +22,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_class(path, n, shift, label, seed, dim=3328):
-    """Frames whose first 300 feature values are shifted by `shift`: the classes differ in distribution."""
+def make_class(folder, n, shift, label, seed, dim=3328):
+    """A training set (its frames, stored features and plan record; labelled) whose first 300 feature
+    values are shifted by `shift`: the classes differ in distribution."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, dim)).astype(np.float32)
     x[:, :300] += shift
-    write_embeddings(path, [f"{label}_{i}_chunk_1F1" for i in range(n)], x, {"model": "synthetic"})
-    return path
+    ids = [f"{label}_{i}_chunk_1F1" for i in range(n)]
+    return (*stored_features(folder, ids, x, dna_dim=min(768, dim // 2), seed=seed), label)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
-    return d, [(make_class(d / "viral.h5", 250, 0.3, 1, seed=1), 1),
-               (make_class(d / "host_a.h5", 150, -0.3, 0, seed=2), 0),
-               (make_class(d / "host_b.h5", 100, -0.3, 0, seed=3), 0)]
+    return d, [make_class(d / "viral", 250, 0.3, 1, seed=1), make_class(d / "host_a", 150, -0.3, 0, seed=2),
+               make_class(d / "host_b", 100, -0.3, 0, seed=3)]
 
 
 def read_metrics(path):
@@ -55,7 +55,7 @@ def test_learns_two_classes_and_is_reproducible(data):
 
     clf = load_classifier(d / "a.safetensors")  # our converted format, usable by classify
     assert clf.fragment_size == 300 and clf.input_dim == 3328
-    classify(d / "viral.h5", d / "a.safetensors", d / "pred.tsv", fragment_size=300)
+    classify(*features[0][:3], d / "a.safetensors", None, fragment_size=300, out=d / "pred.tsv")
     calls = [line.split("\t")[1] for line in (d / "pred.tsv").read_text().splitlines()[1:]]
     assert calls.count("virus") > 0.8 * len(calls)
 
@@ -74,11 +74,11 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, caplog):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(400, 64)).astype(np.float32)  # a weak signal: the held-out loss soon stops improving
     x[:200, :8] += 0.15
-    write_embeddings(tmp_path / "v.h5", [f"v{i}" for i in range(200)], x[:200], {})
-    write_embeddings(tmp_path / "o.h5", [f"o{i}" for i in range(200)], x[200:], {})
+    viral = (*stored_features(tmp_path / "v", [f"v{i}" for i in range(200)], x[:200], 32, seed=1), 1)
+    other = (*stored_features(tmp_path / "o", [f"o{i}" for i in range(200)], x[200:], 32, seed=2), 0)
     caplog.set_level(logging.INFO, logger="virnucpro")
-    m = train_classifier([(tmp_path / "v.h5", 1), (tmp_path / "o.h5", 0)], tmp_path / "m.safetensors",
-                         tmp_path / "m.tsv", 500, max_epochs=200, patience=3)
+    m = train_classifier([viral, other], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500, max_epochs=200,
+                         patience=3)
     held = [float(r.getMessage().rsplit(" ", 1)[1]) for r in caplog.records if "held-out loss" in r.getMessage()]
     assert len(held) == m["epochs_run"] < 200
     assert m["epochs_run"] - m["best_epoch"] == 3
@@ -99,13 +99,12 @@ def test_auroc_rank_formula():
 
 
 def test_bad_training_sets(tmp_path):
-    make_class(tmp_path / "v.h5", 30, 0.0, 1, seed=1, dim=16)
+    viral = make_class(tmp_path / "v", 30, 0.0, 1, seed=1, dim=16)
     with pytest.raises(VirNucProError, match="both classes"):
-        train_classifier([(tmp_path / "v.h5", 1)], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
+        train_classifier([viral], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
     with pytest.raises(VirNucProError, match="label must be 0"):
-        train_classifier([(tmp_path / "v.h5", 2)], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
-    make_class(tmp_path / "o.h5", 30, 0.0, 0, seed=2, dim=17)
+        train_classifier([(*viral[:3], 2)], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
+    other = make_class(tmp_path / "o", 30, 0.0, 0, seed=2, dim=17)
     with pytest.raises(VirNucProError, match="17 values per frame"):
-        train_classifier([(tmp_path / "v.h5", 1), (tmp_path / "o.h5", 0)], tmp_path / "m.safetensors",
-                         tmp_path / "m.tsv", 500)
+        train_classifier([viral, other], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "m.tsv").exists()

@@ -3,6 +3,8 @@ model files are checked against their recorded checksums before they are loaded,
 paths never reach a shell."""
 
 import ast
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -11,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.test_workflow import REPO, make_workdir, snakemake
-from virnucpro.checksums import record_path, write_record
+from virnucpro import dnabert
+from virnucpro.checksums import SUFFIX, checked_sha256, record_path, write_record
 from virnucpro.cli import main as cli_main
-from virnucpro.dnabert import embed_dna
+from virnucpro.converted import ensure_converted
 from virnucpro.errors import VirNucProError
-from virnucpro.esm2 import embed_protein
+from virnucpro.esm2 import load_converted
 
 CODE = sorted([*(REPO / "virnucpro").glob("*.py"), *(REPO / "scripts").glob("*.py")])
 RULES = sorted([REPO / "workflow" / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")])
@@ -85,70 +88,89 @@ def test_rules_never_use_a_shell():
 # ------------------------------------------------------------------------------- model checksums
 
 
-def _frames(tmp_path):
-    faa, fna = tmp_path / "0000.faa", tmp_path / "0000.fna"
-    faa.write_text(">a_chunk_1F1\nMKTAYIAKQR\n>b_chunk_1F2\nMSTNPKPQRK\n")
-    fna.write_text(">a_chunk_1F1\nATGAAAACCGCGTATATTGCGAAACAGCGCA\n>b_chunk_1F2\nATGAGCACCAACCCGAAACCGCAGCGCAAAA\n")
-    return faa, fna
-
-
 def _tamper(path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
 
 
+def _downloaded(src, folder):
+    """A copy of `src` in `folder` with the verified record a download writes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / Path(src).name
+    shutil.copy(src, dest)
+    write_record(dest, verified="as the download rule verifies")
+    return dest
+
+
 def test_tampered_esm2_file_is_refused_before_loading(tmp_path, tiny_models, capsys):
-    faa, _ = _frames(tmp_path)
-    model = tmp_path / "models" / Path(tiny_models["models.esm2"]).name
-    model.parent.mkdir()
-    shutil.copy(tiny_models["models.esm2"], model)
-    write_record(model)  # as the download rule does
-    out = tmp_path / "esm2" / "0000.h5"
-    embed_protein(faa, model, out, device="cpu")  # the recorded file loads
-    out.unlink()
+    model = _downloaded(tiny_models["models.esm2"], tmp_path / "models")
+    out, _ = ensure_converted("esm2", model, tmp_path / "models")  # the recorded file converts
     _tamper(model)
-    with pytest.raises(VirNucProError, match=r"sha256 \w+ differs from the checksum recorded"):
-        embed_protein(faa, model, out, device="cpu")
-    assert not out.exists() and not list(out.parent.glob(".tmp-*"))
-    rc = cli_main(["embed-protein", str(faa), "--model", str(model), "--out", str(out), "--device", "cpu"])
+    with pytest.raises(VirNucProError, match=r"sha256 \w+ differs from the checksum recorded when it was verified"):
+        ensure_converted("esm2", model, tmp_path / "other")
+    rc = cli_main(["convert-model", "esm2", str(model), "--models-dir", str(tmp_path / "other")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and "differs from the checksum recorded" in err[-1] and str(model) in err[-1]
-    assert not out.exists()
-    record_path(model).unlink()  # a file the user points at without a record is hashed into the attrs only
-    embed_protein(faa, model, out, device="cpu")
-    assert out.exists()
+    assert not (tmp_path / "other" / "converted").exists() or not list((tmp_path / "other" / "converted").glob("*.safetensors"))
+    _tamper(out)  # the converted file has a verified record of its own
+    with pytest.raises(VirNucProError, match="differs from the checksum recorded when it was verified"):
+        load_converted(out, "0" * 64, "cpu")
 
 
 @pytest.mark.parametrize("which", ["weights", "tokenizer.json"])
 def test_tampered_dnabert_file_is_refused_before_loading(tmp_path, tiny_models, which):
-    _, fna = _frames(tmp_path)
     model = tmp_path / "DNABERT-S"
     shutil.copytree(tiny_models["models.dnabert_s"], model)
-    files = [p for p in model.iterdir() if p.is_file() and not p.name.endswith((".sha256", ".sha256sum"))]
+    files = [p for p in model.iterdir() if p.is_file() and not p.name.endswith(SUFFIX)]
     for p in files:
-        write_record(p)
+        write_record(p, verified="as the download rule verifies")
     weights = next(p for p in files if p.name in ("pytorch_model.bin", "model.safetensors"))
     _tamper(weights if which == "weights" else model / which)
-    out = tmp_path / "dnabert_s" / "0000.h5"
     with pytest.raises(VirNucProError, match="differs from the checksum recorded"):
-        embed_dna(fna, model, out, device="cpu")
-    assert not out.exists()
+        dnabert.namespace(model, "cpu")
+    with pytest.raises(VirNucProError, match="differs from the checksum recorded"):
+        dnabert.load_dnabert(model)
 
 
 def test_unreadable_record_is_one_clear_error(tmp_path, tiny_models):
-    faa, _ = _frames(tmp_path)
-    model = tmp_path / Path(tiny_models["models.esm2"]).name
-    shutil.copy(tiny_models["models.esm2"], model)
+    model = _downloaded(tiny_models["models.esm2"], tmp_path)
     record_path(model).write_text("not a checksum\n")
-    with pytest.raises(VirNucProError, match="not a sha256 checksum record"):
-        embed_protein(faa, model, tmp_path / "o.h5", device="cpu")
+    with pytest.raises(VirNucProError, match="not a checksum record; delete it"):
+        checked_sha256(model)
+
+
+def test_a_file_is_hashed_once_and_a_changed_unverified_file_is_hashed_again(tmp_path, monkeypatch):
+    f = tmp_path / "model.pt"
+    f.write_bytes(b"weights" * 1000)
+    want = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert checked_sha256(f) == want
+    record = json.loads(record_path(f).read_text())
+    assert record == {"sha256": want, "size": 7000, "mtime_ns": f.stat().st_mtime_ns, "verified": None}
+    hashed = []
+    monkeypatch.setattr("virnucpro.checksums.sha256_of", lambda p: hashed.append(p) or want)
+    assert checked_sha256(f) == want and hashed == []  # size and mtime match: not read again
+    monkeypatch.undo()
+    f.write_bytes(b"other weights")  # the user replaced an unverified file: its new content counts
+    assert checked_sha256(f) == hashlib.sha256(b"other weights").hexdigest()
+
+
+def test_records_of_read_only_files_go_to_the_cache(tmp_path, monkeypatch):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    f = folder / "model.pt"
+    f.write_bytes(b"w" * 100)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != folder)  # as if not writable
+    assert checked_sha256(f) == hashlib.sha256(b"w" * 100).hexdigest()
+    assert not (folder / f"model.pt{SUFFIX}").exists()
+    assert len(list((tmp_path / "cache" / "virnucpro" / "checksums").glob("*.json"))) == 1
 
 
 # -------------------------------------------------------------------- names and paths, no shell
 
 
-def test_tricky_sample_name_and_path_run_without_executing_anything(tmp_path):
+def test_tricky_sample_name_and_path_run_without_executing_anything(tmp_path, tiny_models):
     """A sample name with every allowed punctuation character, and a FASTA in a folder whose name holds
     spaces, `$(...)`, backticks, `;`, quotes and `&`: prepare runs and nothing in the name is executed."""
     folder = tmp_path / "in dir $(touch PWNED) `touch PWNED2`; touch PWNED3 & 'q' \"d\""
@@ -156,10 +178,12 @@ def test_tricky_sample_name_and_path_run_without_executing_anything(tmp_path):
     fasta = folder / "my reads; $(id).fa"
     shutil.copy(REPO / "example" / "sample_a.fa", fasta)
     sample = "S-1.v2_x"
-    work = make_workdir(tmp_path / "work", sheet={sample: fasta})
-    proc = snakemake(work, "--cores", "1", f"results/{sample}/shards")
+    models = {**tiny_models, "models.dir": str(tmp_path / "models"), "embed.device": "cpu"}
+    work = make_workdir(tmp_path / "work", sheet={sample: fasta}, **models)
+    proc = snakemake(work, "--cores", "1", "results/embedding/samples/plan")
     out = work / "results" / sample
-    assert (out / "prepare" / "frames.faa").stat().st_size > 0 and list((out / "shards").glob("*.faa"))
+    assert (out / "prepare" / "frames.faa").stat().st_size > 0
+    assert (work / "results" / "embedding" / "samples" / "plan" / "members" / f"{sample}.json").is_file()
     assert str(fasta) in (out / "logs" / "prepare.log").read_text()
     for where in (tmp_path, work, folder, REPO, Path.cwd()):
         assert not list(where.glob("PWNED*")), where

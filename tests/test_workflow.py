@@ -67,14 +67,16 @@ def job_counts(proc):
     return counts
 
 
-def test_front_end_then_full_dag(tmp_path):
-    """A fresh dry run shows the stages up to the shard checkpoint and the collecting ones; once the
-    front end has run, the dry run shows every GPU, merge and classify job of every shard."""
-    work = make_workdir(tmp_path, **{"shards.tokens_per_shard": 2_000})
+def test_front_end_then_full_dag(tmp_path, tiny_models):
+    """A fresh dry run shows the front end, the plan checkpoint and the per-sample stages after it; once
+    the plan has run, the dry run shows one embedding job per pooled shard."""
+    models = {**tiny_models, "models.dir": str(tmp_path / "models"), "embed.device": "cpu"}
+    work = make_workdir(tmp_path, **models, **{"shards.tokens_per_shard": 4_000})
     fresh = job_counts(snakemake(work, "-n", "--quiet", "rules"))
-    assert {"prepare": 2, "shard": 2, "collect_predictions": 2, "summarize": 2}.items() <= fresh.items()
+    assert {"prepare": 2, "plan": 1, "classify": 2, "summarize": 2}.items() <= fresh.items()
 
-    snakemake(work, "--cores", "2", "results/sample_a/shards", "results/sample_b/shards")
+    snakemake(work, "--cores", "2", "results/embedding/samples/plan")
+    plan = work / "results" / "embedding" / "samples" / "plan"
     for sample, src in (("sample_a", "sample_a.fa"), ("sample_b", "sample_b.fa.gz")):
         ref = tmp_path / f"ref_{sample}"
         prepare(REPO / "example" / src, 500, ref / "f.fna", ref / "f.faa", manifest=ref / "m.tsv")
@@ -82,18 +84,16 @@ def test_front_end_then_full_dag(tmp_path):
         assert (out / "prepare" / "frames.fna").read_bytes() == (ref / "f.fna").read_bytes()
         assert (out / "prepare" / "frames.faa").read_bytes() == (ref / "f.faa").read_bytes()
         assert (out / "prepare" / "sequences.tsv").read_bytes() == (ref / "m.tsv").read_bytes()
-        shards = sorted((out / "shards").glob("*.faa"))
-        assert len(shards) >= 2
-        assert b"".join(p.read_bytes() for p in shards) == (ref / "f.faa").read_bytes()
         assert (out / "logs" / "prepare.log").exists()
+        assert (plan / "members" / f"{sample}.json").is_file()
+    shards = sorted((plan / "shards").glob("*.faa"))
+    assert len(shards) >= 2
 
-    n_shards = sum(len(list((work / "results" / s / "shards").glob("*.faa"))) for s in ("sample_a", "sample_b"))
     full = job_counts(snakemake(work, "-n", "--quiet", "rules"))
-    for rule in ("embed_protein", "embed_dna", "merge", "classify"):
-        assert full[rule] == n_shards, (rule, full)
-    for rule in ("collect_predictions", "summarize"):
+    assert full["embed"] == len(shards), full
+    for rule in ("classify", "summarize"):
         assert full[rule] == 2, (rule, full)
-    assert {"download_esm2", "download_dnabert_s", "download_classifier", "convert_classifier"} <= set(full)
+    assert {"convert_esm2", "convert_classifier"} <= set(full)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,9 @@ import torch
 
 
 def build_tiny_esm2(num_layers=2, embed_dim=64, heads=4, seed=0, token_dropout=True):
-    """fair-esm ESM2 with random weights (LayerNorms and biases randomised too, so none is trivial)."""
+    """fair-esm ESM2 with random weights (LayerNorms and biases randomised too, so none is trivial), in
+    float32 holding float16 values: the published checkpoints are float16, and so are the files
+    `save_fair_esm_checkpoint` writes, so the module and its file hold the same weights."""
     from esm.model.esm2 import ESM2
 
     torch.manual_seed(seed)
@@ -26,14 +28,18 @@ def build_tiny_esm2(num_layers=2, embed_dim=64, heads=4, seed=0, token_dropout=T
                 p.normal_(1.0, 0.1)
             elif name == "embed_tokens.weight":
                 p.normal_(0.0, 1.0)
+            p.copy_(p.half().float())
     return model.eval()
 
 
-def save_fair_esm_checkpoint(model, directory, name="esm2_tiny_UR50D", regression=True):
-    """Write `<name>.pt` (and `<name>-contact-regression.pt`) as fair-esm distributes them; returns the path."""
+def save_fair_esm_checkpoint(model, directory, name="esm2_tiny_UR50D", regression=True, dtype=torch.float16):
+    """Write `<name>.pt` (and `<name>-contact-regression.pt`) as fair-esm distributes them, weights in
+    `dtype` (float16, as published); returns the path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
+    # every floating-point entry in `dtype`, the rotary `inv_freq` buffers too: the published files hold
+    # them rounded to float16 (the model was converted to float16 in training), and fair-esm runs them so
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     main, contact = {}, {}
     for key, value in state.items():
         if key.startswith("contact_head."):
@@ -57,3 +63,20 @@ def save_fair_esm_checkpoint(model, directory, name="esm2_tiny_UR50D", regressio
         torch.save({"model": contact, "args": Namespace(arch="contact_regression")},
                    directory / f"{name}-contact-regression.pt")
     return path
+
+
+def fair_esm_from_file(path):
+    """The fair-esm model as the original VirNucPro loads a checkpoint (fair-esm's own loader, float32,
+    the file's weights and rotary tables as stored), in eval mode."""
+    from argparse import Namespace as _Namespace
+
+    import esm
+
+    path = Path(path)
+    with torch.serialization.safe_globals([_Namespace]):
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        regression_path = path.with_name(f"{path.stem}-contact-regression.pt")
+        regression = torch.load(regression_path, map_location="cpu", weights_only=True) \
+            if regression_path.is_file() else None
+    model, _ = esm.pretrained.load_model_and_alphabet_core(path.stem, data, regression)
+    return model.eval()

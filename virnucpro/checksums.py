@@ -1,30 +1,54 @@
-"""Recorded model checksums: written when a model file has been verified, checked before it is loaded.
+"""Model file checksums, computed once per file content and checked cheaply wherever a file is used.
 
-The record of a model file `F` is `F.sha256sum`, one line in `sha256sum` format (`<hex>  <name>`), so
-`sha256sum -c F.sha256sum` checks it by hand as well. The download rules write the records of the files
-they fetched and verified (with the files, atomically), and `convert_classifier` the record of the file
-it converted. Every step that loads a model calls `verify_recorded(F)` first: when a record exists, the
-file's sha256 must equal it, or the step stops with one line before anything is loaded or written. A file
-the user points at without a record is not checked here; its sha256 goes into the outputs' attributes
-(`virnucpro.embeddings.file_sha256`) as before. (The JSON `F.sha256` beside a file is a different thing:
-a hash cache keyed on size and mtime, never a reference.)
+The record of a file `F` is the JSON file `F.checksum.json`: {"sha256", "size", "mtime_ns", "verified"}.
+`verified` says how the content was verified when the record was written (a download checked against a
+published id, a conversion checked against its source), or is null for a file that was only hashed.
+Where F's folder is not writable, the record lives in the user's cache instead
+(`$XDG_CACHE_HOME/virnucpro/checksums/`, keyed by F's absolute path).
+
+`checked_sha256(F)` is what every step calls before it loads F: while F's size and mtime equal the
+record's, the recorded sha256 is returned without reading F. Otherwise F is hashed again: if the record
+was verified and the content differs, F changed since it was verified and the step stops with one line;
+if the content is the same (a copy, a touch), or the record was not a verified one, the record is
+rewritten and the new sha256 returned. By hand: `sha256sum F` and the record's "sha256".
 """
 
 import hashlib
+import json
+import logging
+import os
 from pathlib import Path
 
 from virnucpro.errors import VirNucProError
 
-SUFFIX = ".sha256sum"
+log = logging.getLogger("virnucpro")
+
+SUFFIX = ".checksum.json"
 _CHUNK = 16 << 20
+_HASH_NOTE_ABOVE = 1 << 30  # bytes: hashing larger files is logged (it takes seconds)
 
 
 def record_path(path):
+    """Where the record of `path` lives: beside it (the cache only when its folder is read-only)."""
     path = Path(path)
-    return path.with_name(path.name + SUFFIX)
+    beside = path.with_name(path.name + SUFFIX)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # a folder still to be made: its ancestor decides
+        folder = folder.parent
+    if beside.exists() or os.access(folder, os.W_OK):
+        return beside
+    return _cache_path(path)
+
+
+def _cache_path(path):
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "virnucpro" / "checksums"
+    return base / (hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32] + ".json")
 
 
 def sha256_of(path):
+    path = Path(path)
+    if path.stat().st_size > _HASH_NOTE_ABOVE:
+        log.info("computing the sha256 of %s (%.1f GB) once", path, path.stat().st_size / 1e9)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -32,31 +56,54 @@ def sha256_of(path):
     return h.hexdigest()
 
 
-def write_record(path, record=None, digest=None):
-    """Write the record of `path` (to `record`, default `record_path(path)`, e.g. a temporary name)."""
+def write_record(path, digest=None, verified=None, record=None):
+    """Record `path`'s sha256 (computed unless given), size and mtime, in `record` (default: its record
+    path; a temporary name when the caller renames it into place with the file). Returns the sha256."""
     path = Path(path)
+    st = path.stat()
     digest = digest or sha256_of(path)
-    Path(record or record_path(path)).write_text(f"{digest}  {path.name}\n")
+    data = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "verified": verified}
+    target = Path(record) if record is not None else record_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, target)
     return digest
 
 
-def verify_recorded(path):
-    """Check `path` against its record, if there is one; returns the sha256 checked, or None."""
-    path = Path(path)
+def read_record(path):
+    """The record of `path` as a dict, or None when there is none; a malformed one is an error."""
     record = record_path(path)
     if not record.is_file():
         return None
     try:
-        expected = record.read_text().split()[0].lower()
-    except (OSError, UnicodeDecodeError, IndexError):
-        raise VirNucProError(f"{record}: unreadable checksum record; delete it or download the model again") from None
-    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
-        raise VirNucProError(f"{record}: not a sha256 checksum record; delete it or download the model again")
+        data = json.loads(record.read_text())
+        ok = isinstance(data, dict) and isinstance(data.get("sha256"), str) and len(data["sha256"]) == 64
+        ok = ok and all(isinstance(data.get(k), int) for k in ("size", "mtime_ns"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise VirNucProError(f"{record}: not a checksum record; delete it (the file is then hashed again)")
+    return data
+
+
+def checked_sha256(path):
+    """The sha256 of `path`, from its record while size and mtime match; see the module docstring."""
+    path = Path(path)
+    st = path.stat()
+    record = read_record(path)
+    if record and record["size"] == st.st_size and record["mtime_ns"] == st.st_mtime_ns:
+        return record["sha256"]
     digest = sha256_of(path)
-    if digest != expected:
+    verified = record.get("verified") if record else None
+    if verified and digest != record["sha256"]:
         raise VirNucProError(
-            f"{path}: sha256 {digest} differs from the checksum recorded when it was verified ({expected}, "
-            f"in {record.name}): the file changed since; download it again, or delete the record if the "
-            "change is intended"
+            f"{path}: sha256 {digest} differs from the checksum recorded when it was verified "
+            f"({record['sha256']}, {verified}): the file changed since; download or convert it again, or "
+            f"delete {record_path(path).name} if the change is intended"
         )
+    try:
+        write_record(path, digest, verified if record and digest == record["sha256"] else None)
+    except OSError as exc:
+        log.warning("cannot record the checksum of %s (%s); it will be hashed again next time", path, exc)
     return digest

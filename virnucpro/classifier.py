@@ -13,10 +13,16 @@ Two file forms are read by `load_classifier`:
   runs: any other global in the pickle (a function such as `os.system`, another class) is refused.
   The fragment size comes from the file name.
 
+An original file is converted once (`converted.ensure_converted`, addressed by its sha256), so a
+changed classifier file always reaches the results. `predict` scores rows in blocks of exactly `BATCH`
+rows (the last one padded with zeros): every matrix product has one shape, so a frame's scores do not
+depend on which other frames are scored with it (BLAS libraries round a row differently for different
+row counts).
+
 `classify` writes the original's `prediction_results` table: header
-`Sequence_ID\\tPrediction\\tscore1\\tscore2`, one row per frame in the feature file's order, scores
-printed as the original prints them (`str` of each float32 value), Prediction `virus` when the argmax
-is column 1, else `others`.
+`Sequence_ID\\tPrediction\\tscore1\\tscore2`, one row per frame in the order of the sample's frames,
+scores printed as the original prints them (`str` of each float32 value), Prediction `virus` when the
+argmax is column 1, else `others`.
 """
 
 import logging
@@ -33,8 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.atomic import atomic_outputs
-from virnucpro.embeddings import file_sha256, read_embeddings
-from virnucpro.checksums import verify_recorded
+from virnucpro.checksums import checked_sha256
 from virnucpro.errors import VirNucProError
 
 log = logging.getLogger("virnucpro")
@@ -42,6 +47,7 @@ log = logging.getLogger("virnucpro")
 FORMAT = "virnucpro-mlp-classifier/1"
 INPUT_DIM, HIDDEN_DIM, NUM_CLASS = 3328, 512, 2
 BATCH = 256  # rows per forward pass, as the original's DataLoader
+N_CHECK = 512  # random inputs on which a conversion must reproduce the original's logits
 HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
 LABELS = ("others", "virus")
 _ORIGINAL_NAME = re.compile(r"^(300|500)_model\.pth$")
@@ -110,10 +116,10 @@ def load_classifier(path):
     path = Path(path)
     if not path.is_file():
         raise VirNucProError(f"{path}: classifier file not found")
-    verify_recorded(path)  # against the checksum recorded when it was downloaded or converted, if any
+    digest = checked_sha256(path)  # against the checksum recorded when it was downloaded or converted, if any
     if _is_safetensors(path):
         return _load_converted(path)
-    return _load_original(path)
+    return _load_original(path, digest)
 
 
 def _load_converted(path):
@@ -140,7 +146,7 @@ def _load_converted(path):
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a legacy pickle (protocol 2+)
 
 
-def _load_original(path):
+def _load_original(path, digest):
     with open(path, "rb") as f:
         head = f.read(4)
     if not head.startswith(_TORCH_MAGIC):
@@ -170,7 +176,7 @@ def _load_original(path):
         raise VirNucProError(f"{path}: holds a {type(obj).__name__}, not the VirNucPro MLPClassifier")
     match = _ORIGINAL_NAME.match(path.name)
     size = int(match.group(1)) if match else None
-    return Classifier(_from_state(state, path), size, path.name, file_sha256(path))
+    return Classifier(_from_state(state, path), size, path.name, digest)
 
 
 def write_classifier_file(model, path, fragment_size, source, source_sha256):
@@ -191,18 +197,11 @@ def write_classifier_file(model, path, fragment_size, source, source_sha256):
     save_file(state, str(path), metadata=meta)
 
 
-def save_classifier(model, out, fragment_size, source, source_sha256):
-    """Write `model` as our safetensors classifier file (state dict + metadata), atomically."""
-    with atomic_outputs(out) as (tmp,):
-        write_classifier_file(model, tmp, fragment_size, source, source_sha256)
+def convert_original(pth, out, source_sha256):
+    """Convert an original `{300|500}_model.pth` into our safetensors file at `out`, verifying outputs.
 
-
-def convert_original(pth, out, n_check=512, seed=0):
-    """Convert an original `{300|500}_model.pth` to our safetensors file, verifying identical outputs.
-
-    The fragment size comes from the file name (an error otherwise). Before the file is renamed into
-    place, the converted file is loaded back and must give bit-identical logits to the module read from
-    the original file on `n_check` random inputs.
+    The fragment size comes from the file name (an error otherwise). The written file is loaded back and
+    must give bit-identical logits to the module read from the original file on random inputs.
     """
     pth, out = Path(pth), Path(out)
     if not _ORIGINAL_NAME.match(pth.name):
@@ -210,33 +209,53 @@ def convert_original(pth, out, n_check=512, seed=0):
             f"{pth}: cannot tell the fragment size; original classifier files are named "
             "300_model.pth or 500_model.pth"
         )
-    if pth.is_file() and _is_safetensors(pth):
+    if _is_safetensors(pth):
         raise VirNucProError(f"{pth}: already a converted safetensors file, not an original pickled classifier")
     original = load_classifier(pth)
-    x = torch.randn(n_check, original.input_dim, generator=torch.Generator().manual_seed(seed))
-    with atomic_outputs(out) as (tmp,):
-        write_classifier_file(original.model, tmp, original.fragment_size, original.source, original.source_sha256)
-        converted = load_classifier(tmp)
-        with torch.no_grad():
-            same = torch.equal(original.model(x), converted.model(x))
-        if not same or converted.fragment_size != original.fragment_size:
-            raise VirNucProError(f"{pth}: the converted classifier does not reproduce the original's outputs")
-    log.info("converted %s (%d bp fragments, sha256 %s) -> %s", pth, original.fragment_size,
-             original.source_sha256, out)
-    return out
+    if original.source_sha256 != source_sha256:
+        raise VirNucProError(f"{pth}: changed while it was being converted; convert it again")
+    x = torch.randn(N_CHECK, original.input_dim, generator=torch.Generator().manual_seed(0))
+    write_classifier_file(original.model, out, original.fragment_size, original.source, source_sha256)
+    converted = _load_converted(out)
+    with torch.no_grad():
+        same = torch.equal(original.model(x), converted.model(x))
+    if not same or converted.fragment_size != original.fragment_size:
+        raise VirNucProError(f"{pth}: the converted classifier does not reproduce the original's outputs")
+    log.info("converted %s (%d bp fragments, sha256 %s)", pth, original.fragment_size, source_sha256)
+
+
+def classifier_for(source, models_dir):
+    """The classifier that `source` names: our safetensors file as it is, or an original `.pth` through
+    its conversion (made once, in `models_dir`); the conversion must name `source`'s current sha256."""
+    from virnucpro.converted import ensure_converted
+
+    source = Path(source)
+    if not source.is_file():
+        raise VirNucProError(f"{source}: classifier file not found")
+    if _is_safetensors(source):
+        return load_classifier(source)
+    converted, digest = ensure_converted("classifier", source, models_dir)
+    clf = load_classifier(converted)
+    if clf.source_sha256 != digest:
+        raise VirNucProError(f"{converted}: converted from another file than {source}; delete it")
+    return clf
 
 
 def predict(model, features, batch=BATCH):
-    """Softmax probabilities (N, num_class) float32 of `features` (N, input_dim), in eval mode."""
+    """Softmax probabilities (N, num_class) float32 of `features` (N, input_dim), in eval mode, scored in
+    blocks of exactly `batch` rows (the last block padded with zeros)."""
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    out = []
+    n = x.shape[0]
+    out = np.empty((n, model.output_layer.out_features), dtype=np.float32)
+    block = torch.zeros(batch, model.hidden_layer.in_features)
     with torch.no_grad():
-        for lo in range(0, x.shape[0], batch):
-            out.append(F.softmax(model(x[lo : lo + batch]), dim=1))
-    if not out:
-        return np.zeros((0, model.output_layer.out_features), dtype=np.float32)
-    return torch.cat(out).numpy()
+        for lo in range(0, n, batch):
+            rows = min(batch, n - lo)
+            block.zero_()
+            block[:rows] = x[lo : lo + rows]
+            out[lo : lo + rows] = F.softmax(model(block), dim=1)[:rows].numpy()
+    return out
 
 
 def format_rows(ids, probabilities):
@@ -248,9 +267,12 @@ def format_rows(ids, probabilities):
     ]
 
 
-def classify(features, model, out, fragment_size):
-    """Score every frame of the feature file `features` with classifier file `model`; write `out`."""
-    clf = load_classifier(model)
+def classify(dna, protein, member, model, models_dir, fragment_size, out):
+    """Score every frame of a sample (its frames files and plan record; features read from the embedding
+    store) with the classifier `model` names; write the prediction table `out`."""
+    from virnucpro.features import iter_features
+
+    clf = classifier_for(model, models_dir)
     if clf.fragment_size is None:
         raise VirNucProError(
             f"{model}: the classifier's fragment size is unknown; name an original file "
@@ -261,18 +283,19 @@ def classify(features, model, out, fragment_size):
             f"{model}: classifier trained on {clf.fragment_size} bp fragments, but fragment_size is "
             f"{fragment_size}; use the {fragment_size}_model classifier or change fragment_size"
         )
-    ids, emb, attrs = read_embeddings(features)
-    if emb.shape[0] and emb.shape[1] != clf.input_dim:
-        raise VirNucProError(
-            f"{features}: features have {emb.shape[1]} values per frame, the classifier {model} "
-            f"expects {clf.input_dim}"
-        )
-    probabilities = predict(clf.model, emb)
+    n_frames = n_virus = 0
     with atomic_outputs(out) as (tmp,):
         with open(tmp, "w") as fh:
             fh.write(HEADER)
-            fh.writelines(format_rows(ids, probabilities))
-    n_virus = int((probabilities[:, 1] > probabilities[:, 0]).sum()) if len(ids) else 0
-    log.info("classified %d frames of %s (%d virus) with %s -> %s", len(ids), features, n_virus, model, out)
+            for ids, features in iter_features(dna, protein, member):
+                if features.shape[1] != clf.input_dim:
+                    raise VirNucProError(
+                        f"{member}: features have {features.shape[1]} values per frame, the classifier "
+                        f"{model} expects {clf.input_dim}"
+                    )
+                probabilities = predict(clf.model, features)
+                fh.writelines(format_rows(ids, probabilities))
+                n_frames += len(ids)
+                n_virus += int((probabilities[:, 1] > probabilities[:, 0]).sum())
+    log.info("classified %d frames of %s (%d virus) with %s -> %s", n_frames, protein, n_virus, model, out)
     return out
-

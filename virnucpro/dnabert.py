@@ -14,11 +14,10 @@ marking where each starts) and reproduces the original one-sequence-at-a-time fo
   with positions restarting in every sequence;
 - MLP: gelu(h[:, :I]) * h[:, I:] with h = `gated_layers`(x) (no bias), then `wo`.
 
-`embed_dna` is the `virnucpro embed-dna` step: sequences are upper-cased, tokenised as
-`[CLS] tokens [SEP]`, and each embedding is the mean of the last hidden state over ALL tokens of the
-sequence, `[CLS]` and `[SEP]` included, as VirNucPro computes it. On a GPU the matrix products run in
-bf16 while embeddings, LayerNorms, the gated GELU and the residual stream stay float32; on the CPU all is
-float32, and a frame's embedding is bit for bit the same whatever batch it is packed into.
+Sequences are upper-cased and tokenised as `[CLS] tokens [SEP]`, and each embedding is the mean of the
+last hidden state over ALL tokens of the sequence, `[CLS]` and `[SEP]` included, as VirNucPro computes
+it. On a GPU the matrix products run in bf16 while embeddings, LayerNorms, the gated GELU and the residual
+stream stay float32; on the CPU all is float32.
 """
 
 import json
@@ -33,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from virnucpro.attention import select_backend, varlen_attention
-from virnucpro.checksums import verify_recorded
+from virnucpro.checksums import checked_sha256
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_mean
 from virnucpro.runner import fall_back
@@ -42,10 +41,8 @@ log = logging.getLogger("virnucpro")
 
 DEFAULT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 8192}
 POOLING = "mean of the last hidden state over all tokens, [CLS] and [SEP] included"
-PRECISION = {
-    torch.float32: "float32",
-    torch.bfloat16: "bfloat16 matmuls; float32 embeddings, LayerNorm, GELU and residual stream",
-}
+PRECISION = {"cuda": "bfloat16 matmuls; float32 embeddings, LayerNorm, GELU and residual stream", "cpu": "float32"}
+DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}  # of the linear layers, by device type
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
 IGNORED_PREFIXES = ("pooler.", "cls.")  # heads the embedding does not use
 IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")  # index buffers some BERTs save
@@ -307,7 +304,7 @@ class DnabertS(nn.Module):
     def embed(self, batch):
         """Mean over all tokens of each sequence (B, D) float32, for a PackedBatch on the model's device."""
         hidden = self(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
-        return segment_mean(hidden, batch.cu_seqlens, 0, 0)
+        return segment_mean(hidden, batch.cu_seqlens, 0, 0, batch.num_tokens)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -393,18 +390,15 @@ def load_state_dict(model, state, path):
     model.load_state_dict(found, strict=True)
 
 
-def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None, compile=None):
-    """(DnabertS in eval mode on `device` in `dtype`, DnaTokenizer, weights path) from a snapshot dir.
-
-    attention: a backend name, or None to choose by capability; compile: None = on CUDA only.
-    """
+def read_snapshot(model_dir):
+    """(DnabertConfig, DnaTokenizer, weights path) of a snapshot directory, each file checked against its
+    checksum record (`checksums.checked_sha256`)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise VirNucProError(f"{model_dir}: DNABERT-S model directory not found")
-    device = torch.device(device)
-    for name in ("config.json", "tokenizer.json"):  # against the download's checksum records, if any
+    for name in ("config.json", "tokenizer.json"):
         if (model_dir / name).is_file():
-            verify_recorded(model_dir / name)
+            checked_sha256(model_dir / name)
     config = DnabertConfig.from_json(model_dir / "config.json")
     tokenizer = DnaTokenizer(model_dir / "tokenizer.json")
     if tokenizer.vocab_size > config.vocab_size:
@@ -413,7 +407,29 @@ def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None, c
             f"vocab_size is {config.vocab_size}"
         )
     path = find_weights(model_dir)
-    verify_recorded(path)
+    checked_sha256(path)
+    return config, tokenizer, path
+
+
+def namespace(model_dir, device_type):
+    """The embedding-store namespace of this snapshot's embeddings on a device type ("cuda" or "cpu")."""
+    from virnucpro.store import Namespace
+
+    _, tokenizer, weights = read_snapshot(model_dir)
+    return Namespace.of(
+        "dnabert_s", weights_sha256=checked_sha256(weights), tokenizer_sha256=checked_sha256(tokenizer.path),
+        config_sha256=checked_sha256(Path(model_dir) / "config.json"), precision=PRECISION[device_type],
+        pooling=POOLING,
+    )
+
+
+def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None, compile=None):
+    """(DnabertS in eval mode on `device` in `dtype`, DnaTokenizer, weights path) from a snapshot dir.
+
+    attention: a backend name, or None to choose by capability; compile: None = on CUDA only.
+    """
+    device = torch.device(device)
+    config, tokenizer, path = read_snapshot(model_dir)
     if attention is None:
         attention = select_backend(device, dtype, alibi=True)
     if compile is None:
@@ -423,52 +439,3 @@ def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None, c
     model = model.to_empty(device="cpu")
     load_state_dict(model, read_state_dict(path), path)
     return model.to_inference(device, dtype), tokenizer, path
-
-
-# ------------------------------------------------------------------------------------ the step
-
-
-def embed_dna(frames, model_dir, out, device="auto", tokens_per_batch=None):
-    """Embed every nucleotide frame of FASTA `frames` with DNABERT-S into HDF5 `out` (input order)."""
-    from virnucpro.embeddings import file_sha256, write_embeddings
-    from virnucpro.runner import embed_packed, resolve_device
-    from virnucpro.seqio import read_fasta
-
-    device = resolve_device(device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # of the linear layers
-    if tokens_per_batch is None:
-        tokens_per_batch = DEFAULT_TOKENS_PER_BATCH[device.type]
-    if tokens_per_batch < 1:
-        raise VirNucProError("--tokens-per-batch must be positive")
-
-    records = list(read_fasta(frames))
-    model, tokenizer, path = load_dnabert(model_dir, device, dtype)
-    ids = [r[0] for r in records]
-    tokens = tokenizer([r[1] for r in records])  # once, up front: the lengths plan the batches
-    del records
-    lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
-    log.info(
-        "DNABERT-S %s: %d layers, dim %d, %s on %s, attention %s%s",
-        model_dir, model.config.num_hidden_layers, model.config.hidden_size, PRECISION[dtype],
-        device, model.attention_backend, ", compiled" if model.compiled else "",
-    )
-    try:
-        embeddings = embed_packed(
-            ids, tokens, lambda batch_tokens: batch_tokens, model.embed, model.config.hidden_size, device,
-            tokens_per_batch, label="embed-dna", lengths=lengths,
-        )
-    except VirNucProError as exc:  # a NaN or a device fault: name the shard
-        raise VirNucProError(f"{frames}: {exc}") from None
-    attrs = {
-        "model": str(model_dir),
-        "model_file": path.name,
-        "model_sha256": file_sha256(path),
-        "tokenizer_sha256": file_sha256(tokenizer.path),
-        "layer": model.config.num_hidden_layers,
-        "precision": PRECISION[dtype],
-        "pooling": POOLING,
-        "attention": model.attention_backend,
-        "tokens_per_batch": tokens_per_batch,
-    }
-    write_embeddings(out, ids, embeddings, attrs)
-    log.info("embed-dna: wrote %d embeddings to %s", len(ids), out)

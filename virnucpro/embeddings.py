@@ -1,18 +1,13 @@
-"""Embedding files (HDF5) and model checksums.
+"""Feature files (HDF5), as `virnucpro features` exports them.
 
-An embedding file holds dataset `ids` (N,) UTF-8 strings in input order, dataset `embeddings` (N, D)
-float32, and attributes describing how they were made (model, model_sha256, layer, precision, pooling).
+A feature file holds dataset `ids` (N,) UTF-8 strings in input order, dataset `embeddings` (N, D)
+float32, and attributes describing how they were made.
 """
-
-import json
-from pathlib import Path
 
 import numpy as np
 
 from virnucpro.atomic import atomic_outputs
-from virnucpro.checksums import sha256_of
 from virnucpro.errors import VirNucProError
-
 
 
 def write_embeddings(path, ids, embeddings, attrs):
@@ -43,28 +38,3 @@ def read_embeddings(path):
     except (OSError, KeyError) as exc:
         raise VirNucProError(f"{path}: not a readable embedding file ({exc})") from None
     return ids, emb, attrs
-
-
-def file_sha256(path):
-    """SHA-256 of a file, cached in `<path>.sha256` and trusted while the file's size and mtime match.
-
-    The sidecar is a one-line JSON {"sha256", "size", "mtime_ns"}; when it cannot be written (a read-only
-    model directory) the hash is simply recomputed next time.
-    """
-    path = Path(path)
-    st = path.stat()
-    sidecar = path.with_name(path.name + ".sha256")
-    try:
-        cached = json.loads(sidecar.read_text())
-        if cached.get("size") == st.st_size and cached.get("mtime_ns") == st.st_mtime_ns:
-            return cached["sha256"]
-    except (OSError, ValueError, AttributeError, KeyError):
-        pass
-    digest = sha256_of(path)
-    record = json.dumps({"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    try:
-        with atomic_outputs(sidecar) as (tmp,):
-            tmp.write_text(record + "\n")
-    except OSError:
-        pass
-    return digest

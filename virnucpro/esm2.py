@@ -1,25 +1,29 @@
 """ESM-2 protein embeddings over packed batches.
 
-The weights come from a fair-esm checkpoint loaded by fair-esm's own `load_model_and_alphabet_core`
-(the files are read with `torch.load(weights_only=True)`, allowing only `argparse.Namespace`).
-`PackedESM2.forward_packed` runs those weights over a packed batch (tokens of all sequences in one row,
-delimited by `cu_seqlens`) and reproduces fair-esm's padded forward for every sequence:
+Weights come from a fair-esm checkpoint (`esm2_t36_3B_UR50D.pt`), read with `torch.load(weights_only=True)`
+allowing only `argparse.Namespace`, and converted once (`convert_checkpoint`) into a safetensors file in
+float16, the checkpoint's own dtype, in the layout `PackedESM2` runs (q, k and v fused into one
+projection). Jobs load that file straight to the device (`load_converted`). `PackedESM2.forward_packed`
+runs the weights over a packed batch (tokens of all sequences in one row, delimited by `cu_seqlens`) and
+reproduces fair-esm's padded forward for every sequence:
 
 - pre-LayerNorm blocks; q scaled by head_dim^-0.5, then rotary ("rotate halves", base 10000) with
   positions restarting at 0 for every sequence and cos/sin computed in float32;
 - token dropout scaling: embeddings times 0.88 / (1 - fraction of <mask> tokens in the sequence);
 - erf GELU; `emb_layer_norm_after` applied to the last layer's representation only.
 
-`embed_protein` is the `virnucpro embed-protein` step: tokens are `<cls> residues[:1022] <eos>` as in
-fair-esm's extract (`truncation_seq_length=1022`), and each embedding is the mean of the last layer over
-the residues only, `[cu_seqlens[i] + 1, cu_seqlens[i + 1] - 1)`.
+Tokens are `<cls> residues[:1022] <eos>` as in fair-esm's extract (`truncation_seq_length=1022`), and an
+embedding is the mean of the last layer over the residues only, `[cu_seqlens[i] + 1, cu_seqlens[i + 1] - 1)`.
+On a GPU the matrix products run in float16 (the Triton path keeps the residual stream in float32); on the
+CPU everything is float32.
 """
 
 import argparse
 import logging
 import pickle
-import warnings
+import re
 import zipfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.attention import select_backend, varlen_attention
-from virnucpro.checksums import verify_recorded
+from virnucpro.checksums import checked_sha256
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_ids, segment_mean
 from virnucpro.runner import fall_back
@@ -37,7 +41,56 @@ log = logging.getLogger("virnucpro")
 TRUNCATION = 1022  # residues kept per protein, as fair-esm's extract (truncation_seq_length=1022)
 DEFAULT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 4096}
 POOLING = "mean over residues of the last layer; <cls> and <eos> excluded"
+PRECISION = {"cuda": "float16", "cpu": "float32"}  # of the matrix products, by device type
+FILE_DTYPE = torch.float16  # of the converted file: the published checkpoints' dtype
+FORMAT = "virnucpro-esm2/1"
+ALPHABET = "ESM-1b"  # fair-esm's alphabet for every ESM-2 model
 _SAFE_GLOBALS = [argparse.Namespace]  # the only non-tensor class in fair-esm ESM-2 checkpoints
+_PREFIXES = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")  # as fair-esm's upgrade_state_dict
+# fair-esm parameter (after the prefixes) -> ours; layer entries under `layers.{i}.`
+LAYER_NAMES = {
+    "self_attn_layer_norm": "attn_norm", "self_attn.out_proj": "attn_out", "final_layer_norm": "mlp_norm",
+    "fc1": "fc1", "fc2": "fc2",
+}
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # fused, in this order, into `qkv`
+
+
+@dataclass(frozen=True)
+class Esm2Config:
+    """The architecture of an ESM-2 model, as its fair-esm checkpoint describes it."""
+
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    token_dropout: bool
+    mask_idx: int
+    layer_norm_eps: float
+
+    @property
+    def head_dim(self):
+        return self.embed_dim // self.attention_heads
+
+    @classmethod
+    def of(cls, model):
+        """The config of a fair-esm `ESM2` module."""
+        return cls(model.num_layers, model.embed_dim, model.attention_heads, bool(model.token_dropout),
+                   model.mask_idx, float(model.emb_layer_norm_after.eps))
+
+    def metadata(self):
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_metadata(cls, meta):
+        return cls(int(meta["num_layers"]), int(meta["embed_dim"]), int(meta["attention_heads"]),
+                   meta["token_dropout"] == "True", int(meta["mask_idx"]), float(meta["layer_norm_eps"]))
+
+
+def namespace(source_sha256, device_type):
+    """The embedding-store namespace of this model's embeddings on a device type ("cuda" or "cpu")."""
+    from virnucpro.store import Namespace
+
+    return Namespace.of("esm2", model_sha256=source_sha256, precision=PRECISION[device_type], pooling=POOLING,
+                        truncation=TRUNCATION, layer="last")
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -68,38 +121,158 @@ def _safe_torch_load(path):
         )
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=head.startswith(b"PK"))
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = reason.split(". ")[0]  # torch's first sentence; the rest is advice for other cases
         raise VirNucProError(f"{path}: not a loadable fair-esm checkpoint ({reason})") from None
 
 
-def load_fair_esm(model):
-    """(fair-esm ESM2 model in float32 eval mode on CPU, alphabet, checkpoint path)."""
-    import esm
+def read_checkpoint(path):
+    """(Esm2Config, fair-esm state dict with fair-esm's names) of a checkpoint, checked against fair-esm's
+    ESM2 architecture: every parameter present with its shape (the contact head aside), nothing else."""
+    from esm.model.esm2 import ESM2
 
-    path = resolve_checkpoint(model)
-    regression_path = path.with_name(f"{path.stem}-contact-regression.pt")
-    verify_recorded(path)
-    if regression_path.is_file():
-        verify_recorded(regression_path)
     data = _safe_torch_load(path)
-    if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
-        raise VirNucProError(f"{path}: not a fair-esm ESM-2 checkpoint (expected 'model' and 'cfg' entries)")
-    regression = _safe_torch_load(regression_path) if regression_path.is_file() else None
-    name = path.stem if path.stem.startswith("esm2") else f"esm2_{path.stem}"  # selects the ESM-2 loader
+    cfg = data.get("cfg", {}).get("model") if isinstance(data, dict) and isinstance(data.get("cfg"), dict) else None
+    fields = ("encoder_layers", "encoder_embed_dim", "encoder_attention_heads", "token_dropout")
+    if not isinstance(data.get("model") if isinstance(data, dict) else None, dict) or not all(
+        hasattr(cfg, f) for f in fields
+    ):
+        raise VirNucProError(f"{path}: not a fair-esm ESM-2 checkpoint (expected 'model' and an ESM-2 'cfg')")
+    state = {_PREFIXES.sub("", k): v for k, v in data["model"].items()}
+    with torch.device("meta"):
+        arch = ESM2(num_layers=cfg.encoder_layers, embed_dim=cfg.encoder_embed_dim,
+                    attention_heads=cfg.encoder_attention_heads, alphabet=ALPHABET, token_dropout=cfg.token_dropout)
+    expected = {k: tuple(v.shape) for k, v in arch.state_dict().items() if not k.startswith("contact_head.")}
+    for key, shape in expected.items():
+        if key not in state and not key.endswith("rot_emb.inv_freq"):
+            raise VirNucProError(f"{path}: checkpoint does not match fair-esm's ESM-2 (missing '{key}')")
+        if key in state and tuple(state[key].shape) != shape:
+            raise VirNucProError(
+                f"{path}: checkpoint does not match fair-esm's ESM-2 ('{key}' has shape "
+                f"{tuple(state[key].shape)}, the config implies {shape})"
+            )
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise VirNucProError(f"{path}: checkpoint does not match fair-esm's ESM-2 (unexpected '{unexpected[0]}')")
+    return Esm2Config.of(arch), state
+
+
+def rotary_inv_freq(config, state):
+    """The rotary frequencies (head_dim / 2,) float32 that fair-esm runs with this state dict: the
+    checkpoint's own `rot_emb.inv_freq` buffer when it holds one (the published checkpoints hold it in
+    float16, rounded, and fair-esm uses it so: it is not recomputed), else fair-esm's formula
+    1 / 10000^(2i / head_dim). Every layer must hold the same table."""
+    tables = [state[k] for k in sorted(state) if k.endswith("rot_emb.inv_freq")]
+    if not tables:
+        d = config.head_dim
+        return 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    if any(not torch.equal(t, tables[0]) for t in tables):
+        raise VirNucProError("the layers' rotary frequency tables differ; the packed path needs one table")
+    return tables[0].float()
+
+
+def packed_state(config, state, dtype):
+    """Our parameters (PackedESM2's names, `dtype`) from a fair-esm state dict (fair-esm's names)."""
+    ours = {"embed_tokens.weight": state["embed_tokens.weight"].to(dtype)}
+    for i in range(config.num_layers):
+        at = f"layers.{i}."
+        for kind in ("weight", "bias"):
+            ours[f"{at}qkv.{kind}"] = torch.cat([state[f"{at}{q}.{kind}"].to(dtype) for q in QKV])
+            for theirs, name in LAYER_NAMES.items():
+                ours[f"{at}{name}.{kind}"] = state[f"{at}{theirs}.{kind}"].to(dtype)
+    for kind in ("weight", "bias"):
+        ours[f"final_norm.{kind}"] = state[f"emb_layer_norm_after.{kind}"].to(dtype)
+    ours["rotary.inv_freq"] = rotary_inv_freq(config, state)
+    return {k: v.contiguous() for k, v in ours.items()}
+
+
+def convert_checkpoint(source, out, source_sha256):
+    """Convert a fair-esm checkpoint into our float16 safetensors file at `out`, checked against the source.
+
+    Every weight in the written file must equal the checkpoint's own, rounded to float16 (exact for the
+    published float16 checkpoints) and finite; q, k and v are checked block by block inside the fused
+    projection, and the rotary table against each layer's `rot_emb.inv_freq` when the checkpoint has one.
+    """
+    from safetensors.torch import safe_open, save_file
+
+    config, state = read_checkpoint(source)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Regression weights not found")
-            esm_model, alphabet = esm.pretrained.load_model_and_alphabet_core(name, data, regression)
-    except (RuntimeError, KeyError, AttributeError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise VirNucProError(f"{path}: checkpoint does not match fair-esm's ESM-2 ({reason})") from None
-    return esm_model.eval(), alphabet, path
+        ours = packed_state(config, state, FILE_DTYPE)
+    except VirNucProError as exc:
+        raise VirNucProError(f"{source}: {exc}") from None
+    bad = next((k for k, v in ours.items() if not torch.isfinite(v).all()), None)
+    if bad:
+        raise VirNucProError(f"{source}: '{bad}' does not fit in float16 (values beyond +-65504 or not finite)")
+    meta = {"format": FORMAT, "alphabet": ALPHABET, "dtype": "float16", "source": Path(source).name,
+            "source_sha256": source_sha256, **config.metadata()}
+    save_file(ours, str(out), metadata=meta)
+    del ours
+    with safe_open(str(out), framework="pt") as f:
+        for key, value in state.items():
+            if key.startswith(("lm_head.", "contact_head.")):
+                continue
+            want = value.float() if key.endswith("rot_emb.inv_freq") else value.to(FILE_DTYPE)
+            if not torch.equal(_converted_part(f, config, key), want):
+                raise VirNucProError(f"{out}: the converted '{key}' differs from {source}")
+    log.info("converted %s (%d layers, dim %d) to float16 -> %s", source, config.num_layers, config.embed_dim, out)
+
+
+def _converted_part(f, config, key):
+    """The part of the converted file `f` (safe_open) that holds fair-esm's parameter `key`."""
+    if key == "embed_tokens.weight":
+        return f.get_tensor(key)
+    if key.startswith("emb_layer_norm_after."):
+        return f.get_tensor(key.replace("emb_layer_norm_after.", "final_norm."))
+    if key.endswith("rot_emb.inv_freq"):
+        return f.get_tensor("rotary.inv_freq")
+    layer, rest = re.match(r"(layers\.\d+\.)(.+)", key).groups()
+    module, kind = rest.rsplit(".", 1)
+    if module in QKV:
+        d = config.embed_dim
+        block = QKV.index(module)
+        return f.get_tensor(f"{layer}qkv.{kind}")[block * d : (block + 1) * d]
+    return f.get_tensor(f"{layer}{LAYER_NAMES[module]}.{kind}")
+
+
+def load_converted(path, source_sha256, device, dtype=None, **options):
+    """PackedESM2 from a converted file, its tensors read straight onto `device`.
+
+    The file must match its verified checksum record (size and mtime, or its content) and name
+    `source_sha256` as its source. dtype: the compute dtype (default: float16 on CUDA, float32 on CPU).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path, device = Path(path), torch.device(device)
+    checked_sha256(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise VirNucProError(f"{path}: not a converted ESM-2 file (format {meta.get('format')!r})")
+        if meta.get("source_sha256") != source_sha256:
+            raise VirNucProError(
+                f"{path}: converted from another checkpoint (sha256 {meta.get('source_sha256')}, "
+                f"expected {source_sha256}); delete it and convert again"
+            )
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise VirNucProError(f"{path}: unreadable converted ESM-2 file ({exc})") from None
+    if dtype is None:
+        dtype = FILE_DTYPE if device.type == "cuda" else torch.float32
+    return PackedESM2(Esm2Config.from_metadata(meta), state, device, dtype, **options)
 
 
 # ------------------------------------------------------------------------------------ tokenising
+
+
+def tokenizer():
+    """The ESM-2 tokeniser (fair-esm's ESM-1b alphabet, which every ESM-2 model uses)."""
+    import esm
+
+    return Esm2Tokenizer(esm.data.Alphabet.from_architecture(ALPHABET))
 
 
 class Esm2Tokenizer:
@@ -200,57 +373,52 @@ def _attention_output_and_mlp(x, a, out_w, out_b, ln_w, ln_b, eps, fc1_w, fc1_b,
 
 
 class PackedESM2:
-    """fair-esm ESM-2 weights run over packed batches.
+    """ESM-2 weights run over packed batches.
 
-    Built from a fair-esm `ESM2` module (its weights are copied to `device` in `dtype`, q/k/v fused into
-    one projection). The path is chosen here, once:
+    Built from an `Esm2Config` and our parameters (`packed_state`: q/k/v fused into one projection), cast
+    to `dtype` on `device`; `from_fair_esm` builds one from a fair-esm `ESM2` module. The path is chosen
+    here, once:
 
     - "triton" (default on CUDA GPUs of compute capability >= 8.0 when Triton is installed and the head
       size is 32, 64 or 128): each layer is four cuBLAS GEMMs and the kernels of `virnucpro.kernels`
       (rotary fused into attention, which reads q, k, v straight from the projection; residual add
       fused with LayerNorm; GELU in place). The residual stream and the last layer's representation
-      are float32, GEMM inputs bf16 (a bf16 stream is ~2 % faster but leaves proteins below the 0.9999
-      cosine criterion: benchmarks/results/esm2_accuracy_h200.txt). If a kernel fails to build, the
-      model warns once and goes on with the torch path, uncompiled;
+      are float32, GEMM inputs in `dtype` (benchmarks/results/esm2_accuracy_h200.txt). If a kernel fails
+      to build, the model warns once and goes on with the torch path, uncompiled;
     - otherwise the attention backend of `virnucpro.attention` with the per-layer work around it in
       torch ops, through `torch.compile` when `compile` (default: on CUDA), dynamic in the token count
       only; if compiling fails the model warns once and runs eagerly.
     """
 
-    def __init__(self, esm_model, device, dtype, compile=None, kernels=None):
+    def __init__(self, config, state, device, dtype, compile=None, kernels=None):
+        self.config = config
         self.device, self.dtype = torch.device(device), dtype
-        self.num_layers = esm_model.num_layers
-        self.embed_dim = esm_model.embed_dim
-        self.heads = esm_model.attention_heads
-        self.head_dim = self.embed_dim // self.heads
-        self.mask_idx = esm_model.mask_idx
-        self.token_dropout = esm_model.token_dropout
+        self.num_layers = config.num_layers
+        self.embed_dim = config.embed_dim
+        self.heads = config.attention_heads
+        self.head_dim = config.head_dim
+        self.mask_idx = config.mask_idx
+        self.token_dropout = config.token_dropout
 
-        def cast(t):
-            return t.detach().to(device=self.device, dtype=dtype)
+        def cast(name):
+            return state[name].detach().to(device=self.device, dtype=dtype)
 
-        self.embed_weight = cast(esm_model.embed_tokens.weight)
+        def pair(name):
+            return cast(f"{name}.weight"), cast(f"{name}.bias")
+
+        eps, scaling = config.layer_norm_eps, self.head_dim**-0.5
+        self.embed_weight = cast("embed_tokens.weight")
         self.layers = []
-        for layer in esm_model.layers:
-            at = layer.self_attn
+        for i in range(self.num_layers):
+            at = f"layers.{i}."
+            qkv_w, qkv_b = pair(f"{at}qkv")
             self.layers.append(
-                dict(
-                    ln1=(cast(layer.self_attn_layer_norm.weight), cast(layer.self_attn_layer_norm.bias),
-                         layer.self_attn_layer_norm.eps),
-                    qkv_w=torch.cat([cast(at.q_proj.weight), cast(at.k_proj.weight), cast(at.v_proj.weight)]),
-                    qkv_b=torch.cat([cast(at.q_proj.bias), cast(at.k_proj.bias), cast(at.v_proj.bias)]),
-                    scaling=at.scaling,
-                    out=(cast(at.out_proj.weight), cast(at.out_proj.bias)),
-                    ln2=(cast(layer.final_layer_norm.weight), cast(layer.final_layer_norm.bias),
-                         layer.final_layer_norm.eps),
-                    fc1=(cast(layer.fc1.weight), cast(layer.fc1.bias)),
-                    fc2=(cast(layer.fc2.weight), cast(layer.fc2.bias)),
-                )
+                dict(ln1=(*pair(f"{at}attn_norm"), eps), qkv_w=qkv_w, qkv_b=qkv_b, scaling=scaling,
+                     out=pair(f"{at}attn_out"), ln2=(*pair(f"{at}mlp_norm"), eps), fc1=pair(f"{at}fc1"),
+                     fc2=pair(f"{at}fc2"))
             )
-        ln = esm_model.emb_layer_norm_after
-        self.final_ln = (cast(ln.weight), cast(ln.bias), ln.eps)
-        inv_freq = esm_model.layers[0].self_attn.rot_emb.inv_freq
-        self.inv_freq = inv_freq.detach().to(device=self.device, dtype=torch.float32)  # (Dh / 2,)
+        self.final_ln = (*pair("final_norm"), eps)
+        self.inv_freq = state["rotary.inv_freq"].to(device=self.device, dtype=torch.float32)  # (Dh / 2,)
 
         if kernels is None:
             kernels = _kernels_run_on(self.device) and _kernels().supported(self.head_dim)
@@ -275,6 +443,12 @@ class PackedESM2:
             self._pre = torch.compile(pre)
             self._post = torch.compile(_attention_output_and_mlp)
         self.compiled = bool(compile)
+
+    @classmethod
+    def from_fair_esm(cls, model, device, dtype, **options):
+        """From a fair-esm `ESM2` module (tests and benchmarks build them directly)."""
+        config = Esm2Config.of(model)
+        return cls(config, packed_state(config, model.state_dict(), torch.float32), device, dtype, **options)
 
     def _rotary_tables(self, cu_seqlens, total):
         """cos, sin (T, 1, Dh) float32 for positions that restart at 0 in every sequence."""
@@ -383,60 +557,7 @@ class PackedESM2:
             return self._layer(*args)
 
     def embed(self, batch):
-        """Pooled residue means (B, D) float32 of a PackedBatch already on the device."""
+        """Pooled residue means (S, D) float32 of a PackedBatch already on the device (S: every sequence,
+        padding included)."""
         out = self.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen, [self.num_layers])
-        return segment_mean(out["representations"][self.num_layers], batch.cu_seqlens, 1, 1)
-
-
-# ------------------------------------------------------------------------------------ the step
-
-
-def embed_protein(frames, model, out, device="auto", tokens_per_batch=None):
-    """Embed every protein of FASTA `frames` with ESM-2 into the HDF5 file `out` (input order)."""
-    from virnucpro.embeddings import file_sha256, write_embeddings
-    from virnucpro.runner import embed_packed, resolve_device
-    from virnucpro.seqio import read_fasta
-
-    import esm
-
-    device = resolve_device(device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if tokens_per_batch is None:
-        tokens_per_batch = DEFAULT_TOKENS_PER_BATCH[device.type]
-    if tokens_per_batch < 1:
-        raise VirNucProError("--tokens-per-batch must be positive")
-
-    records = list(read_fasta(frames))
-    ids = [r[0] for r in records]
-    seqs = [r[1] for r in records]
-    del records
-    tokenizer = Esm2Tokenizer(esm.data.Alphabet.from_architecture("ESM-1b"))
-    lengths = tokenizer.lengths(ids, seqs)  # validates every residue before the model loads
-
-    esm_model, alphabet, path = load_fair_esm(model)
-    packed = PackedESM2(esm_model, device, dtype)
-    del esm_model
-    log.info(
-        "ESM-2 %s: %d layers, dim %d, %s on %s, attention %s%s",
-        path.name, packed.num_layers, packed.embed_dim, str(dtype).removeprefix("torch."), device,
-        packed.attention_backend, ", compiled" if packed.compiled else "",
-    )
-    try:
-        embeddings = embed_packed(
-            ids, seqs, tokenizer, packed.embed, packed.embed_dim, device, tokens_per_batch,
-            label="embed-protein", lengths=lengths,
-        )
-    except VirNucProError as exc:  # a NaN or a device fault: name the shard
-        raise VirNucProError(f"{frames}: {exc}") from None
-    attrs = {
-        "model": path.name,
-        "model_sha256": file_sha256(path),
-        "layer": packed.num_layers,
-        "precision": str(dtype).removeprefix("torch."),
-        "pooling": POOLING,
-        "truncation": TRUNCATION,
-        "attention": packed.attention_backend,
-        "tokens_per_batch": tokens_per_batch,
-    }
-    write_embeddings(out, ids, embeddings, attrs)
-    log.info("embed-protein: wrote %d embeddings to %s", len(ids), out)
+        return segment_mean(out["representations"][self.num_layers], batch.cu_seqlens, 1, 1, batch.kept(2))

@@ -20,8 +20,8 @@ What is verified, and how (stated plainly, as far as public sources let us pin t
 - esm2 (fair-esm hub files): Meta publishes no checksums. The byte count must equal the server's
   Content-Length and the file must be a complete PyTorch zip archive whose every member passes its
   CRC-32 check; the sha256 is logged.
-Every verified file gets a checksum record `<file>.sha256sum` (virnucpro.checksums), written with it;
-the steps that load a model check the file against its record first.
+Every verified file gets a verified checksum record `<file>.checksum.json` (virnucpro.checksums),
+written with it; the steps that load a model check the file against its record first.
 """
 
 import hashlib
@@ -139,7 +139,7 @@ def _download_classifier(output):
                 _fetch_lfs_object(url, tmp, data, output)
         except _Unreachable as exc:
             raise _offline(exc, [(url, output)]) from None
-        write_record(output, tmp_record, sha256_of(tmp))
+        write_record(tmp, verified=f"git blob id {blob} of the original repository", record=tmp_record)
     log.info("%s verified (git blob id %s) -> %s", name, CLASSIFIER_BLOB_IDS[name], output)
     return output
 
@@ -169,7 +169,8 @@ def _download_esm2(output):
                 problem = _torch_zip_problem(tmp)
                 if problem:
                     raise _bad(url, final, problem)
-                digest = write_record(final, tmp_record, sha256_of(tmp))
+                digest = write_record(tmp, verified="complete PyTorch zip archive, CRC-32 of every member",
+                                      record=tmp_record)
                 log.info("%s verified (complete zip, CRC-32 of every member; sha256 %s)", final.name, digest)
         except _Unreachable as exc:
             raise _offline(exc, pairs) from None
@@ -207,7 +208,8 @@ def _download_dnabert_s(output):
                 problem = _DNABERT_CHECKS[final.name](part)
                 if problem:
                     raise _bad(url, output, problem)
-                digest = write_record(final, record_path(part), sha256_of(part))
+                digest = write_record(part, verified=f"{DNABERT_S_REPO} at {DNABERT_S_REVISION}, {_VERIFIED[final.name]}",
+                                      record=record_path(part))
                 log.info("%s verified (sha256 %s)", final.name, digest)
         except _Unreachable as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -248,6 +250,10 @@ def _check_weights(path):
     return None if digest == DNABERT_S_WEIGHTS_SHA256 else f"sha256 {digest}, expected {DNABERT_S_WEIGHTS_SHA256}"
 
 
+_VERIFIED = {
+    "config.json": "content checked", "tokenizer.json": "content checked",
+    "pytorch_model.bin": "published sha256",
+}
 _DNABERT_CHECKS = {
     "config.json": _check_config,
     "tokenizer.json": _check_tokenizer,

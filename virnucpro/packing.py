@@ -38,30 +38,62 @@ def plan_batches(lengths, max_tokens):
 
 @dataclass
 class PackedBatch:
-    """One packed batch. `index` (B,) maps batch rows to input order."""
+    """One packed batch: the B real sequences first, then any padding sequences (`pad_to`).
+
+    `index` (B,) maps the real sequences to input order; `seqlens` (S,) are the tokens of every sequence,
+    padding included (S >= B), kept on the host so that pooling needs no device synchronisation.
+    """
 
     index: np.ndarray  # (B,) int64
     input_ids: torch.Tensor  # (T,) int64
-    cu_seqlens: torch.Tensor  # (B + 1,) int32
+    cu_seqlens: torch.Tensor  # (S + 1,) int32
     max_seqlen: int
+    seqlens: np.ndarray  # (S,) int64, host
 
     @property
     def num_tokens(self):
         return int(self.input_ids.shape[0])
 
+    @property
+    def num_real_tokens(self):
+        return int(self.seqlens[: len(self.index)].sum())
+
+    def kept(self, skip):
+        """How many tokens are left when every sequence loses `skip` of its own."""
+        return int(np.maximum(self.seqlens - skip, 0).sum())
+
+    def _with(self, input_ids, cu_seqlens):
+        return PackedBatch(self.index, input_ids, cu_seqlens, self.max_seqlen, self.seqlens)
+
     def pin_memory(self):
-        return PackedBatch(self.index, self.input_ids.pin_memory(), self.cu_seqlens.pin_memory(), self.max_seqlen)
+        return self._with(self.input_ids.pin_memory(), self.cu_seqlens.pin_memory())
 
     def to(self, device, non_blocking=True):
-        return PackedBatch(
-            self.index,
-            self.input_ids.to(device, non_blocking=non_blocking),
-            self.cu_seqlens.to(device, non_blocking=non_blocking),
-            self.max_seqlen,
-        )
+        return self._with(self.input_ids.to(device, non_blocking=non_blocking),
+                          self.cu_seqlens.to(device, non_blocking=non_blocking))
+
+    def pad_to(self, tokens):
+        """This batch grown to exactly `tokens` tokens by padding sequences appended after the real ones,
+        each at most `max_seqlen` long and made of the batch's first token; a batch already that long or
+        longer is returned as it is. Every forward pass then multiplies matrices of one shape, so a
+        sequence's numbers cannot depend on how many tokens its batch happened to hold."""
+        extra = tokens - self.num_tokens
+        if extra <= 0:
+            return self
+        width = max(self.max_seqlen, 1)
+        pads = np.full(extra // width, width, dtype=np.int64)
+        if extra % width:
+            pads = np.append(pads, extra % width)
+        filler = self.input_ids[:1].expand(extra)
+        seqlens = np.concatenate([self.seqlens, pads])
+        cu = np.zeros(seqlens.size + 1, dtype=np.int32)
+        np.cumsum(seqlens, out=cu[1:])
+        return PackedBatch(self.index, torch.cat([self.input_ids, filler]), torch.from_numpy(cu), self.max_seqlen,
+                           seqlens)
 
     def split(self):
-        """Two halves of this (host) batch, as packed batches; for retrying after running out of memory."""
+        """Two halves of this (host) batch's real sequences, padding dropped; for retrying after running
+        out of memory."""
         b = len(self.index)
         if b < 2:
             raise ValueError("a batch of one sequence cannot be split")
@@ -70,7 +102,8 @@ class PackedBatch:
         for lo, hi in ((0, b // 2), (b // 2, b)):
             tokens = self.input_ids[cu[lo] : cu[hi]]
             seg = torch.from_numpy((cu[lo : hi + 1] - cu[lo]).astype(np.int32))
-            halves.append(PackedBatch(self.index[lo:hi], tokens, seg, int(np.diff(cu[lo : hi + 1]).max())))
+            lens = self.seqlens[lo:hi]
+            halves.append(PackedBatch(self.index[lo:hi], tokens, seg, int(lens.max()), lens.copy()))
         return halves
 
 
@@ -92,6 +125,7 @@ def pack(token_arrays, index):
         input_ids=torch.from_numpy(ids),
         cu_seqlens=torch.from_numpy(cu),
         max_seqlen=int(lens.max()),
+        seqlens=lens,
     )
 
 
@@ -101,22 +135,22 @@ def segment_ids(cu_seqlens, total):
     return torch.searchsorted(cu_seqlens[1:].to(torch.int64), positions, right=True)
 
 
-def segment_mean(hidden, cu_seqlens, skip_first, skip_last):
+def segment_mean(hidden, cu_seqlens, skip_first, skip_last, n_kept=None):
     """Mean of each sequence's tokens, leaving out its first `skip_first` and last `skip_last` tokens.
 
-    hidden (T, D) any float dtype; cu_seqlens (B + 1,) int32 on the same device. Returns (B, D) float32.
-    One gather and one segmented sum over the kept tokens, accumulated in float32, without host sync;
-    a sequence with no kept token gives NaN (as the mean of nothing does in the original).
+    hidden (T, D) any float dtype; cu_seqlens (B + 1,) int32 on the same device; n_kept: the number of
+    tokens kept over all sequences (`PackedBatch.kept`), computed here when not given (a device
+    synchronisation on a GPU). Returns (B, D) float32: one gather and one segmented sum over the kept
+    tokens, accumulated in float32; a sequence with no kept token gives NaN (as the mean of nothing does
+    in the original).
     """
-    total = hidden.shape[0]
     b = cu_seqlens.shape[0] - 1
-    skip = skip_first + skip_last
     cu = cu_seqlens.to(torch.int64)
-    counts = (cu[1:] - cu[:-1] - skip).clamp_min(0)  # (B,)
+    counts = (cu[1:] - cu[:-1] - skip_first - skip_last).clamp_min(0)  # (B,)
     kept_cu = torch.zeros(b + 1, dtype=torch.int64, device=hidden.device)
     torch.cumsum(counts, 0, out=kept_cu[1:])
-    # every sequence has at least `skip` tokens in practice, so T - B * skip tokens are kept
-    n_kept = total - b * skip
+    if n_kept is None:
+        n_kept = int(kept_cu[-1])
     k = torch.arange(n_kept, device=hidden.device)
     seg = torch.searchsorted(kept_cu[1:], k, right=True)  # (n_kept,)
     src = k - kept_cu[seg] + cu[seg] + skip_first  # position of kept token k in the packed row

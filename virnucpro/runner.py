@@ -1,11 +1,16 @@
 """Packed inference runner shared by the protein (ESM-2) and DNA (DNABERT-S) embedders.
 
-`embed_packed` plans length-sorted token-budget batches, tokenises and packs the next batches on a
-background thread (pinned host memory on CUDA) while the device computes, copies both ways without
-blocking, splits a batch in two when the device runs out of memory, and returns one float32 row per
-input sequence, in input order. Every sequence is embedded exactly once; a non-finite embedding stops
-the run with the sequence's id; any other device fault (a lost GPU, a driver or ECC error) stops it with
-one line (a `VirNucProError`), before anything is written.
+`run_packed(tasks, device)` runs one or more `Task`s (an encoder and its sequences) on one device. Each
+task's sequences are planned into length-sorted token-budget batches, and every batch is padded to
+exactly the task's budget (`PackedBatch.pad_to`), so that its matrix products always have one shape and
+a sequence's embedding cannot depend on which other sequences share its batch. The batches of all tasks
+are interleaved in proportion to each task's number of batches. A background thread tokenises, packs and
+pads the next batches (pinned host memory on CUDA) while the device computes; copies run both ways
+without blocking; a batch that runs out of device memory is split in two (the halves are not padded).
+Each task gets one float32 row per input sequence, in input order. Every sequence is embedded exactly
+once; a non-finite embedding stops the run with the sequence's id; any other device fault (a lost GPU, a
+driver or ECC error) stops it with one line (a `VirNucProError`), before anything is written.
+`embed_packed` is the one-task form.
 """
 
 import logging
@@ -13,12 +18,13 @@ import queue
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from virnucpro.errors import VirNucProError
-from virnucpro.gpus import claim_gpu
+from virnucpro.gpus import claim_gpu, visible_devices
 from virnucpro.packing import pack, plan_batches
 
 log = logging.getLogger("virnucpro")
@@ -42,12 +48,58 @@ def resolve_device(device):
     if torch.cuda.is_available():
         return torch.device("cuda")
     if device == "cuda":
-        raise VirNucProError("--device cuda was asked for but no CUDA GPU is available")
+        raise VirNucProError("device cuda was asked for (embed.device, or a GPU seen where the embedding plan "
+                             "was made) but this job sees no CUDA GPU")
     return torch.device("cpu")
 
 
-def _producer(batches, sequences, tokenize, pin, out_q, stop):
-    """Tokenise, pack and (on CUDA) pin each planned batch; hand them over through `out_q`."""
+def planned_device(device):
+    """The device type ("cuda" or "cpu") that an embedding plan is made for: `device` when it names one;
+    for "auto", cuda when a GPU is visible here (by CUDA_VISIBLE_DEVICES or nvidia-smi, without starting
+    CUDA), else cpu."""
+    if device in ("cpu", "cuda"):
+        return device
+    if device not in (None, "auto"):
+        raise VirNucProError(f"unknown device '{device}' (choose auto, cpu or cuda)")
+    return "cuda" if visible_devices() else "cpu"
+
+
+@dataclass
+class Task:
+    """One encoder's share of a packed run.
+
+    ids, sequences: N ids (for messages) and N inputs of `tokenize`;
+    tokenize(list) -> list of 1-D int arrays, special tokens included;
+    forward(PackedBatch on the device) -> (S, dim) pooled embeddings, one row per packed sequence (padding
+    included, which comes last); lengths (N,): tokens per sequence, if already known.
+    """
+
+    label: str
+    ids: list
+    sequences: list
+    tokenize: object
+    forward: object
+    dim: int
+    tokens_per_batch: int
+    lengths: np.ndarray = None
+
+    def __post_init__(self):
+        if len(self.ids) != len(self.sequences):
+            raise ValueError("ids and sequences differ in length")
+        if self.lengths is None:
+            self.lengths = [len(t) for t in self.tokenize(list(self.sequences))] if self.sequences else []
+        self.lengths = np.asarray(self.lengths, dtype=np.int64)
+
+
+def interleave(plans):
+    """[(task, batch indices)] of every task's planned batches, merged so that each task advances at the
+    same pace: batch k of a task with n batches sits at (k + 0.5) / n (ties: task order)."""
+    slots = [((k + 0.5) / len(p), t, k) for t, p in enumerate(plans) for k in range(len(p))]
+    return [(t, plans[t][k]) for _, t, k in sorted(slots)]
+
+
+def _producer(schedule, tasks, pin, out_q, stop):
+    """Tokenise, pack, pad and (on CUDA) pin each scheduled batch; hand them over through `out_q`."""
 
     def put(item):
         while not stop.is_set():
@@ -58,11 +110,12 @@ def _producer(batches, sequences, tokenize, pin, out_q, stop):
                 continue
 
     try:
-        for index in batches:
+        for t, index in schedule:
             if stop.is_set():
                 return
-            batch = pack(tokenize([sequences[i] for i in index]), index)
-            put(batch.pin_memory() if pin else batch)
+            task = tasks[t]
+            batch = pack(task.tokenize([task.sequences[i] for i in index]), index).pad_to(task.tokens_per_batch)
+            put((t, batch.pin_memory() if pin else batch))
         put(_DONE)
     except BaseException as exc:  # handed to the consumer, which re-raises it
         put(exc)
@@ -137,133 +190,138 @@ def _first_line(exc):
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def embed_packed(
-    ids,
-    sequences,
-    tokenize,
-    forward,
-    dim,
-    device,
-    tokens_per_batch,
-    label,
-    lengths=None,
-):
-    """Embed `sequences` in packed batches; returns (N, dim) float32 in input order.
+class _Collector:
+    """Each task's rows in input order, checked as they arrive: shape, finiteness, exactly once."""
 
-    ids, sequences: N ids (for messages) and N strings.
-    tokenize(list[str]) -> list[np.ndarray]: token ids per sequence, special tokens included.
-    forward(PackedBatch on `device`) -> (B, dim) pooled embeddings, one row per batch sequence.
-    lengths (N,): tokens per sequence if already known (saves tokenising twice).
-    """
-    n = len(sequences)
-    if len(ids) != n:
-        raise ValueError("ids and sequences differ in length")
-    device = torch.device(device)
-    out = np.empty((n, dim), dtype=np.float32)
-    if n == 0:
-        return out
-    if lengths is None:
-        lengths = np.fromiter((len(t) for t in tokenize(list(sequences))), dtype=np.int64, count=n)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    batches = plan_batches(lengths, tokens_per_batch)
-    cuda = device.type == "cuda"
-    log.info(
-        "%s: %d sequences, %d tokens, %d batches of at most %d tokens on %s",
-        label, n, int(lengths.sum()), len(batches), tokens_per_batch, device,
-    )
+    def __init__(self, tasks):
+        self.tasks = tasks
+        self.out = [np.empty((len(t.ids), t.dim), dtype=np.float32) for t in tasks]
+        self.filled = [np.zeros(len(t.ids), dtype=np.int8) for t in tasks]
+        self.progress = [_Progress(t.label, len(t.ids), int(t.lengths.sum())) for t in tasks]
 
-    filled = np.zeros(n, dtype=np.int8)
-    progress = _Progress(label, n, int(lengths.sum()))
-    work_q = queue.Queue(maxsize=PREFETCH_BATCHES)
-    stop = threading.Event()
-    producer = threading.Thread(
-        target=_producer, args=(batches, sequences, tokenize, cuda, work_q, stop), daemon=True
-    )
-    producer.start()
-
-    def finish(host_batch, result, event):
-        """Wait for one batch's result, check it and store it in input order."""
+    def finish(self, t, host_batch, result, event):
+        """Wait for one batch's result and store its real rows (padding rows are dropped)."""
         if event is not None:
             event.synchronize()
+        task, index = self.tasks[t], host_batch.index
         rows = result.numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
-        index = host_batch.index
-        if rows.shape != (len(index), dim):
-            raise RuntimeError(f"{label}: forward returned {rows.shape}, expected {(len(index), dim)}")
+        if rows.ndim != 2 or rows.shape[0] < len(index) or rows.shape[1] != task.dim:
+            raise RuntimeError(f"{task.label}: forward returned {rows.shape}, expected ({len(index)}+, {task.dim})")
+        rows = rows[: len(index)]
         bad = ~np.isfinite(rows).all(axis=1)
         if bad.any():
             raise VirNucProError(
-                f"{label}: non-finite embedding (NaN or Inf) for sequence '{ids[index[np.argmax(bad)]]}'"
+                f"{task.label}: non-finite embedding (NaN or Inf) for sequence '{task.ids[index[np.argmax(bad)]]}'"
             )
+        filled = self.filled[t]
         if filled[index].any():
-            twice = ids[index[np.argmax(filled[index])]]
-            raise RuntimeError(f"{label}: internal error: sequence '{twice}' embedded twice")
+            raise RuntimeError(f"{task.label}: internal error: sequence '{task.ids[index[np.argmax(filled[index])]]}' "
+                               "embedded twice")
         filled[index] += 1
-        out[index] = rows
-        progress.add(len(index), host_batch.num_tokens)
+        self.out[t][index] = rows
+        self.progress[t].add(len(index), host_batch.num_real_tokens)
 
-    pending = None  # (host batch, host result, event) of the batch launched before the current one
-    retry = deque()  # halves of batches that ran out of memory, run before the next planned batch
-    host = None
+    def check_complete(self):
+        for task, filled, progress in zip(self.tasks, self.filled, self.progress):
+            if not (filled == 1).all():
+                raise RuntimeError(f"{task.label}: internal error: {int((filled != 1).sum())} sequences "
+                                   "not embedded exactly once")
+            progress.add(0, 0, final=True)
+
+
+def _launch(task, host, device):
+    """Start one batch on the device: (host result buffer, event), or None when it ran out of memory."""
+    try:
+        result = task.forward(host.to(device, non_blocking=True)).to(torch.float32)
+        if device.type != "cuda":
+            return result, None
+        host_result = torch.empty(result.shape, dtype=torch.float32, pin_memory=True)
+        host_result.copy_(result, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host_result, event
+    except BaseException as exc:
+        if not _is_oom(exc):
+            raise
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return None
+
+
+def _halves(task, host):
+    """The two halves to retry after `host` ran out of memory; a single sequence is a one-line error."""
+    if len(host.index) < 2:
+        raise VirNucProError(
+            f"{task.label}: sequence '{task.ids[host.index[0]]}' ({host.num_real_tokens} tokens) does not fit "
+            "in device memory on its own"
+        )
+    log.warning("%s: out of device memory on a batch of %d sequences (%d tokens); splitting it in two",
+                task.label, len(host.index), host.num_tokens)
+    return host.split()
+
+
+def _consume(work_q, tasks, device, collector, current):
+    """Run the batches the producer hands over; the previous batch's results are collected while the
+    device works on the next one. `current` (a one-element list) holds the batch being run, for messages."""
+    pending, retry = None, deque()  # retry: halves of batches that ran out of memory, run first
+    while True:
+        item = retry.popleft() if retry else work_q.get()
+        if item is _DONE:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        t, host = current[0] = item
+        launched = _launch(tasks[t], host, device)
+        if launched is None:
+            retry.extendleft(reversed([(t, half) for half in _halves(tasks[t], host)]))
+            continue
+        if pending is not None:
+            collector.finish(*pending)
+        pending = (t, host, *launched)
+    if pending is not None:
+        collector.finish(*pending)
+
+
+def run_packed(tasks, device):
+    """Embed every task's sequences on `device`; returns one (N, dim) float32 array per task, input order."""
+    tasks, device = list(tasks), torch.device(device)
+    collector = _Collector(tasks)
+    plans = [plan_batches(t.lengths, t.tokens_per_batch) for t in tasks]
+    for task, plan in zip(tasks, plans):
+        log.info("%s: %d sequences, %d tokens, %d batches of %d tokens on %s", task.label, len(task.ids),
+                 int(task.lengths.sum()), len(plan), task.tokens_per_batch, device)
+    schedule = interleave(plans)
+    if not schedule:
+        return collector.out
+    work_q, stop = queue.Queue(maxsize=PREFETCH_BATCHES), threading.Event()
+    producer = threading.Thread(target=_producer, args=(schedule, tasks, device.type == "cuda", work_q, stop),
+                                daemon=True)
+    producer.start()
+    current = [None]
     try:
         with torch.inference_mode():
-            while True:
-                if retry:
-                    host = retry.popleft()
-                else:
-                    host = work_q.get()
-                    if host is _DONE:
-                        break
-                    if isinstance(host, BaseException):
-                        raise host
-                try:
-                    result = forward(host.to(device, non_blocking=True))
-                    result = result.to(torch.float32)
-                    if cuda:
-                        host_result = torch.empty(result.shape, dtype=torch.float32, pin_memory=True)
-                        host_result.copy_(result, non_blocking=True)
-                        event = torch.cuda.Event()
-                        event.record()
-                    else:
-                        host_result, event = result, None
-                except BaseException as exc:
-                    if not _is_oom(exc):
-                        raise
-                    del exc
-                    if cuda:
-                        torch.cuda.empty_cache()
-                    if len(host.index) < 2:
-                        raise VirNucProError(
-                            f"{label}: sequence '{ids[host.index[0]]}' ({host.num_tokens} tokens) does not fit "
-                            "in device memory on its own"
-                        ) from None
-                    log.warning(
-                        "%s: out of device memory on a batch of %d sequences (%d tokens); splitting it in two",
-                        label, len(host.index), host.num_tokens,
-                    )
-                    retry.extendleft(reversed(host.split()))
-                    continue
-                # the device now works on this batch: collect the previous one meanwhile
-                if pending is not None:
-                    finish(*pending)
-                pending = (host, host_result, event)
-            if pending is not None:
-                finish(*pending)
+            _consume(work_q, tasks, device, collector, current)
     except Exception as exc:
         if not _is_device_failure(exc):
             raise
         where = ""
-        if host is not None and host is not _DONE and not isinstance(host, BaseException):
-            where = f" on a batch of {len(host.index)} sequences from '{ids[host.index[0]]}'"
+        if current[0] is not None:
+            t, host = current[0]
+            where = f" on a batch of {len(host.index)} sequences from '{tasks[t].ids[host.index[0]]}'"
         raise VirNucProError(
-            f"{label}: device failure{where} ({_first_line(exc)}); nothing was written, "
-            "rerun to resume from this shard"
+            f"{tasks[current[0][0]].label if current[0] else 'embedding'}: device failure{where} "
+            f"({_first_line(exc)}); nothing was written, rerun to resume from this shard"
         ) from None
     finally:
         stop.set()
         producer.join(timeout=10)
+    collector.check_complete()
+    return collector.out
 
-    if not (filled == 1).all():
-        missing = np.flatnonzero(filled != 1)
-        raise RuntimeError(f"{label}: internal error: {len(missing)} sequences not embedded exactly once")
-    progress.add(0, 0, final=True)
-    return out
+
+def embed_packed(ids, sequences, tokenize, forward, dim, device, tokens_per_batch, label, lengths=None):
+    """One task through `run_packed`: (N, dim) float32 in input order (see `Task` for the arguments)."""
+    if tokens_per_batch < 1:
+        raise ValueError(f"tokens_per_batch must be positive, got {tokens_per_batch}")
+    task = Task(label, list(ids), list(sequences), tokenize, forward, dim, tokens_per_batch, lengths)
+    return run_packed([task], device)[0]

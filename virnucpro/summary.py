@@ -27,8 +27,6 @@ must equal its `kept_frames`; anything else is an error.
 """
 
 import logging
-import shutil
-from pathlib import Path
 
 import numpy as np
 
@@ -50,35 +48,6 @@ SEQUENCE_COLUMNS = [
 FRAME_ID = r"^(?P<seq>.+)_chunk_(?P<num>[0-9]+)(?P<frame>[FR][123])$"
 VIRAL_COLOUR, OTHER_COLOUR = "red", "darkblue"
 WIDTH = 60
-
-
-def collect_predictions(inputs, output, frames=None):
-    """Concatenate per-shard prediction tables (in the order given) into one table with one header.
-
-    With `frames` (the sample's frames.faa), the rows must be exactly its frames in its order: a frame
-    without a prediction, or a prediction for a frame it does not hold, is an error naming the frame.
-    """
-    from virnucpro.features import check_same_frames
-
-    with atomic_outputs(output) as (tmp,):
-        with open(tmp, "w") as out:
-            out.write(PREDICTION_HEADER)
-            for path in inputs:
-                with open(path) as fh:
-                    first = fh.readline()
-                    if first != PREDICTION_HEADER:
-                        raise VirNucProError(f"{path}: not a prediction table (first line {first.strip()!r})")
-                    shutil.copyfileobj(fh, out)
-        if frames is not None:
-            with open(tmp) as fh:
-                next(fh)
-                found = [line.split("\t", 1)[0] for line in fh]
-            expected = [i for i, _ in read_sequences(frames, check_nucleotides=False, allow_empty=True)]
-            where = str(inputs[0]) if len(inputs) == 1 else f"the {len(inputs)} prediction tables"
-            if len(inputs) > 1:
-                where += f" of {Path(inputs[0]).parent}"
-            check_same_frames(expected, frames, found, where, "prediction")
-    log.info("collected %d prediction table(s) -> %s", len(inputs), output)
 
 
 def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, viral_fasta, histogram,

@@ -1,8 +1,9 @@
 """Retraining the VirNucPro classifier with the original recipe (its `train.py`).
 
-`train_classifier(features, out_model, metrics_tsv, fragment_size, seed=42, max_epochs=200, patience=5)`:
-- features: a list of (feature file, label) pairs, label 1 = viral and 0 = other, as written by
-  `merge_embeddings`; all rows of all files are pooled;
+`train_classifier(members, out_model, metrics_tsv, fragment_size, seed=42, max_epochs=200, patience=5)`:
+- members: labelled training sets, (frames.fna, frames.faa, plan record, label) tuples with label 1 =
+  viral and 0 = other; their features are read from the embedding store (`virnucpro.features`) and all
+  frames of all sets are pooled;
 - split: the rows are shuffled with `seed` and 10 % (int(N * 0.1)) are held out, the rest trained on;
 - recipe: `MLPClassifier` (xavier-uniform weights), CrossEntropyLoss, SGD lr 2e-4 momentum 0.9, batches
   of 32 reshuffled every epoch, StepLR(step_size=10, gamma=0.85) stepped after every epoch; after each
@@ -34,25 +35,26 @@ STEP_SIZE, GAMMA = 10, 0.85
 HELD_OUT = 0.1
 
 
-def load_training_set(features):
-    """(X float32 (N, D), y int64 (N,), sha256 over the inputs) from (feature file, label) pairs."""
-    from virnucpro.embeddings import file_sha256, read_embeddings
+def load_training_set(members):
+    """(X float32 (N, D), y int64 (N,), sha256 over the features and labels) from labelled members:
+    (frames.fna, frames.faa, plan record, label) tuples, features read from the embedding store."""
+    from virnucpro.features import gather_features
 
     xs, ys, digest = [], [], hashlib.sha256()
-    for path, label in features:
+    for dna, protein, member, label in members:
         if label not in (0, 1):
-            raise VirNucProError(f"{path}: label must be 0 (other) or 1 (viral), not {label!r}")
-        _, emb, _ = read_embeddings(path)
+            raise VirNucProError(f"{member}: label must be 0 (other) or 1 (viral), not {label!r}")
+        _, emb = gather_features(dna, protein, member)
         if xs and emb.shape[0] and emb.shape[1] != xs[0].shape[1]:
             raise VirNucProError(
-                f"{path}: {emb.shape[1]} values per frame, other feature files have {xs[0].shape[1]}"
+                f"{member}: {emb.shape[1]} values per frame, other training sets have {xs[0].shape[1]}"
             )
         if emb.shape[0]:
             xs.append(emb)
             ys.append(np.full(emb.shape[0], label, dtype=np.int64))
-        digest.update(f"{file_sha256(path)} {label}\n".encode())
+            digest.update(np.ascontiguousarray(emb).tobytes() + bytes([label]))
     if not xs:
-        raise VirNucProError("no frames in the training feature files")
+        raise VirNucProError("no frames in the training sets")
     x, y = np.concatenate(xs), np.concatenate(ys)
     counts = np.bincount(y, minlength=2)
     if counts.min() == 0:
@@ -108,9 +110,9 @@ def _evaluate(model, x, y):
     return float(np.mean(losses)), torch.cat(predicted).numpy(), torch.cat(virus).numpy()
 
 
-def train_classifier(features, out_model, metrics_tsv, fragment_size, seed=42, max_epochs=200, patience=5):
+def train_classifier(members, out_model, metrics_tsv, fragment_size, seed=42, max_epochs=200, patience=5):
     """Train, write the classifier and the metrics table; returns the metrics dict. See the module docstring."""
-    x_all, y_all, inputs_sha256 = load_training_set(features)
+    x_all, y_all, inputs_sha256 = load_training_set(members)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y_all))
     n_held = int(len(y_all) * HELD_OUT)
@@ -162,7 +164,7 @@ def train_classifier(features, out_model, metrics_tsv, fragment_size, seed=42, m
     })
     if np.isnan(metrics["auroc"]):
         log.warning("the held-out part holds one class only: AUROC is undefined")
-    source = f"trained by virnucpro.train on {len(features)} feature file(s), seed {seed}"
+    source = f"trained by virnucpro.train on {len(members)} training set(s), seed {seed}"
     with atomic_outputs(out_model, metrics_tsv) as (tmp_model, tmp_metrics):
         write_classifier_file(model, tmp_model, fragment_size, source, inputs_sha256)
         tmp_metrics.write_text("metric\tvalue\n" + "".join(f"{k}\t{_fmt(v)}\n" for k, v in metrics.items()))

@@ -1,48 +1,21 @@
-# Features (DNABERT-S then ESM-2, 3328 values per frame) and the VirNucPro classifier, per shard,
-# then the per-frame table of the whole sample in input order.
-
-
-rule merge:
-    input:
-        dna=rules.embed_dna.output[0],
-        protein=rules.embed_protein.output[0],
-        frames=rules.embed_protein.input.frames,
-    output:
-        f"{RESULTS}/{{sample}}/features/{{shard}}.h5",
-    log:
-        f"{RESULTS}/{{sample}}/logs/merge/{{shard}}.log",
-    conda:
-        "../../envs/virnucpro.yaml"
-    script:
-        "../../scripts/merge.py"
+# The VirNucPro classifier on every frame of a sample, its features read back from the embedding store.
 
 
 rule classify:
     input:
-        features=rules.merge.output[0],
-        model=classifier_path(),
+        dna=rules.prepare.output.dna,
+        protein=rules.prepare.output.protein,
+        member=lambda wildcards: member_record(wildcards.sample),
+        embedded=lambda wildcards: embedded(wildcards.sample),
+        model=model_path("classifier"),
+        converted=converted("classifier"),
     output:
-        f"{RESULTS}/{{sample}}/predictions/{{shard}}.tsv",
+        f"{RESULTS}/{{sample}}/prediction_results.tsv",
     log:
-        f"{RESULTS}/{{sample}}/logs/classify/{{shard}}.log",
+        f"{RESULTS}/{{sample}}/logs/classify.log",
     conda:
         "../../envs/virnucpro.yaml"
     params:
         fragment_size=FRAGMENT_SIZE,
     script:
         "../../scripts/classify.py"
-
-
-rule collect_predictions:
-    input:
-        predictions=shard_outputs("predictions/{shard}.tsv"),
-        frames=rules.prepare.output.protein,
-    output:
-        f"{RESULTS}/{{sample}}/prediction_results.tsv",
-    log:
-        f"{RESULTS}/{{sample}}/logs/collect_predictions.log",
-    localrule: True
-    conda:
-        "../../envs/virnucpro.yaml"
-    script:
-        "../../scripts/collect_predictions.py"

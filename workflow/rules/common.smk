@@ -1,5 +1,6 @@
 # Config and sample-sheet validation, output paths and small input functions.
 
+import json
 import sys
 from pathlib import Path
 
@@ -17,6 +18,9 @@ except VirNucProError as exc:
 RESULTS = config["results"]
 FRAGMENT_SIZE = config["fragment_size"]
 MODELS = config["models"]["dir"]
+STORE = config["embed"]["store"]
+# the pooled embedding stage: {EMBEDDING}/{batch}/plan, done/, logs/, benchmarks/
+EMBEDDING = f"{RESULTS}/embedding"
 
 
 def model_path(key):
@@ -28,12 +32,11 @@ def model_path(key):
     return str(Path(MODELS) / value)
 
 
-def classifier_path():
-    """The classifier file that classification reads: our converted safetensors file."""
-    original = Path(model_path("classifier"))
-    if original.suffix == ".safetensors":
-        return str(original)
-    return str(Path(MODELS) / f"{original.stem}.safetensors")
+def converted(kind):
+    """The `models` step's note of a converted model (none for a classifier that is ours already)."""
+    if kind == "classifier" and model_path("classifier").endswith(".safetensors"):
+        return []
+    return [f"{MODELS}/converted/{kind}.json"]
 
 
 def sample_input(wildcards):
@@ -41,6 +44,34 @@ def sample_input(wildcards):
     if wildcards.sample in SAMPLES:
         return SAMPLES[wildcards.sample]
     return TRAIN_SETS[wildcards.sample]
+
+
+def batch_of(name):
+    """The embedding plan a member belongs to: "samples", or "train" for the training sets."""
+    return "samples" if name in SAMPLES else "train"
+
+
+def batch_members(batch):
+    return list(SAMPLES if batch == "samples" else TRAIN_SETS)
+
+
+def batch_frames(kind):
+    """Input function: the frames (fna or faa) of every member of the plan's batch."""
+    return lambda wildcards: [
+        f"{RESULTS}/{m}/prepare/frames.{kind}" for m in batch_members(wildcards.batch)
+    ]
+
+
+def member_record(name):
+    """The plan's record of a member (after the plan checkpoint has run)."""
+    plan = checkpoints.plan.get(batch=batch_of(name)).output[0]
+    return f"{plan}/members/{name}.json"
+
+
+def embedded(name):
+    """Receipts of the shards that hold a member's new frames (after the plan checkpoint has run)."""
+    record = json.loads(Path(member_record(name)).read_text())
+    return [f"{EMBEDDING}/{batch_of(name)}/done/{s}.json" for s in record["shards"]]
 
 
 def all_results():
@@ -55,22 +86,17 @@ def all_results():
     return [f"{RESULTS}/{s}/{name}" for s in SAMPLES for name in names]
 
 
-def sample_shard_outputs(sample, pattern):
-    """`{RESULTS}/{sample}/<pattern>` for every shard the checkpoint wrote for `sample`."""
-    shard_dir = checkpoints.shard.get(sample=sample).output[0]
-    shards = sorted(p.stem for p in Path(shard_dir).glob("*.faa"))
-    return [f"{RESULTS}/{sample}/{pattern.format(shard=s)}" for s in shards]
-
-
-def shard_outputs(pattern):
-    """Input function: `sample_shard_outputs` for the job's sample."""
-    return lambda wildcards: sample_shard_outputs(wildcards.sample, pattern)
-
-
-def training_features(label):
-    """Input function: feature shards of every training set with `label` (viral or other)."""
+def training(label, part):
+    """Input function: for every training set with `label` (viral or other), in order, its frames
+    (part "fna" or "faa"), its plan record ("member") or its shards' receipts ("embedded").
+    """
     names = [n for n in TRAIN_SETS if n.startswith(f"train-{label}-")]
-    pattern = "features/{shard}.h5"
-    return lambda wildcards: [
-        f for n in names for f in sample_shard_outputs(n, pattern)
-    ]
+
+    def inputs(wildcards):
+        if part == "member":
+            return [member_record(n) for n in names]
+        if part == "embedded":
+            return [r for n in names for r in embedded(n)]
+        return [f"{RESULTS}/{n}/prepare/frames.{part}" for n in names]
+
+    return inputs

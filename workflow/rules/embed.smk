@@ -1,16 +1,42 @@
-# GPU stages, one job per shard: ESM-2 protein and DNABERT-S nucleotide embeddings of every frame.
+# The pooled embedding stage of a batch of members (the samples, or the training sets): one plan over
+# all of them against the embedding store, then one GPU job per shard running both encoders.
 
 
-rule embed_protein:
+checkpoint plan:
     input:
-        frames=f"{RESULTS}/{{sample}}/shards/{{shard}}.faa",
-        model=model_path("esm2"),
+        dna=batch_frames("fna"),
+        protein=batch_frames("faa"),
+        esm2=model_path("esm2"),
+        dnabert_s=model_path("dnabert_s"),
     output:
-        f"{RESULTS}/{{sample}}/embeddings/esm2/{{shard}}.h5",
+        directory(f"{EMBEDDING}/{{batch}}/plan"),
     log:
-        f"{RESULTS}/{{sample}}/logs/embed_protein/{{shard}}.log",
+        f"{EMBEDDING}/{{batch}}/logs/plan.log",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    params:
+        members=lambda wildcards: batch_members(wildcards.batch),
+        store=STORE,
+        device=config["embed"]["device"],
+        tokens_per_shard=config["shards"]["tokens_per_shard"],
+    script:
+        "../../scripts/plan.py"
+
+
+rule embed:
+    input:
+        proteins=f"{EMBEDDING}/{{batch}}/plan/shards/{{shard}}.faa",
+        nucleotides=f"{EMBEDDING}/{{batch}}/plan/shards/{{shard}}.fna",
+        esm2=model_path("esm2"),
+        esm2_converted=converted("esm2"),
+        dnabert_s=model_path("dnabert_s"),
+    output:
+        f"{EMBEDDING}/{{batch}}/done/{{shard}}.json",
+    log:
+        f"{EMBEDDING}/{{batch}}/logs/embed/{{shard}}.log",
     benchmark:
-        f"{RESULTS}/{{sample}}/benchmarks/embed_protein/{{shard}}.tsv"
+        f"{EMBEDDING}/{{batch}}/benchmarks/embed/{{shard}}.tsv"
     conda:
         "../../envs/virnucpro.yaml"
     threads: config["resources"]["gpu_cpus"]
@@ -21,33 +47,8 @@ rule embed_protein:
         runtime=lambda wildcards, attempt: config["resources"]["gpu_runtime_min"]
         * attempt,
     params:
-        device=config["embed"]["device"],
-        tokens_per_batch=config["embed"]["esm2_tokens_per_batch"],
+        plan=lambda wildcards: f"{EMBEDDING}/{wildcards.batch}/plan",
+        esm2_tokens_per_batch=config["embed"]["esm2_tokens_per_batch"],
+        dnabert_tokens_per_batch=config["embed"]["dnabert_tokens_per_batch"],
     script:
-        "../../scripts/embed_protein.py"
-
-
-rule embed_dna:
-    input:
-        frames=f"{RESULTS}/{{sample}}/shards/{{shard}}.fna",
-        model=model_path("dnabert_s"),
-    output:
-        f"{RESULTS}/{{sample}}/embeddings/dnabert_s/{{shard}}.h5",
-    log:
-        f"{RESULTS}/{{sample}}/logs/embed_dna/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/{{sample}}/benchmarks/embed_dna/{{shard}}.tsv"
-    conda:
-        "../../envs/virnucpro.yaml"
-    threads: config["resources"]["gpu_cpus"]
-    resources:
-        gpu=1,
-        gpu_model=config["resources"]["gpu_model"],
-        mem_mb=lambda wildcards, attempt: config["resources"]["gpu_mem_mb"] * attempt,
-        runtime=lambda wildcards, attempt: config["resources"]["gpu_runtime_min"]
-        * attempt,
-    params:
-        device=config["embed"]["device"],
-        tokens_per_batch=config["embed"]["dnabert_tokens_per_batch"],
-    script:
-        "../../scripts/embed_dna.py"
+        "../../scripts/embed.py"

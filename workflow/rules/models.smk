@@ -1,4 +1,5 @@
-# Model files: downloaded and verified into models.dir, unless the config points at files on disk.
+# Model files: downloaded and verified into models.dir, unless the config points at files on disk; then
+# converted once into the form the steps load fast (models.dir/converted/, named by the source's sha256).
 
 
 rule download_esm2:
@@ -48,23 +49,43 @@ rule download_classifier:
         "../../scripts/download_model.py"
 
 
+rule convert_esm2:
+    input:
+        model_path("esm2"),
+    output:
+        f"{MODELS}/converted/esm2.json",
+    log:
+        f"{MODELS}/logs/convert_esm2.log",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    params:
+        kind="esm2",
+    script:
+        "../../scripts/convert_model.py"
+
+
 rule convert_classifier:
     input:
         model_path("classifier"),
     output:
-        classifier_path(),
+        f"{MODELS}/converted/classifier.json",
     log:
         f"{MODELS}/logs/convert_classifier.log",
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    params:
+        kind="classifier",
     script:
-        "../../scripts/convert_classifier.py"
+        "../../scripts/convert_model.py"
 
 
 rule models:
     input:
         model_path("esm2"),
+        converted("esm2"),
         model_path("dnabert_s"),
-        classifier_path(),
+        model_path("classifier"),
+        converted("classifier"),
     localrule: True

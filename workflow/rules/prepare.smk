@@ -1,4 +1,4 @@
-# Front end: fragments and stop-free six-frame translations, then shards balanced by token count.
+# Front end, per sample: fragments and stop-free six-frame translations.
 
 
 rule prepare:
@@ -16,19 +16,3 @@ rule prepare:
         fragment_size=FRAGMENT_SIZE,
     script:
         "../../scripts/prepare.py"
-
-
-checkpoint shard:
-    input:
-        dna=rules.prepare.output.dna,
-        protein=rules.prepare.output.protein,
-    output:
-        directory(f"{RESULTS}/{{sample}}/shards"),
-    log:
-        f"{RESULTS}/{{sample}}/logs/shard.log",
-    conda:
-        "../../envs/virnucpro.yaml"
-    params:
-        tokens_per_shard=config["shards"]["tokens_per_shard"],
-    script:
-        "../../scripts/shard.py"

@@ -3,7 +3,7 @@
 
 rule summarize:
     input:
-        predictions=rules.collect_predictions.output[0],
+        predictions=rules.classify.output[0],
         manifest=rules.prepare.output.manifest,
         fasta=sample_input,
     output:

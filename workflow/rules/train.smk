@@ -1,11 +1,18 @@
-# Retraining: labelled inputs go through the same front end, shards and embeddings as samples
-# (as training sets train-viral-N / train-other-N), then the classifier is trained on their features.
+# Retraining: labelled inputs go through the same front end and embedding stage as samples (as
+# training sets train-viral-N / train-other-N, in a plan of their own), then the classifier is trained
+# on their features.
 
 
 rule train_classifier:
     input:
-        viral=training_features("viral"),
-        other=training_features("other"),
+        viral_dna=training("viral", "fna"),
+        viral_protein=training("viral", "faa"),
+        viral_member=training("viral", "member"),
+        viral_embedded=training("viral", "embedded"),
+        other_dna=training("other", "fna"),
+        other_protein=training("other", "faa"),
+        other_member=training("other", "member"),
+        other_embedded=training("other", "embedded"),
     output:
         model=f"{RESULTS}/train/{FRAGMENT_SIZE}_model.safetensors",
         metrics=report(

@@ -1,0 +1,17 @@
+"""Snakemake adapter for checkpoint `plan`: the pooled embedding plan of a batch of members."""
+
+from virnucpro.logs import run_step
+from virnucpro.plan import plan_run
+
+members = dict(zip(snakemake.params.members, zip(snakemake.input.dna, snakemake.input.protein)))
+run_step(
+    snakemake.log[0],
+    plan_run,
+    members,
+    snakemake.output[0],
+    store=snakemake.params.store,
+    esm2_model=snakemake.input.esm2,
+    dnabert_s=snakemake.input.dnabert_s,
+    device=snakemake.params.device,
+    tokens_per_shard=snakemake.params.tokens_per_shard,
+)

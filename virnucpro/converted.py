@@ -1,0 +1,69 @@
+"""Model files converted once into the form the steps load fast, addressed by their source's checksum.
+
+`ensure_converted(kind, source, models_dir)` returns `{models_dir}/converted/{stem}-{sha16}.safetensors`,
+where sha16 is the start of the sha256 of the source file as it is now (`checksums.checked_sha256`: a
+recorded checksum is trusted while the file's size and mtime match, otherwise the file is hashed again).
+The file is made on first use by the kind's converter, which checks its result against the source
+before it is renamed into place; it gets a verified checksum record of its own and names its source's
+sha256 in its metadata, and both are checked whenever it is used. A changed source therefore has
+another converted file: a stale conversion can never be picked up. Concurrent jobs converting the same
+source wait for each other (an exclusive lock per file).
+
+Kinds: "esm2" (a fair-esm checkpoint -> `virnucpro.esm2.convert_checkpoint`) and "classifier" (an original
+VirNucPro `{300|500}_model.pth` -> `virnucpro.classifier.convert_original`).
+"""
+
+import fcntl
+import json
+import logging
+from pathlib import Path
+
+from virnucpro.atomic import atomic_outputs
+from virnucpro.checksums import checked_sha256, record_path, write_record
+from virnucpro.errors import VirNucProError
+
+log = logging.getLogger("virnucpro")
+
+
+def _converter(kind):
+    if kind == "esm2":
+        from virnucpro.esm2 import convert_checkpoint
+
+        return convert_checkpoint
+    if kind == "classifier":
+        from virnucpro.classifier import convert_original
+
+        return convert_original
+    raise VirNucProError(f"unknown model kind '{kind}' to convert (expected esm2 or classifier)")
+
+
+def converted_path(source, source_sha256, models_dir):
+    return Path(models_dir) / "converted" / f"{Path(source).stem}-{source_sha256[:16]}.safetensors"
+
+
+def ensure_converted(kind, source, models_dir):
+    """(converted file, source sha256) for `source`, converting it first when needed."""
+    source = Path(source)
+    if not source.is_file():
+        raise VirNucProError(f"{source}: model file not found")
+    digest = checked_sha256(source)
+    out = converted_path(source, digest, models_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time; the others find its result
+        if not out.is_file():
+            log.info("converting %s (sha256 %s) -> %s", source, digest, out)
+            with atomic_outputs(out, record_path(out)) as (tmp, tmp_record):
+                _converter(kind)(source, tmp, digest)
+                write_record(tmp, verified=f"converted from {source.name} (sha256 {digest})", record=tmp_record)
+    return out, digest
+
+
+def write_pointer(kind, source, models_dir, pointer):
+    """Convert `source` if needed and write `pointer`, a JSON note of what the conversion gave (the
+    workflow's `models` step output); returns the converted path."""
+    out, digest = ensure_converted(kind, source, models_dir)
+    with atomic_outputs(pointer) as (tmp,):
+        tmp.write_text(json.dumps({"kind": kind, "source": str(source), "source_sha256": digest,
+                                   "converted": str(out)}, indent=1) + "\n")
+    return out

@@ -1,0 +1,192 @@
+"""The embedding step: one shard of the plan, both encoders, each model loaded once, into the store.
+
+`embed_shard(plan_dir, shard, esm2, dnabert_s, models_dir, receipt)` reads the shard's proteins
+(`shards/{shard}.faa`) and nucleotide slices (`shards/{shard}.fna`) from the plan directory, claims the
+device the plan was made for (`runner.resolve_device`: a GPU of its own), loads ESM-2 from its converted
+float16 file straight onto it (`converted.ensure_converted`, `esm2.load_converted`) and DNABERT-S from its
+snapshot (each warmed up on a tiny batch, so that its kernels are built while it loads), runs both
+encoders' batches interleaved through one packed runner, writes one store file per
+encoder (`{store}/{namespace}/{shard}.h5`) and finally the receipt, a JSON note of what was done (frames,
+tokens, seconds per stage, the GPU, start and end times, store files). The models must still be the ones
+the plan's namespaces name. Nothing is written before every embedding is computed and checked; the
+receipt comes last, so a killed job has no receipt and runs again.
+"""
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from virnucpro import dnabert, esm2
+from virnucpro.atomic import atomic_outputs
+from virnucpro.checksums import checked_sha256
+from virnucpro.converted import ensure_converted
+from virnucpro.errors import VirNucProError
+from virnucpro.gpus import visible_devices
+from virnucpro.packing import pack
+from virnucpro.runner import Task, resolve_device, run_packed
+from virnucpro.store import Namespace, write_store_file
+
+log = logging.getLogger("virnucpro")
+
+
+def read_shard(path):
+    """[(key, label, sequence)] of a shard file the plan wrote (`>{key} {member}:{frame id}`, one line of
+    sequence); the label names the frame in messages."""
+    records = []
+    with open(path) as fh:
+        for header, seq in zip(fh, fh):
+            key, _, label = header[1:].rstrip("\n").partition(" ")
+            records.append((key, label or key, seq.rstrip("\n")))
+    return records
+
+
+def read_plan(plan_dir):
+    path = Path(plan_dir) / "plan.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise VirNucProError(f"{path}: not a readable embedding plan ({exc})") from None
+
+
+def _device(plan):
+    """The device of this job: the plan's device type, with a GPU claimed for this process. A plan that
+    `auto` made for the CPU (no GPU where snakemake ran) refuses a job that has a GPU: on a cluster whose
+    login node has none, every shard would silently run on the CPU."""
+    planned = plan["device"]
+    if planned == "cpu" and plan.get("device_setting") == "auto" and visible_devices():
+        raise VirNucProError(
+            "the embedding plan was made for the CPU (embed.device is auto and the machine that ran "
+            "snakemake sees no GPU), but this job has one: set embed.device to cuda (or to cpu)"
+        )
+    device = resolve_device(planned)
+    if device.type != planned:
+        raise VirNucProError(f"the embedding plan was made for {planned}, but this job runs on {device.type}")
+    return device
+
+
+def _check_namespaces(plan, esm2_sha256, dnabert_s, device_type):
+    """The models must be the ones whose namespaces the plan checked the store against."""
+    now = {"esm2": esm2.namespace(esm2_sha256, device_type), "dnabert_s": dnabert.namespace(dnabert_s, device_type)}
+    for encoder, namespace in now.items():
+        planned = Namespace.from_json(plan["namespaces"][encoder])
+        if planned != namespace:
+            raise VirNucProError(
+                f"the {encoder} model or its precision changed since the embedding plan was made "
+                f"(namespace {planned.id}, now {namespace.id}); run the workflow again to plan anew"
+            )
+    return now
+
+
+def _esm2_task(records, source, models_dir, device, tokens_per_batch, seconds):
+    started = time.monotonic()
+    ids, seqs = [r[1] for r in records], [r[2] for r in records]
+    tok = esm2.tokenizer()
+    lengths = tok.lengths(ids, seqs)  # validates every residue before the model loads
+    converted, digest = ensure_converted("esm2", source, models_dir)
+    model = esm2.load_converted(converted, digest, device)
+    _warm_up(model, tok(["MKTAYIAKQR"]), device)
+    seconds["load_esm2"] = round(time.monotonic() - started, 2)
+    log.info("ESM-2 %s: %d layers, dim %d, %s on %s, attention %s%s, ready in %.1f s", converted.name,
+             model.num_layers, model.embed_dim, str(model.dtype).removeprefix("torch."), device,
+             model.attention_backend, ", compiled" if model.compiled else "", seconds["load_esm2"])
+    return Task("esm2", ids, seqs, tok, model.embed, model.embed_dim, tokens_per_batch, lengths), model
+
+
+def _dnabert_task(records, model_dir, device, tokens_per_batch, seconds):
+    started = time.monotonic()
+    model, tokenizer, _ = dnabert.load_dnabert(model_dir, device, dnabert.DTYPE[device.type])
+    _warm_up(model, tokenizer(["ACGTTGCAAGCT"]), device)
+    ids = [r[1] for r in records]
+    tokens = tokenizer([r[2] for r in records])  # once, up front: the lengths plan the batches
+    seconds["load_dnabert_s"] = round(time.monotonic() - started, 2)
+    log.info("DNABERT-S %s: %d layers, dim %d, %s on %s, attention %s%s, ready in %.1f s", model_dir,
+             model.config.num_hidden_layers, model.config.hidden_size, dnabert.PRECISION[device.type], device,
+             model.attention_backend, ", compiled" if model.compiled else "", seconds["load_dnabert_s"])
+    lengths = [len(t) for t in tokens]
+    return Task("dnabert_s", ids, tokens, _identity, model.embed, model.config.hidden_size, tokens_per_batch,
+                lengths), model
+
+
+def _warm_up(model, tokens, device):
+    """One tiny batch through the model, so that kernels are built (Triton, torch.compile) while the
+    model loads, not while the device waits in the middle of the run. Its sequences have no input
+    position (index -1)."""
+    with torch.inference_mode():
+        model.embed(pack(tokens, [-1] * len(tokens)).to(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _budget(value, defaults, device):
+    """Tokens per batch on `device`: `value` (a number, or {device type: number}), else the default."""
+    if isinstance(value, dict):
+        value = value.get(device.type)
+    if value is None:
+        value = defaults[device.type]
+    if value < 1:
+        raise VirNucProError(f"tokens per batch must be positive, not {value}")
+    return int(value)
+
+
+def _identity(tokens):
+    return tokens
+
+
+def embed_shard(plan_dir, shard, esm2_model, dnabert_s, models_dir, receipt, esm2_tokens_per_batch=None,
+                dnabert_tokens_per_batch=None):
+    """Embed one shard into the store and write its receipt; see the module docstring.
+
+    The token budgets are numbers or {device type: number} (config's `embed.*_tokens_per_batch`);
+    None takes each encoder's default for the device.
+    """
+    started_at = time.time()
+    plan_dir = Path(plan_dir)
+    plan = read_plan(plan_dir)
+    if shard not in {s["name"] for s in plan["shards"]}:
+        raise VirNucProError(f"{plan_dir}: the plan has no shard {shard}")
+    frames = {"esm2": plan_dir / "shards" / f"{shard}.faa", "dnabert_s": plan_dir / "shards" / f"{shard}.fna"}
+    records = {e: read_shard(path) for e, path in frames.items()}
+    device = _device(plan)
+    esm2_tokens_per_batch = _budget(esm2_tokens_per_batch, esm2.DEFAULT_TOKENS_PER_BATCH, device)
+    dnabert_tokens_per_batch = _budget(dnabert_tokens_per_batch, dnabert.DEFAULT_TOKENS_PER_BATCH, device)
+    namespaces = _check_namespaces(plan, checked_sha256(esm2.resolve_checkpoint(esm2_model)), dnabert_s, device.type)
+    seconds, tasks = {}, []
+    if records["esm2"]:
+        tasks.append(_esm2_task(records["esm2"], esm2.resolve_checkpoint(esm2_model), models_dir, device,
+                                esm2_tokens_per_batch, seconds))
+    if records["dnabert_s"]:
+        tasks.append(_dnabert_task(records["dnabert_s"], dnabert_s, device, dnabert_tokens_per_batch, seconds))
+    started = time.monotonic()
+    try:
+        results = run_packed([task for task, _ in tasks], device)
+    except VirNucProError as exc:  # a NaN or a device fault: name the shard
+        raise VirNucProError(f"{frames['esm2'].with_suffix('')}: {exc}") from None
+    seconds["embed"] = round(time.monotonic() - started, 2)
+    started = time.monotonic()
+    written = {}
+    for (task, model), embeddings in zip(tasks, results):
+        keys = [r[0] for r in records[task.label]]
+        provenance = _provenance(device, task, model)
+        path = write_store_file(plan["store"], namespaces[task.label], shard, keys, embeddings, provenance)
+        written[task.label] = str(path)
+    seconds["write"] = round(time.monotonic() - started, 2)
+    note = {"shard": shard, "device": str(device), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "frames": {e: len(r) for e, r in records.items()},
+            "tokens": {task.label: int(task.lengths.sum()) for task, _ in tasks}, "seconds": seconds,
+            "started": started_at, "finished": time.time(), "store_files": written}
+    with atomic_outputs(receipt) as (tmp,):
+        tmp.write_text(json.dumps(note, indent=1) + "\n")
+    log.info("shard %s: %s in %.1f s (embedding %.1f s)", shard,
+             ", ".join(f"{n} {e}" for e, n in note["frames"].items()), sum(seconds.values()), seconds["embed"])
+    return note
+
+
+def _provenance(device, task, model):
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"device": gpu, "torch": torch.__version__, "tokens_per_batch": task.tokens_per_batch,
+            "attention": model.attention_backend, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -1,0 +1,238 @@
+"""The embedding plan of a run: every frame of every sample embedded once, in pooled shards.
+
+`plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, device)` reads the kept frames of
+every member (a sample, or a training set) as `prepare` wrote them (`frames.fna` and `frames.faa`: the same
+ids in the same order), keys each frame by content (`virnucpro.store.frame_key`), and leaves out what the
+embedding store already holds for each encoder's namespace. Identical frames, within a sample or across
+samples, are embedded once. The remaining frames, in order of first appearance (members in the order
+given), are cut into n = ceil(tokens / tokens_per_shard) contiguous shards balanced by ESM-2 token count
+(residues truncated at 1022, plus BOS and EOS: ESM-2 3B dominates the cost of every shard). A shard is
+named by its content (the first 16 hex digits of a sha256 over the namespaces and its keys), so the same
+work always gets the same name. The plan directory, written complete or not at all:
+
+    plan.json               device, store, namespaces, shards and counts
+    shards/{shard}.faa      proteins to embed with ESM-2, `>{key} {member}:{frame id}` (its first appearance)
+    shards/{shard}.fna      nucleotide slices to embed with DNABERT-S, headed the same way
+    members/{member}.json   per member: its frame count, the shards holding its new frames, and the
+                            store files (relative to each namespace's folder) that hold all its frames
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from virnucpro.atomic import disk_full_error, is_disk_full, temp_path_for
+from virnucpro.errors import VirNucProError
+from virnucpro.seqio import read_fasta
+from virnucpro.store import StoreIndex, frame_key, remove_stale_temporaries, store_files
+
+log = logging.getLogger("virnucpro")
+
+ESM_MAX_RESIDUES = 1022
+ENCODERS = ("esm2", "dnabert_s")
+SUFFIX = {"esm2": ".faa", "dnabert_s": ".fna"}
+
+
+def shard_bounds(tokens, tokens_per_shard):
+    """Start indices of each shard plus the end, for per-frame token counts `tokens`."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    total = int(tokens.sum())
+    n = math.ceil(total / tokens_per_shard) if total else 0
+    if n == 0:
+        return [0]
+    midpoints = np.cumsum(tokens) - tokens / 2
+    cuts = np.searchsorted(midpoints, np.arange(1, n) * total / n)
+    return [0, *np.unique(cuts).tolist(), tokens.size]
+
+
+def member_frames(name, dna, protein):
+    """Yield (frame id, key, nucleotide, protein) of one member; both files must hold the same ids in order."""
+    proteins = read_fasta(protein)
+    for rid, nucleotide in read_fasta(dna):
+        pid, prot = next(proteins, (None, None))
+        if pid != rid:
+            raise VirNucProError(f"{dna} and {protein} of '{name}' do not hold the same frames in the same order")
+        yield rid, frame_key(nucleotide, prot), nucleotide, prot
+    if next(proteins, None) is not None:
+        raise VirNucProError(f"{dna} and {protein} of '{name}' do not hold the same frames in the same order")
+
+
+class _Work:
+    """The frames still to embed, in order of first appearance, with what each needs; and, per member,
+    its frames' places in that list and the store files that already hold the rest."""
+
+    def __init__(self, indexes):
+        self.indexes = indexes  # encoder -> StoreIndex of what is stored
+        self.order = {}  # key -> position in the work list
+        self.needs = []  # per position: (needs ESM-2, needs DNABERT-S)
+        self.tokens = []  # per position: ESM-2 tokens
+        self.distinct = set()
+        self.positions = {}  # member -> (frames,) int64 position, -1 when all of the frame is stored
+        self.stored_in = {}  # member -> encoder -> store file indices holding its stored frames
+
+    def add_member(self, name, frames):
+        at, stored = [], {e: set() for e in ENCODERS}
+        for _, key, _, protein in frames:
+            self.distinct.add(key)
+            located = {e: self.indexes[e].where.get(key.encode("ascii")) for e in ENCODERS}
+            for e in ENCODERS:
+                if located[e] is not None:
+                    stored[e].add(located[e][0])
+            at.append(self._position(key, protein, tuple(located[e] is None for e in ENCODERS)))
+        self.positions[name] = np.array(at, dtype=np.int64)
+        self.stored_in[name] = stored
+
+    def _position(self, key, protein, needs):
+        if key in self.order:
+            return self.order[key]
+        if not any(needs):
+            return -1
+        self.order[key] = len(self.needs)
+        self.needs.append(needs)
+        self.tokens.append(min(len(protein), ESM_MAX_RESIDUES) + 2)
+        return self.order[key]
+
+
+def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, device, device_setting=None):
+    """Write the plan directory; returns the plan (the contents of plan.json). See the module docstring.
+
+    members: {name: (frames.fna, frames.faa)} in order; namespaces: {encoder: store.Namespace}; device:
+    the device type the embedding jobs run on, as `device_setting` (embed.device) resolved.
+    """
+    if tokens_per_shard < 1:
+        raise VirNucProError(f"shards.tokens_per_shard must be positive, not {tokens_per_shard}")
+    store = Path(store).resolve()
+    files = {e: store_files(store, namespaces[e]) for e in ENCODERS}
+    for e in ENCODERS:
+        remove_stale_temporaries(store, namespaces[e])
+    work = _Work({e: StoreIndex(files[e]) for e in ENCODERS})
+    for name, (dna, protein) in members.items():
+        work.add_member(name, member_frames(name, dna, protein))
+    bounds = shard_bounds(work.tokens, tokens_per_shard)
+    keys = list(work.order)
+    shard_of = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    names = [_shard_name(namespaces, keys[lo:hi], work.needs[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    plan = {
+        "device": device,
+        "device_setting": device_setting or device,
+        "store": str(store),
+        "namespaces": {e: namespaces[e].to_json() for e in ENCODERS},
+        "shards": [
+            {"name": n, "frames": hi - lo, "tokens": int(sum(work.tokens[lo:hi])),
+             **{e: int(sum(needs[i] for needs in work.needs[lo:hi])) for i, e in enumerate(ENCODERS)}}
+            for n, lo, hi in zip(names, bounds[:-1], bounds[1:])
+        ],
+        "members": {name: int(work.positions[name].size) for name in members},
+        "frames": int(sum(p.size for p in work.positions.values())),
+        "distinct_frames": len(work.distinct),
+        "frames_to_embed": len(keys),
+    }
+    _write(out_dir, plan, members, work, shard_of, names, files)
+    _log(plan)
+    return plan
+
+
+def _shard_name(namespaces, keys, needs):
+    h = hashlib.sha256()
+    for e in ENCODERS:
+        h.update(namespaces[e].id.encode())
+    for key, (esm, dna) in zip(keys, needs):
+        h.update(f"{key}{int(esm)}{int(dna)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _member_record(name, plan, work, shard_of, names, files):
+    """members/{name}.json: the member's new shards and, per encoder, the store files holding its frames."""
+    at = work.positions[name]
+    new = at[at >= 0]
+    record = {"member": name, "frames": int(at.size), "store": plan["store"], "namespaces": plan["namespaces"],
+              "shards": sorted({names[s] for s in shard_of[new].tolist()}), "files": {}}
+    for i, e in enumerate(ENCODERS):
+        held = {files[e][f].name for f in work.stored_in[name][e]}
+        held |= {f"{names[shard_of[a]]}.h5" for a in new.tolist() if work.needs[a][i]}
+        record["files"][e] = sorted(held)
+    return record
+
+
+def _write(out_dir, plan, members, work, shard_of, names, files):
+    """The plan directory under a temporary name, renamed into place when complete."""
+    out_dir = Path(out_dir)
+    tmp = temp_path_for(out_dir)
+    try:
+        (tmp / "shards").mkdir(parents=True)
+        (tmp / "members").mkdir()
+        _write_shards(tmp / "shards", members, work, shard_of, names)
+        for name in members:
+            record = _member_record(name, plan, work, shard_of, names, files)
+            (tmp / "members" / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        (tmp / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full_error([out_dir]) from None
+        raise
+
+
+def _write_shards(folder, members, work, shard_of, names):
+    """Every frame to embed, once, into its shard's .faa (if ESM-2 needs it) and .fna (if DNABERT-S does).
+
+    Members are read in the order that numbered the work list, so first appearances come in position
+    order and the shards are written one after the other."""
+    current, handles, next_at = None, {}, 0
+    try:
+        for member, (dna, protein) in members.items():
+            for (rid, key, nucleotide, prot), at in zip(member_frames(member, dna, protein), work.positions[member]):
+                if at < next_at:  # stored, or written already
+                    continue
+                if at != next_at:
+                    raise RuntimeError(f"internal error: frame {key} out of order in the work list")
+                next_at += 1
+                if shard_of[at] != current:
+                    _close(handles)
+                    current = shard_of[at]
+                    handles = {e: open(folder / f"{names[current]}{SUFFIX[e]}", "w") for e in ENCODERS}
+                for i, (e, seq) in enumerate(zip(ENCODERS, (prot, nucleotide))):
+                    if work.needs[at][i]:
+                        handles[e].write(f">{key} {member}:{rid}\n{seq}\n")
+    finally:
+        _close(handles)
+
+
+def _close(handles):
+    for h in handles.values():
+        h.close()
+
+
+def _log(plan):
+    shards = plan["shards"]
+    log.info(
+        "plan: %d frames of %d member(s), %d distinct; %d to embed (ESM-2 %d, DNABERT-S %d; the rest is "
+        "in the store), %d ESM-2 tokens in %d shard(s)",
+        plan["frames"], len(plan["members"]), plan["distinct_frames"], plan["frames_to_embed"],
+        sum(s["esm2"] for s in shards), sum(s["dnabert_s"] for s in shards),
+        sum(s["tokens"] for s in shards), len(shards),
+    )
+
+
+def plan_run(members, out_dir, store, esm2_model, dnabert_s, device, tokens_per_shard):
+    """The `plan` step: the namespaces of the models as they are now, on the device the embedding jobs
+    will use (`runner.planned_device`), then `plan_embeddings`."""
+    from virnucpro import dnabert, esm2
+    from virnucpro.checksums import checked_sha256
+    from virnucpro.runner import planned_device
+
+    planned = planned_device(device)
+    namespaces = {
+        "esm2": esm2.namespace(checked_sha256(esm2.resolve_checkpoint(esm2_model)), planned),
+        "dnabert_s": dnabert.namespace(dnabert_s, planned),
+    }
+    return plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, planned, device)
