@@ -59,12 +59,12 @@ def main():
             return embed_packed(ids, seqs, tok, packed.embed, 2560, "cuda", 16384, "accuracy")
         return embed
 
-    packed = PackedESM2(model, "cuda", torch.bfloat16, kernels=True)
+    packed = PackedESM2.from_fair_esm(model, "cuda", torch.bfloat16, kernels=True)
     report("triton kernels, float32 residual (default)", packed_rows(packed))
     packed.residual_dtype = torch.bfloat16
     report("triton kernels, bf16 residual", packed_rows(packed))
     del packed
-    packed = PackedESM2(model, "cuda", torch.bfloat16, kernels=False, compile=True)
+    packed = PackedESM2.from_fair_esm(model, "cuda", torch.bfloat16, kernels=False, compile=True)
     report("torch ops + varlen_attn, compiled", packed_rows(packed))
     del packed
     model.to(torch.bfloat16)

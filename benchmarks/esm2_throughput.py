@@ -210,7 +210,7 @@ def main():
                     lambda s: run_fair_padded(fair, s, device, 65536), seqs[:n], warm[:400], device, results, log)
             del fair
         if "packed_eager" in variants and not out_of_time():
-            packed = PackedESM2(model, device, torch.bfloat16, compile=False, kernels=False)
+            packed = PackedESM2.from_fair_esm(model, device, torch.bfloat16, compile=False, kernels=False)
             for b in (16384, 65536):
                 if not out_of_time():
                     measure(f"{wl} packed bf16 eager {b} tok/batch",
@@ -220,10 +220,10 @@ def main():
                                         ("packed_triton", "triton kernels", dict(kernels=True))):
             if variant not in variants or out_of_time():
                 continue
-            packed = PackedESM2(model, device, torch.bfloat16, **options)
+            packed = PackedESM2.from_fair_esm(model, device, torch.bfloat16, **options)
             check = seqs[:300]
             ids = [str(i) for i in range(len(check))]
-            eager = PackedESM2(model, device, torch.bfloat16, compile=False, kernels=False)
+            eager = PackedESM2.from_fair_esm(model, device, torch.bfloat16, compile=False, kernels=False)
             a = embed_packed(ids, check, tok, eager.embed, dim, device, 16384, "check")
             c = embed_packed(ids, check, tok, packed.embed, dim, device, 16384, "check")
             del eager
@@ -244,7 +244,7 @@ def main():
             for label, change in ablations:
                 if out_of_time():
                     break
-                packed = PackedESM2(model, device, torch.bfloat16, kernels=True)
+                packed = PackedESM2.from_fair_esm(model, device, torch.bfloat16, kernels=True)
                 for attr, value in change.items():
                     if attr == "blocks":
                         kernels.ATTENTION_BLOCKS = {**default_blocks, **value}
@@ -259,7 +259,7 @@ def main():
 
             if hasattr(inductor_config.triton, "enable_persistent_tma_matmul"):
                 inductor_config.triton.enable_persistent_tma_matmul = True
-            packed = PackedESM2(model, device, torch.bfloat16, compile=False, kernels=False)
+            packed = PackedESM2.from_fair_esm(model, device, torch.bfloat16, compile=False, kernels=False)
             packed.compiled = True
             packed._pre = torch.compile(packed._pre, dynamic=True, mode="max-autotune-no-cudagraphs")
             packed._post = torch.compile(packed._post, dynamic=True, mode="max-autotune-no-cudagraphs")
@@ -271,7 +271,7 @@ def main():
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if "gemm" in variants and device.type == "cuda":
-        packed = PackedESM2(model, device, torch.bfloat16, compile=False, kernels=False)
+        packed = PackedESM2.from_fair_esm(model, device, torch.bfloat16, compile=False, kernels=False)
         tps = gemm_ceiling(packed, device)
         log(f"# cuBLAS bias GEMMs alone (36 layers, 65536-token M): {tps / 1e3:.1f} K tok/s "
             f"= {tps * GFLOP_PER_TOKEN / 1e3:.0f} TFLOP/s")

@@ -1,118 +1,89 @@
-"""Multi-GPU scaling of the embedding stage through the workflow itself.
+"""Multi-GPU scaling of the whole workflow: 1, 2, 4 ... GPUs on one host, each run from an empty store.
 
-Builds the real architectures with random weights in their on-disk formats (ESM-2 3B as a fair-esm
-checkpoint, DNABERT-S as a snapshot directory, an original-format 500_model.pth), generates coding
-sequences (`--sequences`, 500 bp each), runs the front end and the shard checkpoint once (not
-timed), then for each GPU count N times
+Builds the real architectures with random weights in their on-disk formats and genome-like contigs
+(`benchmarks/workflow_throughput.py`: `--samples` samples of `--mbp` Mbp each), then for each GPU count N
+times, in a fresh working directory with an empty embedding store,
 
-    snakemake --cores all --resources gpu=N <every embeddings/esm2 and embeddings/dnabert_s shard>
+    snakemake --cores all --resources gpu=N
 
-from a clean embeddings directory. Every run uses the same shards (`--shards`, default 8), so each
-does the same work and model loads; each job claims a GPU of its own (virnucpro.gpus). Prints and
-writes a table of wall time and speed-up against N=1.
+with shards of `--tokens-per-shard` ESM-2 tokens (the default gives each GPU several shards of 100 Mbp of
+contigs). Each GPU job claims a GPU of its own (virnucpro.gpus). From the jobs' receipts (start and end
+times, GPU, seconds per stage) it reports per run: wall time, speed-up against N = 1, the busy share of
+each GPU (its jobs' time over the wall time), the shard imbalance (the busiest GPU's share of all job
+time), and the time outside the embedding jobs (front end, plan, classification, summaries).
 
-    python benchmarks/gpu_scaling.py --gpus 1,2,4 --sequences 40000 --out benchmarks/results/gpu_scaling_h200.md
-    python benchmarks/gpu_scaling.py --tiny --device cpu --gpus 1 --sequences 300 --out /tmp/scaling.md  # smoke test
+    python benchmarks/gpu_scaling.py --gpus 1,2,4 --out benchmarks/results/gpu_scaling_h200.md
+    python benchmarks/gpu_scaling.py --tiny --device cpu --gpus 1 --samples 2 --mbp 0.02 \\
+        --tokens-per-shard 2000 --out /tmp/scaling.md  # smoke test
 """
 
 import argparse
-import shutil
-import subprocess
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.original_classifier import make_original_classifier  # noqa: E402
+from benchmarks.workflow_throughput import build_models, esm_tokens, snakemake, write_sample  # noqa: E402
 from tests.test_workflow import make_workdir  # noqa: E402
-from tests.tiny_dnabert import build_tiny_dnabert  # noqa: E402
-from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint  # noqa: E402
-from virnucpro.seqio import read_fasta  # noqa: E402
-
-SENSE = ["GCT", "AAA", "TGG", "CAT", "GGC", "TTC", "ATG", "CCG", "GAC", "CAG", "ACC", "GTG"]
 
 
-def build_models(directory, tiny):
-    if tiny:
-        esm = build_tiny_esm2(num_layers=2, embed_dim=64, heads=4)
-        dna_dir, _, cfg = build_tiny_dnabert(directory / "DNABERT-S", hidden_size=96)
-    else:
-        esm = build_tiny_esm2(num_layers=36, embed_dim=2560, heads=40)
-        dna_dir, _, cfg = build_tiny_dnabert(
-            directory / "DNABERT-S", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-            intermediate_size=3072, vocab_size=4096,
-        )
-    esm_path = save_fair_esm_checkpoint(esm, directory, name="esm2_t36_3B_UR50D" if not tiny else "esm2_tiny")
-    classifier = directory / "500_model.pth"
-    make_original_classifier(classifier, input_dim=cfg["hidden_size"] + esm.embed_dim)
-    return {"models.esm2": str(esm_path), "models.dnabert_s": str(dna_dir), "models.classifier": str(classifier)}
-
-
-def write_input(path, n, seed=5):
-    """`n` stop-free coding sequences of 500 bp (one fragment each, at least one kept frame)."""
-    rng = np.random.default_rng(seed)
-    with open(path, "w") as fh:
-        for i in range(n):
-            fh.write(f">seq{i}\n{''.join(rng.choice(SENSE, 166))}AC\n")
-
-
-def run(work, *args):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-           "--directory", str(work), *args]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"snakemake {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t
+def busy(work):
+    """Per GPU, the seconds its embedding jobs ran; and the time the jobs ran in all."""
+    per_gpu, first, last = {}, None, None
+    for path in (work / "results" / "embedding" / "samples" / "done").glob("*.json"):
+        note = json.loads(path.read_text())
+        gpu = note.get("gpu") or note["device"]
+        per_gpu[gpu] = per_gpu.get(gpu, 0.0) + note["finished"] - note["started"]
+        first = note["started"] if first is None else min(first, note["started"])
+        last = note["finished"] if last is None else max(last, note["finished"])
+    return per_gpu, (last - first) if first is not None else 0.0
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpus", default="1,2,4", help="GPU counts to time")
-    ap.add_argument("--sequences", type=int, default=40000, help="500 bp coding sequences to generate")
-    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--mbp", type=float, default=12.5, help="Mbp of contigs per sample")
+    ap.add_argument("--tokens-per-shard", type=int, default=1_500_000)
     ap.add_argument("--tiny", action="store_true", help="tiny models (smoke test)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        root = Path(tmp)
         t = time.perf_counter()
-        models = build_models(tmp / "models", args.tiny)
-        write_input(tmp / "input.fa", args.sequences)
-        print(f"# models and input built in {time.perf_counter() - t:.0f} s", flush=True)
-        config = {"models.dir": str(tmp / "converted"), "embed.device": args.device}
-        work = make_workdir(tmp / "work", sheet={"bench": tmp / "input.fa"}, **models, **config)
-        run(work, "--cores", "all", "results/bench/prepare/frames.faa")
-        tokens = sum(len(s) + 2 for _, s in read_fasta(work / "results" / "bench" / "prepare" / "frames.faa"))
-        config_file = work / "config" / "config.yaml"
-        config = yaml.safe_load(config_file.read_text())
-        config["shards"]["tokens_per_shard"] = -(-tokens // args.shards)
-        config_file.write_text(yaml.safe_dump(config))
-        run(work, "--cores", "all", "results/bench/shards")
-        shards = sorted((work / "results" / "bench" / "shards").glob("*.faa"))
-        n_tokens = sum(len(s) + 2 for p in shards for _, s in read_fasta(p))
-        targets = [f"results/bench/embeddings/{kind}/{p.stem}.h5" for p in shards
-                   for kind in ("esm2", "dnabert_s")]
-        rows = []
+        models = build_models(root / "models", args.tiny)
+        sheet = {f"s{i}": root / "inputs" / f"s{i}.fa" for i in range(args.samples)}
+        (root / "inputs").mkdir()
+        for i, path in enumerate(sheet.values()):
+            write_sample(path, args.mbp, seed=i)
+        print(f"# models and inputs built in {time.perf_counter() - t:.0f} s", flush=True)
         for n in [int(g) for g in args.gpus.split(",")]:
-            shutil.rmtree(work / "results" / "bench" / "embeddings", ignore_errors=True)
-            seconds = run(work, *targets, "--cores", "all", "--resources", f"gpu={n}")
-            rows.append((n, seconds))
-            print(f"{n} GPU(s): {seconds:.1f} s", flush=True)
-    base = rows[0][1] * rows[0][0]
+            work = make_workdir(root / f"work{n}", sheet=sheet, **models, **{
+                "models.dir": str(root / "converted"), "embed.device": args.device,
+                "shards.tokens_per_shard": args.tokens_per_shard})
+            seconds = snakemake(work, "--resources", f"gpu={n}")
+            per_gpu, span = busy(work)
+            tokens, _ = esm_tokens(work)
+            rows.append((n, seconds, tokens, per_gpu, span))
+            print(f"{n} GPU(s): {seconds:.1f} s, busy {per_gpu}", flush=True)
+    base = rows[0][1]
     lines = [
-        f"# embedding stage through the workflow: {len(shards)} shards, "
-        f"{args.sequences} sequences, {n_tokens} ESM-2 tokens, {'tiny' if args.tiny else 'ESM-2 3B + DNABERT-S'} models, device {args.device}",
-        "| GPUs | wall time (s) | ESM-2 tokens/s | speed-up |",
-        "|---|---|---|---|",
+        f"# whole workflow on {args.samples} x {args.mbp:g} Mbp, {rows[0][2]:,} ESM-2 tokens, shards of "
+        f"{args.tokens_per_shard:,} tokens, {'tiny' if args.tiny else 'ESM-2 3B + DNABERT-S'} models, device {args.device}",
+        "| GPUs | wall (s) | speed-up | ESM-2 tokens/s | busy share of each GPU | busiest GPU's share of job time "
+        "| outside the embedding jobs (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {n} | {s:.1f} | {n_tokens / s:,.0f} | {base / s:.2f}x |" for n, s in rows]
+    for n, seconds, tokens, per_gpu, span in rows:
+        shares = ", ".join(f"{g}: {100 * b / seconds:.0f} %" for g, b in sorted(per_gpu.items()))
+        total = sum(per_gpu.values()) or 1.0
+        lines.append(f"| {n} | {seconds:.1f} | {base / seconds:.2f}x | {tokens / seconds:,.0f} | {shares} "
+                     f"| {100 * max(per_gpu.values(), default=0) / total:.0f} % | {seconds - span:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)

@@ -1,0 +1,227 @@
+"""Whole-workflow throughput, models step through summarize, against the packed kernel's rate in the same run.
+
+Builds the real architectures with random weights in their real on-disk formats and dtypes (ESM-2 3B as a
+float16 fair-esm checkpoint of 5.7 GB, DNABERT-S as a snapshot directory with a float32
+`pytorch_model.bin`, an original-format `500_model.pth`), writes genome-like contigs (genes of 1.2-1.8 kb
+on both strands between 50-200 bp spacers: about 0.6 kept frames per 500 bp fragment, as real genomes
+give), and for each input times `snakemake --cores all` in a fresh working directory with an empty
+embedding store (the models step, i.e. the float16 conversion, included in each):
+
+    1 x 20 Mbp, 8 x 2.5 Mbp, 100 x 0.2 Mbp
+
+Then the last input again with one more sample added: the plan embeds only the new sample's frames.
+The kernel's rate is the packed ESM-2 path alone (`runner.embed_packed` on the converted model, the frames
+of the first input, warm) in the same process. Reported: wall time, Mbp/h, ESM-2 tokens/s over the run and
+its share of the kernel rate, and from the jobs' receipts the seconds of model loads, embedding and
+writing, so that what limits each figure is measured.
+
+    python benchmarks/workflow_throughput.py --out benchmarks/results/workflow_throughput_h200.md
+    python benchmarks/workflow_throughput.py --tiny --inputs 1x0.05,3x0.01 --out /tmp/workflow.md  # CPU smoke test
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.original_classifier import make_original_classifier  # noqa: E402
+from tests.test_workflow import make_workdir  # noqa: E402
+from tests.tiny_dnabert import build_tiny_dnabert, train_tokenizer  # noqa: E402
+from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint  # noqa: E402
+from virnucpro import esm2  # noqa: E402
+from virnucpro.converted import ensure_converted  # noqa: E402
+from virnucpro.runner import embed_packed  # noqa: E402
+from virnucpro.seqio import read_fasta  # noqa: E402
+
+INPUTS = "1x20,8x2.5,100x0.2"  # samples x Mbp each
+CONTIG_BP = 100_000
+STOPS = ("TAA", "TAG", "TGA")
+SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
+COMPLEMENT = str.maketrans("ACGT", "TGCA")
+
+
+def build_models(directory, tiny):
+    """Model files in their real formats; returns the config overrides naming them."""
+    if tiny:
+        esm = build_tiny_esm2(num_layers=2, embed_dim=128, heads=2)
+        dna_dir, _, cfg = build_tiny_dnabert(directory / "DNABERT-S", hidden_size=96, formats=("bin",))
+    else:
+        esm = build_tiny_esm2(num_layers=36, embed_dim=2560, heads=40)
+        dna_dir, _, cfg = build_tiny_dnabert(
+            directory / "DNABERT-S", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+            intermediate_size=3072, vocab_size=4096, tokenizer=train_tokenizer(4096, n_seqs=2000), std=0.02,
+            formats=("bin",),
+        )
+    esm_path = save_fair_esm_checkpoint(esm, directory, name="esm2_t36_3B_UR50D" if not tiny else "esm2_tiny")
+    del esm
+    classifier = directory / "500_model.pth"
+    make_original_classifier(classifier, input_dim=cfg["hidden_size"] + (128 if tiny else 2560))
+    return {"models.esm2": str(esm_path), "models.dnabert_s": str(dna_dir), "models.classifier": str(classifier)}
+
+
+def genome_like(n_bp, rng):
+    """Random genes (ATG, sense codons, a stop) of 1.2-1.8 kb on either strand between random spacers."""
+    parts, total = [], 0
+    while total < n_bp:
+        spacer = "".join(rng.choice(list("ACGT"), int(rng.integers(50, 201))))
+        gene = "ATG" + "".join(rng.choice(SENSE, int(rng.integers(400, 601)) - 2)) + str(rng.choice(STOPS))
+        if rng.random() < 0.5:
+            gene = gene.translate(COMPLEMENT)[::-1]
+        parts += [spacer, gene]
+        total += len(spacer) + len(gene)
+    return "".join(parts)[:n_bp]
+
+
+def write_sample(path, mbp, seed):
+    rng = np.random.default_rng(seed)
+    n_bp = int(mbp * 1e6)
+    with open(path, "w") as fh:
+        for start in range(0, n_bp, CONTIG_BP):
+            seq = genome_like(min(CONTIG_BP, n_bp - start), rng)
+            fh.write(f">{path.stem}_contig{start // CONTIG_BP}\n")
+            fh.writelines(seq[i : i + 80] + "\n" for i in range(0, len(seq), 80))
+
+
+def snakemake(work, *args):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+           "--directory", str(work), "--cores", "all", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        sys.exit(f"snakemake failed in {work}:\n{proc.stderr[-4000:]}")
+    return time.perf_counter() - t0
+
+
+def esm_tokens(work):
+    """ESM-2 tokens of every frame of every sample (as the plan counts them), and the frames."""
+    tokens, frames = 0, 0
+    for faa in (work / "results").glob("*/prepare/frames.faa"):
+        for _, seq in read_fasta(faa):
+            tokens += min(len(seq), 1022) + 2
+            frames += 1
+    return tokens, frames
+
+
+def receipts(work):
+    """Sums of the embedding jobs' seconds per stage, their count and the frames they embedded."""
+    notes = [json.loads(p.read_text()) for p in (work / "results" / "embedding" / "samples" / "done").glob("*.json")]
+    seconds = {}
+    for n in notes:
+        for stage, s in n["seconds"].items():
+            seconds[stage] = seconds.get(stage, 0.0) + s
+    embedded = sum(n["frames"]["esm2"] for n in notes)
+    return seconds, len(notes), embedded
+
+
+def run_input(root, models, n_samples, mbp, device, tokens_per_shard):
+    work = root / f"work_{n_samples}x{mbp}"
+    inputs = root / f"inputs_{n_samples}x{mbp}"
+    inputs.mkdir()
+    sheet = {}
+    for i in range(n_samples):
+        sheet[f"s{i}"] = inputs / f"s{i}.fa"
+        write_sample(sheet[f"s{i}"], mbp, seed=1000 * n_samples + i)
+    config = {"models.dir": str(work / "models"), "embed.device": device, "shards.tokens_per_shard": tokens_per_shard}
+    make_workdir(work, sheet=sheet, **models, **config)
+    seconds = snakemake(work)
+    tokens, frames = esm_tokens(work)
+    stages, jobs, embedded = receipts(work)
+    return work, sheet, {"input": f"{n_samples} x {mbp:g} Mbp", "mbp": n_samples * mbp, "wall_s": seconds,
+                         "tokens": tokens, "frames": frames, "jobs": jobs, "embedded": embedded, "stages": stages}
+
+
+def add_a_sample(work, sheet, mbp):
+    path = Path(next(iter(sheet.values()))).parent / "added.fa"
+    write_sample(path, mbp, seed=999_999)
+    with open(work / "config" / "samples.tsv", "a") as fh:
+        fh.write(f"added\t{path}\n")
+    seconds = snakemake(work)
+    plan = json.loads((work / "results" / "embedding" / "samples" / "plan" / "plan.json").read_text())
+    added = sum(1 for _ in read_fasta(work / "results" / "added" / "prepare" / "frames.faa"))
+    return {"wall_s": seconds, "embedded": plan["frames_to_embed"], "added_frames": added,
+            "distinct_frames": plan["distinct_frames"]}
+
+
+def kernel_rate(work, models, device):
+    """Tokens/s of the packed ESM-2 path alone on the first input's frames (warm, converted model)."""
+    device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    converted, digest = ensure_converted("esm2", models["models.esm2"], work / "models")
+    model = esm2.load_converted(converted, digest, device)
+    seqs = [s for faa in sorted((work / "results").glob("*/prepare/frames.faa")) for _, s in read_fasta(faa)]
+    tok, budget = esm2.tokenizer(), esm2.DEFAULT_TOKENS_PER_BATCH[device.type]
+    ids = [str(i) for i in range(len(seqs))]
+    embed_packed(ids[:2000], seqs[:2000], tok, model.embed, model.embed_dim, device, budget, "warm-up")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    embed_packed(ids, seqs, tok, model.embed, model.embed_dim, device, budget, "kernel")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return sum(min(len(s), 1022) + 2 for s in seqs) / (time.perf_counter() - t0), str(device), model.attention_backend
+
+
+def report(rows, added, rate, where, tiny):
+    lines = [
+        f"# Whole workflow, {'tiny models' if tiny else 'ESM-2 3B + DNABERT-S (random weights, real formats)'}, "
+        f"{where}; packed ESM-2 kernel alone: {rate:,.0f} tokens/s",
+        "",
+        "| input | frames | ESM-2 tokens | wall (s) | Mbp/h | ESM-2 tokens/s over the run | share of the kernel rate "
+        "| embed jobs | model loads (s) | embedding (s) | writing (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        st = r["stages"]
+        loads = st.get("load_esm2", 0) + st.get("load_dnabert_s", 0)
+        over = r["tokens"] / r["wall_s"]
+        lines.append(
+            f"| {r['input']} | {r['frames']:,} | {r['tokens']:,} | {r['wall_s']:.1f} | {r['mbp'] / r['wall_s'] * 3600:,.0f} "
+            f"| {over:,.0f} | {100 * over / rate:.0f} % | {r['jobs']} | {loads:.1f} | {st.get('embed', 0):.1f} "
+            f"| {st.get('write', 0):.1f} |"
+        )
+    lines += ["", f"Adding one sample to the last input: {added['added_frames']:,} frames in the new sample, "
+              f"{added['embedded']:,} embedded ({added['distinct_frames']:,} distinct frames in the run), "
+              f"{added['wall_s']:.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny models (a smoke test on the CPU)")
+    ap.add_argument("--inputs", default=INPUTS, help="inputs to time, as SAMPLESxMBP_EACH, comma-separated")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--tokens-per-shard", type=int, default=50_000_000)
+    ap.add_argument("--workdir", help="keep the working directories here (default: a temporary one)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        models = build_models(root / "models", args.tiny)
+        print(f"# models built in {time.perf_counter() - t0:.0f} s", flush=True)
+        rows, first = [], None
+        inputs = [(int(n), float(mbp)) for n, mbp in (part.split("x") for part in args.inputs.split(","))]
+        for n, mbp in inputs:
+            work, sheet, row = run_input(root, models, n, mbp, args.device, args.tokens_per_shard)
+            first = first or work
+            rows.append(row)
+            print(row, flush=True)
+        added = add_a_sample(work, sheet, inputs[-1][1])
+        print(added, flush=True)
+        rate, device, path = kernel_rate(first, models, args.device)
+    where = f"{torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'} ({path})"
+    text = report(rows, added, rate, where, args.tiny)
+    print(text)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
