@@ -10,4 +10,5 @@ run_step(
     model=snakemake.input.model,
     out=snakemake.output[0],
     fragment_size=snakemake.params.fragment_size,
+    threads=snakemake.threads,
 )

@@ -10,4 +10,5 @@ run_step(
     list(snakemake.input.predictions),
     snakemake.output[0],
     frames=snakemake.input.frames,
+    threads=snakemake.threads,
 )

@@ -13,4 +13,10 @@ def convert_classifier(original, out):
     write_record(out)
 
 
-run_step(snakemake.log[0], convert_classifier, snakemake.input[0], snakemake.output[0])
+run_step(
+    snakemake.log[0],
+    convert_classifier,
+    snakemake.input[0],
+    snakemake.output[0],
+    threads=snakemake.threads,
+)

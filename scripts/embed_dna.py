@@ -11,4 +11,5 @@ run_step(
     out=snakemake.output[0],
     device=snakemake.params.device,
     tokens_per_batch=snakemake.params.tokens_per_batch,
+    threads=snakemake.threads,
 )

@@ -10,4 +10,5 @@ run_step(
     protein=snakemake.input.protein,
     out=snakemake.output[0],
     frames=snakemake.input.frames,
+    threads=snakemake.threads,
 )

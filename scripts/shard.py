@@ -10,4 +10,5 @@ run_step(
     snakemake.input.protein,
     snakemake.output[0],
     tokens_per_shard=snakemake.params.tokens_per_shard,
+    threads=snakemake.threads,
 )

@@ -10,6 +10,7 @@ import sys
 
 from virnucpro import __version__
 from virnucpro.errors import VirNucProError
+from virnucpro.logs import DATE_FORMAT, LOG_FORMAT
 
 log = logging.getLogger("virnucpro")
 
@@ -189,8 +190,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
+        format=LOG_FORMAT,
+        datefmt=DATE_FORMAT,
         stream=sys.stderr,
     )
     try:

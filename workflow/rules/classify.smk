@@ -13,6 +13,7 @@ rule merge:
         f"{RESULTS}/{{sample}}/logs/merge/{{shard}}.log",
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     script:
         "../../scripts/merge.py"
 
@@ -27,6 +28,7 @@ rule classify:
         f"{RESULTS}/{{sample}}/logs/classify/{{shard}}.log",
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         fragment_size=FRAGMENT_SIZE,
     script:
@@ -44,5 +46,6 @@ rule collect_predictions:
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     script:
         "../../scripts/collect_predictions.py"

@@ -12,6 +12,7 @@ rule download_esm2:
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         kind="esm2",
     script:
@@ -26,6 +27,7 @@ rule download_dnabert_s:
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         kind="dnabert_s",
     script:
@@ -42,6 +44,7 @@ rule download_classifier:
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         kind="classifier",
     script:
@@ -58,6 +61,7 @@ rule convert_classifier:
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     script:
         "../../scripts/convert_classifier.py"
 

@@ -12,6 +12,7 @@ rule prepare:
         f"{RESULTS}/{{sample}}/logs/prepare.log",
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         fragment_size=FRAGMENT_SIZE,
     script:
@@ -28,6 +29,7 @@ checkpoint shard:
         f"{RESULTS}/{{sample}}/logs/shard.log",
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         tokens_per_shard=config["shards"]["tokens_per_shard"],
     script:

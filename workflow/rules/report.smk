@@ -36,6 +36,7 @@ rule summarize:
         f"{RESULTS}/{{sample}}/logs/summarize.log",
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         threshold=config["summary"]["viral_fraction_threshold"],
         top_sequences=config["summary"]["plot_top_sequences"],

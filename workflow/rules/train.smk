@@ -17,6 +17,7 @@ rule train_classifier:
         f"{RESULTS}/train/train.log",
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         fragment_size=FRAGMENT_SIZE,
         seed=config["train"]["seed"],
