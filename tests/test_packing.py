@@ -3,6 +3,8 @@
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -277,3 +279,12 @@ def test_compile_fallback_reraises_out_of_memory_and_logs_other_failures(caplog)
     with caplog.at_level("WARNING", logger="virnucpro"):
         fall_back(RuntimeError("InductorError: no C compiler\nmore"), "torch.compile", "DNABERT-S")
     assert "torch.compile failed (InductorError: no C compiler); running DNABERT-S on plain torch ops" in caplog.text
+
+
+def test_compiling_prints_no_torchscript_deprecation():
+    """torch.compile's first call imports torch/utils/mkldnn.py, whose 14 `@torch.jit.script_method`
+    decorators each warn (torch 2.13); `runner.compiled` keeps exactly those out. A fresh interpreter,
+    because torch imports that module once per process."""
+    code = "from virnucpro.runner import compiled\ncompiled(lambda x: x * 2)\n"  # the import happens here
+    proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -30,7 +30,7 @@ from virnucpro.attention import select_backend, varlen_attention
 from virnucpro.checksums import verify_recorded
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_ids, segment_mean
-from virnucpro.runner import fall_back
+from virnucpro.runner import compiled, fall_back
 
 log = logging.getLogger("virnucpro")
 
@@ -272,8 +272,8 @@ class PackedESM2:
         if compile:
             # only the token dimension is dynamic (marked per call): widths, heads and head size stay
             # compile-time constants, which keeps the generated index arithmetic and reductions fast
-            self._pre = torch.compile(pre)
-            self._post = torch.compile(_attention_output_and_mlp)
+            self._pre = compiled(pre)
+            self._post = compiled(_attention_output_and_mlp)
         self.compiled = bool(compile)
 
     def _rotary_tables(self, cu_seqlens, total):
