@@ -2,7 +2,9 @@
 refused without running, fragment sizes are enforced, and the prediction table is the original's."""
 
 import hashlib
+import os
 import pickletools
+import stat
 import subprocess
 import sys
 import textwrap
@@ -74,6 +76,23 @@ def test_output_format(original, tmp_path):
         assert label == ("virus" if float(s2) > float(s1) else "others")
         labels.add(label)
     assert labels == {"virus", "others"}  # the test data exercise both labels
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_converted_file_is_as_readable_as_any_new_file(original, tmp_path, umask):
+    """safetensors creates its files 0600 whatever the umask: the converted classifier (and a trained
+    one, written the same way) gets the mode of a plain new file, like the original beside it."""
+    previous = os.umask(umask)
+    try:
+        convert_original(original / "500_model.pth", tmp_path / "500_model.safetensors")
+        save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 300, "test", "")
+        (tmp_path / "plain").write_text("")
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == expected
+    for name in ("500_model.safetensors", "m.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
 
 
 def test_refuses_pickle_that_runs_code(tmp_path):

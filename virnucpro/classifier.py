@@ -20,6 +20,7 @@ is column 1, else `others`.
 """
 
 import logging
+import os
 import pickle
 import re
 import struct
@@ -189,6 +190,16 @@ def write_classifier_file(model, path, fragment_size, source, source_sha256):
         "source_sha256": str(source_sha256),
     }
     save_file(state, str(path), metadata=meta)
+    # safetensors 0.8 writes through a temporary file that it renames into place, created with mode
+    # 0600 whatever the umask (safetensors/safetensors#782): give the file the mode a new file gets
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask():
+    """The process umask (reading it means setting it: the most restrictive value meanwhile)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def save_classifier(model, out, fragment_size, source, source_sha256):
