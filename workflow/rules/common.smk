@@ -3,14 +3,22 @@
 import sys
 from pathlib import Path
 
+# The workflow's own code, virnucpro/ beside workflow/, is imported from this source tree: here, and in
+# every script job, since Snakemake hands this process's sys.path on to the Python scripts it runs. The
+# environments in envs/ hold only the third-party stack, so code and rules come from one commit wherever
+# the workflow is used from (a clone, or a module of another workflow). A remote module (github(...))
+# has no local tree: there the package must be installed where Snakemake runs (README).
+if workflow.current_basedir.is_local:
+    sys.path.insert(0, str(Path(workflow.current_basedir).parents[1]))
+
 from virnucpro.config import read_samples, training_sets, validate_config
 from virnucpro.errors import VirNucProError
 
-SCHEMAS = Path(workflow.basedir) / "schemas"
-
 try:
-    validate_config(config, SCHEMAS / "config.schema.yaml")
-    SAMPLES = read_samples(config["samples"], SCHEMAS / "samples.schema.yaml")
+    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    SAMPLES = read_samples(
+        config["samples"], workflow.source_path("../schemas/samples.schema.yaml")
+    )
     TRAIN_SETS = training_sets(config["train"])
 except VirNucProError as exc:
     sys.exit(f"configuration error: {exc}")
