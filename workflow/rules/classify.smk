@@ -12,7 +12,7 @@ rule merge:
     log:
         f"{RESULTS}/{{sample}}/logs/merge/{{shard}}.log",
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
     threads: 1
     script:
         "../../scripts/merge.py"
@@ -45,7 +45,7 @@ rule collect_predictions:
         f"{RESULTS}/{{sample}}/logs/collect_predictions.log",
     localrule: True
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
     threads: 1
     script:
         "../../scripts/collect_predictions.py"

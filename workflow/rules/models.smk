@@ -11,7 +11,7 @@ rule download_esm2:
         name="esm2_t[0-9]+_[0-9]+[MB]_UR50D",
     localrule: True
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
     threads: 1
     params:
         kind="esm2",
@@ -26,7 +26,7 @@ rule download_dnabert_s:
         f"{MODELS}/logs/download_DNABERT-S.log",
     localrule: True
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
     threads: 1
     params:
         kind="dnabert_s",
@@ -43,7 +43,7 @@ rule download_classifier:
         size="300|500",
     localrule: True
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
     threads: 1
     params:
         kind="classifier",

@@ -11,7 +11,7 @@ rule prepare:
     log:
         f"{RESULTS}/{{sample}}/logs/prepare.log",
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
     threads: 1
     params:
         fragment_size=FRAGMENT_SIZE,
@@ -28,7 +28,7 @@ checkpoint shard:
     log:
         f"{RESULTS}/{{sample}}/logs/shard.log",
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
     threads: 1
     params:
         tokens_per_shard=config["shards"]["tokens_per_shard"],

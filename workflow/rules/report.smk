@@ -39,7 +39,7 @@ rule summarize:
     log:
         f"{RESULTS}/{{sample}}/logs/summarize.log",
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
     threads: 1
     params:
         threshold=config["summary"]["viral_fraction_threshold"],
