@@ -6,10 +6,11 @@ from pathlib import Path
 # The workflow's own code, virnucpro/ beside workflow/, is imported from this source tree: here, and in
 # every script job, since Snakemake hands this process's sys.path on to the Python scripts it runs. The
 # environments in envs/ hold only the third-party stack, so code and rules come from one commit wherever
-# the workflow is used from (a clone, or a module of another workflow). A remote module (github(...))
-# has no local tree: there the package must be installed where Snakemake runs (README).
-if workflow.current_basedir.is_local:
-    sys.path.insert(0, str(Path(workflow.current_basedir).parents[1]))
+# the workflow is used from (a clone, or a module of another workflow). Rules read from git (a github()
+# module) have no tree on disk: there the package must be installed where Snakemake runs (README).
+SOURCE_TREE = Path(str(workflow.current_basedir)).parents[1]
+if (SOURCE_TREE / "virnucpro" / "__init__.py").is_file():
+    sys.path.insert(0, str(SOURCE_TREE))
 
 from virnucpro.config import read_samples, training_sets, validate_config
 from virnucpro.errors import VirNucProError
