@@ -12,8 +12,16 @@ SOURCE_TREE = Path(str(workflow.current_basedir)).parents[1]
 if (SOURCE_TREE / "virnucpro" / "__init__.py").is_file():
     sys.path.insert(0, str(SOURCE_TREE))
 
-from virnucpro.config import read_samples, training_sets, validate_config
-from virnucpro.errors import VirNucProError
+try:
+    from virnucpro.config import read_samples, training_sets, validate_config
+    from virnucpro.errors import VirNucProError
+except ModuleNotFoundError as exc:
+    if exc.name != "virnucpro":
+        raise
+    sys.exit(
+        f"configuration error: the virnucpro package is neither beside the rules ({SOURCE_TREE}) "
+        "nor installed where Snakemake runs (README: Deploy with snakedeploy)"
+    )
 
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
