@@ -226,7 +226,8 @@ def test_rules_declare_threads_and_adapters_pass_them_on():
 
 @pytest.fixture(scope="session")
 def snakemake_only(tmp_path_factory):
-    """A venv with Snakemake alone (pyproject.toml's pin), as a user of a deployed workflow has it."""
+    """A venv with Snakemake alone (pyproject.toml's pin, report extra included), as a user of a deployed
+    workflow has it."""
     root = tmp_path_factory.mktemp("snakemake_only")
     venv.create(root, with_pip=True)
     pin = next(r for r in PYPROJECT["project"]["optional-dependencies"]["workflow"] if Requirement(r).name == "snakemake")
@@ -247,6 +248,8 @@ def test_envs_build_and_run_the_deployed_workflow(tmp_path, tiny_models, snakema
     args = ["--sdm", "conda", "--conda-prefix", str(tmp_path / "envs")]
     run_deployed(dest, "--cores", "2", *args, python=snakemake_only, env=env)
     assert_complete(dest, *args, python=snakemake_only, env=env)
+    run_deployed(dest, "--report", "report.html", *args, python=snakemake_only, env=env)
+    assert "sequence_summary.tsv" in (dest / "report.html").read_text(errors="replace")
     built = sorted(p for p in (tmp_path / "envs").iterdir() if p.is_dir())
     assert len(built) == len(ENV_FILES), built  # one per env file: each rule ran in its own env
     for prefix in built:

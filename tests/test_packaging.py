@@ -1,5 +1,6 @@
-"""Package metadata: pyproject.toml applies without a setuptools warning, and every extra that the
-docs, profiles and build files tell users to install exists."""
+"""Package metadata: pyproject.toml applies without a setuptools warning, every extra that the docs,
+profiles and build files tell users to install exists, and the Snakemake workflow catalog finds what
+its standardized usage needs."""
 
 import re
 import tomllib
@@ -7,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -39,3 +41,17 @@ def test_extras_named_in_docs_exist():
     assert named, "no extra is named anywhere"
     for name, path in named.items():
         assert name in extras, f"{path} names the extra [{name}], which pyproject.toml does not define"
+
+
+def test_catalog_standardized_usage():
+    """What the catalog's generate-catalog.py reads: workflow/Snakefile, config/README.md and the usage
+    settings (mandatory flags, software deployment, report) of .snakemake-workflow-catalog.yml."""
+    assert (REPO / "workflow" / "Snakefile").is_file() and (REPO / "config" / "README.md").is_file()
+    readme = (REPO / "README.md").read_text().lower()
+    assert "snakemake" in readme and "workflow" in readme
+    usage = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert set(usage["mandatory-flags"]) == {"desc", "flags"} and usage["mandatory-flags"]["desc"]
+    methods = usage["software-stack-deployment"]
+    assert set(methods) <= {"conda", "singularity", "singularity+conda"} and any(methods.values())
+    assert methods["conda"] is True  # tests/test_envs.py builds every env through --sdm conda
+    assert usage["report"] is True
