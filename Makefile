@@ -2,10 +2,10 @@
 #   make run   creates .venv, then runs the workflow on the bundled example with the default config
 #   make test  creates .venv, then runs the test suite (unit tests, snakemake --lint, a dry run,
 #              the workflow on tiny models)
+# Versions come from pyproject.toml alone (its dependencies and extras are pinned there).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-TORCH := torch==2.13.0
 
 .PHONY: run test clean
 
@@ -14,12 +14,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.workflow: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[workflow]'
 	touch $@
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 

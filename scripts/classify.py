@@ -15,4 +15,5 @@ run_step(
     models_dir=Path(snakemake.input.converted[0]).parent.parent if snakemake.input.converted else None,
     fragment_size=snakemake.params.fragment_size,
     out=snakemake.output[0],
+    threads=snakemake.threads,
 )

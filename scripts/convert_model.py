@@ -7,4 +7,7 @@ from virnucpro.converted import write_pointer
 from virnucpro.logs import run_step
 
 note = Path(snakemake.output[0])
-run_step(snakemake.log[0], write_pointer, snakemake.params.kind, snakemake.input[0], note.parent.parent, note)
+run_step(
+    snakemake.log[0], write_pointer, snakemake.params.kind, snakemake.input[0], note.parent.parent, note,
+    threads=snakemake.threads,
+)

@@ -3,4 +3,10 @@
 from virnucpro.logs import run_step
 from virnucpro.models import download_model
 
-run_step(snakemake.log[0], download_model, snakemake.params.kind, snakemake.output.model)
+run_step(
+    snakemake.log[0],
+    download_model,
+    snakemake.params.kind,
+    snakemake.output.model,
+    threads=snakemake.threads,
+)

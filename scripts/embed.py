@@ -16,4 +16,5 @@ run_step(
     receipt=snakemake.output[0],
     esm2_tokens_per_batch=snakemake.params.esm2_tokens_per_batch,
     dnabert_tokens_per_batch=snakemake.params.dnabert_tokens_per_batch,
+    threads=snakemake.threads,
 )

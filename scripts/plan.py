@@ -14,4 +14,5 @@ run_step(
     dnabert_s=snakemake.input.dnabert_s,
     device=snakemake.params.device,
     tokens_per_shard=snakemake.params.tokens_per_shard,
+    threads=snakemake.threads,
 )

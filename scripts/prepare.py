@@ -11,4 +11,5 @@ run_step(
     out_dna=snakemake.output.dna,
     out_protein=snakemake.output.protein,
     manifest=snakemake.output.manifest,
+    threads=snakemake.threads,
 )

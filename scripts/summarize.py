@@ -17,4 +17,5 @@ run_step(
     threshold=snakemake.params.threshold,
     top_sequences=snakemake.params.top_sequences,
     fragment_size=snakemake.params.fragment_size,
+    threads=snakemake.threads,
 )

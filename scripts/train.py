@@ -17,4 +17,5 @@ run_step(
     metrics_tsv=snakemake.output.metrics,
     fragment_size=snakemake.params.fragment_size,
     seed=snakemake.params.seed,
+    threads=snakemake.threads,
 )

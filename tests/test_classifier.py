@@ -3,7 +3,9 @@ refused without running, fragment sizes are enforced, the prediction table is th
 frame's scores do not depend on the frames scored beside it."""
 
 import hashlib
+import os
 import pickletools
+import stat
 import subprocess
 import sys
 import textwrap
@@ -114,6 +116,27 @@ def test_output_format(original, tmp_path):
         assert label == ("virus" if float(s2) > float(s1) else "others")
         labels.add(label)
     assert labels == {"virus", "others"}  # the test data exercise both labels
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_converted_file_is_as_readable_as_any_new_file(original, tmp_path, umask, tiny_models):
+    """safetensors creates its files 0600 whatever the umask: the converted classifier and ESM-2 (and a
+    trained classifier, written the same way) get the mode of a plain new file, like the originals."""
+    from virnucpro.converted import ensure_converted
+
+    d, _, _ = original
+    previous = os.umask(umask)
+    try:
+        converted = [ensure_converted("classifier", d / "500_model.pth", tmp_path)[0],
+                     ensure_converted("esm2", tiny_models["models.esm2"], tmp_path)[0]]
+        save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 300, "test", "")
+        (tmp_path / "plain").write_text("")
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == expected
+    for path in (*converted, tmp_path / "m.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path.name
 
 
 def test_refuses_pickle_that_runs_code(tmp_path):

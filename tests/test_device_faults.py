@@ -108,7 +108,7 @@ def test_lost_gpu_fails_cleanly_naming_the_shard(encoder, fault, shard, monkeypa
     log = tmp_path / "embed.log"
     calls.clear()
     with pytest.raises(SystemExit) as exit_:
-        run_step(log, _one_per_batch, shard)
+        run_step(log, _one_per_batch, shard, threads=1)
     assert exit_.value.code == 1
     lines = [line for line in log.read_text().splitlines() if " ERROR " in line]
     assert len(lines) == 1 and "device failure" in lines[0] and "Traceback" not in log.read_text()

@@ -1,6 +1,8 @@
 """Packer, padding, segment pooling and the packed runner (no model needed)."""
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -290,3 +292,12 @@ def test_a_sequence_gets_the_same_bits_in_any_batch():
     mixed = embed_packed(ids[::-1][:50], seqs[::-1][:50], _toy_tokenize, _gemm_forward, 64, "cpu", 512, "toy")
     assert np.array_equal(alone, whole[:1])
     assert np.array_equal(mixed, whole[::-1][:50])
+
+
+def test_compiling_prints_no_torchscript_deprecation():
+    """torch.compile's first call imports torch/utils/mkldnn.py, whose 14 `@torch.jit.script_method`
+    decorators each warn (torch 2.13); `runner.compiled` keeps exactly those out. A fresh interpreter,
+    because torch imports that module once per process."""
+    code = "from virnucpro.runner import compiled\ncompiled(lambda x: x * 2)\n"  # the import happens here
+    proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -181,7 +181,7 @@ def _load_original(path, digest):
 
 def write_classifier_file(model, path, fragment_size, source, source_sha256):
     """Write `model` to `path` in our safetensors format (not atomic: callers write to a temporary name)."""
-    from safetensors.torch import save_file
+    from virnucpro.converted import save_safetensors
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     input_dim, hidden, num_class = _dims(state, path)
@@ -194,7 +194,7 @@ def write_classifier_file(model, path, fragment_size, source, source_sha256):
         "source": str(source),
         "source_sha256": str(source_sha256),
     }
-    save_file(state, str(path), metadata=meta)
+    save_safetensors(state, path, meta)
 
 
 def convert_original(pth, out, source_sha256):

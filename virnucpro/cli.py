@@ -11,6 +11,7 @@ from pathlib import Path
 
 from virnucpro import __version__
 from virnucpro.errors import VirNucProError
+from virnucpro.logs import DATE_FORMAT, LOG_FORMAT
 
 log = logging.getLogger("virnucpro")
 SIZES = [300, 500]
@@ -218,8 +219,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
+        format=LOG_FORMAT,
+        datefmt=DATE_FORMAT,
         stream=sys.stderr,
     )
     try:

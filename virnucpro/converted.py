@@ -16,6 +16,7 @@ VirNucPro `{300|500}_model.pth` -> `virnucpro.classifier.convert_original`).
 import fcntl
 import json
 import logging
+import os
 from pathlib import Path
 
 from virnucpro.atomic import atomic_outputs
@@ -67,3 +68,15 @@ def write_pointer(kind, source, models_dir, pointer):
         tmp.write_text(json.dumps({"kind": kind, "source": str(source), "source_sha256": digest,
                                    "converted": str(out)}, indent=1) + "\n")
     return out
+
+
+def save_safetensors(state, path, metadata):
+    """`safetensors.torch.save_file`, the file then given the mode any new file gets under the umask:
+    safetensors writes through a temporary file created 0600 whatever the umask
+    (safetensors/safetensors#782), which would leave a converted model readable by its owner only."""
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata=metadata)
+    mask = os.umask(0o077)  # reading the umask means setting it; the most restrictive value meanwhile
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

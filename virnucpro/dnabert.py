@@ -35,7 +35,7 @@ from virnucpro.attention import select_backend, varlen_attention
 from virnucpro.checksums import checked_sha256
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_mean
-from virnucpro.runner import fall_back
+from virnucpro.runner import compiled, fall_back
 
 log = logging.getLogger("virnucpro")
 
@@ -254,7 +254,7 @@ class DnabertS(nn.Module):
         self.slopes = alibi_slopes(config.num_attention_heads)
         self._slopes_on = {}  # device -> (H,) float32, kept in float32 whatever the weights' dtype
         self.attention_backend = attention
-        self._post = torch.compile(post_attention) if compile else post_attention
+        self._post = compiled(post_attention) if compile else post_attention
         self.compiled = bool(compile)
 
     def to_inference(self, device, dtype):

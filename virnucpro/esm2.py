@@ -34,7 +34,7 @@ from virnucpro.attention import select_backend, varlen_attention
 from virnucpro.checksums import checked_sha256
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_ids, segment_mean
-from virnucpro.runner import fall_back
+from virnucpro.runner import compiled, fall_back
 
 log = logging.getLogger("virnucpro")
 
@@ -195,7 +195,9 @@ def convert_checkpoint(source, out, source_sha256):
     published float16 checkpoints) and finite; q, k and v are checked block by block inside the fused
     projection, and the rotary table against each layer's `rot_emb.inv_freq` when the checkpoint has one.
     """
-    from safetensors.torch import safe_open, save_file
+    from safetensors.torch import safe_open
+
+    from virnucpro.converted import save_safetensors
 
     config, state = read_checkpoint(source)
     try:
@@ -207,7 +209,7 @@ def convert_checkpoint(source, out, source_sha256):
         raise VirNucProError(f"{source}: '{bad}' does not fit in float16 (values beyond +-65504 or not finite)")
     meta = {"format": FORMAT, "alphabet": ALPHABET, "dtype": "float16", "source": Path(source).name,
             "source_sha256": source_sha256, **config.metadata()}
-    save_file(ours, str(out), metadata=meta)
+    save_safetensors(ours, out, meta)
     del ours
     with safe_open(str(out), framework="pt") as f:
         for key, value in state.items():
@@ -440,8 +442,8 @@ class PackedESM2:
         if compile:
             # only the token dimension is dynamic (marked per call): widths, heads and head size stay
             # compile-time constants, which keeps the generated index arithmetic and reductions fast
-            self._pre = torch.compile(pre)
-            self._post = torch.compile(_attention_output_and_mlp)
+            self._pre = compiled(pre)
+            self._post = compiled(_attention_output_and_mlp)
         self.compiled = bool(compile)
 
     @classmethod

@@ -1,11 +1,33 @@
-"""Logging for workflow steps run by Snakemake's `script:` adapters."""
+"""Logging and thread limits for workflow steps run by Snakemake's `script:` adapters."""
 
 import logging
+import os
 import sys
 import traceback
 
 from virnucpro.atomic import is_disk_full
 from virnucpro.errors import VirNucProError
+
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def limit_threads(threads):
+    """Hold this process's compute threads to `threads` (a rule's `threads:`).
+
+    Sets the size of torch's intra-op pool when the step uses torch (its module imported torch already;
+    torch is not imported here for steps that do not use it) and of the Rust thread pool behind
+    `tokenizers.Tokenizer.encode_batch` (rayon reads RAYON_NUM_THREADS when the pool first starts).
+    The package starts no other thread pool: the runner's packing thread is a single thread.
+    """
+    threads = int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be 1 or more, not {threads}")
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 class _LogFile(logging.FileHandler):
@@ -15,8 +37,9 @@ class _LogFile(logging.FileHandler):
         pass
 
 
-def run_step(log_path, fn, /, *args, **kwargs):
-    """Run `fn(*args, **kwargs)` as one workflow step, logging to `log_path` and to stderr.
+def run_step(log_path, fn, /, *args, threads, **kwargs):
+    """Run `fn(*args, **kwargs)` as one workflow step on `threads` threads (`limit_threads`), logging to
+    `log_path` and to stderr.
 
     A `VirNucProError` ends the step with exit status 1 and its one-line message (prefixed by the step
     name) in the log and on stderr; any other exception is written to the log with its traceback and
@@ -29,12 +52,13 @@ def run_step(log_path, fn, /, *args, **kwargs):
         print(f"cannot write the log {log_path}: {exc.strerror or exc}", file=sys.stderr)
     logging.basicConfig(
         level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
+        format=LOG_FORMAT,
+        datefmt=DATE_FORMAT,
         handlers=handlers,
         force=True,
     )
     log = logging.getLogger("virnucpro")
+    limit_threads(threads)
     try:
         return fn(*args, **kwargs)
     except VirNucProError as exc:

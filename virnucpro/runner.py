@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 
@@ -160,6 +161,24 @@ def _is_oom(exc):
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     )
+
+
+def compiled(fn):
+    """`torch.compile(fn)`, without the 14 DeprecationWarnings that torch's first `torch.compile` prints.
+
+    `torch.compile` imports Inductor, which imports `torch/utils/mkldnn.py`; that module's TorchScript
+    classes carry 14 `@torch.jit.script_method` decorators, and each warns that TorchScript is deprecated
+    (torch 2.13). The warning is about torch's own module, not about `fn` or anything we could change,
+    so exactly that message from `torch.jit._script` is ignored, only while Inductor is imported.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`torch\.jit\.script_method` is",
+            category=DeprecationWarning,
+            module=r"torch\.jit\._script",
+        )
+        return torch.compile(fn)
 
 
 def fall_back(exc, what, model):

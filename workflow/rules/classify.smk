@@ -15,6 +15,7 @@ rule classify:
         f"{RESULTS}/{{sample}}/logs/classify.log",
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         fragment_size=FRAGMENT_SIZE,
     script:

@@ -4,14 +4,31 @@ import json
 import sys
 from pathlib import Path
 
-from virnucpro.config import read_samples, training_sets, validate_config
-from virnucpro.errors import VirNucProError
-
-SCHEMAS = Path(workflow.basedir) / "schemas"
+# The workflow's own code, virnucpro/ beside workflow/, is imported from this source tree: here, and in
+# every script job, since Snakemake hands this process's sys.path on to the Python scripts it runs. The
+# environments in envs/ hold only the third-party stack, so code and rules come from one commit wherever
+# the workflow is used from (a clone, or a module of another workflow). Rules read from git (a github()
+# module) have no tree on disk: there the package must be installed where Snakemake runs (README).
+SOURCE_TREE = Path(str(workflow.current_basedir)).parents[1]
+if (SOURCE_TREE / "virnucpro" / "__init__.py").is_file():
+    sys.path.insert(0, str(SOURCE_TREE))
 
 try:
-    validate_config(config, SCHEMAS / "config.schema.yaml")
-    SAMPLES = read_samples(config["samples"], SCHEMAS / "samples.schema.yaml")
+    from virnucpro.config import read_samples, training_sets, validate_config
+    from virnucpro.errors import VirNucProError
+except ModuleNotFoundError as exc:
+    if exc.name != "virnucpro":
+        raise
+    sys.exit(
+        f"configuration error: the virnucpro package is neither beside the rules ({SOURCE_TREE}) "
+        "nor installed where Snakemake runs (README: Deploy with snakedeploy)"
+    )
+
+try:
+    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    SAMPLES = read_samples(
+        config["samples"], workflow.source_path("../schemas/samples.schema.yaml")
+    )
     TRAIN_SETS = training_sets(config["train"])
 except VirNucProError as exc:
     sys.exit(f"configuration error: {exc}")

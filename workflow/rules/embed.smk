@@ -15,6 +15,7 @@ checkpoint plan:
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         members=lambda wildcards: batch_members(wildcards.batch),
         store=STORE,

@@ -12,7 +12,8 @@ rule download_esm2:
         name="esm2_t[0-9]+_[0-9]+[MB]_UR50D",
     localrule: True
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
+    threads: 1
     params:
         kind="esm2",
     script:
@@ -26,7 +27,8 @@ rule download_dnabert_s:
         f"{MODELS}/logs/download_DNABERT-S.log",
     localrule: True
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
+    threads: 1
     params:
         kind="dnabert_s",
     script:
@@ -42,7 +44,8 @@ rule download_classifier:
         size="300|500",
     localrule: True
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
+    threads: 1
     params:
         kind="classifier",
     script:
@@ -59,6 +62,7 @@ rule convert_esm2:
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         kind="esm2",
     script:
@@ -75,6 +79,7 @@ rule convert_classifier:
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         kind="classifier",
     script:

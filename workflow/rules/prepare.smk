@@ -11,7 +11,8 @@ rule prepare:
     log:
         f"{RESULTS}/{{sample}}/logs/prepare.log",
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
+    threads: 1
     params:
         fragment_size=FRAGMENT_SIZE,
     script:

@@ -9,12 +9,14 @@ rule summarize:
     output:
         fragments=report(
             f"{RESULTS}/{{sample}}/fragment_calls.tsv",
+            caption="../report/fragment_calls.rst",
             category="Tables",
             subcategory="{sample}",
             labels={"sample": "{sample}", "table": "fragment calls"},
         ),
         sequences=report(
             f"{RESULTS}/{{sample}}/sequence_summary.tsv",
+            caption="../report/sequence_summary.rst",
             category="Tables",
             subcategory="{sample}",
             labels={"sample": "{sample}", "table": "sequence summary"},
@@ -22,12 +24,14 @@ rule summarize:
         viral=f"{RESULTS}/{{sample}}/viral.fna",
         histogram=report(
             f"{RESULTS}/{{sample}}/plots/score_histogram.png",
+            caption="../report/score_histogram.rst",
             category="Plots",
             subcategory="{sample}",
             labels={"sample": "{sample}", "plot": "virus score histogram"},
         ),
         along=report(
             f"{RESULTS}/{{sample}}/plots/score_along_sequences.png",
+            caption="../report/score_along_sequences.rst",
             category="Plots",
             subcategory="{sample}",
             labels={"sample": "{sample}", "plot": "virus score along sequences"},
@@ -35,7 +39,8 @@ rule summarize:
     log:
         f"{RESULTS}/{{sample}}/logs/summarize.log",
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
+    threads: 1
     params:
         threshold=config["summary"]["viral_fraction_threshold"],
         top_sequences=config["summary"]["plot_top_sequences"],

@@ -17,6 +17,7 @@ rule train_classifier:
         model=f"{RESULTS}/train/{FRAGMENT_SIZE}_model.safetensors",
         metrics=report(
             f"{RESULTS}/train/metrics.tsv",
+            caption="../report/train_metrics.rst",
             category="Training",
             labels={"table": "held-out metrics"},
         ),
@@ -24,6 +25,7 @@ rule train_classifier:
         f"{RESULTS}/train/train.log",
     conda:
         "../../envs/virnucpro.yaml"
+    threads: 1
     params:
         fragment_size=FRAGMENT_SIZE,
         seed=config["train"]["seed"],

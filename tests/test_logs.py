@@ -1,0 +1,72 @@
+"""Steps run through `run_step`: dated log lines (also from the CLI), and the rule's thread count reaching
+torch and the tokenizers pool, without importing torch into steps that do not use it."""
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from virnucpro.logs import run_step
+
+DATED = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} virnucpro INFO ")
+
+
+def _say(text):
+    logging.getLogger("virnucpro").info(text)
+    return text
+
+
+@pytest.fixture
+def torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_step_log_lines_carry_the_date(tmp_path, torch_threads):
+    assert run_step(tmp_path / "step.log", _say, "hello", threads=1) == "hello"
+    lines = (tmp_path / "step.log").read_text().splitlines()
+    assert len(lines) == 1 and DATED.match(lines[0]) and lines[0].endswith("hello"), lines
+
+
+def test_cli_log_lines_carry_the_date(tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\n" + "ATG" * 200 + "\n")
+    out = [str(tmp_path / n) for n in ("f.fna", "f.faa")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "virnucpro.cli", "prepare", str(fasta), "--fragment-size", "300",
+         "--out-dna", out[0], "--out-protein", out[1]],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines and all(DATED.match(l) for l in lines), lines
+
+
+def test_threads_reach_torch_and_the_tokenizers_pool(tmp_path, monkeypatch, torch_threads):
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    seen = run_step(tmp_path / "step.log", lambda: (torch.get_num_threads(), os.environ["RAYON_NUM_THREADS"]), threads=3)
+    assert seen == (3, "3")
+
+
+def test_cpu_steps_do_not_import_torch_for_their_threads(tmp_path):
+    """A step whose code does not use torch (prepare) runs without torch ever being imported."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from virnucpro.logs import run_step
+        from virnucpro.prepare import prepare
+        d = {str(tmp_path)!r}
+        with open(d + "/in.fa", "w") as fh:
+            fh.write(">a\\n" + "ATG" * 200 + "\\n")
+        run_step(d + "/step.log", prepare, d + "/in.fa", 300, d + "/f.fna", d + "/f.faa", threads=2)
+        assert "torch" not in sys.modules, "torch was imported"
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
