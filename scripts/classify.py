@@ -1,7 +1,5 @@
 """Snakemake adapter for rule `classify`: the VirNucPro MLP on every frame of a sample."""
 
-from pathlib import Path
-
 from virnucpro.classifier import classify
 from virnucpro.logs import run_step
 
@@ -11,8 +9,7 @@ run_step(
     snakemake.input.dna,
     snakemake.input.protein,
     snakemake.input.member,
-    model=snakemake.input.model,
-    models_dir=Path(snakemake.input.converted[0]).parent.parent if snakemake.input.converted else None,
+    note=snakemake.input.classifier,
     fragment_size=snakemake.params.fragment_size,
     out=snakemake.output[0],
     threads=snakemake.threads,

@@ -4,15 +4,17 @@ from virnucpro.logs import run_step
 from virnucpro.plan import plan_run
 
 members = dict(zip(snakemake.params.members, zip(snakemake.input.dna, snakemake.input.protein)))
+statuses = dict(zip(snakemake.params.members, snakemake.input.status))  # samples whose input was bad are left out
+notes = {"esm2": snakemake.input.esm2, "dnabert_s": snakemake.input.dnabert_s}  # note files
 run_step(
     snakemake.log[0],
     plan_run,
     members,
     snakemake.output[0],
     store=snakemake.params.store,
-    esm2_model=snakemake.input.esm2,
-    dnabert_s=snakemake.input.dnabert_s,
+    notes=notes,
     device=snakemake.params.device,
     tokens_per_shard=snakemake.params.tokens_per_shard,
+    statuses=statuses,
     threads=snakemake.threads,
 )

@@ -1,15 +1,17 @@
-"""Snakemake adapter for rule `prepare`: virnucpro.prepare.prepare on one sample."""
+"""Snakemake adapter for rule `prepare`: virnucpro.prepare.prepare_sample on one sample."""
 
 from virnucpro.logs import run_step
-from virnucpro.prepare import prepare
+from virnucpro.prepare import prepare_sample
 
 run_step(
     snakemake.log[0],
-    prepare,
+    prepare_sample,
     snakemake.input.fasta,
     fragment_size=snakemake.params.fragment_size,
     out_dna=snakemake.output.dna,
     out_protein=snakemake.output.protein,
     manifest=snakemake.output.manifest,
+    status=snakemake.output.status,
+    max_bp=snakemake.params.max_bp,
     threads=snakemake.threads,
 )

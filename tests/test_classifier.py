@@ -27,6 +27,7 @@ from virnucpro.classifier import (
     write_classifier_file,
 )
 from virnucpro.errors import VirNucProError
+from virnucpro.notes import model_note
 
 
 def save_classifier(model, out, fragment_size, source="test", source_sha256=""):
@@ -79,7 +80,7 @@ def test_conversion_reproduces_the_original_table(original, tmp_path):
     tables = []
     for model in (conv, pth):  # our converted file, and the original through its conversion
         out = tmp_path / f"pred_{model.suffix}.tsv"
-        classify(dna, protein, member, model, tmp_path / "models", fragment_size=500, out=out)
+        classify(dna, protein, member, model_note("classifier", model, tmp_path / "models"), 500, out)
         got_ids, got_labels, got = scored(out)
         assert got_ids == want_ids == ids and got_labels == want_labels
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
@@ -103,7 +104,7 @@ def test_a_frame_scores_the_same_beside_any_other_frames():
 def test_output_format(original, tmp_path):
     d, ids, (dna, protein, member) = original
     out = tmp_path / "pred.tsv"
-    classify(dna, protein, member, d / "500_model.pth", tmp_path / "models", 500, out)
+    classify(dna, protein, member, model_note("classifier", d / "500_model.pth", tmp_path / "models"), 500, out)
     lines = out.read_text().splitlines(keepends=True)
     assert lines[0] == HEADER == "Sequence_ID\tPrediction\tscore1\tscore2\n"
     assert len(lines) == len(ids) + 1
@@ -174,12 +175,12 @@ def test_refuses_other_pickled_classes(tmp_path):
 def test_fragment_size_mismatch(original, tmp_path):
     d, _, sample = original
     with pytest.raises(VirNucProError, match=r"500 bp fragments, but fragment_size is 300"):
-        classify(*sample, d / "500_model.pth", tmp_path / "models", 300, tmp_path / "p.tsv")
+        classify(*sample, model_note("classifier", d / "500_model.pth", tmp_path / "models"), 300, tmp_path / "p.tsv")
     assert not (tmp_path / "p.tsv").exists()
     conv = tmp_path / "c.safetensors"
     convert_original(d / "500_model.pth", conv, sha256(d / "500_model.pth"))
     with pytest.raises(VirNucProError, match=r"500 bp fragments, but fragment_size is 300"):
-        classify(*sample, conv, tmp_path / "models", 300, tmp_path / "p.tsv")
+        classify(*sample, model_note("classifier", conv, tmp_path / "models"), 300, tmp_path / "p.tsv")
 
 
 def test_conversion_needs_the_original_name(original, tmp_path):
@@ -189,7 +190,7 @@ def test_conversion_needs_the_original_name(original, tmp_path):
     with pytest.raises(VirNucProError, match="cannot tell the fragment size"):
         convert_original(renamed, tmp_path / "out.safetensors", sha256(renamed))
     with pytest.raises(VirNucProError, match="cannot tell the fragment size"):
-        classify(*sample, renamed, tmp_path / "models", 500, tmp_path / "p.tsv")
+        classify(*sample, model_note("classifier", renamed, tmp_path / "models"), 500, tmp_path / "p.tsv")
     assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "p.tsv").exists()
 
 
@@ -198,7 +199,7 @@ def test_feature_width_must_match(tmp_path):
     save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 300)
     sample = stored_features(tmp_path / "s", ["s_chunk_1F1"], np.zeros((1, 20)), 8)
     with pytest.raises(VirNucProError, match="20 values per frame.*expects 24"):
-        classify(*sample, tmp_path / "m.safetensors", tmp_path / "models", 300, tmp_path / "p.tsv")
+        classify(*sample, model_note("classifier", tmp_path / "m.safetensors", tmp_path / "models"), 300, tmp_path / "p.tsv")
 
 
 def test_converted_metadata_is_checked(tmp_path):
@@ -214,6 +215,6 @@ def test_converted_metadata_is_checked(tmp_path):
 def test_sample_without_frames(tmp_path):
     save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 500)
     sample = stored_features(tmp_path / "s", [], np.zeros((0, 24)), 8)
-    classify(*sample, tmp_path / "m.safetensors", tmp_path / "models", 500, tmp_path / "p.tsv")
+    classify(*sample, model_note("classifier", tmp_path / "m.safetensors", tmp_path / "models"), 500, tmp_path / "p.tsv")
     assert (tmp_path / "p.tsv").read_text() == HEADER
 

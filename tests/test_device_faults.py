@@ -19,6 +19,7 @@ from virnucpro import dnabert, esm2
 from virnucpro.embed import embed_shard
 from virnucpro.errors import VirNucProError
 from virnucpro.logs import run_step
+from virnucpro.notes import model_note
 from virnucpro.plan import plan_run
 from virnucpro.store import Namespace, store_files
 
@@ -38,12 +39,12 @@ def shard(tmp_path, tiny_models):
     """A one-shard plan of the three frames; returns the arguments of embed_shard."""
     (tmp_path / "f.fna").write_text("".join(f">{i}\n{n}\n" for i, n, _ in FRAMES))
     (tmp_path / "f.faa").write_text("".join(f">{i}\n{p}\n" for i, _, p in FRAMES))
+    notes = {"esm2": model_note("esm2", tiny_models["models.esm2"], tmp_path / "models"),
+             "dnabert_s": model_note("dnabert_s", tiny_models["models.dnabert_s"])}
     plan = plan_run({"s": (tmp_path / "f.fna", tmp_path / "f.faa")}, tmp_path / "plan", tmp_path / "store",
-                    tiny_models["models.esm2"], tiny_models["models.dnabert_s"], "cpu", 10**9)
+                    notes, "cpu", 10**9)
     (only,) = plan["shards"]
-    return dict(plan_dir=tmp_path / "plan", shard=only["name"], esm2_model=tiny_models["models.esm2"],
-                dnabert_s=tiny_models["models.dnabert_s"], models_dir=tmp_path / "models",
-                receipt=tmp_path / "done" / "x.json")
+    return dict(plan_dir=tmp_path / "plan", shard=only["name"], notes=notes, receipt=tmp_path / "done" / "x.json")
 
 
 def _fault(monkeypatch, encoder, fake):

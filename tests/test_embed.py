@@ -48,8 +48,9 @@ def plan(tmp_path, models, frames, tokens_per_shard=2000, name="plan"):
     esm_path, dna_dir, _ = models
     out = tmp_path / name
     rc = cli_main(["plan", "--sample", "s", str(frames[0]), str(frames[1]), "--esm2", str(esm_path),
-                   "--dnabert-s", str(dna_dir), "--store", str(tmp_path / "store"), "--device", "cpu",
-                   "--tokens-per-shard", str(tokens_per_shard), "--out", str(out)])
+                   "--dnabert-s", str(dna_dir), "--models-dir", str(tmp_path / "models"), "--store",
+                   str(tmp_path / "store"), "--device", "cpu", "--tokens-per-shard", str(tokens_per_shard),
+                   "--out", str(out)])
     assert rc == 0
     return out, json.loads((out / "plan.json").read_text())
 
@@ -137,7 +138,8 @@ def test_step_errors_are_one_line(tmp_path, models, capsys):
     assert "the plan has no shard 0123456789abcdef" in capsys.readouterr().err
     assert not out.exists() and store_files(tmp_path / "store", Namespace.from_json(planned["namespaces"]["esm2"])) == []
     rc = cli_main(["plan", "--sample", "s", str(frames[0]), str(frames[1]), "--esm2", str(tmp_path / "none.pt"),
-                   "--dnabert-s", str(dna_dir), "--store", str(tmp_path / "store"), "--out", str(tmp_path / "p2")])
+                   "--dnabert-s", str(dna_dir), "--models-dir", str(tmp_path / "m"), "--store", str(tmp_path / "store"),
+                   "--out", str(tmp_path / "p2")])
     assert rc == 1 and "none.pt: model file not found" in capsys.readouterr().err
 
 
@@ -147,8 +149,8 @@ def test_a_plan_for_a_gpu_refuses_to_run_on_the_cpu(tmp_path, models, capsys):
     frames = sample(tmp_path / "s", n=3)
     out = tmp_path / "plan"
     assert cli_main(["plan", "--sample", "s", str(frames[0]), str(frames[1]), "--esm2", str(esm_path),
-                     "--dnabert-s", str(dna_dir), "--store", str(tmp_path / "store"), "--device", "cuda",
-                     "--out", str(out)]) == 0
+                     "--dnabert-s", str(dna_dir), "--models-dir", str(tmp_path / "m"), "--store",
+                     str(tmp_path / "store"), "--device", "cuda", "--out", str(out)]) == 0
     shard = json.loads((out / "plan.json").read_text())["shards"][0]["name"]
     rc = cli_main(["embed", str(out), shard, "--esm2", str(esm_path), "--dnabert-s", str(dna_dir),
                    "--models-dir", str(tmp_path / "m"), "--out", str(tmp_path / "r.json")])
@@ -160,16 +162,17 @@ def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, models, 
     silently embed on its CPU."""
     from virnucpro.embed import embed_shard
     from virnucpro.errors import VirNucProError
+    from virnucpro.notes import model_note
 
     esm_path, dna_dir, _ = models
     frames = sample(tmp_path / "s", n=3)
     monkeypatch.setattr("virnucpro.runner.visible_devices", lambda: [])  # where snakemake runs: no GPU
     assert cli_main(["plan", "--sample", "s", str(frames[0]), str(frames[1]), "--esm2", str(esm_path),
-                     "--dnabert-s", str(dna_dir), "--store", str(tmp_path / "store"), "--device", "auto",
-                     "--out", str(tmp_path / "plan")]) == 0
+                     "--dnabert-s", str(dna_dir), "--models-dir", str(tmp_path / "m"), "--store",
+                     str(tmp_path / "store"), "--device", "auto", "--out", str(tmp_path / "plan")]) == 0
     planned = json.loads((tmp_path / "plan" / "plan.json").read_text())
     assert planned["device"] == "cpu" and planned["device_setting"] == "auto"
     monkeypatch.setattr("virnucpro.embed.visible_devices", lambda: ["0"])  # the job: a GPU
     with pytest.raises(VirNucProError, match="set embed.device to cuda"):
-        embed_shard(tmp_path / "plan", planned["shards"][0]["name"], esm_path, dna_dir, tmp_path / "m",
-                    tmp_path / "r.json")
+        notes = {"esm2": model_note("esm2", esm_path, tmp_path / "m"), "dnabert_s": model_note("dnabert_s", dna_dir)}
+        embed_shard(tmp_path / "plan", planned["shards"][0]["name"], notes, tmp_path / "r.json")

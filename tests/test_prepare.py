@@ -1,6 +1,9 @@
 """The front end: goldens of the original tool, an independent per-codon reference, every input form."""
 
+import bz2
 import gzip
+import json
+import lzma
 import subprocess
 import sys
 import tracemalloc
@@ -11,7 +14,8 @@ import pytest
 
 from tests.reference_frontend import chunks, front_end
 from virnucpro.frames import fragment_layout
-from virnucpro.prepare import prepare
+from virnucpro.errors import InputError
+from virnucpro.prepare import prepare, prepare_sample
 from virnucpro.seqio import read_sequences
 
 # the original tool's outputs, in the project's shared folder beside the repository
@@ -119,6 +123,9 @@ def test_input_forms_give_identical_output(tmp_path):
         for rid, seq in records:
             fh.write(f"@{rid} extra\n{seq}\n+\n{'I' * len(seq)}\n")
     forms["fastq_gz"] = fq
+    for name, module in (("bzip2", bz2), ("xz", lzma)):
+        forms[name] = tmp_path / f"reads.{name}"
+        forms[name].write_bytes(module.compress(plain.read_bytes()))
     results = {}
     for name, path in forms.items():
         (tmp_path / name).mkdir()
@@ -217,3 +224,64 @@ def test_memory_does_not_grow_with_input(tmp_path):
     large = _peak_bytes(tmp_path / "large.fa", tmp_path)
     # 8x the input must not need noticeably more memory: only the batch and one record are held
     assert large < 1.5 * small, (small, large)
+
+
+def _peak_reading(path, max_bp):
+    """Peak bytes held while reading `path` until the reader refuses it."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as err:
+            for _ in read_sequences(path, max_bp=max_bp):
+                pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak, str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["fasta", "fasta.gz", "fastq"])
+def test_a_record_without_line_breaks_is_refused_in_bounded_memory(tmp_path, kind):
+    """40 MB of one line: refused once past the limit (4 MB), holding about the limit, not the line."""
+    path = tmp_path / f"huge.{kind}"
+    opener = gzip.open if kind.endswith(".gz") else open
+    with opener(path, "wb") as fh:
+        fh.write(b"@huge read\n" if kind == "fastq" else b">huge contig\n")
+        for _ in range(40):
+            fh.write(b"ACGT" * (1 << 18))
+    peak, message = _peak_reading(path, max_bp=4_000_000)
+    assert "record 'huge'" in message and "longer than 4,000,000 bp" in message
+    assert peak < 4_000_000 + 8 * (1 << 20), peak
+
+
+def test_a_header_without_end_is_refused_in_bounded_memory(tmp_path):
+    path = tmp_path / "header.fa"
+    with open(path, "wb") as fh:
+        fh.write(b">")
+        for _ in range(30):
+            fh.write(b"x" * (1 << 20))
+    peak, message = _peak_reading(path, max_bp=10**9)
+    assert "header on line 1 is longer than 1,048,576 bytes" in message
+    assert peak < 8 * (1 << 20), peak
+
+
+def test_records_at_the_limit_pass_and_zstd_is_named(tmp_path):
+    path = tmp_path / "ok.fa"
+    path.write_text(">a\n" + "ACGT" * 250 + "\n>b\n" + "AC" * 100 + "\n")
+    assert [len(s) for _, s in read_sequences(path, max_bp=1000)] == [1000, 200]
+    zst = tmp_path / "reads.fa.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(20))
+    with pytest.raises(InputError, match="zstd-compressed input is not supported"):
+        list(read_sequences(zst))
+
+
+def test_the_workflow_step_records_bad_input_and_writes_empty_outputs(tmp_path):
+    (tmp_path / "bad.fa").write_text(">a\nACGT\n>a\nACGT\n")
+    out = {k: tmp_path / "out" / n for k, n in (("out_dna", "f.fna"), ("out_protein", "f.faa"),
+                                              ("manifest", "m.tsv"), ("status", "status.json"))}
+    assert prepare_sample(tmp_path / "bad.fa", 500, **out) is None
+    status = json.loads(out["status"].read_text())
+    assert status == {"ok": False, "error": f"{tmp_path / 'bad.fa'}: record 'a': duplicate sequence id"}
+    assert all(out[k].read_bytes() == b"" for k in ("out_dna", "out_protein", "manifest"))
+    stats = prepare_sample(GOLDEN / "input.fa", 500, **out)
+    assert json.loads(out["status"].read_text()) == {"ok": True, **stats.__dict__}
+    assert out["out_protein"].read_bytes() == (GOLDEN / "identified_protein500.faa").read_bytes()

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from tests.stored_features import stored_features
 from virnucpro.classifier import classify, load_classifier
 from virnucpro.errors import VirNucProError
+from virnucpro.notes import model_note
 from virnucpro.train import auroc, binary_metrics, train_classifier
 
 
@@ -55,7 +56,7 @@ def test_learns_two_classes_and_is_reproducible(data):
 
     clf = load_classifier(d / "a.safetensors")  # our converted format, usable by classify
     assert clf.fragment_size == 300 and clf.input_dim == 3328
-    classify(*features[0][:3], d / "a.safetensors", None, fragment_size=300, out=d / "pred.tsv")
+    classify(*features[0][:3], model_note("classifier", d / "a.safetensors"), fragment_size=300, out=d / "pred.tsv")
     calls = [line.split("\t")[1] for line in (d / "pred.tsv").read_text().splitlines()[1:]]
     assert calls.count("virus") > 0.8 * len(calls)
 

@@ -19,6 +19,7 @@ from virnucpro.cli import main as cli_main
 from virnucpro.converted import ensure_converted
 from virnucpro.errors import VirNucProError
 from virnucpro.esm2 import load_converted
+from virnucpro.notes import model_note
 
 CODE = sorted([*(REPO / "virnucpro").glob("*.py"), *(REPO / "scripts").glob("*.py")])
 RULES = sorted([REPO / "workflow" / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")])
@@ -128,7 +129,7 @@ def test_tampered_dnabert_file_is_refused_before_loading(tmp_path, tiny_models, 
     weights = next(p for p in files if p.name in ("pytorch_model.bin", "model.safetensors"))
     _tamper(weights if which == "weights" else model / which)
     with pytest.raises(VirNucProError, match="differs from the checksum recorded"):
-        dnabert.namespace(model, "cpu")
+        model_note("dnabert_s", model)
     with pytest.raises(VirNucProError, match="differs from the checksum recorded"):
         dnabert.load_dnabert(model)
 

@@ -5,7 +5,8 @@ atomic on one file system). When the block ends without an exception every tempo
 to its final name; on any exception (including KeyboardInterrupt) all temporary files are removed and
 nothing under a final name is touched. A killed process leaves only `.tmp-*` names, never a final name.
 A full disk (ENOSPC, EDQUOT, or an HDF5 write error that says so) becomes one `DiskFullError` line naming
-the outputs, raised after the temporary files are removed.
+the outputs, raised after the temporary files are removed; so does a folder that cannot be written
+(permission denied, a read-only file system), as a `VirNucProError`.
 """
 
 import contextlib
@@ -17,6 +18,7 @@ from pathlib import Path
 from virnucpro.errors import VirNucProError
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
 
 
 class DiskFullError(VirNucProError, OSError):
@@ -45,12 +47,24 @@ def temp_path_for(path):
     return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
 
 
+def not_writable_error(paths, exc):
+    """The one-line error for outputs whose folder cannot be written (`exc`: the OSError)."""
+    names = ", ".join(str(p) for p in paths)
+    where = f": {exc.filename}" if exc.filename else ""
+    return VirNucProError(f"{names}: cannot write the output ({exc.strerror or exc}{where})")
+
+
 @contextlib.contextmanager
 def atomic_outputs(*paths):
     finals = [Path(p) for p in paths if p is not None]
     temps = [temp_path_for(p) for p in finals]
-    for p in finals:
-        p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for p in finals:
+            p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in _NOT_WRITABLE:
+            raise not_writable_error(finals, exc) from None
+        raise
     try:
         yield iter_with_none(paths, temps)
         for tmp in temps:
@@ -60,10 +74,12 @@ def atomic_outputs(*paths):
             os.replace(tmp, final)
     except BaseException as exc:
         for tmp in temps:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # never made (or on a file system that refuses writes)
                 tmp.unlink()
         if is_disk_full(exc):
             raise disk_full_error(finals) from None
+        if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:
+            raise not_writable_error(finals, exc) from None
         raise
 
 

@@ -105,7 +105,8 @@ def _from_state(state, path):
     return model.eval()
 
 
-def _is_safetensors(path):
+def is_safetensors(path):
+    """True when `path` starts as a safetensors file does (an 8-byte header length, then JSON)."""
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < (1 << 27)
@@ -117,7 +118,7 @@ def load_classifier(path):
     if not path.is_file():
         raise VirNucProError(f"{path}: classifier file not found")
     digest = checked_sha256(path)  # against the checksum recorded when it was downloaded or converted, if any
-    if _is_safetensors(path):
+    if is_safetensors(path):
         return _load_converted(path)
     return _load_original(path, digest)
 
@@ -209,7 +210,7 @@ def convert_original(pth, out, source_sha256):
             f"{pth}: cannot tell the fragment size; original classifier files are named "
             "300_model.pth or 500_model.pth"
         )
-    if _is_safetensors(pth):
+    if is_safetensors(pth):
         raise VirNucProError(f"{pth}: already a converted safetensors file, not an original pickled classifier")
     original = load_classifier(pth)
     if original.source_sha256 != source_sha256:
@@ -224,20 +225,16 @@ def convert_original(pth, out, source_sha256):
     log.info("converted %s (%d bp fragments, sha256 %s)", pth, original.fragment_size, source_sha256)
 
 
-def classifier_for(source, models_dir):
-    """The classifier that `source` names: our safetensors file as it is, or an original `.pth` through
-    its conversion (made once, in `models_dir`); the conversion must name `source`'s current sha256."""
-    from virnucpro.converted import ensure_converted
+def classifier_of(note):
+    """The classifier a model note names (`virnucpro.notes`): the note's file, which must be the
+    conversion of the noted source (or the noted source itself, for our own safetensors files)."""
+    from virnucpro.notes import check_note, source_sha256
 
-    source = Path(source)
-    if not source.is_file():
-        raise VirNucProError(f"{source}: classifier file not found")
-    if _is_safetensors(source):
-        return load_classifier(source)
-    converted, digest = ensure_converted("classifier", source, models_dir)
-    clf = load_classifier(converted)
-    if clf.source_sha256 != digest:
-        raise VirNucProError(f"{converted}: converted from another file than {source}; delete it")
+    note = check_note(note)
+    clf = load_classifier(note["file"])
+    digest = source_sha256(note)
+    if note["file"] != note["source"] and clf.source_sha256 != digest:
+        raise VirNucProError(f"{note['file']}: converted from another file than {note['source']}; delete it")
     return clf
 
 
@@ -267,12 +264,16 @@ def format_rows(ids, probabilities):
     ]
 
 
-def classify(dna, protein, member, model, models_dir, fragment_size, out):
+def classify(dna, protein, member, note, fragment_size, out):
     """Score every frame of a sample (its frames files and plan record; features read from the embedding
-    store) with the classifier `model` names; write the prediction table `out`."""
+    store) with the classifier that `note` (a model note or the path of one) names; write the prediction
+    table `out`."""
     from virnucpro.features import iter_features
+    from virnucpro.notes import check_note
 
-    clf = classifier_for(model, models_dir)
+    note = check_note(note)
+    clf = classifier_of(note)
+    model = note["source"]
     if clf.fragment_size is None:
         raise VirNucProError(
             f"{model}: the classifier's fragment size is unknown; name an original file "

@@ -34,26 +34,33 @@ def _members(pairs):
     return members
 
 
+def _encoder_notes(args):
+    from virnucpro.notes import model_note
+
+    return {"esm2": model_note("esm2", args.esm2, args.models_dir),
+            "dnabert_s": model_note("dnabert_s", args.dnabert_s)}
+
+
 def _plan(args):
     from virnucpro.plan import plan_run
 
-    plan_run(_members(args.sample), args.out, args.store, args.esm2, args.dnabert_s, args.device,
-             args.tokens_per_shard)
+    plan_run(_members(args.sample), args.out, args.store, _encoder_notes(args), args.device, args.tokens_per_shard)
 
 
 def _embed(args):
     from virnucpro.embed import embed_shard
 
-    embed_shard(args.plan, args.shard, args.esm2, args.dnabert_s, args.models_dir, args.out,
+    embed_shard(args.plan, args.shard, _encoder_notes(args), args.out,
                 esm2_tokens_per_batch=args.esm2_tokens_per_batch,
                 dnabert_tokens_per_batch=args.dnabert_tokens_per_batch)
 
 
 def _classify(args):
     from virnucpro.classifier import classify
+    from virnucpro.notes import model_note
 
-    classify(args.frames_dna, args.frames_protein, args.member, model=args.model, models_dir=args.models_dir,
-             fragment_size=args.fragment_size, out=args.out)
+    note = model_note("classifier", args.model, args.models_dir)
+    classify(args.frames_dna, args.frames_protein, args.member, note, fragment_size=args.fragment_size, out=args.out)
 
 
 def _features(args):
@@ -134,6 +141,7 @@ def _add_front(sub):
                    help="a sample and its frames from `prepare` (repeat for each sample)")
     p.add_argument("--esm2", required=True, help="fair-esm ESM-2 checkpoint file or model name")
     p.add_argument("--dnabert-s", required=True, help="DNABERT-S snapshot directory")
+    p.add_argument("--models-dir", required=True, help="where converted models are kept (converted/)")
     p.add_argument("--store", required=True, help="embedding store directory (shared between runs)")
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="where the embedding jobs will run; auto: cuda when a GPU is visible here")

@@ -1,10 +1,13 @@
-"""Validation of the workflow's config and sample sheet against the JSON schemas in workflow/schemas.
+"""Validation of the workflow's config, sample sheet and model settings, at parse time.
 
-Both functions raise `VirNucProError` with one line naming the file, the setting (or sheet line) and
-the problem, so that the workflow can stop with that line alone.
+Every function raises `VirNucProError` with one line naming the file, the setting (or sheet line) and
+the problem, so that the workflow can stop with that line alone. Config values that Snakemake's
+`--config` hands over as text (it reads nested values, `--config 'embed={device: cpu}'`, as strings) are
+turned into the number or boolean the schema asks for before the config is checked.
 """
 
 import csv
+import re
 from pathlib import Path
 
 from virnucpro.errors import VirNucProError
@@ -29,9 +32,30 @@ def _first_error(validator, instance):
 
 
 def validate_config(config, schema_path, source="config"):
-    problem = _first_error(_validator(schema_path), config)
+    """Check `config` against the schema, after `coerce_strings` (which changes `config` in place)."""
+    validator = _validator(schema_path)
+    coerce_strings(config, validator.schema)
+    problem = _first_error(validator, config)
     if problem:
         raise VirNucProError(f"{source}: {problem}")
+
+
+_PARSERS = {"integer": int, "number": float, "boolean": lambda v: {"true": True, "false": False}[v.lower()]}
+
+
+def coerce_strings(config, schema):
+    """Strings where the schema asks for an integer, number or boolean become one, when they read as one."""
+    for key, sub in (schema.get("properties") or {}).items():
+        if not isinstance(config, dict) or key not in config:
+            continue
+        value = config[key]
+        if isinstance(value, dict):
+            coerce_strings(value, sub)
+        elif isinstance(value, str) and sub.get("type") in _PARSERS:
+            try:
+                config[key] = _PARSERS[sub["type"]](value)
+            except (ValueError, KeyError):
+                pass  # left as it is: the check names it
 
 
 def read_samples(path, schema_path):
@@ -54,12 +78,54 @@ def read_samples(path, schema_path):
             raise VirNucProError(f"sample sheet {path}, line {line}: {problem}")
         if row["sample"] in samples:
             raise VirNucProError(f"sample sheet {path}, line {line}: duplicate sample '{row['sample']}'")
-        if not Path(row["path"]).is_file():
+        twin = next((s for s in samples if s.lower() == row["sample"].lower()), None)
+        if twin is not None:
             raise VirNucProError(
-                f"sample sheet {path}, line {line}: input file {row['path']} does not exist"
+                f"sample sheet {path}, line {line}: sample '{row['sample']}' differs from '{twin}' only in case; "
+                "their results would collide on a case-insensitive file system"
             )
+        problem = _not_a_file(row["path"])
+        if problem:
+            raise VirNucProError(f"sample sheet {path}, line {line}: input {row['path']} {problem}")
         samples[row["sample"]] = row["path"]
     return samples
+
+
+def _not_a_file(path):
+    path = Path(path)
+    if path.is_dir():
+        return "is a directory, not a FASTA or FASTQ file"
+    if not path.is_file():
+        return "does not exist"
+    return None
+
+
+# model files the workflow's `models` step downloads when they are missing from models.dir
+DOWNLOADS = {
+    "esm2": (re.compile(r"esm2_t[0-9]+_[0-9]+[MB]_UR50D\.pt"), "a fair-esm name such as esm2_t36_3B_UR50D.pt"),
+    "dnabert_s": (re.compile(r"DNABERT-S"), "DNABERT-S"),
+    "classifier": (re.compile(r"(300|500)_model\.pth"), "300_model.pth or 500_model.pth"),
+}
+
+
+def check_models(paths, models_dir):
+    """Every model setting (`paths`: {"esm2": path, ...} as the workflow resolves them) must name an
+    existing file (a folder for dnabert_s), or one that the models step downloads into `models_dir`."""
+    for key, path in paths.items():
+        path = Path(path)
+        want_dir = key == "dnabert_s"
+        if path.exists():
+            if path.is_dir() != want_dir:
+                what = "a folder" if want_dir else "a file"
+                raise VirNucProError(f"config: models.{key}: {path} is not {what}")
+            continue
+        pattern, names = DOWNLOADS[key]
+        if path.parent == Path(models_dir) and pattern.fullmatch(path.name):
+            continue
+        raise VirNucProError(
+            f"config: models.{key}: {path} does not exist, and it is not a model that the models step "
+            f"downloads into models.dir ({names})"
+        )
 
 
 def training_sets(train):
@@ -67,7 +133,8 @@ def training_sets(train):
     sets = {}
     for label in ("viral", "other"):
         for n, path in enumerate(train[label], start=1):
-            if not Path(path).is_file():
-                raise VirNucProError(f"config: train.{label}[{n - 1}]: input file {path} does not exist")
+            problem = _not_a_file(path)
+            if problem:
+                raise VirNucProError(f"config: train.{label}[{n - 1}]: input {path} {problem}")
             sets[f"train-{label}-{n}"] = path
     return sets

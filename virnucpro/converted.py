@@ -14,7 +14,6 @@ VirNucPro `{300|500}_model.pth` -> `virnucpro.classifier.convert_original`).
 """
 
 import fcntl
-import json
 import logging
 import os
 from pathlib import Path
@@ -58,16 +57,6 @@ def ensure_converted(kind, source, models_dir):
                 _converter(kind)(source, tmp, digest)
                 write_record(tmp, verified=f"converted from {source.name} (sha256 {digest})", record=tmp_record)
     return out, digest
-
-
-def write_pointer(kind, source, models_dir, pointer):
-    """Convert `source` if needed and write `pointer`, a JSON note of what the conversion gave (the
-    workflow's `models` step output); returns the converted path."""
-    out, digest = ensure_converted(kind, source, models_dir)
-    with atomic_outputs(pointer) as (tmp,):
-        tmp.write_text(json.dumps({"kind": kind, "source": str(source), "source_sha256": digest,
-                                   "converted": str(out)}, indent=1) + "\n")
-    return out
 
 
 def save_safetensors(state, path, metadata):

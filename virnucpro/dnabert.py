@@ -411,15 +411,15 @@ def read_snapshot(model_dir):
     return config, tokenizer, path
 
 
-def namespace(model_dir, device_type):
-    """The embedding-store namespace of this snapshot's embeddings on a device type ("cuda" or "cpu")."""
+def namespace(checksums, device_type):
+    """The embedding-store namespace of a snapshot's embeddings on a device type ("cuda" or "cpu");
+    checksums: {file name: sha256} of its config.json, tokenizer.json and weights (a model note's)."""
     from virnucpro.store import Namespace
 
-    _, tokenizer, weights = read_snapshot(model_dir)
+    weights = next(checksums[name] for name in WEIGHT_FILES if name in checksums)
     return Namespace.of(
-        "dnabert_s", weights_sha256=checked_sha256(weights), tokenizer_sha256=checked_sha256(tokenizer.path),
-        config_sha256=checked_sha256(Path(model_dir) / "config.json"), precision=PRECISION[device_type],
-        pooling=POOLING,
+        "dnabert_s", weights_sha256=weights, tokenizer_sha256=checksums["tokenizer.json"],
+        config_sha256=checksums["config.json"], precision=PRECISION[device_type], pooling=POOLING,
     )
 
 

@@ -1,9 +1,9 @@
 """The embedding step: one shard of the plan, both encoders, each model loaded once, into the store.
 
-`embed_shard(plan_dir, shard, esm2, dnabert_s, models_dir, receipt)` reads the shard's proteins
-(`shards/{shard}.faa`) and nucleotide slices (`shards/{shard}.fna`) from the plan directory, claims the
-device the plan was made for (`runner.resolve_device`: a GPU of its own), loads ESM-2 from its converted
-float16 file straight onto it (`converted.ensure_converted`, `esm2.load_converted`) and DNABERT-S from its
+`embed_shard(plan_dir, shard, notes, receipt)` reads the shard's proteins (`shards/{shard}.faa`) and
+nucleotide slices (`shards/{shard}.fna`) from the plan directory, claims the device the plan was made for
+(`runner.resolve_device`: a GPU of its own), loads the models the notes name (`virnucpro.notes`): ESM-2
+from its converted float16 file straight onto the device (`esm2.load_converted`) and DNABERT-S from its
 snapshot (each warmed up on a tiny batch, so that its kernels are built while it loads), runs both
 encoders' batches interleaved through one packed runner, writes one store file per
 encoder (`{store}/{namespace}/{shard}.h5`) and finally the receipt, a JSON note of what was done (frames,
@@ -23,10 +23,9 @@ import torch
 
 from virnucpro import dnabert, esm2
 from virnucpro.atomic import atomic_outputs
-from virnucpro.checksums import checked_sha256
-from virnucpro.converted import ensure_converted
 from virnucpro.errors import VirNucProError
 from virnucpro.gpus import visible_devices
+from virnucpro.notes import check_note, source_sha256
 from virnucpro.packing import pack
 from virnucpro.runner import Task, resolve_device, run_packed
 from virnucpro.store import Namespace, write_store_file
@@ -69,9 +68,10 @@ def _device(plan):
     return device
 
 
-def _check_namespaces(plan, esm2_sha256, dnabert_s, device_type):
+def _check_namespaces(plan, notes, device_type):
     """The models must be the ones whose namespaces the plan checked the store against."""
-    now = {"esm2": esm2.namespace(esm2_sha256, device_type), "dnabert_s": dnabert.namespace(dnabert_s, device_type)}
+    now = {"esm2": esm2.namespace(source_sha256(notes["esm2"]), device_type),
+           "dnabert_s": dnabert.namespace(notes["dnabert_s"]["checksums"], device_type)}
     for encoder, namespace in now.items():
         planned = Namespace.from_json(plan["namespaces"][encoder])
         if planned != namespace:
@@ -82,13 +82,13 @@ def _check_namespaces(plan, esm2_sha256, dnabert_s, device_type):
     return now
 
 
-def _esm2_task(records, source, models_dir, device, tokens_per_batch, seconds):
+def _esm2_task(records, note, device, tokens_per_batch, seconds):
     started = time.monotonic()
     ids, seqs = [r[1] for r in records], [r[2] for r in records]
     tok = esm2.tokenizer()
     lengths = tok.lengths(ids, seqs)  # validates every residue before the model loads
-    converted, digest = ensure_converted("esm2", source, models_dir)
-    model = esm2.load_converted(converted, digest, device)
+    converted = Path(note["file"])
+    model = esm2.load_converted(converted, source_sha256(note), device)
     _warm_up(model, tok(["MKTAYIAKQR"]), device)
     seconds["load_esm2"] = round(time.monotonic() - started, 2)
     log.info("ESM-2 %s: %d layers, dim %d, %s on %s, attention %s%s, ready in %.1f s", converted.name,
@@ -97,8 +97,9 @@ def _esm2_task(records, source, models_dir, device, tokens_per_batch, seconds):
     return Task("esm2", ids, seqs, tok, model.embed, model.embed_dim, tokens_per_batch, lengths), model
 
 
-def _dnabert_task(records, model_dir, device, tokens_per_batch, seconds):
+def _dnabert_task(records, note, device, tokens_per_batch, seconds):
     started = time.monotonic()
+    model_dir = note["file"]
     model, tokenizer, _ = dnabert.load_dnabert(model_dir, device, dnabert.DTYPE[device.type])
     _warm_up(model, tokenizer(["ACGTTGCAAGCT"]), device)
     ids = [r[1] for r in records]
@@ -137,10 +138,10 @@ def _identity(tokens):
     return tokens
 
 
-def embed_shard(plan_dir, shard, esm2_model, dnabert_s, models_dir, receipt, esm2_tokens_per_batch=None,
-                dnabert_tokens_per_batch=None):
+def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dnabert_tokens_per_batch=None):
     """Embed one shard into the store and write its receipt; see the module docstring.
 
+    notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file (`virnucpro.notes`).
     The token budgets are numbers or {device type: number} (config's `embed.*_tokens_per_batch`);
     None takes each encoder's default for the device.
     """
@@ -154,13 +155,14 @@ def embed_shard(plan_dir, shard, esm2_model, dnabert_s, models_dir, receipt, esm
     device = _device(plan)
     esm2_tokens_per_batch = _budget(esm2_tokens_per_batch, esm2.DEFAULT_TOKENS_PER_BATCH, device)
     dnabert_tokens_per_batch = _budget(dnabert_tokens_per_batch, dnabert.DEFAULT_TOKENS_PER_BATCH, device)
-    namespaces = _check_namespaces(plan, checked_sha256(esm2.resolve_checkpoint(esm2_model)), dnabert_s, device.type)
+    notes = {e: check_note(n) for e, n in notes.items()}
+    namespaces = _check_namespaces(plan, notes, device.type)
     seconds, tasks = {}, []
     if records["esm2"]:
-        tasks.append(_esm2_task(records["esm2"], esm2.resolve_checkpoint(esm2_model), models_dir, device,
-                                esm2_tokens_per_batch, seconds))
+        tasks.append(_esm2_task(records["esm2"], notes["esm2"], device, esm2_tokens_per_batch, seconds))
     if records["dnabert_s"]:
-        tasks.append(_dnabert_task(records["dnabert_s"], dnabert_s, device, dnabert_tokens_per_batch, seconds))
+        tasks.append(_dnabert_task(records["dnabert_s"], notes["dnabert_s"], device, dnabert_tokens_per_batch,
+                                   seconds))
     started = time.monotonic()
     try:
         results = run_packed([task for task, _ in tasks], device)

@@ -43,6 +43,9 @@ def member_indexes(record):
 def iter_features(dna, protein, member, chunk=CHUNK):
     """Yield (ids, features) chunks of a member's frames; see the module docstring."""
     record = read_member(member)
+    if record.get("skipped"):
+        raise VirNucProError(f"'{record['member']}' was left out of the embedding plan: its front end failed "
+                             f"({record['skipped']})")
     indexes = member_indexes(record)
     frames = member_frames(record["member"], dna, protein)
     seen = 0

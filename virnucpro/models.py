@@ -85,6 +85,36 @@ def download_model(kind, output):
     raise VirNucProError(f"unknown model kind '{kind}' (expected esm2, dnabert_s or classifier)")
 
 
+def sources(kind, output):
+    """[(URL, destination)] that the download of `kind` into `output` fetches."""
+    output = Path(output)
+    if kind == "classifier":
+        return [(CLASSIFIER_URL.format(name=output.name), output)]
+    if kind == "esm2":
+        name = output.name.removesuffix(".pt")
+        return [(ESM2_URL.format(name=name), output),
+                (ESM2_REGRESSION_URL.format(name=name), output.with_name(f"{name}-contact-regression.pt"))]
+    if kind == "dnabert_s":
+        return [(DNABERT_S_URL.format(repo=DNABERT_S_REPO, revision=DNABERT_S_REVISION, file=f), output / f)
+                for f in DNABERT_S_FILES]
+    raise VirNucProError(f"unknown model kind '{kind}' (expected esm2, dnabert_s or classifier)")
+
+
+def missing_models(paths):
+    """The lines that tell, for every model of `paths` ({setting: path}) not on disk, where to fetch it
+    from and where to put it, or which setting to point at a copy instead; [] when all are there."""
+    lines = []
+    for key, path in paths.items():
+        if Path(path).exists():
+            continue
+        fetch = "; ".join(f"{url} -> {dest}" for url, dest in sources(key, path))
+        lines.append(f"  models.{key}: {fetch}")
+    if lines:
+        lines.insert(0, "models not on disk yet (no internet here?): fetch them on a machine that has it, "
+                        "or set each models.* setting in config.yaml to a copy already on disk:")
+    return lines
+
+
 def _offline(exc, pairs):
     todo = "; ".join(f"{url} to {dest}" for url, dest in pairs)
     return VirNucProError(
@@ -126,7 +156,7 @@ def _download_classifier(output):
     name = output.name
     if name not in CLASSIFIER_BLOB_IDS:
         raise VirNucProError(f"{output}: the VirNucPro classifiers are {' and '.join(CLASSIFIER_BLOB_IDS)}")
-    url = CLASSIFIER_URL.format(name=name)
+    ((url, _),) = sources("classifier", output)
     with atomic_outputs(output, record_path(output)) as (tmp, tmp_record):
         try:
             fetch(url, tmp)
@@ -159,9 +189,8 @@ def _download_esm2(output):
     name = output.name.removesuffix(".pt")
     if output.suffix != ".pt" or not name.startswith("esm2_"):
         raise VirNucProError(f"{output}: an ESM-2 file is named like esm2_t36_3B_UR50D.pt")
-    regression = output.with_name(f"{name}-contact-regression.pt")
-    pairs = [(ESM2_URL.format(name=name), output), (ESM2_REGRESSION_URL.format(name=name), regression)]
-    finals = [output, regression]
+    pairs = sources("esm2", output)
+    finals = [dest for _, dest in pairs]
     with atomic_outputs(*finals, *map(record_path, finals)) as tmps:
         try:
             for (url, final), tmp, tmp_record in zip(pairs, tmps[:2], tmps[2:]):
@@ -193,10 +222,7 @@ def _torch_zip_problem(path):
 
 
 def _download_dnabert_s(output):
-    pairs = [
-        (DNABERT_S_URL.format(repo=DNABERT_S_REPO, revision=DNABERT_S_REVISION, file=f), output / f)
-        for f in DNABERT_S_FILES
-    ]
+    pairs = sources("dnabert_s", output)
     if output.is_dir() and any(output.iterdir()):
         raise VirNucProError(f"{output}: directory exists and is not empty; remove it to download again")
     with atomic_outputs(output) as (tmp,):

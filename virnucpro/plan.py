@@ -99,11 +99,13 @@ class _Work:
         return self.order[key]
 
 
-def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, device, device_setting=None):
+def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, device, device_setting=None,
+                    skipped=None):
     """Write the plan directory; returns the plan (the contents of plan.json). See the module docstring.
 
     members: {name: (frames.fna, frames.faa)} in order; namespaces: {encoder: store.Namespace}; device:
-    the device type the embedding jobs run on, as `device_setting` (embed.device) resolved.
+    the device type the embedding jobs run on, as `device_setting` (embed.device) resolved; skipped:
+    {name: error} of members left out (their front end failed), whose records say why.
     """
     if tokens_per_shard < 1:
         raise VirNucProError(f"shards.tokens_per_shard must be positive, not {tokens_per_shard}")
@@ -129,6 +131,7 @@ def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, devic
             for n, lo, hi in zip(names, bounds[:-1], bounds[1:])
         ],
         "members": {name: int(work.positions[name].size) for name in members},
+        "skipped": dict(skipped or {}),
         "frames": int(sum(p.size for p in work.positions.values())),
         "distinct_frames": len(work.distinct),
         "frames_to_embed": len(keys),
@@ -170,6 +173,10 @@ def _write(out_dir, plan, members, work, shard_of, names, files):
         _write_shards(tmp / "shards", members, work, shard_of, names)
         for name in members:
             record = _member_record(name, plan, work, shard_of, names, files)
+            (tmp / "members" / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        for name, error in plan["skipped"].items():
+            record = {"member": name, "skipped": error, "frames": 0, "store": plan["store"],
+                      "namespaces": plan["namespaces"], "shards": [], "files": {e: [] for e in ENCODERS}}
             (tmp / "members" / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
         (tmp / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
         if out_dir.exists():
@@ -223,16 +230,24 @@ def _log(plan):
     )
 
 
-def plan_run(members, out_dir, store, esm2_model, dnabert_s, device, tokens_per_shard):
-    """The `plan` step: the namespaces of the models as they are now, on the device the embedding jobs
-    will use (`runner.planned_device`), then `plan_embeddings`."""
+def plan_run(members, out_dir, store, notes, device, tokens_per_shard, statuses=None):
+    """The `plan` step: the namespaces of the models the notes name (`virnucpro.notes`, checked to be
+    current), on the device the embedding jobs will use (`runner.planned_device`), then `plan_embeddings`.
+    notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file; statuses: {name:
+    prepare status file}: a member whose front end failed is left out (`prepare.prepare_sample`)."""
     from virnucpro import dnabert, esm2
-    from virnucpro.checksums import checked_sha256
+    from virnucpro.notes import check_note, source_sha256
+    from virnucpro.prepare import read_status
     from virnucpro.runner import planned_device
+
+    skipped = {name: error for name, path in (statuses or {}).items() if (error := read_status(path))}
+    for name, error in skipped.items():
+        log.warning("plan: %s is left out: its front end failed (%s)", name, error)
+    members = {name: frames for name, frames in members.items() if name not in skipped}
 
     planned = planned_device(device)
     namespaces = {
-        "esm2": esm2.namespace(checked_sha256(esm2.resolve_checkpoint(esm2_model)), planned),
-        "dnabert_s": dnabert.namespace(dnabert_s, planned),
+        "esm2": esm2.namespace(source_sha256(check_note(notes["esm2"])), planned),
+        "dnabert_s": dnabert.namespace(check_note(notes["dnabert_s"])["checksums"], planned),
     }
-    return plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, planned, device)
+    return plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, planned, device, skipped)

@@ -7,18 +7,23 @@ Outputs, all written to temporary names and renamed together when the whole inpu
 - `manifest` (optional): TSV `sequence_id, length, fragments, kept_frames`, one row per input sequence,
   in input order, so later steps account for sequences that gave no frame.
 Records are processed in batches of about `batch_bases` bases; memory is bounded by the batch and the
-longest single record, not by the input size.
+longest single record, not by the input size: a record longer than `max_bp` is refused (`seqio`).
+
+`prepare_sample` is the workflow's step: on bad input it records the error in a status file and writes
+the sample's outputs empty, so that the run's other samples go on.
 """
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from virnucpro.atomic import atomic_outputs
+from virnucpro.errors import InputError
 from virnucpro.frames import FRAME_NAMES, encode, fragment_layout, six_frames
-from virnucpro.seqio import read_sequences
+from virnucpro.seqio import MAX_RECORD_BP, read_sequences
 
 log = logging.getLogger("virnucpro")
 MANIFEST_COLUMNS = ("sequence_id", "length", "fragments", "kept_frames")
@@ -34,7 +39,7 @@ class PrepareStats:
 
 
 def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None, manifest=None,
-            batch_bases=1 << 22):
+            batch_bases=1 << 22, max_bp=MAX_RECORD_BP):
     """Run the front end on `input_path`; returns `PrepareStats`. See the module docstring."""
     stats = PrepareStats()
     started = last_report = time.monotonic()
@@ -43,7 +48,7 @@ def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None,
         try:
             writer = _Writer(*handles)
             batch, batch_len = [], 0
-            for rid, seq in read_sequences(input_path):
+            for rid, seq in read_sequences(input_path, max_bp=max_bp):
                 batch.append((rid, seq))
                 batch_len += len(seq)
                 if batch_len >= batch_bases:
@@ -61,6 +66,36 @@ def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None,
         input_path, stats.sequences, stats.bases, stats.fragments, stats.frames, rate,
     )
     return stats
+
+
+def prepare_sample(input_path, fragment_size, out_dna, out_protein, manifest, status, max_bp=MAX_RECORD_BP):
+    """`prepare` one sample of the workflow, and write `status` (JSON): {"ok": true, and the counts}.
+
+    Bad input (an `InputError`) is logged as one error line, the sample's outputs are written empty and
+    `status` holds {"ok": false, "error": that line}: the embedding plan leaves the sample out and its
+    classification fails with the line, while the run's other samples finish.
+    """
+    try:
+        stats = prepare(input_path, fragment_size, out_dna, out_protein, manifest=manifest, max_bp=max_bp)
+    except InputError as exc:
+        log.error("prepare: %s", exc)
+        with atomic_outputs(out_dna, out_protein, manifest, status) as (dna, protein, table, note):
+            for path in (dna, protein, table):
+                path.write_bytes(b"")
+            note.write_text(json.dumps({"ok": False, "error": str(exc)}) + "\n")
+        return None
+    with atomic_outputs(status) as (note,):
+        note.write_text(json.dumps({"ok": True, **asdict(stats)}) + "\n")
+    return stats
+
+
+def read_status(path):
+    """The error a prepare status records, or None for a sample whose front end went through."""
+    try:
+        status = json.loads(open(path).read())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable prepare status ({exc})") from None
+    return None if status.get("ok") else status.get("error", "the front end failed")
 
 
 def _progress(stats, started, last_report, every_s=10.0):

@@ -1,42 +1,57 @@
 """Streaming, validating sequence readers.
 
-`read_sequences(path)` reads FASTA or FASTQ, plain or gzip, recognised from the content (gzip magic
-bytes; then the first non-blank character, '>' or '@'), never from the file name. It yields one
-`(id, sequence)` pair per record, where `id` is the first word of the header (as Biopython's
-`record.id`) and `sequence` is the record's bytes with line breaks and blanks removed, case kept.
-Memory holds one record at a time: it grows with the longest record, never with the file.
+`read_sequences(path)` reads FASTA or FASTQ, plain or compressed with gzip, bzip2 or xz, recognised from
+the content (the compression's magic bytes; then the first non-blank character, '>' or '@'), never
+from the file name; zstd-compressed input is named as such and refused. It yields one `(id, sequence)`
+pair per record, where `id` is the first word of the header (as Biopython's `record.id`) and `sequence`
+is the record's bytes with line breaks and blanks removed, case kept. The file is read in pieces of at
+most `PIECE` bytes and memory holds one record at a time: a record longer than `max_bp` (default
+`MAX_RECORD_BP`, 100 Mbp) or a header longer than `MAX_HEADER` is refused as soon as it grows past the
+limit, so memory stays bounded on any input, a file without line breaks included.
 
 Every problem raises `InputError` naming the file, the record and the problem: empty input, a record
 without id or sequence, characters that are not IUPAC nucleotide codes, duplicate ids, a FASTQ
-quality line of the wrong length, an unreadable gzip stream, binary or non-FASTA content.
+quality line of the wrong length, an unreadable compressed stream, a record or header over the limit,
+binary or non-FASTA content.
 
 `read_fasta(path)` is the light reader for the project's own FASTA files (frames written by `prepare`):
 same parsing, no nucleotide check, empty files allowed, sequences returned as `str`.
 """
 
+import bz2
 import gzip
+import io
+import lzma
 import zlib
 
 from virnucpro.errors import InputError
 
-GZIP_MAGIC = b"\x1f\x8b"
+COMPRESSIONS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}  # magic -> opener
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 NUCLEOTIDE_CODES = b"ACGTUNRYSWKMBDHVacgtunryswkmbdhv"
 BLANKS = b" \t\r\n\v\f"
+MAX_RECORD_BP = 100_000_000  # the longest record accepted by default (bases, blanks aside)
+MAX_HEADER = 1 << 20  # bytes of one header line
+PIECE = 1 << 20  # bytes read at once from a line
+_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def open_binary(path):
-    """Open `path` for binary reading, decompressing gzip when its first bytes say so."""
+    """Open `path` for binary reading, decompressing gzip, bzip2 or xz when its first bytes say so."""
     try:
         with open(path, "rb") as fh:
-            magic = fh.read(2)
+            magic = fh.read(6)
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
-    if magic == GZIP_MAGIC:
-        return gzip.open(path, "rb")
+    if magic.startswith(ZSTD_MAGIC):
+        raise InputError(path, "zstd-compressed input is not supported: decompress it (zstd -d) or use gzip")
+    for start, opener in COMPRESSIONS.items():
+        if magic.startswith(start):
+            return io.BufferedReader(opener(path, "rb"), buffer_size=PIECE)
     return open(path, "rb")
 
 
-def read_sequences(path, check_nucleotides=True, allow_empty=False):
+def read_sequences(path, check_nucleotides=True, allow_empty=False, max_bp=MAX_RECORD_BP):
     """Yield `(id, sequence_bytes)` for every record of a FASTA/FASTQ file; see the module docstring.
 
     `allow_empty`: a file with no record yields nothing instead of raising.
@@ -45,7 +60,7 @@ def read_sequences(path, check_nucleotides=True, allow_empty=False):
     n = 0
     with open_binary(path) as fh:
         try:
-            for rid, seq in _records(fh, path):
+            for rid, seq in _records(fh, path, max_bp):
                 if rid in seen:
                     raise InputError(path, "duplicate sequence id", record=rid)
                 seen.add(rid)
@@ -53,18 +68,18 @@ def read_sequences(path, check_nucleotides=True, allow_empty=False):
                     check_nucleotide_codes(path, rid, seq)
                 n += 1
                 yield rid, seq
-        except (OSError, EOFError, zlib.error) as exc:
+        except _READ_ERRORS as exc:
             raise InputError(path, f"unreadable compressed data ({exc})") from None
     if n == 0 and not allow_empty:
         raise InputError(path, "no sequences (empty input)")
 
 
 def read_fasta(path):
-    """Yield `(id, sequence_str)` from a FASTA file written by this project (no nucleotide check).
-
-    An empty file (a sample or shard without frames) yields nothing.
+    """Yield `(id, sequence_str)` from a FASTA file written by this project (no nucleotide check, no
+    length limit: its records are frames or fragments). An empty file (a sample or shard without frames)
+    yields nothing.
     """
-    for rid, seq in read_sequences(path, check_nucleotides=False, allow_empty=True):
+    for rid, seq in read_sequences(path, check_nucleotides=False, allow_empty=True, max_bp=None):
         yield rid, seq.decode("ascii")
 
 
@@ -77,14 +92,14 @@ def check_nucleotide_codes(path, rid, seq):
         )
 
 
-def _records(fh, path):
+def _records(fh, path, max_bp):
     first = _first_content_byte(fh, path)
     if first is None:
         return
     if first == b">":
-        yield from _fasta_records(fh, path)
+        yield from _fasta_records(fh, path, max_bp)
     elif first == b"@":
-        yield from _fastq_records(fh, path)
+        yield from _fastq_records(fh, path, max_bp)
     else:
         raise InputError(path, f"not FASTA or FASTQ (starts with {first!r})")
 
@@ -112,30 +127,98 @@ def _parse_header(path, line, number):
     return words[0]
 
 
-def _fasta_records(fh, path):
-    rid, lines, number = None, [], 0
-    for number, line in enumerate(fh, start=1):
-        if line[:1] == b">":
-            if rid is not None:
-                yield rid, _join(path, rid, lines)
-            rid, lines = _parse_header(path, line, number), []
+class _Record:
+    """The sequence of one record, gathered piece by piece, refused once longer than the limit."""
+
+    def __init__(self, path, rid, max_bp):
+        self.path, self.rid, self.max_bp, self.seq = path, rid, max_bp, bytearray()
+
+    def add(self, piece):
+        self.seq += piece.translate(None, BLANKS)
+        if self.max_bp is not None and len(self.seq) > self.max_bp:
+            raise _too_long(self.path, self.rid, self.max_bp)
+
+    def done(self):
+        if not self.seq:
+            raise InputError(self.path, "record has no sequence", record=self.rid)
+        return bytes(self.seq)
+
+
+def _too_long(path, rid, max_bp):
+    return InputError(
+        path, f"record is longer than {max_bp:,} bp, the longest accepted (split it, or raise max_record_bp in "
+        "config.yaml; a prepare job needs about 5 bytes of memory per base)", record=rid,
+    )
+
+
+def _header(fh, path, line, number):
+    """The id of a header line that starts with `line` (read in pieces: the rest is read, up to MAX_HEADER)."""
+    while not line.endswith(b"\n") and len(line) <= MAX_HEADER:
+        more = fh.readline(PIECE)
+        if not more:
+            break
+        line += more
+    if len(line) > MAX_HEADER:
+        raise InputError(path, f"header on line {number} is longer than {MAX_HEADER:,} bytes (binary data?)")
+    return _parse_header(path, line, number)
+
+
+def _take_line(fh, data, path, number):
+    """(the line at the start of `data`, the bytes after it), reading on as far as that line goes."""
+    while b"\n" not in data:
+        if len(data) > MAX_HEADER:
+            break
+        more = fh.read(PIECE)
+        if not more:
+            return data, b""
+        data += more
+    end = data.find(b"\n")
+    if end < 0 or end > MAX_HEADER:
+        raise InputError(path, f"header on line {number} is longer than {MAX_HEADER:,} bytes (binary data?)")
+    return data[: end + 1], data[end + 1 :]
+
+
+def _fasta_records(fh, path, max_bp):
+    """Records from blocks of PIECE bytes: a header is a '>' at the start of a line."""
+    record, number, data, at_start = None, 1, fh.read(PIECE), True
+    while data:
+        if at_start and data[:1] == b">":
+            header, data = _take_line(fh, data, path, number)
+            if record is not None:
+                yield record.rid, record.done()
+            record = _Record(path, _parse_header(path, header, number), max_bp)
+            number += 1
+            data = data or fh.read(PIECE)
+            continue
+        cut = data.find(b"\n>")
+        body = data if cut < 0 else data[: cut + 1]
+        record.add(body)
+        number += body.count(b"\n")
+        if cut >= 0:
+            data, at_start = data[cut + 1 :], True
         else:
-            lines.append(line)
-    if rid is not None:
-        yield rid, _join(path, rid, lines)
+            at_start = data.endswith(b"\n")
+            data = fh.read(PIECE)
+    if record is not None:
+        yield record.rid, record.done()
 
 
-def _join(path, rid, lines):
-    seq = b"".join(lines).translate(None, BLANKS)
-    if not seq:
-        raise InputError(path, "record has no sequence", record=rid)
-    return seq
+def _line(fh, path, max_bp, rid):
+    """One whole line of a FASTQ record, read in pieces; refused once longer than `max_bp` (+ CR LF)."""
+    line = b""
+    while piece := fh.readline(PIECE):
+        line += piece
+        if piece.endswith(b"\n"):
+            break
+        if max_bp is not None and len(line) > max_bp + 2:
+            raise _too_long(path, rid, max_bp)
+    return line
 
 
-def _fastq_records(fh, path):
+def _fastq_records(fh, path, max_bp):
     number = 0
     while True:
-        header = fh.readline()
+        header = fh.readline(PIECE)
         number += 1
         if not header.strip():
             if not header:
@@ -143,8 +226,8 @@ def _fastq_records(fh, path):
             continue
         if header[:1] != b"@":
             raise InputError(path, f"line {number}: FASTQ record does not start with '@'")
-        rid = _parse_header(path, header, number)
-        seq, plus, qual = fh.readline(), fh.readline(), fh.readline()
+        rid = _header(fh, path, header, number)
+        seq, plus, qual = (_line(fh, path, max_bp, rid) for _ in range(3))
         number += 3
         if plus[:1] != b"+":
             raise InputError(path, "FASTQ record has no '+' separator line", record=rid)

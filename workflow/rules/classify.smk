@@ -7,8 +7,7 @@ rule classify:
         protein=rules.prepare.output.protein,
         member=lambda wildcards: member_record(wildcards.sample),
         embedded=lambda wildcards: embedded(wildcards.sample),
-        model=model_path("classifier"),
-        converted=converted("classifier"),
+        classifier=note("classifier"),
     output:
         f"{RESULTS}/{{sample}}/prediction_results.tsv",
     log:

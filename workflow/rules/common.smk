@@ -1,5 +1,6 @@
 # Config and sample-sheet validation, output paths and small input functions.
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,13 @@ if (SOURCE_TREE / "virnucpro" / "__init__.py").is_file():
     sys.path.insert(0, str(SOURCE_TREE))
 
 try:
-    from virnucpro.config import read_samples, training_sets, validate_config
+    from virnucpro.checksums import SUFFIX as CHECKSUM_RECORD
+    from virnucpro.config import (
+        check_models,
+        read_samples,
+        training_sets,
+        validate_config,
+    )
     from virnucpro.errors import VirNucProError
 except ModuleNotFoundError as exc:
     if exc.name != "virnucpro":
@@ -49,11 +56,28 @@ def model_path(key):
     return str(Path(MODELS) / value)
 
 
-def converted(kind):
-    """The `models` step's note of a converted model (none for a classifier that is ours already)."""
-    if kind == "classifier" and model_path("classifier").endswith(".safetensors"):
-        return []
-    return [f"{MODELS}/converted/{kind}.json"]
+try:
+    check_models(
+        {key: model_path(key) for key in ("esm2", "dnabert_s", "classifier")}, MODELS
+    )
+except VirNucProError as exc:
+    sys.exit(f"configuration error: {exc}")
+
+
+def note(kind):
+    """The `models` step's note of a model (virnucpro.notes), named after the source's path."""
+    source = str(Path(model_path(kind)).resolve())
+    return f"{MODELS}/notes/{kind}-{hashlib.sha1(source.encode()).hexdigest()[:8]}.json"
+
+
+def stamp(kind):
+    """Params: size and modification time of a model's files now (its checksum records aside). A file
+    replaced in place, even by an older one (cp -p, rsync -a), changes it, so the step that notes the
+    model runs again."""
+    path = Path(model_path(kind))
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    files = [p for p in files if p.is_file() and not p.name.endswith(CHECKSUM_RECORD)]
+    return [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
 
 
 def sample_input(wildcards):
@@ -72,10 +96,11 @@ def batch_members(batch):
     return list(SAMPLES if batch == "samples" else TRAIN_SETS)
 
 
-def batch_frames(kind):
-    """Input function: the frames (fna or faa) of every member of the plan's batch."""
+def batch_files(name):
+    """Input function: a file of `prepare` (frames.fna, frames.faa, status.json) of every member of the
+    plan's batch."""
     return lambda wildcards: [
-        f"{RESULTS}/{m}/prepare/frames.{kind}" for m in batch_members(wildcards.batch)
+        f"{RESULTS}/{m}/prepare/{name}" for m in batch_members(wildcards.batch)
     ]
 
 
@@ -117,3 +142,17 @@ def training(label, part):
         return [f"{RESULTS}/{n}/prepare/frames.{part}" for n in names]
 
     return inputs
+
+
+def run_summary():
+    """After a failed run: the samples that did not finish and why, and the models still missing (URL,
+    destination, setting), in one block at the end of the output."""
+    from virnucpro.models import missing_models
+    from virnucpro.outcome import unfinished
+
+    lines = unfinished(RESULTS, list(SAMPLES))
+    lines += missing_models(
+        {k: model_path(k) for k in ("esm2", "dnabert_s", "classifier")}
+    )
+    if lines:
+        print("\n".join(lines), file=sys.stderr)

@@ -4,10 +4,11 @@
 
 checkpoint plan:
     input:
-        dna=batch_frames("fna"),
-        protein=batch_frames("faa"),
-        esm2=model_path("esm2"),
-        dnabert_s=model_path("dnabert_s"),
+        dna=batch_files("frames.fna"),
+        protein=batch_files("frames.faa"),
+        status=batch_files("status.json"),
+        esm2=note("esm2"),
+        dnabert_s=note("dnabert_s"),
     output:
         directory(f"{EMBEDDING}/{{batch}}/plan"),
     log:
@@ -29,9 +30,8 @@ rule embed:
     input:
         proteins=f"{EMBEDDING}/{{batch}}/plan/shards/{{shard}}.faa",
         nucleotides=f"{EMBEDDING}/{{batch}}/plan/shards/{{shard}}.fna",
-        esm2=model_path("esm2"),
-        esm2_converted=converted("esm2"),
-        dnabert_s=model_path("dnabert_s"),
+        esm2=note("esm2"),
+        dnabert_s=note("dnabert_s"),
     output:
         f"{EMBEDDING}/{{batch}}/done/{{shard}}.json",
     log:

@@ -1,5 +1,7 @@
 # Model files: downloaded and verified into models.dir, unless the config points at files on disk; then
-# converted once into the form the steps load fast (models.dir/converted/, named by the source's sha256).
+# noted (models.dir/notes/): checksummed, and ESM-2 and the original classifier converted once into the
+# form the steps load fast (models.dir/converted/, named by the source's sha256). Steps read models from
+# the notes only.
 
 
 rule download_esm2:
@@ -56,7 +58,7 @@ rule convert_esm2:
     input:
         model_path("esm2"),
     output:
-        f"{MODELS}/converted/esm2.json",
+        note("esm2"),
     log:
         f"{MODELS}/logs/convert_esm2.log",
     localrule: True
@@ -65,15 +67,34 @@ rule convert_esm2:
     threads: 1
     params:
         kind="esm2",
+        stamp=stamp("esm2"),
     script:
-        "../../scripts/convert_model.py"
+        "../../scripts/note_model.py"
+
+
+rule check_dnabert_s:
+    input:
+        model_path("dnabert_s"),
+    output:
+        note("dnabert_s"),
+    log:
+        f"{MODELS}/logs/check_dnabert_s.log",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    threads: 1
+    params:
+        kind="dnabert_s",
+        stamp=stamp("dnabert_s"),
+    script:
+        "../../scripts/note_model.py"
 
 
 rule convert_classifier:
     input:
         model_path("classifier"),
     output:
-        f"{MODELS}/converted/classifier.json",
+        note("classifier"),
     log:
         f"{MODELS}/logs/convert_classifier.log",
     localrule: True
@@ -82,15 +103,14 @@ rule convert_classifier:
     threads: 1
     params:
         kind="classifier",
+        stamp=stamp("classifier"),
     script:
-        "../../scripts/convert_model.py"
+        "../../scripts/note_model.py"
 
 
 rule models:
     input:
-        model_path("esm2"),
-        converted("esm2"),
-        model_path("dnabert_s"),
-        model_path("classifier"),
-        converted("classifier"),
+        note("esm2"),
+        note("dnabert_s"),
+        note("classifier"),
     localrule: True

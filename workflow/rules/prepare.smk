@@ -1,4 +1,5 @@
-# Front end, per sample: fragments and stop-free six-frame translations.
+# Front end, per sample: fragments and stop-free six-frame translations. A sample whose input is bad
+# gets empty outputs and its error in status.json, so that the run's other samples go on.
 
 
 rule prepare:
@@ -8,6 +9,7 @@ rule prepare:
         dna=f"{RESULTS}/{{sample}}/prepare/frames.fna",
         protein=f"{RESULTS}/{{sample}}/prepare/frames.faa",
         manifest=f"{RESULTS}/{{sample}}/prepare/sequences.tsv",
+        status=f"{RESULTS}/{{sample}}/prepare/status.json",
     log:
         f"{RESULTS}/{{sample}}/logs/prepare.log",
     conda:
@@ -15,5 +17,6 @@ rule prepare:
     threads: 1
     params:
         fragment_size=FRAGMENT_SIZE,
+        max_bp=config["max_record_bp"],
     script:
         "../../scripts/prepare.py"

@@ -1,0 +1,13 @@
+"""Snakemake adapter for the models step's note rules: a model checksummed, converted once where its kind
+needs it (into the models folder that holds the notes), and its note (virnucpro.notes) written."""
+
+from pathlib import Path
+
+from virnucpro.logs import run_step
+from virnucpro.notes import write_note
+
+note = Path(snakemake.output[0])  # {models.dir}/notes/{kind}-{id}.json
+run_step(
+    snakemake.log[0], write_note, snakemake.params.kind, snakemake.input[0], note.parent.parent, note,
+    threads=snakemake.threads,
+)
