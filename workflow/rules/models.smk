@@ -48,18 +48,21 @@ rule download_classifier:
         "../../scripts/download_model.py"
 
 
-rule convert_classifier:
-    input:
-        model_path("classifier"),
-    output:
-        classifier_path(),
-    log:
-        f"{MODELS}/logs/convert_classifier.log",
-    localrule: True
-    conda:
-        "../../envs/virnucpro.yaml"
-    script:
-        "../../scripts/convert_classifier.py"
+# A classifier given as a converted (or retrained) .safetensors file is used as it is.
+if model_path("classifier") != classifier_path():
+
+    rule convert_classifier:
+        input:
+            model_path("classifier"),
+        output:
+            classifier_path(),
+        log:
+            f"{MODELS}/logs/convert_classifier.log",
+        localrule: True
+        conda:
+            "../../envs/virnucpro.yaml"
+        script:
+            "../../scripts/convert_classifier.py"
 
 
 rule models:
