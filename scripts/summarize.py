@@ -1,4 +1,4 @@
-"""Snakemake adapter for rule `summarize`: fragment and sequence tables, viral FASTA, plots."""
+"""Snakemake adapter for rule `summarize`: tables, viral regions, tracks, viral FASTA, original files, plots."""
 
 from virnucpro.logs import run_step
 from virnucpro.summary import summarize
@@ -14,7 +14,15 @@ run_step(
     viral_fasta=snakemake.output.viral,
     histogram=snakemake.output.histogram,
     along=snakemake.output.along,
+    viral_regions=snakemake.output.regions,
+    score_track=snakemake.output.score_track,
+    region_track=snakemake.output.region_track,
+    original_predictions=snakemake.output.original_predictions,
+    original_calls=snakemake.output.original_calls,
     threshold=snakemake.params.threshold,
     top_sequences=snakemake.params.top_sequences,
     fragment_size=snakemake.params.fragment_size,
+    max_gap_fragments=snakemake.params.max_gap_fragments,
+    min_viral_fragments=snakemake.params.min_viral_fragments,
+    sample=snakemake.wildcards.sample,
 )

@@ -17,6 +17,7 @@ except VirNucProError as exc:
 RESULTS = config["results"]
 FRAGMENT_SIZE = config["fragment_size"]
 MODELS = config["models"]["dir"]
+RUN_FILES = ["overview.tsv", "models.tsv", "parameters.tsv"]  # whole-run files
 
 
 def model_path(key):
@@ -48,11 +49,31 @@ def all_results():
         "prediction_results.tsv",
         "fragment_calls.tsv",
         "sequence_summary.tsv",
+        "viral_regions.tsv",
         "viral.fna",
+        "tracks/virus_score.bedGraph",
+        "tracks/viral_regions.bed",
+        "prediction_results.txt",
+        "prediction_results_highestscore.csv",
         "plots/score_histogram.png",
         "plots/score_along_sequences.png",
+        "report/sequence_summary.html",
+        "report/viral_regions.html",
     ]
-    return [f"{RESULTS}/{s}/{name}" for s in SAMPLES for name in names]
+    run = [f"{RESULTS}/{name}" for name in RUN_FILES]
+    return [f"{RESULTS}/{s}/{name}" for s in SAMPLES for name in names] + run
+
+
+def run_settings():
+    """Every setting that shapes the results, as `section.name` -> text, for the report."""
+    flat = {}
+    for key, value in config.items():
+        if key == "resources":  # where jobs run, not what they compute
+            continue
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for name, v in items:
+            flat[key if name is None else f"{key}.{name}"] = str(v)
+    return flat
 
 
 def sample_shard_outputs(sample, pattern):

@@ -10,6 +10,7 @@ rule train_classifier:
         model=f"{RESULTS}/train/{FRAGMENT_SIZE}_model.safetensors",
         metrics=report(
             f"{RESULTS}/train/metrics.tsv",
+            caption="../report/train_metrics.rst",
             category="Training",
             labels={"table": "held-out metrics"},
         ),
