@@ -1,13 +1,19 @@
-"""Snakemake adapter for rule `overview`: one row per sample for the report's front page."""
+"""Snakemake adapter for rule `overview`: all samples, the models (with checksums) and the parameters."""
 
 from virnucpro.logs import run_step
-from virnucpro.report import write_overview
+from virnucpro.report import write_run_files
 
 run_step(
     snakemake.log[0],
-    write_overview,
+    write_run_files,
     samples=snakemake.params.samples,
     sequence_summaries=snakemake.input.sequences,
     viral_regions=snakemake.input.regions,
-    out=snakemake.output[0],
+    esm2=snakemake.input.esm2,
+    dnabert_s=snakemake.input.dnabert_s,
+    classifier=snakemake.input.classifier,
+    settings=dict(snakemake.params.settings),
+    overview=snakemake.output.overview,
+    models=snakemake.output.models,
+    parameters=snakemake.output.parameters,
 )

@@ -1,4 +1,4 @@
-"""Snakemake adapter for rule `summarize`: tables, viral regions, tracks, viral FASTA, original files, plots."""
+"""Snakemake adapter for rule `summarize`: tables, regions, tracks, viral FASTA, original files, plots, views."""
 
 from virnucpro.logs import run_step
 from virnucpro.summary import summarize
@@ -19,10 +19,13 @@ run_step(
     region_track=snakemake.output.region_track,
     original_predictions=snakemake.output.original_predictions,
     original_calls=snakemake.output.original_calls,
+    sequences_view=snakemake.output.sequences_view,
+    regions_view=snakemake.output.regions_view,
     threshold=snakemake.params.threshold,
     top_sequences=snakemake.params.top_sequences,
     fragment_size=snakemake.params.fragment_size,
     max_gap_fragments=snakemake.params.max_gap_fragments,
     min_viral_fragments=snakemake.params.min_viral_fragments,
+    max_table_rows=snakemake.params.max_table_rows,
     sample=snakemake.wildcards.sample,
 )

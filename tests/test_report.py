@@ -1,5 +1,6 @@
-"""What the report shows besides the plots: the per-sample HTML tables, the overview of all samples, and
-the models (with checksums) and parameters of the run. The rendered report: tests/test_workflow_e2e.py."""
+"""What the report shows besides the plots: the per-sample HTML tables (virnucpro.views), the overview of
+all samples, the models (with checksums) and parameters of the run (virnucpro.report). The rendered
+report: tests/test_workflow_e2e.py."""
 
 import hashlib
 from html.parser import HTMLParser
@@ -8,9 +9,10 @@ import pytest
 
 from virnucpro.errors import VirNucProError
 from virnucpro.regions import REGION_COLUMNS
-from virnucpro.report import write_overview, write_run_info, write_table_views
+from virnucpro.report import overview_rows, write_run_files
 from virnucpro.summary import SEQUENCE_COLUMNS
 from virnucpro.tables import write_tsv
+from virnucpro.views import write_table_views
 
 
 class Cells(HTMLParser):
@@ -66,7 +68,8 @@ def test_table_views_show_every_row_viral_first(tables):
     assert [r[0] for r in page.rows[1:]] == ["s3", "s<2>&", "s5", "s1", "n4"]  # viral first, then by mean score
     assert page.classes[1:] == ["viral", "viral", None, None, None]
     assert "&lt;2&gt;&amp;" in (d / "ss.html").read_text()  # ids are escaped
-    assert "my_sample: sequence summary" in (d / "ss.html").read_text() and "All 5 rows." in (d / "ss.html").read_text()
+    text = (d / "ss.html").read_text()
+    assert "my_sample: sequence summary" in text and "All 5 rows." in text
     page = Cells((d / "vr.html").read_text())
     assert page.rows == [REGION_COLUMNS, *[[str(x) for x in r] for r in regions]]
 
@@ -86,25 +89,25 @@ def test_overview_counts_sequences_viral_calls_regions_and_bases(tables):
     d, _, _ = tables
     write_tsv(d / "ss2.tsv", SEQUENCE_COLUMNS, [summary_row("x", 300, "not_viral", "0.1")])
     write_tsv(d / "vr2.tsv", REGION_COLUMNS, [])
-    write_overview(["a", "b"], [d / "ss.tsv", d / "ss2.tsv"], [d / "vr.tsv", d / "vr2.tsv"], d / "overview.tsv")
-    assert (d / "overview.tsv").read_text().splitlines() == [
-        "sample\tsequences\tbp\tviral_sequences\tviral_regions\tviral_bp",
-        "a\t5\t3130\t2\t3\t1800",
-        "b\t1\t300\t0\t0\t0",
-    ]
+    rows = overview_rows(["a", "b"], [d / "ss.tsv", d / "ss2.tsv"], [d / "vr.tsv", d / "vr2.tsv"])
+    assert rows == [("a", 5, 3130, 2, 3, 1800), ("b", 1, 300, 0, 0, 0)]
     (d / "bad.tsv").write_text("id\tscore\n")
     with pytest.raises(VirNucProError, match=r"bad.tsv: columns are \['id', 'score'\]"):
-        write_overview(["a"], [d / "bad.tsv"], [d / "vr.tsv"], d / "o2.tsv")
+        overview_rows(["a"], [d / "bad.tsv"], [d / "vr.tsv"])
 
 
-def test_run_info_lists_every_model_file_with_its_sha256(tmp_path, tiny_models):
+def test_run_files_list_samples_models_with_their_sha256_and_parameters(tables, tiny_models):
     from virnucpro.classifier import convert_original
 
-    classifier = convert_original(tiny_models["models.classifier"], tmp_path / "500_model.safetensors")
+    d, _, _ = tables
+    classifier = convert_original(tiny_models["models.classifier"], d / "500_model.safetensors")
     settings = {"fragment_size": "500", "regions.max_gap_fragments": "1"}
-    write_run_info(tiny_models["models.esm2"], tiny_models["models.dnabert_s"], classifier, settings,
-                   tmp_path / "models.tsv", tmp_path / "parameters.tsv")
-    lines = [line.split("\t") for line in (tmp_path / "models.tsv").read_text().splitlines()]
+    out = {name: d / f"{name}.tsv" for name in ("overview", "models", "parameters")}
+    write_run_files(["a"], [d / "ss.tsv"], [d / "vr.tsv"], tiny_models["models.esm2"],
+                    tiny_models["models.dnabert_s"], classifier, settings, **out)
+    assert out["overview"].read_text().splitlines() == [
+        "sample\tsequences\tbp\tviral_sequences\tviral_regions\tviral_bp", "a\t5\t3130\t2\t3\t1800"]
+    lines = [line.split("\t") for line in out["models"].read_text().splitlines()]
     assert lines[0] == ["model", "file", "sha256"]
     files = {name: (path, digest) for name, path, digest in lines[1:]}
     for name, path, digest in lines[1:-1]:
@@ -113,4 +116,4 @@ def test_run_info_lists_every_model_file_with_its_sha256(tmp_path, tiny_models):
     assert files["VirNucPro classifier, made from"][1] == hashlib.sha256(original).hexdigest()
     assert {"ESM-2 (protein embeddings)", "DNABERT-S weights (nucleotide embeddings)", "DNABERT-S tokenizer",
             "VirNucPro classifier"} <= set(files)
-    assert (tmp_path / "parameters.tsv").read_text() == "setting\tvalue\nfragment_size\t500\nregions.max_gap_fragments\t1\n"
+    assert out["parameters"].read_text() == "setting\tvalue\nfragment_size\t500\nregions.max_gap_fragments\t1\n"

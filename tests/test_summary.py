@@ -256,3 +256,20 @@ def test_scores_have_the_same_number_of_decimals_in_every_table(sample):
         for r in table(out[name]):
             for c in columns:
                 assert r[c] == "NA" or (len(r[c].split(".")[1]) == 6 and float(r[c]) <= 1), (name, c, r[c])
+
+
+def test_views_are_written_with_the_tables(sample):
+    d, records, _, _ = sample
+    out = {k: d / "views" / n for k, n in [("viral_regions", "regions.tsv"), ("sequences_view", "s.html"),
+                                            ("regions_view", "r.html")]}
+    summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", d / "views" / "fc.tsv",
+              d / "views" / "ss.tsv", d / "views" / "v.fna", d / "views" / "h.png", d / "views" / "a.png", 0.5, 1,
+              fragment_size=500, sample="sample_x", max_table_rows=2, **out)
+    page = out["sequences_view"].read_text()
+    assert "sample_x: sequence summary" in page and f"The first 2 of {len(records)} rows." in page
+    assert "sample_x: viral regions" in out["regions_view"].read_text()
+    with pytest.raises(VirNucProError, match="need both view paths and the viral region table"):
+        summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", d / "v2" / "fc.tsv",
+                  d / "v2" / "ss.tsv", d / "v2" / "v.fna", d / "v2" / "h.png", d / "v2" / "a.png", 0.5, 1,
+                  fragment_size=500, sequences_view=d / "v2" / "s.html")
+    assert not (d / "v2").exists() or not any((d / "v2").iterdir())

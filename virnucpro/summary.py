@@ -23,7 +23,8 @@ Outputs (all appear together or not at all; those given as None are not written)
 - `viral_regions.tsv` and the tracks `virus_score.bedGraph`, `viral_regions.bed` (`virnucpro.tracks`);
 - `viral.fna`: the input sequences called viral with their full headers (`virnucpro.viral_fasta`);
 - `prediction_results.txt`, `prediction_results_highestscore.csv` (`virnucpro.original_files`);
-- the histogram and the along-sequence plot (`virnucpro.plots`).
+- the histogram and the along-sequence plot (`virnucpro.plots`);
+- the sequence summary and viral regions as HTML pages for the report (`virnucpro.views`).
 Scores, fractions and means in our tables have the same fixed number of decimals (`virnucpro.tables`).
 Every frame must belong to a manifest sequence and fragment, and the number of frames of each sequence
 must equal its `kept_frames`; anything else is an error.
@@ -44,6 +45,7 @@ from virnucpro.seqio import read_sequences
 from virnucpro.tables import score_text, write_tsv
 from virnucpro.tracks import write_region_track, write_score_track
 from virnucpro.viral_fasta import write_viral_fasta
+from virnucpro.views import write_table_views
 
 log = logging.getLogger("virnucpro")
 
@@ -90,9 +92,11 @@ def collect_predictions(inputs, output, frames=None):
 def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, viral_fasta, histogram,
               along, threshold, top_sequences, *, fragment_size, sample="", viral_regions=None,
               score_track=None, region_track=None, original_predictions=None, original_calls=None,
-              max_gap_fragments=1, min_viral_fragments=2):
-    """Write the sample's tables, regions, tracks, viral FASTA, original files and plots; see the module
-    docstring. `sample` names the sample in plot titles and track names. Returns the per-sequence table."""
+              sequences_view=None, regions_view=None, max_gap_fragments=1, min_viral_fragments=2,
+              max_table_rows=1000):
+    """Write the sample's tables, regions, tracks, viral FASTA, original files, plots and HTML views; see
+    the module docstring. `sample` names the sample in plot titles, track names and views. Returns the
+    per-sequence table."""
     if not 0.0 <= float(threshold) <= 1.0:
         raise VirNucProError(f"viral fraction threshold must be between 0 and 1, not {threshold}")
     if int(top_sequences) < 0:
@@ -103,10 +107,12 @@ def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, vi
     frag = fragment_scores(frames, seqs, predictions, manifest)
     table = sequence_table(seqs, frag, float(threshold))
     regions = call_regions(seqs, frag, fragment_size, max_gap_fragments, min_viral_fragments)
+    if (sequences_view or regions_view) and not (sequences_view and regions_view and viral_regions):
+        raise VirNucProError("the HTML views need both view paths and the viral region table")
     outputs = (fragment_calls, sequence_summary, viral_fasta, histogram, along, viral_regions, score_track,
-               region_track, original_predictions, original_calls)
+               region_track, original_predictions, original_calls, sequences_view, regions_view)
     with atomic_outputs(*outputs) as tmp:
-        t_frag, t_seq, t_fasta, t_hist, t_along, t_regions, t_score, t_bed, t_orig, t_calls = tmp
+        t_frag, t_seq, t_fasta, t_hist, t_along, t_regions, t_score, t_bed, t_orig, t_calls, t_vseq, t_vreg = tmp
         _write_fragment_calls(t_frag, seqs, frag)
         _write_sequence_summary(t_seq, table)
         n_viral = write_viral_fasta(t_fasta, fasta, table)
@@ -120,6 +126,8 @@ def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, vi
             write_prediction_results(t_orig, frames)
         if t_calls is not None:
             write_highest_scores(t_calls, fragment_ids(seqs, frag), frag["viral"])
+        if t_vseq is not None:
+            write_table_views(t_seq, t_regions, t_vseq, t_vreg, sample, max_table_rows)
         plot_histogram(t_hist, frames, sample)
         plot_along(t_along, table, frag, regions, top_by_mean_score(table, int(top_sequences)), fragment_size,
                    sample)

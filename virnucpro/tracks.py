@@ -67,4 +67,5 @@ def write_region_track(path, seqs, regions, sample):
         )
         for i in order.tolist():
             s, e = int(r["start"][i]) - 1, int(r["end"][i])
-            fh.write(f"{ids[r['owner'][i]]}\t{s}\t{e}\tviral_region_{k[i] + 1}\t{score[i]}\t.\t{s}\t{e}\t{REGION_RGB}\n")
+            name = f"viral_region_{k[i] + 1}"
+            fh.write(f"{ids[r['owner'][i]]}\t{s}\t{e}\t{name}\t{score[i]}\t.\t{s}\t{e}\t{REGION_RGB}\n")

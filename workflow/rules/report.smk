@@ -1,5 +1,5 @@
-# Per-sample results (tables, viral regions, tracks, viral sequences, the original's files, plots) and
-# what the Snakemake report shows: in-page tables, the overview of all samples, models and parameters.
+# Per-sample results (tables, viral regions, tracks, viral sequences, the original's files, plots, the
+# tables as pages for the report), then the run's overview of all samples, models and parameters.
 
 
 rule summarize:
@@ -60,6 +60,20 @@ rule summarize:
             subcategory="{sample}",
             labels={"result": "virus score along sequences", "form": "plot"},
         ),
+        sequences_view=report(
+            f"{RESULTS}/{{sample}}/report/sequence_summary.html",
+            caption="../report/sequence_summary.rst",
+            category="Samples",
+            subcategory="{sample}",
+            labels={"result": "sequence summary", "form": "table"},
+        ),
+        regions_view=report(
+            f"{RESULTS}/{{sample}}/report/viral_regions.html",
+            caption="../report/viral_regions.rst",
+            category="Samples",
+            subcategory="{sample}",
+            labels={"result": "viral regions", "form": "table"},
+        ),
     log:
         f"{RESULTS}/{{sample}}/logs/summarize.log",
     conda:
@@ -70,68 +84,25 @@ rule summarize:
         fragment_size=FRAGMENT_SIZE,
         max_gap_fragments=config["regions"]["max_gap_fragments"],
         min_viral_fragments=config["regions"]["min_viral_fragments"],
+        max_table_rows=config["report"]["max_table_rows"],
     script:
         "../../scripts/summarize.py"
-
-
-rule table_views:
-    input:
-        sequences=rules.summarize.output.sequences,
-        regions=rules.summarize.output.regions,
-    output:
-        sequences=report(
-            f"{RESULTS}/{{sample}}/report/sequence_summary.html",
-            caption="../report/sequence_summary.rst",
-            category="Samples",
-            subcategory="{sample}",
-            labels={"result": "sequence summary", "form": "table"},
-        ),
-        regions=report(
-            f"{RESULTS}/{{sample}}/report/viral_regions.html",
-            caption="../report/viral_regions.rst",
-            category="Samples",
-            subcategory="{sample}",
-            labels={"result": "viral regions", "form": "table"},
-        ),
-    log:
-        f"{RESULTS}/{{sample}}/logs/table_views.log",
-    localrule: True
-    conda:
-        "../../envs/virnucpro.yaml"
-    params:
-        max_rows=config["report"]["max_table_rows"],
-    script:
-        "../../scripts/table_views.py"
 
 
 rule overview:
     input:
         sequences=expand(f"{RESULTS}/{{sample}}/sequence_summary.tsv", sample=SAMPLES),
         regions=expand(f"{RESULTS}/{{sample}}/viral_regions.tsv", sample=SAMPLES),
+        esm2=model_path("esm2"),
+        dnabert_s=model_path("dnabert_s"),
+        classifier=classifier_path(),
     output:
-        report(
+        overview=report(
             f"{RESULTS}/overview.tsv",
             caption="../report/overview.rst",
             category="Overview",
             labels={"result": "all samples"},
         ),
-    log:
-        f"{RESULTS}/logs/overview.log",
-    localrule: True
-    conda:
-        "../../envs/virnucpro.yaml"
-    params:
-        samples=list(SAMPLES),
-    script:
-        "../../scripts/overview.py"
-
-
-rule run_info:
-    input:
-        esm2=model_path("esm2"),
-        dnabert_s=model_path("dnabert_s"),
-        classifier=classifier_path(),
-    output:
         models=report(
             f"{RESULTS}/models.tsv",
             caption="../report/models.rst",
@@ -145,11 +116,12 @@ rule run_info:
             labels={"result": "run parameters"},
         ),
     log:
-        f"{RESULTS}/logs/run_info.log",
+        f"{RESULTS}/logs/overview.log",
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
     params:
+        samples=list(SAMPLES),
         settings=run_settings(),
     script:
-        "../../scripts/run_info.py"
+        "../../scripts/overview.py"
