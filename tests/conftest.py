@@ -1,7 +1,9 @@
 """Shared pytest set-up: GPU tests skip cleanly where CUDA is absent, and Triton kernels run through
 Triton's CPU interpreter there; SLURM tests skip where no cluster answers, unless --require-slurm (CI)
-turns that into a failure; tiny models for workflow runs."""
+turns that into a failure; browser tests skip where headless Chromium, its driver or selenium is
+missing, unless --require-browser (CI) does; tiny models for workflow runs."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -30,6 +32,15 @@ ESM_DIM, DNA_DIM = 64, 96
 def pytest_addoption(parser):
     parser.addoption("--require-slurm", action="store_true",
                      help="fail SLURM tests instead of skipping them when no cluster answers")
+    parser.addoption("--require-browser", action="store_true",
+                     help="fail browser tests instead of skipping them when Chromium or selenium is missing")
+
+
+BROWSER = ("chromium", "chromedriver")  # Debian packages chromium and chromium-driver
+
+
+def browser_found():
+    return all(shutil.which(p) for p in BROWSER) and importlib.util.find_spec("selenium") is not None
 
 
 def slurm_answers():
@@ -41,8 +52,12 @@ def slurm_answers():
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_slurm = pytest.mark.skip(reason="no SLURM cluster answers (CI starts one: .ci/slurm.sh)")
+    skip_browser = pytest.mark.skip(reason="no headless Chromium (apt-get install chromium chromium-driver) "
+                                           "or no selenium (CI installs both)")
     has_slurm = None
     for item in items:
+        if "browser" in item.keywords and not config.getoption("--require-browser") and not browser_found():
+            item.add_marker(skip_browser)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
         if "slurm" in item.keywords and not config.getoption("--require-slurm"):
@@ -65,3 +80,28 @@ def tiny_models(tmp_path_factory):
     classifier = d / "500_model.pth"
     make_original_classifier(classifier, input_dim=DNA_DIM + ESM_DIM)
     return {"models.esm2": str(esm), "models.dnabert_s": str(dnabert), "models.classifier": str(classifier)}
+
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1600,1000",
+]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium through chromedriver (selenium), with a fresh profile; nothing it needs is fetched."""
+    if not browser_found():
+        pytest.fail("browser test required (--require-browser) but chromium, chromedriver or selenium is missing")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in [*CHROMIUM_ARGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -175,7 +175,7 @@ def test_killed_in_embedding_and_in_summarize_resumes_to_the_same_results(tmp_pa
             assert middle[path] == stamp, f"{path} was rewritten although it was finished"
     assert f"results/embedding/samples/done/{started[0]}.json" in set(middle) - set(before)
     plan = planned_jobs(work)
-    assert set(plan) <= {("summarize", None), ("all", None)} and ("summarize", None) in plan, plan
+    assert set(plan) <= {("summarize", None), ("overview", None), ("all", None)} and ("summarize", None) in plan, plan
     assert "Missing output files" in plan[("summarize", None)]
 
     # 3. the final rerun

@@ -97,7 +97,7 @@ def test_every_sequence_once_with_status_and_call(sample):
         if mine:
             assert r["status"] == "classified"
             assert float(r["viral_fraction"]) == pytest.approx(viral / len(mine), abs=1e-6)
-            assert r["max_virus_score"] == str(max(m2 for _, _, m2 in mine.values()))
+            assert r["max_virus_score"] == f"{max(m2 for _, _, m2 in mine.values()):.6f}"
             mean = np.mean([float(m2) for _, _, m2 in mine.values()])
             assert float(r["mean_virus_score"]) == pytest.approx(mean, rel=1e-5)
             assert r["call"] == ("viral" if viral / len(mine) >= 0.5 else "not_viral")
@@ -119,7 +119,7 @@ def test_fragment_calls_are_the_original_rule(sample):
     for r in rows:
         viral, m1, m2 = frags[r["Modified_ID"]]
         assert r["Is_Virus"] == str(viral)
-        assert (r["max_score1"], r["max_score2"]) == (str(m1), str(m2))
+        assert (r["max_score1"], r["max_score2"]) == (f"{m1:.6f}", f"{m2:.6f}")
     calls = {r["Modified_ID"]: r["Is_Virus"] for r in rows}
     assert calls["gcc_rich_chunk_1"] == "True" and calls["gcc_rich_chunk_2"] == "False"
     assert calls["short_read_chunk_1"] == "True"  # 0.5 >= 0.5
@@ -207,3 +207,55 @@ def test_sample_without_frames(tmp_path):
     assert table(out["fragment_calls"]) == []
     png_size(out["histogram"])
     png_size(out["along"])
+
+
+@pytest.mark.parametrize("form", ["fasta", "fastq.gz"])
+def test_viral_fasta_keeps_each_full_header(tmp_path, form):
+    import gzip
+
+    rng = np.random.default_rng(4)
+    records = [("v1", "v1 Escherichia phage T4, complete genome\tlen=900", coding(rng, 300)),
+               ("h1", "h1 host", coding(rng, 300)), ("v2", "v2", coding(rng, 150))]
+    if form == "fasta":
+        fasta, text = tmp_path / "in.fa", "".join(f">{h}\n{s}\n" for _, h, s in records)
+        fasta.write_text(text)
+    else:  # quality lines that begin with '@'
+        fasta = tmp_path / "in.fq.gz"
+        text = "\n".join(f"@{h}\n{s}\n+\n{'@' * len(s)}" for _, h, s in records) + "\n"
+        fasta.write_bytes(gzip.compress(text.encode()))
+    prepare(fasta, 500, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv")
+    rows = [f"{fid}\tvirus\t0.1\t0.9\n" if not fid.startswith("h1") else f"{fid}\tothers\t0.9\t0.1\n"
+            for fid, _ in read_fasta(tmp_path / "f.faa")]
+    (tmp_path / "predictions.tsv").write_text(HEADER + "".join(rows))
+    out = run(tmp_path, fasta=fasta)
+    text = out["viral_fasta"].read_text()
+    assert [line for line in text.splitlines() if line.startswith(">")] == [
+        ">v1 Escherichia phage T4, complete genome\tlen=900", ">v2"]
+    assert dict(read_fasta(out["viral_fasta"])) == {"v1": records[0][2], "v2": records[2][2]}
+
+
+def test_scores_have_the_same_number_of_decimals_in_every_table(sample):
+    d, _, _, _ = sample
+    out = run(d)
+    for name, columns in (("fragment_calls", ["max_score1", "max_score2"]),
+                          ("sequence_summary", ["viral_fraction", "max_virus_score", "mean_virus_score"])):
+        for r in table(out[name]):
+            for c in columns:
+                assert r[c] == "NA" or (len(r[c].split(".")[1]) == 6 and float(r[c]) <= 1), (name, c, r[c])
+
+
+def test_views_are_written_with_the_tables(sample):
+    d, records, _, _ = sample
+    out = {k: d / "views" / n for k, n in [("viral_regions", "regions.tsv"), ("sequences_view", "s.html"),
+                                            ("regions_view", "r.html")]}
+    summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", d / "views" / "fc.tsv",
+              d / "views" / "ss.tsv", d / "views" / "v.fna", d / "views" / "h.png", d / "views" / "a.png", 0.5, 1,
+              fragment_size=500, sample="sample_x", max_table_rows=2, **out)
+    page = out["sequences_view"].read_text()
+    assert "sample_x: sequence summary" in page and f"The first 2 of {len(records)} rows." in page
+    assert "sample_x: viral regions" in out["regions_view"].read_text()
+    with pytest.raises(VirNucProError, match="need both view paths and the viral region table"):
+        summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", d / "v2" / "fc.tsv",
+                  d / "v2" / "ss.tsv", d / "v2" / "v.fna", d / "v2" / "h.png", d / "v2" / "a.png", 0.5, 1,
+                  fragment_size=500, sequences_view=d / "v2" / "s.html")
+    assert not (d / "v2").exists() or not any((d / "v2").iterdir())

@@ -1,6 +1,7 @@
 """The whole workflow on CPU with tiny models in their real on-disk formats: every stage, every output,
-the report, shard-count invariance, the embedding store across reruns, added samples and projects, and
-retraining through the `train` target."""
+the report, shard-count invariance, the embedding store across reruns, added samples and projects,
+retraining through the `train` target, and viral regions in chimeras found with the retrained
+classifier."""
 
 import csv
 import json
@@ -15,7 +16,11 @@ from virnucpro.seqio import read_fasta, read_sequences
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 SAMPLES = {"sample_a": REPO / "example" / "sample_a.fa", "sample_b": REPO / "example" / "sample_b.fa.gz"}
-TABLES = ["prediction_results.tsv", "fragment_calls.tsv", "sequence_summary.tsv", "viral.fna"]
+TABLES = [
+    "prediction_results.tsv", "fragment_calls.tsv", "sequence_summary.tsv", "viral.fna", "viral_regions.tsv",
+    "tracks/virus_score.bedGraph", "tracks/viral_regions.bed", "prediction_results.txt",
+    "prediction_results_highestscore.csv",
+]
 
 
 def workdir(path, models, sheet=SAMPLES, **overrides):
@@ -143,24 +148,173 @@ def test_a_store_shared_by_two_projects_embeds_nothing_twice(sharded_run, tmp_pa
                 (sharded_run / "results" / sample / table).read_bytes(), (sample, table)
 
 
+GC_RICH = ["GCC", "GGC", "CGC", "GCG", "CCG", "GGG", "CCC", "GAC", "CAG"]  # "viral" in the retraining
+AT_RICH = ["AAT", "TTA", "ATA", "TAT", "AAA", "TTT", "ATT", "AAC", "TTG"]  # "other"
+# chimeras (id: parts in order) of GC-rich "viral" and AT-rich "host" stop-free coding sequence
+CHIMERAS = {
+    "viral_then_host": [("viral", 1500), ("host", 1500)],  # junction on a fragment boundary
+    "host_then_viral": [("host", 1650), ("viral", 1350)],  # junction inside fragment 6
+    "prophage": [("host", 1203), ("viral", 1800), ("host", 1500)],  # 4503 bp: overlapping fragments
+    "all_viral": [("viral", 900)],
+    "all_host": [("host", 900)],
+}
+
+
+def coding(rng, codons, length):
+    return "".join(rng.choice(codons, length // 3))
+
+
 def coding_fasta(path, codons, n, length, seed):
     rng = np.random.default_rng(seed)
     with open(path, "w") as fh:
         for i in range(n):
-            fh.write(f">{path.stem}_{i}\n{''.join(rng.choice(codons, length // 3))}\n")
+            fh.write(f">{path.stem}_{i}\n{coding(rng, codons, length)}\n")
 
 
-def test_train_target_learns_two_compositions(tmp_path, tiny_models):
+def chimera_fasta(path, seed):
+    """Write CHIMERAS (headers with a description); returns {id: [(start, end) of viral parts, 0-based]}."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    with open(path, "w") as fh:
+        for name, parts in CHIMERAS.items():
+            seq, viral = "", []
+            for kind, bp in parts:
+                if kind == "viral":
+                    viral.append((len(seq), len(seq) + bp))
+                seq += coding(rng, GC_RICH if kind == "viral" else AT_RICH, bp)
+            fh.write(f">{name} chimera: {' + '.join(f'{k} {bp} bp' for k, bp in parts)}\n{seq}\n")
+            truth[name] = viral
+    return truth
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_models):
+    """`snakemake train`, then the default target on the same config: the classifier retrained on
+    GC-rich "viral" and AT-rich "other" sequences (300 bp fragments) classifies a sample of chimeras of
+    the two; then the report. (models.classifier names the retrained file relative to the working
+    directory, which the workflow takes as it is once the file exists.)"""
+    d = tmp_path_factory.mktemp("trained")
+    coding_fasta(d / "viral.fa", GC_RICH, 60, 900, seed=1)
+    coding_fasta(d / "other.fa", AT_RICH, 60, 900, seed=2)
+    truth = chimera_fasta(d / "chimeras.fa", seed=3)
+    train = {"viral": [str(d / "viral.fa")], "other": [str(d / "other.fa")], "seed": 7}
+    models = {**tiny_models, "models.classifier": "results/train/300_model.safetensors"}
+    work = workdir(d / "work", models, sheet={"chimeras": d / "chimeras.fa"}, fragment_size=300, train=train)
+    snakemake(work, "--cores", "2", "train")
+    snakemake(work, "--cores", "2")
+    snakemake(work, "--report", "report.html")
+    return work, truth
+
+
+def test_train_target_learns_two_compositions(trained_run):
     """GC-rich and AT-rich stop-free coding sequences, through prepare, shards, both embeddings and
     the original training recipe: the held-out AUROC must reach 0.9."""
-    gc_rich = ["GCC", "GGC", "CGC", "GCG", "CCG", "GGG", "CCC", "GAC", "CAG"]
-    at_rich = ["AAT", "TTA", "ATA", "TAT", "AAA", "TTT", "ATT", "AAC", "TTG"]
-    coding_fasta(tmp_path / "viral.fa", gc_rich, 60, 900, seed=1)
-    coding_fasta(tmp_path / "other.fa", at_rich, 60, 900, seed=2)
-    train = {"viral": [str(tmp_path / "viral.fa")], "other": [str(tmp_path / "other.fa")], "seed": 7}
-    work = workdir(tmp_path / "work", tiny_models, fragment_size=300, train=train)
-    snakemake(work, "--cores", "2", "train")
+    work, _ = trained_run
     metrics = dict(rows(work / "results" / "train" / "metrics.tsv")[1:])
     assert float(metrics["auroc"]) >= 0.9, metrics
     assert int(metrics["heldout_frames"]) >= 30
     assert (work / "results" / "train" / "300_model.safetensors").stat().st_size > 0
+
+
+def test_region_boundaries_fall_within_one_fragment_of_the_junctions(trained_run):
+    work, truth = trained_run
+    table = rows(work / "results" / "chimeras" / "viral_regions.tsv")
+    header = table[0]
+    found = {}
+    for r in table[1:]:
+        r = dict(zip(header, r))
+        found.setdefault(r["sequence_id"], []).append((int(r["start"]) - 1, int(r["end"]), r["whole_sequence"]))
+    assert set(found) == {name for name, viral in truth.items() if viral}, found
+    for name, viral in truth.items():
+        if not viral:
+            continue
+        assert len(found[name]) == len(viral) == 1, (name, found[name])
+        (start, end, whole), (true_start, true_end) = found[name][0], viral[0]
+        assert abs(start - true_start) <= 300 and abs(end - true_end) <= 300, (name, found[name], viral)
+        length = sum(bp for _, bp in CHIMERAS[name])
+        assert whole == str(start == 0 and end == length), (name, whole)
+    assert found["all_viral"][0] == (0, 900, "True")
+    headers = [line for line in (work / "results" / "chimeras" / "viral.fna").read_text().splitlines()
+               if line.startswith(">")]
+    assert headers and all(h.split()[1] == "chimera:" and "bp" in h for h in headers)  # full input headers
+
+
+# ----------------------------------------------------------------------------- the report in a browser
+
+TABLES_JS = "return [...document.querySelectorAll(arguments[0])].map(t => [...t.querySelectorAll('tr')]" \
+            ".map(r => [...r.querySelectorAll('th, td')].map(c => c.innerText.trim())))"
+
+
+def item_row(driver, result, form):
+    """The menu row of the report item with labels `result` and `form`."""
+    from selenium.webdriver.common.by import By
+
+    for row in driver.find_elements(By.CSS_SELECTOR, "nav tr"):
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        if cells[:2] == [result, form]:
+            return row
+    raise AssertionError(f"no report item {result!r} ({form})")
+
+
+def view_in_page(driver, wait, result, form):
+    """Open an item's view (the eye button); returns the text tables of the HTML page it shows."""
+    from selenium.webdriver.common.by import By
+
+    item_row(driver, result, form).find_element(By.CSS_SELECTOR, "a[iconname=eye]").click()
+    frame = wait.until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))[0]
+    driver.switch_to.frame(frame)
+    tables = wait.until(lambda d: d.execute_script(TABLES_JS, "table"))
+    driver.switch_to.default_content()
+    return tables
+
+
+def caption_of(driver, wait, result, form):
+    """The text an item's information panel shows (its caption under DESCRIPTION); then back to the list."""
+    from selenium.webdriver.common.by import By
+
+    item_row(driver, result, form).find_element(By.CSS_SELECTOR, "a[iconname=information-circle]").click()
+    text = wait.until(lambda d: "DESCRIPTION" in d.find_element(By.TAG_NAME, "nav").text
+                      and d.find_element(By.TAG_NAME, "nav").text)
+    driver.find_element(By.LINK_TEXT, "Samples").click()
+    return text
+
+
+@pytest.mark.browser
+def test_report_reads_in_a_browser(trained_run, browser, tmp_path):
+    """The report as a person opens it, in headless Chromium without network: the front page shows the
+    workflow, the samples overview, the models with checksums and the parameters as tables; every item
+    has a caption; a sample's viral regions and sequence summary are tables in the page; plots load."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    work, _ = trained_run
+    results = work / "results"
+    browser.get((work / "report.html").as_uri())
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: "Samples overview" in d.find_element(By.TAG_NAME, "body").text)
+    front = browser.find_element(By.TAG_NAME, "body").text
+    assert "which parts of them, are viral" in front and "How to read it" in front
+    shown = browser.execute_script(TABLES_JS, "div.prose table")
+    for name in ("overview.tsv", "models.tsv", "parameters.tsv"):
+        assert rows(results / name) in shown, (name, shown)
+    browser.save_screenshot(tmp_path / "front_page.png")
+
+    items = browser.execute_script("return Object.values(results).map(r => [r.name, r.caption])")
+    assert len(items) >= 12 and all(caption.strip() for _, caption in items), items
+
+    browser.find_element(By.LINK_TEXT, "Samples").click()
+    sample = results / "chimeras"
+    regions = view_in_page(browser, wait, "viral regions", "table")
+    assert regions == [rows(sample / "viral_regions.tsv")]
+    browser.save_screenshot(tmp_path / "viral_regions.png")
+    assert "Viral regions of sample chimeras" in caption_of(browser, wait, "viral regions", "table")
+    summary = view_in_page(browser, wait, "sequence summary", "table")[0]
+    expected = rows(sample / "sequence_summary.tsv")
+    assert summary[0] == expected[0] and sorted(summary[1:]) == sorted(expected[1:])
+    assert [r[-1] for r in summary[1:3]] == ["viral", "viral"]  # viral calls first
+    assert "Sequence summary of sample chimeras" in caption_of(browser, wait, "sequence summary", "table")
+
+    item_row(browser, "virus score along sequences", "plot").find_element(By.CSS_SELECTOR, "a[iconname=eye]").click()
+    assert wait.until(lambda d: d.execute_script(
+        "const i = document.querySelector('img[src^=\"data:image/png\"]'); return i && i.complete && i.naturalWidth"))
+    browser.save_screenshot(tmp_path / "along_plot.png")

@@ -90,7 +90,12 @@ def _summarize(args):
         fragment_calls=out / "fragment_calls.tsv", sequence_summary=out / "sequence_summary.tsv",
         viral_fasta=out / "viral.fna", histogram=out / "plots" / "score_histogram.png",
         along=out / "plots" / "score_along_sequences.png", threshold=args.threshold,
-        top_sequences=args.top_sequences, fragment_size=args.fragment_size,
+        top_sequences=args.top_sequences, fragment_size=args.fragment_size, sample=args.sample,
+        viral_regions=out / "viral_regions.tsv", score_track=out / "tracks" / "virus_score.bedGraph",
+        region_track=out / "tracks" / "viral_regions.bed", original_predictions=out / "prediction_results.txt",
+        original_calls=out / "prediction_results_highestscore.csv",
+        sequences_view=out / "report" / "sequence_summary.html", regions_view=out / "report" / "viral_regions.html",
+        max_gap_fragments=args.max_gap_fragments, min_viral_fragments=args.min_viral_fragments,
     )
 
 
@@ -186,7 +191,9 @@ def _add_embed(sub):
 
 
 def _add_results(sub):
-    p = _command(sub, "summarize", _summarize, "fragment and sequence tables, viral FASTA and plots")
+    p = _command(sub, "summarize", _summarize, "a sample's tables, viral regions, tracks, viral FASTA and plots",
+                 "Per-fragment calls, per-sequence summary, viral regions, genome-browser tracks, the original's "
+                 "files, the viral sequences, plots and table pages of one sample.")
     p.add_argument("--predictions", required=True, help="prediction table of the whole sample")
     p.add_argument("--manifest", required=True, help="sequences.tsv from `prepare`")
     p.add_argument("--fasta", required=True, help="the sample's input sequences")
@@ -194,6 +201,10 @@ def _add_results(sub):
     p.add_argument("--out-dir", required=True, help="folder for the tables, viral.fna and plots/")
     p.add_argument("--threshold", type=float, default=0.5, help="viral fraction for a viral call")
     p.add_argument("--top-sequences", type=int, default=20, help="sequences in the along-sequence plot")
+    p.add_argument("--sample", default="", help="the sample's name, for plot titles and tracks")
+    p.add_argument("--max-gap-fragments", type=int, default=1,
+                   help="viral regions: fragments allowed between two viral ones of a region")
+    p.add_argument("--min-viral-fragments", type=int, default=2, help="viral regions: fewest viral fragments")
 
     p = _command(sub, "train", _train, "train the classifier on labelled training sets",
                  "The original recipe on the features of labelled training sets, read from the embedding store.")

@@ -108,11 +108,14 @@ DOWNLOADS = {
 }
 
 
-def check_models(paths, models_dir):
+def check_models(paths, models_dir, made_here=()):
     """Every model setting (`paths`: {"esm2": path, ...} as the workflow resolves them) must name an
-    existing file (a folder for dnabert_s), or one that the models step downloads into `models_dir`."""
+    existing file (a folder for dnabert_s), one that the models step downloads into `models_dir`, or one
+    of `made_here` (files the workflow's own rules write: the retrained classifier)."""
     for key, path in paths.items():
         path = Path(path)
+        if path in {Path(p) for p in made_here}:
+            continue
         want_dir = key == "dnabert_s"
         if path.exists():
             if path.is_dir() != want_dir:

@@ -51,23 +51,24 @@ def open_binary(path):
     return open(path, "rb")
 
 
-def read_sequences(path, check_nucleotides=True, allow_empty=False, max_bp=MAX_RECORD_BP):
+def read_sequences(path, check_nucleotides=True, allow_empty=False, max_bp=MAX_RECORD_BP, headers=False):
     """Yield `(id, sequence_bytes)` for every record of a FASTA/FASTQ file; see the module docstring.
 
-    `allow_empty`: a file with no record yields nothing instead of raising.
+    `allow_empty`: a file with no record yields nothing instead of raising; `headers`: yield
+    `(id, sequence_bytes, header_bytes)`, the header line as it is, without its '>' or '@' and line end.
     """
     seen = set()
     n = 0
     with open_binary(path) as fh:
         try:
-            for rid, seq in _records(fh, path, max_bp):
+            for rid, seq, header in _records(fh, path, max_bp):
                 if rid in seen:
                     raise InputError(path, "duplicate sequence id", record=rid)
                 seen.add(rid)
                 if check_nucleotides:
                     check_nucleotide_codes(path, rid, seq)
                 n += 1
-                yield rid, seq
+                yield (rid, seq, header) if headers else (rid, seq)
         except _READ_ERRORS as exc:
             raise InputError(path, f"unreadable compressed data ({exc})") from None
     if n == 0 and not allow_empty:
@@ -117,21 +118,22 @@ def _first_content_byte(fh, path):
 
 
 def _parse_header(path, line, number):
+    """(id, the header line without its '>' or '@' and line end)."""
+    raw = line[1:].rstrip(b"\r\n")
     try:
-        header = line[1:].rstrip(b"\r\n").decode("utf-8")
+        words = raw.decode("utf-8").split(None, 1)
     except UnicodeDecodeError:
         raise InputError(path, f"header on line {number} is not text (binary data?)") from None
-    words = header.split(None, 1)
     if not words:
         raise InputError(path, f"record on line {number} has no id")
-    return words[0]
+    return words[0], raw
 
 
 class _Record:
     """The sequence of one record, gathered piece by piece, refused once longer than the limit."""
 
-    def __init__(self, path, rid, max_bp):
-        self.path, self.rid, self.max_bp, self.seq = path, rid, max_bp, bytearray()
+    def __init__(self, path, header, max_bp):
+        (self.rid, self.header), self.path, self.max_bp, self.seq = header, path, max_bp, bytearray()
 
     def add(self, piece):
         self.seq += piece.translate(None, BLANKS)
@@ -139,9 +141,10 @@ class _Record:
             raise _too_long(self.path, self.rid, self.max_bp)
 
     def done(self):
+        """(id, sequence, header) of the complete record."""
         if not self.seq:
             raise InputError(self.path, "record has no sequence", record=self.rid)
-        return bytes(self.seq)
+        return self.rid, bytes(self.seq), self.header
 
 
 def _too_long(path, rid, max_bp):
@@ -152,7 +155,7 @@ def _too_long(path, rid, max_bp):
 
 
 def _header(fh, path, line, number):
-    """The id of a header line that starts with `line` (read in pieces: the rest is read, up to MAX_HEADER)."""
+    """(id, header) of a header line that starts with `line` (the rest is read in pieces, up to MAX_HEADER)."""
     while not line.endswith(b"\n") and len(line) <= MAX_HEADER:
         more = fh.readline(PIECE)
         if not more:
@@ -185,7 +188,7 @@ def _fasta_records(fh, path, max_bp):
         if at_start and data[:1] == b">":
             header, data = _take_line(fh, data, path, number)
             if record is not None:
-                yield record.rid, record.done()
+                yield record.done()
             record = _Record(path, _parse_header(path, header, number), max_bp)
             number += 1
             data = data or fh.read(PIECE)
@@ -200,7 +203,7 @@ def _fasta_records(fh, path, max_bp):
             at_start = data.endswith(b"\n")
             data = fh.read(PIECE)
     if record is not None:
-        yield record.rid, record.done()
+        yield record.done()
 
 
 def _line(fh, path, max_bp, rid):
@@ -226,7 +229,7 @@ def _fastq_records(fh, path, max_bp):
             continue
         if header[:1] != b"@":
             raise InputError(path, f"line {number}: FASTQ record does not start with '@'")
-        rid = _header(fh, path, header, number)
+        rid, raw = _header(fh, path, header, number)
         seq, plus, qual = (_line(fh, path, max_bp, rid) for _ in range(3))
         number += 3
         if plus[:1] != b"+":
@@ -238,4 +241,4 @@ def _fastq_records(fh, path, max_bp):
             raise InputError(
                 path, f"quality length {len(qual)} differs from sequence length {len(seq)}", record=rid
             )
-        yield rid, seq
+        yield rid, seq, raw

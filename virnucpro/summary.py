@@ -1,4 +1,5 @@
-"""Results of one sample: per-fragment calls, one row per input sequence, viral sequences, plots.
+"""Results of one sample: per-fragment calls, one row per input sequence, viral regions, viral
+sequences, genome-browser tracks, the original tool's own files, plots.
 
 Inputs: the per-frame table `prediction_results.tsv` (the original's columns `Sequence_ID, Prediction,
 score1, score2`; frame ids `{seq_id}_chunk_{n}{F|R}{1-3}`, parsed from the right so sequence ids may
@@ -12,16 +13,19 @@ Definitions:
   `viral_fraction` = viral fragments / fragments with frames, `max_virus_score` and
   `mean_virus_score` are the maximum and the mean of its fragments' virus scores;
 - `status` is `classified`, or `no_stop_free_frame` when no fragment kept a frame; `call` is `viral`
-  when viral_fraction >= threshold, `not_viral` otherwise, and `no_call` for unclassified sequences.
+  when viral_fraction >= threshold, `not_viral` otherwise, and `no_call` for unclassified sequences;
+- viral regions: runs of viral fragments, `virnucpro.regions`.
 
-Outputs (all appear together or not at all):
+Outputs (all appear together or not at all; those given as None are not written):
 - `fragment_calls.tsv`: `Modified_ID` (the fragment id), `Is_Virus` (True/False), `max_score1`,
   `max_score2`, one row per fragment with frames, in input order;
 - `sequence_summary.tsv`: one row for every sequence of the manifest, in input order;
-- `viral.fna`: the input sequences called viral, case kept, 60 bases per line;
-- a histogram of frame virus scores, and the virus score along each of the `top_sequences` sequences
-  with the highest mean virus score (fragments drawn as segments at their positions, red when called
-  viral, dark blue otherwise, as the original's `drew_fig.py`).
+- `viral_regions.tsv` and the tracks `virus_score.bedGraph`, `viral_regions.bed` (`virnucpro.tracks`);
+- `viral.fna`: the input sequences called viral with their full headers (`virnucpro.viral_fasta`);
+- `prediction_results.txt`, `prediction_results_highestscore.csv` (`virnucpro.original_files`);
+- the histogram and the along-sequence plot (`virnucpro.plots`);
+- the sequence summary and viral regions as HTML pages for the report (`virnucpro.views`).
+Scores, fractions and means in our tables have the same fixed number of decimals (`virnucpro.tables`).
 Every frame must belong to a manifest sequence and fragment, and the number of frames of each sequence
 must equal its `kept_frames`; anything else is an error.
 """
@@ -32,8 +36,14 @@ import numpy as np
 
 from virnucpro.atomic import atomic_outputs
 from virnucpro.errors import VirNucProError
-from virnucpro.frames import fragment_layout
-from virnucpro.seqio import read_sequences
+from virnucpro.original_files import write_highest_scores, write_prediction_results
+from virnucpro.plots import plot_along, plot_histogram, top_by_mean_score
+from virnucpro.regions import call_regions, check_region_settings, write_regions
+from virnucpro.seqio import MAX_RECORD_BP
+from virnucpro.tables import score_text, write_tsv
+from virnucpro.tracks import write_region_track, write_score_track
+from virnucpro.viral_fasta import write_viral_fasta
+from virnucpro.views import write_table_views
 
 log = logging.getLogger("virnucpro")
 
@@ -46,34 +56,55 @@ SEQUENCE_COLUMNS = [
     "max_virus_score", "mean_virus_score", "status", "call",
 ]
 FRAME_ID = r"^(?P<seq>.+)_chunk_(?P<num>[0-9]+)(?P<frame>[FR][123])$"
-VIRAL_COLOUR, OTHER_COLOUR = "red", "darkblue"
-WIDTH = 60
 
 
 def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, viral_fasta, histogram,
-              along, threshold, top_sequences, *, fragment_size):
-    """Write the sample's tables, viral FASTA and plots; see the module docstring. Returns the table."""
+              along, threshold, top_sequences, *, fragment_size, sample="", viral_regions=None,
+              score_track=None, region_track=None, original_predictions=None, original_calls=None,
+              sequences_view=None, regions_view=None, max_gap_fragments=1, min_viral_fragments=2,
+              max_table_rows=1000, max_bp=MAX_RECORD_BP):
+    """Write the sample's tables, regions, tracks, viral FASTA, original files, plots and HTML views; see
+    the module docstring. `sample` names the sample in plot titles, track names and views. Returns the
+    per-sequence table."""
     if not 0.0 <= float(threshold) <= 1.0:
         raise VirNucProError(f"viral fraction threshold must be between 0 and 1, not {threshold}")
     if int(top_sequences) < 0:
         raise VirNucProError(f"top_sequences must be 0 or more, not {top_sequences}")
+    check_region_settings(max_gap_fragments, min_viral_fragments)
     seqs = read_manifest(manifest, fragment_size)
     frames = read_predictions(predictions)
     frag = fragment_scores(frames, seqs, predictions, manifest)
     table = sequence_table(seqs, frag, float(threshold))
-    with atomic_outputs(fragment_calls, sequence_summary, viral_fasta, histogram, along) as tmp:
-        t_frag, t_seq, t_fasta, t_hist, t_along = tmp
+    regions = call_regions(seqs, frag, fragment_size, max_gap_fragments, min_viral_fragments)
+    if (sequences_view or regions_view) and not (sequences_view and regions_view and viral_regions):
+        raise VirNucProError("the HTML views need both view paths and the viral region table")
+    outputs = (fragment_calls, sequence_summary, viral_fasta, histogram, along, viral_regions, score_track,
+               region_track, original_predictions, original_calls, sequences_view, regions_view)
+    with atomic_outputs(*outputs) as tmp:
+        t_frag, t_seq, t_fasta, t_hist, t_along, t_regions, t_score, t_bed, t_orig, t_calls, t_vseq, t_vreg = tmp
         _write_fragment_calls(t_frag, seqs, frag)
         _write_sequence_summary(t_seq, table)
-        n_viral = _write_viral_fasta(t_fasta, fasta, table)
-        plot_histogram(t_hist, frames["score2"])
-        top = _top_sequences(table, int(top_sequences))
-        plot_along(t_along, table, frag, top, fragment_size)
+        n_viral = write_viral_fasta(t_fasta, fasta, table, max_bp)
+        if t_regions is not None:
+            write_regions(t_regions, seqs, regions)
+        if t_score is not None:
+            write_score_track(t_score, seqs, frag, fragment_size, sample)
+        if t_bed is not None:
+            write_region_track(t_bed, seqs, regions, sample)
+        if t_orig is not None:
+            write_prediction_results(t_orig, frames)
+        if t_calls is not None:
+            write_highest_scores(t_calls, fragment_ids(seqs, frag), frag["viral"])
+        if t_vseq is not None:
+            write_table_views(t_seq, t_regions, t_vseq, t_vreg, sample, max_table_rows)
+        plot_histogram(t_hist, frames, sample)
+        plot_along(t_along, table, frag, regions, top_by_mean_score(table, int(top_sequences)), fragment_size,
+                   sample)
     log.info(
-        "%d sequences: %d classified, %d called viral (viral fraction >= %s); "
+        "%d sequences: %d classified, %d called viral (viral fraction >= %s); %d viral region(s); "
         "%d fragments with frames, %d frames",
         len(table["sequence_id"]), int((table["status"] == "classified").sum()), n_viral, threshold,
-        len(frag["owner"]), len(frames["id"]),
+        len(regions["owner"]), len(frag["owner"]), len(frames["id"]),
     )
     return table
 
@@ -220,130 +251,22 @@ def sequence_table(seqs, frag, threshold):
 # ------------------------------------------------------------------------------------------ writing
 
 
-def _number(x):
-    return "NA" if np.isnan(x) else f"{x:.6g}"
-
-
-def _score(x):
-    return "NA" if np.isnan(x) else str(np.float32(x))
+def fragment_ids(seqs, frag):
+    """`{sequence_id}_chunk_{n}` of every classified fragment, in the order of `frag`."""
+    ids = seqs["sequence_id"]
+    return [f"{ids[o]}_chunk_{k}" for o, k in zip(frag["owner"].tolist(), frag["num"].tolist())]
 
 
 def _write_fragment_calls(path, seqs, frag):
-    ids = seqs["sequence_id"]
-    rows = (
-        f"{ids[o]}_chunk_{k}\t{v}\t{a!s}\t{b!s}\n"
-        for o, k, v, a, b in zip(frag["owner"].tolist(), frag["num"].tolist(), frag["viral"].tolist(),
-                                 frag["max1"], frag["max2"])
-    )
-    with open(path, "w") as fh:
-        fh.write("\t".join(FRAGMENT_COLUMNS) + "\n")
-        fh.writelines(rows)
+    rows = zip(fragment_ids(seqs, frag), frag["viral"].tolist(), map(score_text, frag["max1"]),
+               map(score_text, frag["max2"]))
+    write_tsv(path, FRAGMENT_COLUMNS, rows)
 
 
 def _write_sequence_summary(path, t):
     rows = zip(
         t["sequence_id"], t["length"].tolist(), t["fragments"].tolist(), t["fragments_with_frames"].tolist(),
-        t["viral_fragments"].tolist(), map(_number, t["viral_fraction"]), map(_score, t["max_virus_score"]),
-        map(_number, t["mean_virus_score"]), t["status"], t["call"],
+        t["viral_fragments"].tolist(), map(score_text, t["viral_fraction"]), map(score_text, t["max_virus_score"]),
+        map(score_text, t["mean_virus_score"]), t["status"], t["call"],
     )
-    with open(path, "w") as fh:
-        fh.write("\t".join(SEQUENCE_COLUMNS) + "\n")
-        fh.writelines("\t".join(map(str, row)) + "\n" for row in rows)
-
-
-def _write_viral_fasta(path, fasta, t):
-    """Copy the sequences called viral from `fasta`, which must match the manifest record for record."""
-    ids, lengths, viral = t["sequence_id"], t["length"], t["call"] == "viral"
-    n = 0
-    with open(path, "wb") as out:
-        i = -1
-        for i, (rid, seq) in enumerate(read_sequences(fasta)):
-            if i >= len(ids) or rid != ids[i] or len(seq) != lengths[i]:
-                expected = f"'{ids[i]}' ({lengths[i]} bp)" if i < len(ids) else "no more records"
-                raise VirNucProError(
-                    f"{fasta}: record {i + 1} is '{rid}' ({len(seq)} bp) but the manifest expects {expected}; "
-                    "the input changed since `prepare` ran"
-                )
-            if viral[i]:
-                head = (f">{rid} viral_fragments={t['viral_fragments'][i]}/{t['fragments_with_frames'][i]} "
-                        f"mean_virus_score={_number(t['mean_virus_score'][i])}\n")
-                out.write(head.encode() + b"".join(seq[j : j + WIDTH] + b"\n" for j in range(0, len(seq), WIDTH)))
-                n += 1
-        if i + 1 != len(ids):
-            raise VirNucProError(f"{fasta}: {i + 1} records, but the manifest lists {len(ids)}")
-    return n
-
-
-# -------------------------------------------------------------------------------------------- plots
-
-
-def _figure(width, height):
-    from matplotlib.figure import Figure  # heavy: only the summary step draws
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _style(ax):
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    for side in ("left", "bottom"):
-        ax.spines[side].set_color("gray")
-    ax.tick_params(colors="gray", which="both")
-
-
-def plot_histogram(path, scores):
-    """Histogram of frame virus scores (score2) in [0, 1], the 0.5 decision line dashed."""
-    fig = _figure(8, 4.5)
-    ax = fig.add_subplot()
-    ax.hist(np.asarray(scores, dtype=np.float64), bins=np.linspace(0.0, 1.0, 51), color="gray", edgecolor="white")
-    ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
-    ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("virus score (score2) of each frame")
-    ax.set_ylabel("frames")
-    ax.set_title(f"Virus scores of {len(scores)} frames")
-    _style(ax)
-    fig.savefig(path, format="png")
-
-
-def _top_sequences(t, k):
-    """Indices of the k classified sequences with the highest mean virus score (input order on ties)."""
-    classified = np.flatnonzero(t["status"] == "classified")
-    order = np.argsort(-t["mean_virus_score"][classified], kind="stable")
-    return classified[order[:k]]
-
-
-def plot_along(path, t, frag, top, fragment_size):
-    """Virus score of each fragment along the sequences `top`, one panel per sequence."""
-    n = max(len(top), 1)
-    fig = _figure(14, 1.9 * n + 0.6)
-    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
-    if not len(top):
-        axes[0].text(0.5, 0.5, "no sequence was classified", ha="center", va="center", transform=axes[0].transAxes)
-        axes[0].set_axis_off()
-        fig.savefig(path, format="png")
-        return
-    top = top.tolist()
-    owner, number, start, length = fragment_layout(t["length"][top], fragment_size)
-    where = {
-        (top[o], k): (s, n_)
-        for o, k, s, n_ in zip(owner.tolist(), number.tolist(), start.tolist(), length.tolist())
-    }
-    panel = dict(zip(top, axes))
-    for o, k, score, viral in zip(frag["owner"].tolist(), frag["num"].tolist(), frag["max2"].tolist(),
-                                  frag["viral"].tolist()):
-        if o in panel:
-            s, n_ = where[(o, k)]
-            panel[o].plot([s, s + n_], [score, score], color=VIRAL_COLOUR if viral else OTHER_COLOUR,
-                          linewidth=2.5, solid_capstyle="butt")
-    for i, ax in zip(top, axes):
-        ax.axhline(0.5, color="lightgray", linestyle="--", linewidth=1)
-        ax.set_xlim(0, int(t["length"][i]))
-        ax.set_ylim(-0.02, 1.05)
-        ax.set_ylabel("virus score")
-        ax.set_title(f"{t['sequence_id'][i]}  ({t['length'][i]} bp, {t['call'][i]}, "
-                     f"{t['viral_fragments'][i]}/{t['fragments_with_frames'][i]} fragments viral)",
-                     fontsize=11, fontweight="bold", loc="left")
-        ax.ticklabel_format(style="plain", axis="x", useOffset=False)
-        _style(ax)
-    axes[-1].set_xlabel("position (bp)")
-    fig.savefig(path, format="png")
+    write_tsv(path, SEQUENCE_COLUMNS, rows)

@@ -45,20 +45,28 @@ MODELS = config["models"]["dir"]
 STORE = config["embed"]["store"]
 # the pooled embedding stage: {EMBEDDING}/{batch}/plan, done/, logs/, benchmarks/
 EMBEDDING = f"{RESULTS}/embedding"
+RUN_FILES = ["overview.tsv", "models.tsv", "parameters.tsv"]  # whole-run files
+
+
+# the classifier `snakemake train` writes; models.classifier may name it before it exists
+TRAINED = f"{RESULTS}/train/{FRAGMENT_SIZE}_model.safetensors"
 
 
 def model_path(key):
-    """A model setting as a path: kept as given when it names an existing file or an absolute path,
-    otherwise looked up in models.dir (where the download rules put it)."""
+    """A model setting as a path: kept as given when it names an existing file, an absolute path or the
+    classifier `snakemake train` writes, otherwise looked up in models.dir (where the download rules put it).
+    """
     value = Path(config["models"][key])
-    if value.is_absolute() or value.exists():
+    if value.is_absolute() or value.exists() or value == Path(TRAINED):
         return str(value)
     return str(Path(MODELS) / value)
 
 
 try:
     check_models(
-        {key: model_path(key) for key in ("esm2", "dnabert_s", "classifier")}, MODELS
+        {key: model_path(key) for key in ("esm2", "dnabert_s", "classifier")},
+        MODELS,
+        made_here=[TRAINED],
     )
 except VirNucProError as exc:
     sys.exit(f"configuration error: {exc}")
@@ -121,11 +129,31 @@ def all_results():
         "prediction_results.tsv",
         "fragment_calls.tsv",
         "sequence_summary.tsv",
+        "viral_regions.tsv",
         "viral.fna",
+        "tracks/virus_score.bedGraph",
+        "tracks/viral_regions.bed",
+        "prediction_results.txt",
+        "prediction_results_highestscore.csv",
         "plots/score_histogram.png",
         "plots/score_along_sequences.png",
+        "report/sequence_summary.html",
+        "report/viral_regions.html",
     ]
-    return [f"{RESULTS}/{s}/{name}" for s in SAMPLES for name in names]
+    run = [f"{RESULTS}/{name}" for name in RUN_FILES]
+    return [f"{RESULTS}/{s}/{name}" for s in SAMPLES for name in names] + run
+
+
+def run_settings():
+    """Every setting that shapes the results, as `section.name` -> text, for the report."""
+    flat = {}
+    for key, value in config.items():
+        if key == "resources":  # where jobs run, not what they compute
+            continue
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for name, v in items:
+            flat[key if name is None else f"{key}.{name}"] = str(v)
+    return flat
 
 
 def training(label, part):

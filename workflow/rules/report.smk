@@ -1,4 +1,5 @@
-# Per-fragment and per-sequence tables, viral sequences and plots for the Snakemake report.
+# Per-sample results (tables, viral regions, tracks, viral sequences, the original's files, plots, the
+# tables as pages for the report), then the run's overview of all samples, models and parameters.
 
 
 rule summarize:
@@ -10,31 +11,68 @@ rule summarize:
         fragments=report(
             f"{RESULTS}/{{sample}}/fragment_calls.tsv",
             caption="../report/fragment_calls.rst",
-            category="Tables",
+            category="Samples",
             subcategory="{sample}",
-            labels={"sample": "{sample}", "table": "fragment calls"},
+            labels={"result": "fragment calls", "form": "TSV (download)"},
         ),
         sequences=report(
             f"{RESULTS}/{{sample}}/sequence_summary.tsv",
-            caption="../report/sequence_summary.rst",
-            category="Tables",
+            caption="../report/sequence_summary_tsv.rst",
+            category="Samples",
             subcategory="{sample}",
-            labels={"sample": "{sample}", "table": "sequence summary"},
+            labels={"result": "sequence summary", "form": "TSV (download)"},
+        ),
+        regions=report(
+            f"{RESULTS}/{{sample}}/viral_regions.tsv",
+            caption="../report/viral_regions_tsv.rst",
+            category="Samples",
+            subcategory="{sample}",
+            labels={"result": "viral regions", "form": "TSV (download)"},
         ),
         viral=f"{RESULTS}/{{sample}}/viral.fna",
+        score_track=report(
+            f"{RESULTS}/{{sample}}/tracks/virus_score.bedGraph",
+            caption="../report/virus_score_track.rst",
+            category="Samples",
+            subcategory="{sample}",
+            labels={"result": "virus score track", "form": "bedGraph (download)"},
+        ),
+        region_track=report(
+            f"{RESULTS}/{{sample}}/tracks/viral_regions.bed",
+            caption="../report/viral_regions_track.rst",
+            category="Samples",
+            subcategory="{sample}",
+            labels={"result": "viral regions track", "form": "BED (download)"},
+        ),
+        original_predictions=f"{RESULTS}/{{sample}}/prediction_results.txt",
+        original_calls=f"{RESULTS}/{{sample}}/prediction_results_highestscore.csv",
         histogram=report(
             f"{RESULTS}/{{sample}}/plots/score_histogram.png",
             caption="../report/score_histogram.rst",
-            category="Plots",
+            category="Samples",
             subcategory="{sample}",
-            labels={"sample": "{sample}", "plot": "virus score histogram"},
+            labels={"result": "virus score histogram", "form": "plot"},
         ),
         along=report(
             f"{RESULTS}/{{sample}}/plots/score_along_sequences.png",
             caption="../report/score_along_sequences.rst",
-            category="Plots",
+            category="Samples",
             subcategory="{sample}",
-            labels={"sample": "{sample}", "plot": "virus score along sequences"},
+            labels={"result": "virus score along sequences", "form": "plot"},
+        ),
+        sequences_view=report(
+            f"{RESULTS}/{{sample}}/report/sequence_summary.html",
+            caption="../report/sequence_summary.rst",
+            category="Samples",
+            subcategory="{sample}",
+            labels={"result": "sequence summary", "form": "table"},
+        ),
+        regions_view=report(
+            f"{RESULTS}/{{sample}}/report/viral_regions.html",
+            caption="../report/viral_regions.rst",
+            category="Samples",
+            subcategory="{sample}",
+            labels={"result": "viral regions", "form": "table"},
         ),
     log:
         f"{RESULTS}/{{sample}}/logs/summarize.log",
@@ -45,5 +83,48 @@ rule summarize:
         threshold=config["summary"]["viral_fraction_threshold"],
         top_sequences=config["summary"]["plot_top_sequences"],
         fragment_size=FRAGMENT_SIZE,
+        max_gap_fragments=config["regions"]["max_gap_fragments"],
+        min_viral_fragments=config["regions"]["min_viral_fragments"],
+        max_table_rows=config["report"]["max_table_rows"],
+        max_bp=config["max_record_bp"],
     script:
         "../../scripts/summarize.py"
+
+
+rule overview:
+    input:
+        sequences=expand(f"{RESULTS}/{{sample}}/sequence_summary.tsv", sample=SAMPLES),
+        regions=expand(f"{RESULTS}/{{sample}}/viral_regions.tsv", sample=SAMPLES),
+        esm2=note("esm2"),
+        dnabert_s=note("dnabert_s"),
+        classifier=note("classifier"),
+    output:
+        overview=report(
+            f"{RESULTS}/overview.tsv",
+            caption="../report/overview.rst",
+            category="Overview",
+            labels={"result": "all samples"},
+        ),
+        models=report(
+            f"{RESULTS}/models.tsv",
+            caption="../report/models.rst",
+            category="Overview",
+            labels={"result": "models and checksums"},
+        ),
+        parameters=report(
+            f"{RESULTS}/parameters.tsv",
+            caption="../report/parameters.rst",
+            category="Overview",
+            labels={"result": "run parameters"},
+        ),
+    log:
+        f"{RESULTS}/logs/overview.log",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    threads: 1
+    params:
+        samples=list(SAMPLES),
+        settings=run_settings(),
+    script:
+        "../../scripts/overview.py"

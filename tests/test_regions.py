@@ -1,0 +1,201 @@
+"""Viral regions and genome-browser tracks from a real `prepare` run, against a per-fragment reading of
+the region rule written here (fragment positions from tests/reference_frontend.py, no shared code)."""
+
+import numpy as np
+import pytest
+
+from tests.reference_frontend import chunks
+from virnucpro.errors import VirNucProError
+from virnucpro.prepare import prepare
+from virnucpro.seqio import read_fasta
+from virnucpro.summary import summarize
+
+SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
+SIZE = 500
+# id: per-fragment pattern: V viral, o not viral, - no stop-free frame (a block of N)
+PATTERNS = {
+    "contig_2": "VVoVVoooVVV",
+    "Contig_A": "-V-VVoVooVoV",
+    "contig_10": "oooo",
+    "short": "V",
+    "pair": "Vo",
+    "apart": "VooV",
+    "edge": "VVooooVV",
+    "NODE_1_length_4000_cov_12.5_" + "x" * 60 + "_end": "ooVVVooo",  # a long id
+}
+ODD = {"odd_1001": (1001, "oVV"), "odd_2600": (2600, "VVVooV")}  # overlapping fragments
+
+
+def build(tmp_path):
+    rng = np.random.default_rng(2)
+    records, patterns = [], {}
+    for sid, pattern in PATTERNS.items():
+        blocks = ["N" * SIZE if c == "-" else "".join(rng.choice(SENSE, SIZE // 3 + 1))[:SIZE] for c in pattern]
+        records.append((sid, "".join(blocks)))
+        patterns[sid] = pattern
+    for sid, (length, pattern) in ODD.items():
+        records.append((sid, "".join(rng.choice(SENSE, length // 3 + 1))[:length]))
+        patterns[sid] = pattern
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{i} a description\n{s}\n" for i, s in records))
+    prepare(fasta, SIZE, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
+    rows, scores = [], {}
+    for fid, _ in read_fasta(tmp_path / "f.faa"):
+        sid, _, k = fid[:-2].rpartition("_chunk_")
+        viral = patterns[sid][int(k) - 1] == "V"
+        s2 = np.float32(rng.uniform(0.6, 0.99) if viral else rng.uniform(0.01, 0.4))
+        s1 = np.float32(1) - s2
+        scores[fid[:-2]] = max(scores.get(fid[:-2], s2), s2)
+        rows.append(f"{fid}\t{'virus' if s2 > s1 else 'others'}\t{s1}\t{s2}\n")
+    (tmp_path / "p.tsv").write_text("Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(rows))
+    return dict(records), patterns, scores
+
+
+@pytest.fixture
+def sample(tmp_path):
+    return (tmp_path, *build(tmp_path))
+
+
+def run(d, max_gap=1, min_viral=2, top=3):
+    out = d / f"out_{max_gap}_{min_viral}"
+    names = dict(viral_regions="regions.tsv", score_track="score.bedGraph", region_track="regions.bed")
+    summarize(
+        d / "p.tsv", d / "m.tsv", d / "in.fa", out / "fc.tsv", out / "ss.tsv", out / "v.fna", out / "h.png",
+        out / "a.png", 0.5, top, fragment_size=SIZE, sample="s1", max_gap_fragments=max_gap,
+        min_viral_fragments=min_viral, **{k: out / v for k, v in names.items()},
+    )
+    return {k: out / v for k, v in names.items()}
+
+
+def spans(sid, seq):
+    """(fragment id, start, end) of the original's fragments: its slicing applied to the positions."""
+    return [(fid, r.start, r.stop) for fid, r in chunks(sid, range(len(seq)), SIZE)]
+
+
+def reference_regions(sid, seq, pattern, scores, max_gap, min_viral):
+    """Rows of viral_regions.tsv for one sequence, fragment by fragment."""
+    starts = [(start, end) for _, start, end in spans(sid, seq)]
+    viral = [k for k, c in enumerate(pattern) if c == "V"]
+    runs = []
+    for k in viral:
+        if runs and k - runs[-1][-1] - 1 <= max_gap:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    classified = [k for k, c in enumerate(pattern) if c != "-"]
+    rows = []
+    for r in runs:
+        if len(r) < min(min_viral, len(classified)):
+            continue
+        inside = [scores[f"{sid}_chunk_{k + 1}"] for k in range(r[0], r[-1] + 1) if pattern[k] != "-"]
+        start, end = starts[r[0]][0] + 1, starts[r[-1]][1]
+        rows.append([sid, str(start), str(end), str(end - start + 1), str(r[-1] - r[0] + 1), str(len(r)),
+                     f"{np.mean(np.float64(inside)):.6f}", f"{max(inside):.6f}", str(start == 1 and end == len(seq))])
+    return rows
+
+
+def table(path):
+    lines = path.read_text().splitlines()
+    return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
+
+
+@pytest.mark.parametrize("max_gap,min_viral", [(1, 2), (0, 1), (2, 3), (1, 1)])
+def test_regions_follow_the_rule(sample, max_gap, min_viral):
+    d, records, patterns, scores = sample
+    header, rows = table(run(d, max_gap, min_viral)["viral_regions"])
+    assert header == ["sequence_id", "start", "end", "length", "fragments", "viral_fragments",
+                      "mean_virus_score", "max_virus_score", "whole_sequence"]
+    expected = [row for sid, seq in records.items()
+                for row in reference_regions(sid, seq, patterns[sid], scores, max_gap, min_viral)]
+    assert rows == expected
+
+
+def test_regions_of_the_default_rule(sample):
+    d, _, _, _ = sample
+    _, rows = table(run(d)["viral_regions"])
+    found = {}
+    for r in rows:
+        found.setdefault(r[0], []).append((int(r[1]), int(r[2]), r[8]))
+    assert found["contig_2"] == [(1, 2500, "False"), (4001, 5500, "False")]  # VVoVV ooo VVV
+    assert found["Contig_A"] == [(501, 3500, "False"), (4501, 6000, "False")]  # - counts as a gap
+    assert found["short"] == [(1, 500, "True")]  # a one-fragment sequence needs only its fragment
+    assert "pair" not in found and "apart" not in found and "contig_10" not in found
+    assert found["edge"] == [(1, 1000, "False"), (3001, 4000, "False")]
+    assert found["odd_1001"] == [(334, 1001, "False")]  # fragments at 0, 333, 666 (overlapping)
+
+
+def test_tracks_are_sorted_half_open_with_a_track_line(sample):
+    d, records, _, _ = sample
+    out = run(d)
+    _, regions = table(out["viral_regions"])
+    bed = out["region_track"].read_text().splitlines()
+    assert bed[0].startswith('track name="s1 viral regions"') and 'itemRgb="On"' in bed[0]
+    features = [line.split("\t") for line in bed[1:]]
+    assert all(len(f) == 9 for f in features)
+    key = [(f[0].encode(), int(f[1])) for f in features]
+    assert key == sorted(key)  # byte order of ids, then start
+    assert sorted((f[0], int(f[1]) + 1, int(f[2])) for f in features) == sorted(
+        (r[0], int(r[1]), int(r[2])) for r in regions)  # 0-based start, same end
+    assert all(f[6:8] == f[1:3] and f[8] == "200,0,0" for f in features)
+
+    graph = out["score_track"].read_text().splitlines()
+    assert graph[0].startswith('track type=bedGraph name="s1 virus score"')
+    bars = [line.split("\t") for line in graph[1:]]
+    key = [(b[0].encode(), int(b[1])) for b in bars]
+    assert key == sorted(key)
+    fragment_scores = {r[0]: r[3] for r in table(out["viral_regions"].with_name("fc.tsv"))[1]}
+    for sid, seq in records.items():
+        mine = [(int(b[1]), int(b[2]), b[3]) for b in bars if b[0] == sid]
+        assert all(0 <= s < e <= len(seq) for s, e, _ in mine)
+        assert all(e1 <= s2 for (_, e1, _), (s2, _, _) in zip(mine, mine[1:]))  # no overlap
+        expected = [(start, fragment_scores[fid]) for fid, start, _ in spans(sid, seq) if fid in fragment_scores]
+        assert expected == [(s, v) for s, _, v in mine]
+        if mine:  # each fragment's bar ends where the next fragment starts, the last at the sequence end
+            assert mine[-1][1] == len(seq) or records[sid][mine[-1][1]:].strip("N") == ""
+    assert {b[0] for b in bars} == set(records)
+
+
+def test_bad_region_settings_name_the_setting(sample):
+    d, _, _, _ = sample
+    with pytest.raises(VirNucProError, match="regions.max_gap_fragments must be a whole number >= 0, not -1"):
+        run(d, max_gap=-1)
+    with pytest.raises(VirNucProError, match="regions.min_viral_fragments must be a whole number >= 1, not 0"):
+        run(d, min_viral=0)
+
+
+def test_plots_carry_legend_threshold_sample_and_region_bands(sample, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from virnucpro.plots import ELLIPSIS, REGION_COLOUR, shorten
+
+    drawn, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k))[1])
+    d, records, _, _ = sample
+    run(d, top=len(records))
+    histogram, along = drawn
+    ax = histogram.axes[0]
+    assert ax.get_title(loc="left").startswith("s1: virus scores of ")
+    labels = [t.get_text() for t in histogram.legends[0].get_texts()]
+    assert any(t.startswith("frame called virus") for t in labels) and any("0.5" in t for t in labels)
+    assert "0.5" in [t.get_text() for t in ax.texts]  # the threshold line labelled on the plot
+
+    assert along._suptitle.get_text().startswith("s1: virus score along the")
+    assert [t.get_text() for t in along.legends[0].get_texts()] == [
+        "fragment called viral", "fragment not called viral", "viral region", "virus score 0.5"]
+    _, regions = table(d / "out_1_2" / "regions.tsv")
+    for ax in along.axes:
+        title = ax.get_title(loc="left")
+        sid = next(i for i in records if title.startswith(shorten(i) + "  ("))
+        bands = [p for p in ax.patches if p.get_facecolor()[:3] == pytest.approx(_rgb(REGION_COLOUR))]
+        assert len(bands) == sum(r[0] == sid for r in regions), sid
+        assert "0.5" in [t.get_text() for t in ax.texts]
+    long_id = next(i for i in records if len(i) > 60)
+    assert len(shorten(long_id)) == 60 and ELLIPSIS in shorten(long_id)
+    assert shorten(long_id).startswith(long_id[:29]) and shorten(long_id).endswith(long_id[-29:])
+    assert shorten("contig_2") == "contig_2"
+
+
+def _rgb(colour):
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(colour)

@@ -1,0 +1,138 @@
+"""The two plots of a sample, as PNG.
+
+- Histogram of the virus score (score2) of every frame, bars coloured by the frame's call (red: virus,
+  score2 > score1; dark blue: others), the 0.5 line where the frame call changes dashed and labelled.
+- Virus score along the `top` sequences (the classified ones with the highest mean virus score, input
+  order on ties), one panel each: every fragment with frames is a segment at its position and at the
+  height of its virus score (max score2 over its frames), red when the fragment is called viral and dark
+  blue otherwise (the colours of the original's `drew_fig.py`); viral regions are light red bands.
+Both carry the sample name in the title and a colour legend; ids longer than `MAX_ID_CHARS` are
+shortened with an ellipsis in the middle.
+"""
+
+import numpy as np
+
+from virnucpro.frames import fragment_layout
+
+VIRAL_COLOUR, OTHER_COLOUR, REGION_COLOUR = "red", "darkblue", "#fcd2d2"
+MAX_ID_CHARS = 60
+ELLIPSIS = "\u2026"
+
+
+def shorten(text, width=MAX_ID_CHARS):
+    """`text`, or its first and last characters around an ellipsis so that it is `width` long."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + ELLIPSIS + text[len(text) - tail :]
+
+
+def _figure(width, height):
+    from matplotlib.figure import Figure  # heavy: only the summary step draws
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _style(ax):
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    for side in ("left", "bottom"):
+        ax.spines[side].set_color("gray")
+    ax.tick_params(colors="gray", which="both")
+
+
+def _threshold(ax, vertical):
+    """The dashed 0.5 line, labelled on the plot."""
+    if vertical:
+        ax.axvline(0.5, color="black", linestyle="--", linewidth=1, label="0.5: a frame above it is called virus")
+        ax.annotate("0.5", (0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=9)
+    else:
+        ax.axhline(0.5, color="gray", linestyle="--", linewidth=1, zorder=1)
+        ax.annotate("0.5", (1.0, 0.5), xycoords=("axes fraction", "data"), xytext=(-2, 2), ha="right",
+                    textcoords="offset points", fontsize=9, color="gray")
+
+
+def plot_histogram(path, frames, sample):
+    """Histogram of frame virus scores in [0, 1] (see the module docstring)."""
+    s1 = np.asarray(frames["score1"], dtype=np.float64)
+    s2 = np.asarray(frames["score2"], dtype=np.float64)
+    virus = s2 > s1
+    fig = _figure(8, 4.5)
+    ax = fig.add_subplot()
+    ax.hist([s2[~virus], s2[virus]], bins=np.linspace(0.0, 1.0, 51), stacked=True, edgecolor="white",
+            color=[OTHER_COLOUR, VIRAL_COLOUR],
+            label=[f"frame called others ({int((~virus).sum())})", f"frame called virus ({int(virus.sum())})"])
+    _threshold(ax, vertical=True)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("virus score (score2) of each frame")
+    ax.set_ylabel("frames")
+    ax.set_title(f"{shorten(sample)}: virus scores of {len(s2)} frames", loc="left", fontweight="bold")
+    fig.legend(loc="outside lower center", ncols=3, fontsize=9, frameon=False)
+    _style(ax)
+    fig.savefig(path, format="png")
+
+
+def top_by_mean_score(t, k):
+    """Indices of the k classified sequences with the highest mean virus score (input order on ties)."""
+    classified = np.flatnonzero(t["status"] == "classified")
+    order = np.argsort(-t["mean_virus_score"][classified], kind="stable")
+    return classified[order[:k]]
+
+
+def _legend(fig):
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Line2D([], [], color=VIRAL_COLOUR, linewidth=3, label="fragment called viral"),
+        Line2D([], [], color=OTHER_COLOUR, linewidth=3, label="fragment not called viral"),
+        Patch(color=REGION_COLOUR, label="viral region"),
+        Line2D([], [], color="gray", linestyle="--", linewidth=1, label="virus score 0.5"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=10)
+
+
+def _panel(ax, t, i, segments, viral, regions):
+    from matplotlib.collections import LineCollection
+
+    for start, end in regions:
+        ax.axvspan(start - 1, end, color=REGION_COLOUR, linewidth=0, zorder=0)
+    colours = np.where(viral, VIRAL_COLOUR, OTHER_COLOUR)
+    ax.add_collection(LineCollection(segments, colors=colours, linewidths=2.5, capstyle="butt", zorder=2))
+    _threshold(ax, vertical=False)
+    ax.set_xlim(0, int(t["length"][i]))
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_ylabel("virus score")
+    ax.set_title(f"{shorten(t['sequence_id'][i])}  ({t['length'][i]} bp, {t['call'][i]}, "
+                 f"{t['viral_fragments'][i]}/{t['fragments_with_frames'][i]} fragments viral, "
+                 f"{len(regions)} viral region(s))", fontsize=11, fontweight="bold", loc="left")
+    ax.ticklabel_format(style="plain", axis="x", useOffset=False)
+    _style(ax)
+
+
+def plot_along(path, t, frag, regions, top, fragment_size, sample):
+    """Virus score of each fragment along the sequences `top`, one panel per sequence."""
+    n = max(len(top), 1)
+    fig = _figure(14, 1.9 * n + 1.0)
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    if not len(top):
+        fig.suptitle(f"{shorten(sample)}: virus score along sequences", x=0.01, ha="left", fontweight="bold")
+        axes[0].text(0.5, 0.5, "no sequence was classified", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].set_axis_off()
+        fig.savefig(path, format="png")
+        return
+    fig.suptitle(f"{shorten(sample)}: virus score along the {len(top)} sequence(s) with the highest mean "
+                 "virus score", x=0.01, ha="left", fontweight="bold", fontsize=13)
+    _legend(fig)
+    for ax, i in zip(axes, top.tolist()):
+        mine = frag["owner"] == i
+        _, _, start, length = fragment_layout(t["length"][i : i + 1], fragment_size)
+        k = frag["num"][mine] - 1
+        y = frag["max2"][mine].astype(np.float64)
+        segments = np.stack([np.column_stack([start[k], y]), np.column_stack([start[k] + length[k], y])], axis=1)
+        own = regions["owner"] == i
+        _panel(ax, t, i, segments, frag["viral"][mine], list(zip(regions["start"][own], regions["end"][own])))
+    axes[-1].set_xlabel("position (bp)")
+    fig.savefig(path, format="png")
