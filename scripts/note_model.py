@@ -4,7 +4,7 @@ needs it (into the models folder that holds the notes), and its note (virnucpro.
 from pathlib import Path
 
 from virnucpro.logs import run_step
-from virnucpro.notes import write_note
+from virnucpro.converted import write_note
 
 note = Path(snakemake.output[0])  # {models.dir}/notes/{kind}-{id}.json
 run_step(

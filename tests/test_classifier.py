@@ -27,7 +27,7 @@ from virnucpro.classifier import (
     write_classifier_file,
 )
 from virnucpro.errors import VirNucProError
-from virnucpro.notes import model_note
+from virnucpro.converted import model_note
 
 
 def save_classifier(model, out, fragment_size, source="test", source_sha256=""):

@@ -86,5 +86,5 @@ def test_deployed_module_runs_to_results_and_report(tmp_path, tiny_models):
     assert_complete(dest)
     run_deployed(dest, "--report", "report.html")
     html = (dest / "report.html").read_text(errors="replace")
-    for text in ("VirNucPro (Li et al.", "One row for every input sequence", "sequence_summary.tsv"):
+    for text in ("which parts of them, are viral", "Samples overview", "sequence_summary.tsv"):
         assert text in html, text

@@ -19,7 +19,7 @@ from virnucpro import dnabert, esm2
 from virnucpro.embed import embed_shard
 from virnucpro.errors import VirNucProError
 from virnucpro.logs import run_step
-from virnucpro.notes import model_note
+from virnucpro.converted import model_note
 from virnucpro.plan import plan_run
 from virnucpro.store import Namespace, store_files
 

@@ -162,7 +162,7 @@ def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, models, 
     silently embed on its CPU."""
     from virnucpro.embed import embed_shard
     from virnucpro.errors import VirNucProError
-    from virnucpro.notes import model_note
+    from virnucpro.converted import model_note
 
     esm_path, dna_dir, _ = models
     frames = sample(tmp_path / "s", n=3)

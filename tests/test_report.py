@@ -97,7 +97,7 @@ def test_overview_counts_sequences_viral_calls_regions_and_bases(tables):
 
 
 def test_run_files_list_samples_models_with_their_sha256_and_parameters(tables, tiny_models):
-    from virnucpro.notes import model_note
+    from virnucpro.converted import model_note
 
     d, _, _ = tables
     notes = [model_note("esm2", tiny_models["models.esm2"], d / "models"),

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from tests.stored_features import stored_features
 from virnucpro.classifier import classify, load_classifier
 from virnucpro.errors import VirNucProError
-from virnucpro.notes import model_note
+from virnucpro.converted import model_note
 from virnucpro.train import auroc, binary_metrics, train_classifier
 
 

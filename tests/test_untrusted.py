@@ -19,7 +19,7 @@ from virnucpro.cli import main as cli_main
 from virnucpro.converted import ensure_converted
 from virnucpro.errors import VirNucProError
 from virnucpro.esm2 import load_converted
-from virnucpro.notes import model_note
+from virnucpro.converted import model_note
 
 CODE = sorted([*(REPO / "virnucpro").glob("*.py"), *(REPO / "scripts").glob("*.py")])
 RULES = sorted([REPO / "workflow" / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")])

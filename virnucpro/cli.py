@@ -35,7 +35,7 @@ def _members(pairs):
 
 
 def _encoder_notes(args):
-    from virnucpro.notes import model_note
+    from virnucpro.converted import model_note
 
     return {"esm2": model_note("esm2", args.esm2, args.models_dir),
             "dnabert_s": model_note("dnabert_s", args.dnabert_s)}
@@ -57,7 +57,7 @@ def _embed(args):
 
 def _classify(args):
     from virnucpro.classifier import classify
-    from virnucpro.notes import model_note
+    from virnucpro.converted import model_note
 
     note = model_note("classifier", args.model, args.models_dir)
     classify(args.frames_dna, args.frames_protein, args.member, note, fragment_size=args.fragment_size, out=args.out)

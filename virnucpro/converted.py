@@ -11,9 +11,13 @@ source wait for each other (an exclusive lock per file).
 
 Kinds: "esm2" (a fair-esm checkpoint -> `virnucpro.esm2.convert_checkpoint`) and "classifier" (an original
 VirNucPro `{300|500}_model.pth` -> `virnucpro.classifier.convert_original`).
+
+`model_note(kind, source, models_dir)` makes a model's note (`virnucpro.notes`), converting it first
+where its kind needs that; `write_note` is the workflow's `models` step for one model.
 """
 
 import fcntl
+import json
 import logging
 import os
 from pathlib import Path
@@ -69,3 +73,45 @@ def save_safetensors(state, path, metadata):
     mask = os.umask(0o077)  # reading the umask means setting it; the most restrictive value meanwhile
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
+
+
+def _source_files(kind, source):
+    """The files whose checksums identify a model, and the file the steps load (before conversion)."""
+    source = Path(source)
+    if kind == "dnabert_s":
+        from virnucpro.dnabert import read_snapshot
+
+        _, tokenizer, weights = read_snapshot(source)  # a missing or broken file is a one-line error
+        return [source / "config.json", tokenizer.path, weights]
+    if kind == "esm2":
+        from virnucpro.esm2 import resolve_checkpoint
+
+        return [resolve_checkpoint(source)]
+    if kind == "classifier":
+        if not source.is_file():
+            raise VirNucProError(f"{source}: classifier file not found")
+        return [source]
+    raise VirNucProError(f"unknown model kind '{kind}' (expected esm2, dnabert_s or classifier)")
+
+
+def model_note(kind, source, models_dir=None):
+    """The note of the model `source` (converting it into `models_dir` when its kind needs that)."""
+    from virnucpro.classifier import is_safetensors
+
+    files = _source_files(kind, source)
+    checksums = {p.name: checked_sha256(p) for p in files}
+    loaded = Path(source) if kind == "dnabert_s" else files[0]
+    if kind == "esm2" or (kind == "classifier" and not is_safetensors(files[0])):
+        if models_dir is None:
+            raise VirNucProError(f"{source}: a models folder is needed to convert it (--models-dir)")
+        loaded, _ = ensure_converted(kind, files[0], models_dir)
+    noted = Path(source) if kind == "dnabert_s" else files[0]  # a model name resolved to its file
+    return {"kind": kind, "source": str(noted.resolve()), "checksums": checksums, "file": str(Path(loaded).resolve())}
+
+
+def write_note(kind, source, models_dir, out):
+    """The `models` step for one model: make its note and write it to `out` (JSON), atomically."""
+    note = model_note(kind, source, models_dir)
+    with atomic_outputs(out) as (tmp,):
+        tmp.write_text(json.dumps(note, indent=1) + "\n")
+    return note

@@ -121,7 +121,7 @@ rule overview:
         f"{RESULTS}/logs/overview.log",
     localrule: True
     conda:
-        "../../envs/virnucpro.yaml"
+        "../../envs/cpu.yaml"
     threads: 1
     params:
         samples=list(SAMPLES),
