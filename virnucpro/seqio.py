@@ -166,42 +166,43 @@ def _header(fh, path, line, number):
     return _parse_header(path, line, number)
 
 
-def _take_line(fh, data, path, number):
-    """(the line at the start of `data`, the bytes after it), reading on as far as that line goes."""
-    while b"\n" not in data:
-        if len(data) > MAX_HEADER:
-            break
+def _take_line(fh, data, pos, path, number):
+    """(the line that starts at `data[pos]`, the buffer, the position after that line), reading on as far
+    as that line goes."""
+    end = data.find(b"\n", pos)
+    while end < 0 and len(data) - pos <= MAX_HEADER:
         more = fh.read(PIECE)
         if not more:
-            return data, b""
-        data += more
-    end = data.find(b"\n")
-    if end < 0 or end > MAX_HEADER:
+            return data[pos:], b"", 0
+        data, pos = data[pos:] + more, 0  # only a line that crosses the end of a piece is copied
+        end = data.find(b"\n")
+    if end < 0 or end - pos > MAX_HEADER:
         raise InputError(path, f"header on line {number} is longer than {MAX_HEADER:,} bytes (binary data?)")
-    return data[: end + 1], data[end + 1 :]
+    return data[pos : end + 1], data, end + 1
 
 
 def _fasta_records(fh, path, max_bp):
-    """Records from blocks of PIECE bytes: a header is a '>' at the start of a line."""
-    record, number, data, at_start = None, 1, fh.read(PIECE), True
+    """Records from blocks of PIECE bytes: a header is a '>' at the start of a line. A block is read
+    through a position, never sliced into a copy of its rest, so that many short records cost linear time."""
+    record, number, data, pos, at_start = None, 1, fh.read(PIECE), 0, True
     while data:
-        if at_start and data[:1] == b">":
-            header, data = _take_line(fh, data, path, number)
+        if pos >= len(data):
+            data, pos = fh.read(PIECE), 0
+            continue
+        if at_start and data[pos : pos + 1] == b">":
+            header, data, pos = _take_line(fh, data, pos, path, number)
             if record is not None:
                 yield record.done()
             record = _Record(path, _parse_header(path, header, number), max_bp)
             number += 1
-            data = data or fh.read(PIECE)
             continue
-        cut = data.find(b"\n>")
-        body = data if cut < 0 else data[: cut + 1]
+        cut = data.find(b"\n>", pos)
+        end = len(data) if cut < 0 else cut + 1
+        body = data[pos:end]
         record.add(body)
         number += body.count(b"\n")
-        if cut >= 0:
-            data, at_start = data[cut + 1 :], True
-        else:
-            at_start = data.endswith(b"\n")
-            data = fh.read(PIECE)
+        at_start = cut >= 0 or data.endswith(b"\n")
+        pos = end
     if record is not None:
         yield record.done()
 
