@@ -226,7 +226,7 @@ def test_attention_backends_agree_with_the_reference(snapshot, backend):
 
 
 def test_compiled_layers_match_eager(snapshot):
-    """The torch.compile path (default on CUDA; token dimension dynamic) computes the eager function."""
+    """The torch.compile path (an option; token dimension dynamic) computes the eager function."""
     directory, _, model, tok = snapshot
     compiled, _, _ = load_dnabert(directory, compile=True)
     for lengths in ([3, 50, 200], [1, 7, 20, 90, 400, 1100]):  # two token counts: no re-specialisation

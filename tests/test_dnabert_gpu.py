@@ -60,9 +60,9 @@ def full_size(tmp_path_factory):
     )
 
 
-def _check(snapshot, seqs, tokens_per_batch, backend):
+def _check(snapshot, seqs, tokens_per_batch, backend, compile=False):
     directory, state, cfg = snapshot
-    model, tok, _ = load_dnabert(directory, "cuda", torch.bfloat16, attention=backend)
+    model, tok, _ = load_dnabert(directory, "cuda", torch.bfloat16, attention=backend, compile=compile)
     ids = [f"s{i}" for i in range(len(seqs))]
     dim = cfg["hidden_size"]
     got = embed_packed(ids, tok(seqs), lambda t: t, model.embed, dim, "cuda", tokens_per_batch, "gpu-test")
@@ -74,7 +74,7 @@ def _check(snapshot, seqs, tokens_per_batch, backend):
     cos, err, ref_err = _cosine(got, ref), _rel(got, ref), _rel(ref_bf16, ref)
     print(f"\n{backend}{' compiled' if model.compiled else ''}: packed bf16 vs fp32 reference: min cosine "
           f"{cos.min():.7f}, max rel err {err.max():.2e}; reference in bf16: max rel err {ref_err.max():.2e}")
-    assert model.compiled  # the default CUDA path, and no silent fallback to eager
+    assert model.compiled == compile  # compiled when asked (no silent fallback to eager), else eager
     assert np.array_equal(got, again), "packed GPU embeddings differ between two identical runs"
     assert cos.min() >= 0.9999
     assert err.max() <= 2 * ref_err.max()
@@ -85,9 +85,11 @@ def test_tiny_bf16_packed_vs_fp32_reference(tiny, backend):
     _check(tiny, random_dna(len(LENGTHS_BP) * 4, LENGTHS_BP * 4, seed=10), 4096, backend)
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_full_size_bf16_packed_vs_fp32_reference(full_size, backend):
-    _check(full_size, random_dna(len(LENGTHS_BP) * 8, LENGTHS_BP * 8, seed=11), 65536, backend)
+def test_full_size_bf16_packed_vs_fp32_reference(full_size, backend, compile):
+    """The workflow's path (eager) and the compiled one."""
+    _check(full_size, random_dna(len(LENGTHS_BP) * 8, LENGTHS_BP * 8, seed=11), 65536, backend, compile)
 
 
 def test_default_backend_is_chosen_by_capability(tiny):

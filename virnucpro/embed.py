@@ -23,6 +23,7 @@ import torch
 
 from virnucpro import dnabert, esm2
 from virnucpro.atomic import atomic_outputs
+from virnucpro.encoders import DNABERT_PRECISION, namespaces
 from virnucpro.errors import VirNucProError
 from virnucpro.gpus import visible_devices
 from virnucpro.notes import check_note, source_sha256
@@ -70,8 +71,7 @@ def _device(plan):
 
 def _check_namespaces(plan, notes, device_type):
     """The models must be the ones whose namespaces the plan checked the store against."""
-    now = {"esm2": esm2.namespace(source_sha256(notes["esm2"]), device_type),
-           "dnabert_s": dnabert.namespace(notes["dnabert_s"]["checksums"], device_type)}
+    now = namespaces(notes["esm2"], notes["dnabert_s"], device_type)
     for encoder, namespace in now.items():
         planned = Namespace.from_json(plan["namespaces"][encoder])
         if planned != namespace:
@@ -106,7 +106,7 @@ def _dnabert_task(records, note, device, tokens_per_batch, seconds):
     tokens = tokenizer([r[2] for r in records])  # once, up front: the lengths plan the batches
     seconds["load_dnabert_s"] = round(time.monotonic() - started, 2)
     log.info("DNABERT-S %s: %d layers, dim %d, %s on %s, attention %s%s, ready in %.1f s", model_dir,
-             model.config.num_hidden_layers, model.config.hidden_size, dnabert.PRECISION[device.type], device,
+             model.config.num_hidden_layers, model.config.hidden_size, DNABERT_PRECISION[device.type], device,
              model.attention_backend, ", compiled" if model.compiled else "", seconds["load_dnabert_s"])
     lengths = [len(t) for t in tokens]
     return Task("dnabert_s", ids, tokens, _identity, model.embed, model.config.hidden_size, tokens_per_batch,

@@ -32,16 +32,14 @@ import torch.nn.functional as F
 
 from virnucpro.attention import select_backend, varlen_attention
 from virnucpro.checksums import checked_sha256
+from virnucpro.encoders import ESM2_TRUNCATION
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_ids, segment_mean
 from virnucpro.runner import compiled, fall_back
 
 log = logging.getLogger("virnucpro")
 
-TRUNCATION = 1022  # residues kept per protein, as fair-esm's extract (truncation_seq_length=1022)
 DEFAULT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 4096}
-POOLING = "mean over residues of the last layer; <cls> and <eos> excluded"
-PRECISION = {"cuda": "float16", "cpu": "float32"}  # of the matrix products, by device type
 FILE_DTYPE = torch.float16  # of the converted file: the published checkpoints' dtype
 FORMAT = "virnucpro-esm2/1"
 ALPHABET = "ESM-1b"  # fair-esm's alphabet for every ESM-2 model
@@ -83,14 +81,6 @@ class Esm2Config:
     def from_metadata(cls, meta):
         return cls(int(meta["num_layers"]), int(meta["embed_dim"]), int(meta["attention_heads"]),
                    meta["token_dropout"] == "True", int(meta["mask_idx"]), float(meta["layer_norm_eps"]))
-
-
-def namespace(source_sha256, device_type):
-    """The embedding-store namespace of this model's embeddings on a device type ("cuda" or "cpu")."""
-    from virnucpro.store import Namespace
-
-    return Namespace.of("esm2", model_sha256=source_sha256, precision=PRECISION[device_type], pooling=POOLING,
-                        truncation=TRUNCATION, layer="last")
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -285,7 +275,7 @@ class Esm2Tokenizer:
     through fair-esm's own encoder). Any other character is an error, as it is in fair-esm.
     """
 
-    def __init__(self, alphabet, truncation=TRUNCATION):
+    def __init__(self, alphabet, truncation=ESM2_TRUNCATION):
         self.alphabet = alphabet
         self.truncation = truncation
         self.cls, self.eos = alphabet.cls_idx, alphabet.eos_idx
@@ -478,7 +468,7 @@ class PackedESM2:
     def _rotary_lookup(self, max_seqlen):
         """The Triton path's cos/sin tables (positions x Dh / 2, float32), covering max_seqlen."""
         if self._tables is None or self._tables[0].shape[0] < max_seqlen:
-            self._tables = _kernels().rotary_tables(self.inv_freq, max(TRUNCATION + 2, int(max_seqlen)))
+            self._tables = _kernels().rotary_tables(self.inv_freq, max(ESM2_TRUNCATION + 2, int(max_seqlen)))
         return self._tables
 
     def _kernel_layer(self, i, x, h, cu_seqlens, max_seqlen):

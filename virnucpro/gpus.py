@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from virnucpro.errors import VirNucProError
+
 log = logging.getLogger("virnucpro")
 LOCK_DIR = Path(tempfile.gettempdir()) / "virnucpro-gpu-locks"
 _held = []  # open lock files of this process: closing them would release the devices
@@ -36,6 +38,17 @@ def visible_devices():
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def planned_device(device):
+    """The device type ("cuda" or "cpu") that an embedding plan is made for: `device` when it names one;
+    for "auto", cuda when a GPU is visible here (by CUDA_VISIBLE_DEVICES or nvidia-smi, without starting
+    CUDA), else cpu."""
+    if device in ("cpu", "cuda"):
+        return device
+    if device not in (None, "auto"):
+        raise VirNucProError(f"unknown device '{device}' (choose auto, cpu or cuda)")
+    return "cuda" if visible_devices() else "cpu"
 
 
 def claim_gpu(poll_seconds=5.0, lock_dir=LOCK_DIR):

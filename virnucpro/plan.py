@@ -232,13 +232,13 @@ def _log(plan):
 
 def plan_run(members, out_dir, store, notes, device, tokens_per_shard, statuses=None):
     """The `plan` step: the namespaces of the models the notes name (`virnucpro.notes`, checked to be
-    current), on the device the embedding jobs will use (`runner.planned_device`), then `plan_embeddings`.
+    current), on the device the embedding jobs will use (`gpus.planned_device`), then `plan_embeddings`.
     notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file; statuses: {name:
     prepare status file}: a member whose front end failed is left out (`prepare.prepare_sample`)."""
-    from virnucpro import dnabert, esm2
-    from virnucpro.notes import check_note, source_sha256
+    from virnucpro.encoders import namespaces
+    from virnucpro.gpus import planned_device
+    from virnucpro.notes import check_note
     from virnucpro.prepare import read_status
-    from virnucpro.runner import planned_device
 
     skipped = {name: error for name, path in (statuses or {}).items() if (error := read_status(path))}
     for name, error in skipped.items():
@@ -246,8 +246,5 @@ def plan_run(members, out_dir, store, notes, device, tokens_per_shard, statuses=
     members = {name: frames for name, frames in members.items() if name not in skipped}
 
     planned = planned_device(device)
-    namespaces = {
-        "esm2": esm2.namespace(source_sha256(check_note(notes["esm2"])), planned),
-        "dnabert_s": dnabert.namespace(check_note(notes["dnabert_s"])["checksums"], planned),
-    }
-    return plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, planned, device, skipped)
+    spaces = namespaces(check_note(notes["esm2"]), check_note(notes["dnabert_s"]), planned)
+    return plan_embeddings(members, out_dir, store, spaces, tokens_per_shard, planned, device, skipped)

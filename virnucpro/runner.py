@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from virnucpro.errors import VirNucProError
-from virnucpro.gpus import claim_gpu, visible_devices
+from virnucpro.gpus import claim_gpu
 from virnucpro.packing import pack, plan_batches
 
 log = logging.getLogger("virnucpro")
@@ -52,17 +52,6 @@ def resolve_device(device):
         raise VirNucProError("device cuda was asked for (embed.device, or a GPU seen where the embedding plan "
                              "was made) but this job sees no CUDA GPU")
     return torch.device("cpu")
-
-
-def planned_device(device):
-    """The device type ("cuda" or "cpu") that an embedding plan is made for: `device` when it names one;
-    for "auto", cuda when a GPU is visible here (by CUDA_VISIBLE_DEVICES or nvidia-smi, without starting
-    CUDA), else cpu."""
-    if device in ("cpu", "cuda"):
-        return device
-    if device not in (None, "auto"):
-        raise VirNucProError(f"unknown device '{device}' (choose auto, cpu or cuda)")
-    return "cuda" if visible_devices() else "cpu"
 
 
 @dataclass

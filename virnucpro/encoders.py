@@ -1,0 +1,41 @@
+"""What identifies each encoder's embeddings, without torch: the steps that only plan or check (the
+`plan` checkpoint, the embedding store) import this, not the models.
+
+`namespaces(esm2_note, dnabert_note, device_type)` gives the embedding-store namespace
+(`virnucpro.store.Namespace`) of both encoders' embeddings on a device type ("cuda" or "cpu"): the
+model's checksums, the precision of its matrix products there, its pooling rule (and for ESM-2 the
+truncation and the layer). Anything that changes an embedding changes its namespace.
+"""
+
+from virnucpro.notes import source_sha256
+from virnucpro.store import Namespace
+
+ESM2_TRUNCATION = 1022  # residues kept per protein, as fair-esm's extract (truncation_seq_length=1022)
+ESM2_POOLING = "mean over residues of the last layer; <cls> and <eos> excluded"
+ESM2_PRECISION = {"cuda": "float16", "cpu": "float32"}  # of the matrix products, by device type
+DNABERT_POOLING = "mean of the last hidden state over all tokens, [CLS] and [SEP] included"
+DNABERT_PRECISION = {"cuda": "bfloat16 matmuls; float32 embeddings, LayerNorm, GELU and residual stream",
+                     "cpu": "float32"}
+DNABERT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
+
+
+def esm2_namespace(note, device_type):
+    """The namespace of ESM-2 embeddings from the model of `note` (a checked model note)."""
+    return Namespace.of("esm2", model_sha256=source_sha256(note), precision=ESM2_PRECISION[device_type],
+                        pooling=ESM2_POOLING, truncation=ESM2_TRUNCATION, layer="last")
+
+
+def dnabert_namespace(note, device_type):
+    """The namespace of DNABERT-S embeddings from the snapshot of `note` (its config.json, tokenizer.json
+    and weights checksums)."""
+    checksums = note["checksums"]
+    weights = next(checksums[name] for name in DNABERT_WEIGHT_FILES if name in checksums)
+    return Namespace.of(
+        "dnabert_s", weights_sha256=weights, tokenizer_sha256=checksums["tokenizer.json"],
+        config_sha256=checksums["config.json"], precision=DNABERT_PRECISION[device_type], pooling=DNABERT_POOLING,
+    )
+
+
+def namespaces(esm2_note, dnabert_note, device_type):
+    """{"esm2": Namespace, "dnabert_s": Namespace} of both encoders on `device_type`."""
+    return {"esm2": esm2_namespace(esm2_note, device_type), "dnabert_s": dnabert_namespace(dnabert_note, device_type)}
