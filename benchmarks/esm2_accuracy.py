@@ -1,14 +1,16 @@
-"""bf16 ESM-2 3B paths against fair-esm's float32 padded forward: per-protein cosine and relative error.
+"""16-bit ESM-2 3B paths against fair-esm's float32 padded forward: per-protein cosine and relative error.
 
     python benchmarks/esm2_accuracy.py --out benchmarks/results/esm2_accuracy_h200.txt
 
 The 3B architecture with random weights (as tests/test_esm2_gpu.py) on proteins of 1 to 1100 residues;
 pooled embeddings as the workflow makes them. The criterion (ARCHITECTURE.md) is a cosine of at least
-0.9999 for every protein. Rows: the default Triton path (float32 residual stream), the same with a bf16
-residual stream, the torch.compile path, and fair-esm's own forward in bf16.
+0.9999 for every protein. Rows, in float16 (the workflow's compute dtype) and in bf16: the Triton path
+(float32 residual stream), the same with a 16-bit residual stream, and fair-esm's own forward in that
+dtype.
 """
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -59,18 +61,18 @@ def main():
             return embed_packed(ids, seqs, tok, packed.embed, 2560, "cuda", 16384, "accuracy")
         return embed
 
-    packed = PackedESM2.from_fair_esm(model, "cuda", torch.bfloat16, kernels=True)
-    report("triton kernels, float32 residual (default)", packed_rows(packed))
-    packed.residual_dtype = torch.bfloat16
-    report("triton kernels, bf16 residual", packed_rows(packed))
-    del packed
-    packed = PackedESM2.from_fair_esm(model, "cuda", torch.bfloat16, kernels=False, compile=True)
-    report("torch ops + varlen_attn, compiled", packed_rows(packed))
-    del packed
-    model.to(torch.bfloat16)
-    for block in model.layers:  # as a fresh bf16 fair-esm model: no rotary tables cached in float32
-        block.self_attn.rot_emb._seq_len_cached = None
-    report("fair-esm padded forward in bf16", lambda seqs: _padded_reference(model, seqs, 36))
+    for name, dtype in (("float16", torch.float16), ("bf16", torch.bfloat16)):
+        packed = PackedESM2.from_fair_esm(model, "cuda", dtype, kernels=True)
+        default = " (default)" if dtype == torch.float16 else ""
+        report(f"triton kernels {name}, float32 residual{default}", packed_rows(packed))
+        packed.residual_dtype = dtype
+        report(f"triton kernels {name}, {name} residual", packed_rows(packed))
+        packed = None
+        fair = copy.deepcopy(model).to(dtype)  # fresh: no rotary tables cached in float32
+        for block in fair.layers:
+            block.self_attn.rot_emb._seq_len_cached = None
+        report(f"fair-esm padded forward in {name}", lambda seqs: _padded_reference(fair, seqs, 36))
+        fair = None
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(rows) + "\n")

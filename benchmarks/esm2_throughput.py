@@ -1,5 +1,7 @@
 """ESM-2 3B throughput: the original extract path, fair-esm padded bf16, and the packed path.
 
+The packed variants run in each of `--dtypes` (float16, the workflow's compute dtype, first).
+
     python benchmarks/esm2_throughput.py --out benchmarks/results/esm2_throughput_h200.txt
 
 Random weights with the esm2_t36_3B_UR50D architecture (36 layers, 2560 wide, 40 heads); two workloads:
@@ -99,7 +101,7 @@ def run_packed(packed, tok, seqs, device, tokens_per_batch):
 
 @torch.no_grad()
 def gemm_ceiling(packed, device, tokens=65536, reps=3):
-    """Tokens/s of the 4 bias GEMMs of all layers alone (cuBLAS, bf16): the bound for any forward."""
+    """Tokens/s of the 4 bias GEMMs of all layers alone (cuBLAS, in the packed model's dtype): the bound for any forward."""
     x = torch.randn(tokens, packed.embed_dim, device=device, dtype=packed.dtype)
     h = torch.randn(tokens, 4 * packed.embed_dim, device=device, dtype=packed.dtype)
 
@@ -154,6 +156,38 @@ def measure(name, fn, seqs, warm, device, results, log):
         f"{row['tflops']:6.1f} TFLOP/s  peak {peak:6.2f} GiB")
 
 
+def packed_variants(model, tok, seqs, warm, wl, name, dtype, variants, budgets, args, results, log, out_of_time):
+    """The packed paths in one compute dtype: eager torch ops, torch.compile and the Triton kernels."""
+    device, dim = torch.device(args.device), model.embed_dim
+    if "packed_eager" in variants and not out_of_time():
+        packed = PackedESM2.from_fair_esm(model, device, dtype, compile=False, kernels=False)
+        for b in (16384, 65536):
+            if not out_of_time():
+                measure(f"{wl} packed {name} eager {b} tok/batch",
+                        lambda s: run_packed(packed, tok, s, device, b), seqs, warm, device, results, log)
+        packed = None  # frees the copy before the next variant
+    for variant, label, options in (("packed_compiled", "compiled", dict(compile=True, kernels=False)),
+                                    ("packed_triton", "triton kernels", dict(kernels=True))):
+        if variant not in variants or out_of_time():
+            continue
+        packed = PackedESM2.from_fair_esm(model, device, dtype, **options)
+        check = seqs[:300]
+        ids = [str(i) for i in range(len(check))]
+        eager = PackedESM2.from_fair_esm(model, device, dtype, compile=False, kernels=False)
+        a = embed_packed(ids, check, tok, eager.embed, dim, device, 16384, "check")
+        c = embed_packed(ids, check, tok, packed.embed, dim, device, 16384, "check")
+        del eager
+        cos = (a * c).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(c, axis=1)
+        log(f"# {label} vs eager packed {name}, {len(check)} proteins: min cosine {cos.min():.7f}")
+        for b in budgets:
+            if not out_of_time():
+                measure(f"{wl} packed {name} {label} {b} tok/batch",
+                        lambda s: run_packed(packed, tok, s, device, b), seqs, warm, device, results, log)
+        if args.profile and wl == "fixed166":
+            profile_batch(packed, tok, seqs, device, 65536, log)
+        packed = None  # frees the copy before the next variant
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="3B", choices=sorted(ARCHS))
@@ -166,10 +200,12 @@ def main():
     ap.add_argument("--budgets", default="16384,32768,65536,131072", help="packed token budgets (compiled)")
     ap.add_argument("--max-autotune", action="store_true", help="also try torch.compile max-autotune")
     ap.add_argument("--profile", action="store_true", help="kernel breakdown of one batch per packed variant")
+    ap.add_argument("--dtypes", default="float16,bfloat16", help="compute dtypes of the packed variants")
     ap.add_argument("--time-limit", type=float, default=480, help="skip remaining variants after this many s")
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    dtypes = [(name, getattr(torch, name)) for name in args.dtypes.split(",")]
     variants = set(args.variants.split(","))
     default_blocks = dict(kernels.ATTENTION_BLOCKS)
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -209,42 +245,18 @@ def main():
             measure(f"{wl} fair-esm padded bf16 65536 tok/batch",
                     lambda s: run_fair_padded(fair, s, device, 65536), seqs[:n], warm[:400], device, results, log)
             del fair
-        if "packed_eager" in variants and not out_of_time():
-            packed = PackedESM2.from_fair_esm(model, device, torch.bfloat16, compile=False, kernels=False)
-            for b in (16384, 65536):
-                if not out_of_time():
-                    measure(f"{wl} packed bf16 eager {b} tok/batch",
-                            lambda s: run_packed(packed, tok, s, device, b), seqs, warm, device, results, log)
-            del packed
-        for variant, label, options in (("packed_compiled", "compiled", dict(compile=True, kernels=False)),
-                                        ("packed_triton", "triton kernels", dict(kernels=True))):
-            if variant not in variants or out_of_time():
-                continue
-            packed = PackedESM2.from_fair_esm(model, device, torch.bfloat16, **options)
-            check = seqs[:300]
-            ids = [str(i) for i in range(len(check))]
-            eager = PackedESM2.from_fair_esm(model, device, torch.bfloat16, compile=False, kernels=False)
-            a = embed_packed(ids, check, tok, eager.embed, dim, device, 16384, "check")
-            c = embed_packed(ids, check, tok, packed.embed, dim, device, 16384, "check")
-            del eager
-            cos = (a * c).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(c, axis=1)
-            log(f"# {label} vs eager packed bf16, {len(check)} proteins: min cosine {cos.min():.7f}")
-            for b in budgets:
-                if not out_of_time():
-                    measure(f"{wl} packed bf16 {label} {b} tok/batch",
-                            lambda s: run_packed(packed, tok, s, device, b), seqs, warm, device, results, log)
-            if args.profile and wl == "fixed166":
-                profile_batch(packed, tok, seqs, device, 65536, log)
-            del packed
+        for name, dtype in dtypes:
+            packed_variants(model, tok, seqs, warm, wl, name, dtype, variants, budgets, args, results, log,
+                            out_of_time)
         if "ablations" in variants and not out_of_time():
             ablations = (
-                ("bf16 residual stream", dict(residual_dtype=torch.bfloat16)),
+                (f"{dtypes[0][0]} residual stream", dict(residual_dtype=dtypes[0][1])),
                 ("k rotated in the attention kernel", dict(blocks=dict(PREROTATE=False, num_stages=1))),
             )
             for label, change in ablations:
                 if out_of_time():
                     break
-                packed = PackedESM2.from_fair_esm(model, device, torch.bfloat16, kernels=True)
+                packed = PackedESM2.from_fair_esm(model, device, dtypes[0][1], kernels=True)
                 for attr, value in change.items():
                     if attr == "blocks":
                         kernels.ATTENTION_BLOCKS = {**default_blocks, **value}
@@ -271,9 +283,9 @@ def main():
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if "gemm" in variants and device.type == "cuda":
-        packed = PackedESM2.from_fair_esm(model, device, torch.bfloat16, compile=False, kernels=False)
+        packed = PackedESM2.from_fair_esm(model, device, dtypes[0][1], compile=False, kernels=False)
         tps = gemm_ceiling(packed, device)
-        log(f"# cuBLAS bias GEMMs alone (36 layers, 65536-token M): {tps / 1e3:.1f} K tok/s "
+        log(f"# cuBLAS {dtypes[0][0]} bias GEMMs alone (36 layers, 65536-token M): {tps / 1e3:.1f} K tok/s "
             f"= {tps * GFLOP_PER_TOKEN / 1e3:.0f} TFLOP/s")
     log(f"# total {time.perf_counter() - start:.0f} s")
     if args.out:

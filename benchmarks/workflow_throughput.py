@@ -4,24 +4,29 @@ Builds the real architectures with random weights in their real on-disk formats 
 float16 fair-esm checkpoint of 5.7 GB, DNABERT-S as a snapshot directory with a float32
 `pytorch_model.bin`, an original-format `500_model.pth`), writes genome-like contigs (genes of 1.2-1.8 kb
 on both strands between 50-200 bp spacers: about 0.6 kept frames per 500 bp fragment, as real genomes
-give), and for each input times `snakemake --cores all` in a fresh working directory with an empty
-embedding store (the models step, i.e. the float16 conversion, included in each):
+give), converts the models once into a models folder the runs share, as an installation does (timed
+apart: the one-time cost of a new model), and for each input times `snakemake --cores all` in a fresh
+working directory with an empty embedding store, from the models step (its notes, checked against the
+converted files) through summarize and the overview:
 
     1 x 20 Mbp, 8 x 2.5 Mbp, 100 x 0.2 Mbp
 
 Then the last input again with one more sample added: the plan embeds only the new sample's frames.
 The kernel's rate is the packed ESM-2 path alone (`runner.embed_packed` on the converted model, the frames
 of the first input, warm) in the same process. Reported: wall time, Mbp/h, ESM-2 tokens/s over the run and
-its share of the kernel rate, and from the jobs' receipts the seconds of model loads, embedding and
-writing, so that what limits each figure is measured.
+its share of the kernel rate, from the jobs' receipts the seconds of model loads, embedding and writing,
+and from snakemake's log the span of every rule (start of its first job to end of its last), so that
+what limits each figure is measured.
 
     python benchmarks/workflow_throughput.py --out benchmarks/results/workflow_throughput_h200.md
     python benchmarks/workflow_throughput.py --tiny --inputs 1x0.05,3x0.01 --out /tmp/workflow.md  # CPU smoke test
 """
 
 import argparse
+import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -50,7 +55,13 @@ COMPLEMENT = str.maketrans("ACGT", "TGCA")
 
 
 def build_models(directory, tiny):
-    """Model files in their real formats; returns the config overrides naming them."""
+    """Model files in their real formats; returns the config overrides naming them.
+
+    Reuses those that an earlier run built in `directory` (named in its `models.json`)."""
+    listing = directory / "models.json"
+    if listing.exists():
+        return json.loads(listing.read_text())
+    directory.mkdir(parents=True, exist_ok=True)
     if tiny:
         esm = build_tiny_esm2(num_layers=2, embed_dim=128, heads=2)
         dna_dir, _, cfg = build_tiny_dnabert(directory / "DNABERT-S", hidden_size=96, formats=("bin",))
@@ -65,7 +76,9 @@ def build_models(directory, tiny):
     del esm
     classifier = directory / "500_model.pth"
     make_original_classifier(classifier, input_dim=cfg["hidden_size"] + (128 if tiny else 2560))
-    return {"models.esm2": str(esm_path), "models.dnabert_s": str(dna_dir), "models.classifier": str(classifier)}
+    models = {"models.esm2": str(esm_path), "models.dnabert_s": str(dna_dir), "models.classifier": str(classifier)}
+    listing.write_text(json.dumps(models))
+    return models
 
 
 def genome_like(n_bp, rng):
@@ -95,7 +108,8 @@ def snakemake(work, *args):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
            "--directory", str(work), "--cores", "all", *args]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # carried packages kept
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
     if proc.returncode != 0:
         sys.exit(f"snakemake failed in {work}:\n{proc.stderr[-4000:]}")
     return time.perf_counter() - t0
@@ -122,6 +136,35 @@ def receipts(work):
     return seconds, len(notes), embedded
 
 
+def install(root, models, device):
+    """`snakemake models` once, into the models folder the runs share (root/installed): the one-time
+    conversions and notes of new models. Seconds."""
+    work = make_workdir(root / "install", **models, **{"models.dir": str(root / "installed"), "embed.device": device})
+    return snakemake(work, "models")
+
+
+def rule_spans(work):
+    """{rule: (jobs, first start, last end)} in seconds since snakemake started, from its log (the log's
+    timestamps have whole seconds)."""
+    log = sorted((work / ".snakemake" / "log").glob("*.snakemake.log"))[-1]
+    started = datetime.datetime.strptime(re.search(r"Date: (\S+ \S+)", log.read_text()).group(1), "%Y-%m-%d %H:%M:%S")
+    begin, end, rule, now, pending = {}, {}, {}, None, None
+    for line in map(str.strip, log.read_text().splitlines()):
+        if m := re.fullmatch(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line):
+            now = (datetime.datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y") - started).total_seconds()
+        elif m := re.fullmatch(r"(?:local)?(?:rule|checkpoint) (\w+):", line):
+            pending = m.group(1)
+        elif pending and (m := re.fullmatch(r"jobid: (\d+)", line)):
+            begin[m.group(1)], rule[m.group(1)], pending = now, pending, None
+        elif m := re.match(r"Finished jobid: (\d+)", line):
+            end[m.group(1)] = now
+    spans = {}
+    for job, name in rule.items():
+        n, a, b = spans.get(name, (0, begin[job], end.get(job, begin[job])))
+        spans[name] = (n + 1, min(a, begin[job]), max(b, end.get(job, begin[job])))
+    return spans
+
+
 def run_input(root, models, n_samples, mbp, device, tokens_per_shard):
     work = root / f"work_{n_samples}x{mbp}"
     inputs = root / f"inputs_{n_samples}x{mbp}"
@@ -130,13 +173,14 @@ def run_input(root, models, n_samples, mbp, device, tokens_per_shard):
     for i in range(n_samples):
         sheet[f"s{i}"] = inputs / f"s{i}.fa"
         write_sample(sheet[f"s{i}"], mbp, seed=1000 * n_samples + i)
-    config = {"models.dir": str(work / "models"), "embed.device": device, "shards.tokens_per_shard": tokens_per_shard}
+    config = {"models.dir": str(root / "installed"), "embed.device": device, "shards.tokens_per_shard": tokens_per_shard}
     make_workdir(work, sheet=sheet, **models, **config)
     seconds = snakemake(work)
     tokens, frames = esm_tokens(work)
     stages, jobs, embedded = receipts(work)
     return work, sheet, {"input": f"{n_samples} x {mbp:g} Mbp", "mbp": n_samples * mbp, "wall_s": seconds,
-                         "tokens": tokens, "frames": frames, "jobs": jobs, "embedded": embedded, "stages": stages}
+                         "tokens": tokens, "frames": frames, "jobs": jobs, "embedded": embedded, "stages": stages,
+                         "spans": rule_spans(work)}
 
 
 def add_a_sample(work, sheet, mbp):
@@ -151,12 +195,14 @@ def add_a_sample(work, sheet, mbp):
             "distinct_frames": plan["distinct_frames"]}
 
 
-def kernel_rate(work, models, device):
-    """Tokens/s of the packed ESM-2 path alone on the first input's frames (warm, converted model)."""
+def kernel_rate(work, models, device, n_frames):
+    """Tokens/s of the packed ESM-2 path alone on (the first `n_frames` of) the first input's frames, warm,
+    from the converted model as the workflow loads it."""
     device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
-    converted, digest = ensure_converted("esm2", models["models.esm2"], work / "models")
+    converted, digest = ensure_converted("esm2", models["models.esm2"], work.parent / "installed")
     model = esm2.load_converted(converted, digest, device)
     seqs = [s for faa in sorted((work / "results").glob("*/prepare/frames.faa")) for _, s in read_fasta(faa)]
+    seqs = seqs[:n_frames]
     tok, budget = esm2.tokenizer(), esm2.DEFAULT_TOKENS_PER_BATCH[device.type]
     ids = [str(i) for i in range(len(seqs))]
     embed_packed(ids[:2000], seqs[:2000], tok, model.embed, model.embed_dim, device, budget, "warm-up")
@@ -169,7 +215,17 @@ def kernel_rate(work, models, device):
     return sum(min(len(s), 1022) + 2 for s in seqs) / (time.perf_counter() - t0), str(device), model.attention_backend
 
 
-def report(rows, added, rate, where, tiny):
+def span_table(rows):
+    """Per input, each rule's jobs and span (s from snakemake's start), in the order the rules started."""
+    lines = ["| input | " + " | ".join(["wall (s)", "rule: jobs, span from start (s)"]) + " |", "|---|---|---|"]
+    for r in rows:
+        order = sorted(r["spans"].items(), key=lambda kv: (kv[1][1], kv[1][2]))
+        cells = ", ".join(f"{name} {n}x {a:.0f}-{b:.0f}" for name, (n, a, b) in order if name != "all")
+        lines.append(f"| {r['input']} | {r['wall_s']:.1f} | {cells} |")
+    return lines
+
+
+def report(rows, added, rate, where, tiny, installed):
     lines = [
         f"# Whole workflow, {'tiny models' if tiny else 'ESM-2 3B + DNABERT-S (random weights, real formats)'}, "
         f"{where}; packed ESM-2 kernel alone: {rate:,.0f} tokens/s",
@@ -187,6 +243,8 @@ def report(rows, added, rate, where, tiny):
             f"| {over:,.0f} | {100 * over / rate:.0f} % | {r['jobs']} | {loads:.1f} | {st.get('embed', 0):.1f} "
             f"| {st.get('write', 0):.1f} |"
         )
+    lines += ["", "Where the wall time went (snakemake's log, whole seconds):", "", *span_table(rows)]
+    lines += ["", f"One-time models step (`snakemake models`: conversions and notes, into the models folder every run shares): {installed:.1f} s."]
     lines += ["", f"Adding one sample to the last input: {added['added_frames']:,} frames in the new sample, "
               f"{added['embedded']:,} embedded ({added['distinct_frames']:,} distinct frames in the run), "
               f"{added['wall_s']:.1f} s."]
@@ -199,14 +257,18 @@ def main():
     ap.add_argument("--inputs", default=INPUTS, help="inputs to time, as SAMPLESxMBP_EACH, comma-separated")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--tokens-per-shard", type=int, default=50_000_000)
-    ap.add_argument("--workdir", help="keep the working directories here (default: a temporary one)")
+    ap.add_argument("--workdir", help="make the working directories here (default: the system's temporary one)")
+    ap.add_argument("--models-dir", help="build the models here, or reuse those an earlier run built here")
+    ap.add_argument("--kernel-frames", type=int, default=30_000, help="frames timed for the kernel's rate")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        models = build_models(root / "models", args.tiny)
+        models = build_models(Path(args.models_dir) if args.models_dir else root / "models", args.tiny)
         print(f"# models built in {time.perf_counter() - t0:.0f} s", flush=True)
+        installed = install(root, models, args.device)
+        print(f"# models converted in {installed:.0f} s", flush=True)
         rows, first = [], None
         inputs = [(int(n), float(mbp)) for n, mbp in (part.split("x") for part in args.inputs.split(","))]
         for n, mbp in inputs:
@@ -216,9 +278,9 @@ def main():
             print(row, flush=True)
         added = add_a_sample(work, sheet, inputs[-1][1])
         print(added, flush=True)
-        rate, device, path = kernel_rate(first, models, args.device)
+        rate, device, path = kernel_rate(first, models, args.device, args.kernel_frames)
     where = f"{torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'} ({path})"
-    text = report(rows, added, rate, where, args.tiny)
+    text = report(rows, added, rate, where, args.tiny, installed)
     print(text)
     Path(args.out).write_text(text)
 
