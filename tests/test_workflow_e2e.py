@@ -48,7 +48,7 @@ def rows(path):
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory, tiny_models):
     """The default target with small shards (several per sample), then the report."""
-    work = workdir(tmp_path_factory.mktemp("e2e"), tiny_models, **{"shards.tokens_per_shard": 6000})
+    work = workdir(tmp_path_factory.mktemp("e2e"), tiny_models, **{"shards.tokens_per_shard": 12000})
     snakemake(work, "--cores", "2")
     snakemake(work, "--report", "report.html")
     return work
