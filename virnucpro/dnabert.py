@@ -413,9 +413,8 @@ def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None, c
     """(DnabertS in eval mode on `device` in `dtype`, DnaTokenizer, weights path) from a snapshot dir.
 
     attention: a backend name, or None to choose by capability. compile: run the per-layer work through
-    `torch.compile`; off by default, since compiling costs a job more (about 14 s on an H200) than it saves
-    on a shard's DNABERT-S work (compiled it runs in about 55 % of the eager time, which is itself about
-    6 % of the ESM-2 time of the same frames).
+    `torch.compile`; off by default, since compiling costs a job more than it saves on the DNABERT-S work
+    of a shard (measured in benchmarks/results/workflow_throughput_h200.md).
     """
     device = torch.device(device)
     config, tokenizer, path = read_snapshot(model_dir)
