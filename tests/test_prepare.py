@@ -18,8 +18,8 @@ from virnucpro.errors import InputError
 from virnucpro.prepare import prepare, prepare_sample
 from virnucpro.seqio import read_sequences
 
-# the original tool's outputs, in the project's shared folder beside the repository
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "original_virnucpro"
+# the original tool's outputs on its own code (tests/data/golden/original_virnucpro/README.md)
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "original_virnucpro"
 
 
 def run_prepare(src, out, size, **kw):
