@@ -103,7 +103,7 @@ def checked_sha256(path):
             f"delete {record_path(path).name} if the change is intended"
         )
     try:
-        write_record(path, digest, verified if record and digest == record["sha256"] else None)
+        write_record(path, digest, verified)  # a verified record differing has raised above
     except OSError as exc:
         log.warning("cannot record the checksum of %s (%s); it will be hashed again next time", path, exc)
     return digest

@@ -28,7 +28,6 @@ argmax is column 1, else `others`.
 import logging
 import pickle
 import re
-import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from torch import nn
 
 from virnucpro.atomic import atomic_outputs
 from virnucpro.checksums import checked_sha256
+from virnucpro.converted import is_safetensors
 from virnucpro.errors import VirNucProError
 
 log = logging.getLogger("virnucpro")
@@ -103,13 +103,6 @@ def _from_state(state, path):
         first = str(exc).strip().splitlines()[0]
         raise VirNucProError(f"{path}: state dict does not fit the VirNucPro classifier ({first})") from None
     return model.eval()
-
-
-def is_safetensors(path):
-    """True when `path` starts as a safetensors file does (an 8-byte header length, then JSON)."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < (1 << 27)
 
 
 def load_classifier(path):
@@ -226,11 +219,10 @@ def convert_original(pth, out, source_sha256):
 
 
 def classifier_of(note):
-    """The classifier a model note names (`virnucpro.notes`): the note's file, which must be the
-    conversion of the noted source (or the noted source itself, for our own safetensors files)."""
-    from virnucpro.notes import check_note, source_sha256
+    """The classifier a checked model note names (`virnucpro.notes.check_note`): the note's file, which
+    must be the conversion of the noted source (or the noted source itself, for our own safetensors files)."""
+    from virnucpro.notes import source_sha256
 
-    note = check_note(note)
     clf = load_classifier(note["file"])
     digest = source_sha256(note)
     if note["file"] != note["source"] and clf.source_sha256 != digest:

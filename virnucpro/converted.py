@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import struct
 from pathlib import Path
 
 from virnucpro.atomic import atomic_outputs
@@ -63,6 +64,13 @@ def ensure_converted(kind, source, models_dir):
     return out, digest
 
 
+def is_safetensors(path):
+    """True when `path` starts as a safetensors file does (an 8-byte header length, then JSON)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < (1 << 27)
+
+
 def save_safetensors(state, path, metadata):
     """`safetensors.torch.save_file`, the file then given the mode any new file gets under the umask:
     safetensors writes through a temporary file created 0600 whatever the umask
@@ -96,16 +104,13 @@ def _source_files(kind, source):
 
 def model_note(kind, source, models_dir=None):
     """The note of the model `source` (converting it into `models_dir` when its kind needs that)."""
-    from virnucpro.classifier import is_safetensors
-
     files = _source_files(kind, source)
     checksums = {p.name: checked_sha256(p) for p in files}
-    loaded = Path(source) if kind == "dnabert_s" else files[0]
+    noted = loaded = Path(source) if kind == "dnabert_s" else files[0]  # a model name resolved to its file
     if kind == "esm2" or (kind == "classifier" and not is_safetensors(files[0])):
         if models_dir is None:
             raise VirNucProError(f"{source}: a models folder is needed to convert it (--models-dir)")
         loaded, _ = ensure_converted(kind, files[0], models_dir)
-    noted = Path(source) if kind == "dnabert_s" else files[0]  # a model name resolved to its file
     return {"kind": kind, "source": str(noted.resolve()), "checksums": checksums, "file": str(Path(loaded).resolve())}
 
 
