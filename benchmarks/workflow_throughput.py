@@ -44,6 +44,7 @@ from tests.tiny_dnabert import build_tiny_dnabert, train_tokenizer  # noqa: E402
 from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint  # noqa: E402
 from virnucpro import esm2  # noqa: E402
 from virnucpro.converted import ensure_converted  # noqa: E402
+from virnucpro.encoders import ESM2_TRUNCATION  # noqa: E402
 from virnucpro.runner import embed_packed  # noqa: E402
 from virnucpro.seqio import read_fasta  # noqa: E402
 
@@ -115,12 +116,17 @@ def snakemake(work, *args):
     return time.perf_counter() - t0
 
 
+def esm2_tokens(protein):
+    """ESM-2 tokens of one frame, as the plan counts them: its residues up to the truncation, <cls>, <eos>."""
+    return min(len(protein), ESM2_TRUNCATION) + 2
+
+
 def esm_tokens(work):
     """ESM-2 tokens of every frame of every sample (as the plan counts them), and the frames."""
     tokens, frames = 0, 0
     for faa in (work / "results").glob("*/prepare/frames.faa"):
         for _, seq in read_fasta(faa):
-            tokens += min(len(seq), 1022) + 2
+            tokens += esm2_tokens(seq)
             frames += 1
     return tokens, frames
 
@@ -146,10 +152,10 @@ def install(root, models, device):
 def rule_spans(work):
     """{rule: (jobs, first start, last end)} in seconds since snakemake started, from its log (the log's
     timestamps have whole seconds)."""
-    log = sorted((work / ".snakemake" / "log").glob("*.snakemake.log"))[-1]
-    started = datetime.datetime.strptime(re.search(r"Date: (\S+ \S+)", log.read_text()).group(1), "%Y-%m-%d %H:%M:%S")
+    text = sorted((work / ".snakemake" / "log").glob("*.snakemake.log"))[-1].read_text()
+    started = datetime.datetime.strptime(re.search(r"Date: (\S+ \S+)", text).group(1), "%Y-%m-%d %H:%M:%S")
     begin, end, rule, now, pending = {}, {}, {}, None, None
-    for line in map(str.strip, log.read_text().splitlines()):
+    for line in map(str.strip, text.splitlines()):
         if m := re.fullmatch(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line):
             now = (datetime.datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y") - started).total_seconds()
         elif m := re.fullmatch(r"(?:local)?(?:rule|checkpoint) (\w+):", line):
@@ -212,7 +218,7 @@ def kernel_rate(work, models, device, n_frames):
     embed_packed(ids, seqs, tok, model.embed, model.embed_dim, device, budget, "kernel")
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return sum(min(len(s), 1022) + 2 for s in seqs) / (time.perf_counter() - t0), str(device), model.attention_backend
+    return sum(map(esm2_tokens, seqs)) / (time.perf_counter() - t0), str(device), model.attention_backend
 
 
 def span_table(rows):

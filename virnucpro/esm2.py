@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from virnucpro.attention import select_backend, varlen_attention
 from virnucpro.checksums import checked_sha256
-from virnucpro.encoders import ESM2_TRUNCATION
+from virnucpro.encoders import ESM2_PRECISION, ESM2_TRUNCATION
 from virnucpro.errors import VirNucProError
 from virnucpro.packing import segment_ids, segment_mean
 from virnucpro.runner import compiled, fall_back
@@ -253,7 +253,7 @@ def load_converted(path, source_sha256, device, dtype=None, **options):
     except (SafetensorError, OSError) as exc:
         raise VirNucProError(f"{path}: unreadable converted ESM-2 file ({exc})") from None
     if dtype is None:
-        dtype = FILE_DTYPE if device.type == "cuda" else torch.float32
+        dtype = getattr(torch, ESM2_PRECISION[device.type])  # the precision its store namespace names
     return PackedESM2(Esm2Config.from_metadata(meta), state, device, dtype, **options)
 
 

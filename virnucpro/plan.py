@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.atomic import disk_full_error, is_disk_full, temp_path_for
+from virnucpro.encoders import ESM2_TRUNCATION
 from virnucpro.errors import VirNucProError
 from virnucpro.seqio import read_fasta
 from virnucpro.store import StoreIndex, frame_key, remove_stale_temporaries, store_files
 
 log = logging.getLogger("virnucpro")
 
-ESM_MAX_RESIDUES = 1022
 ENCODERS = ("esm2", "dnabert_s")
 SUFFIX = {"esm2": ".faa", "dnabert_s": ".fna"}
 
@@ -95,7 +95,7 @@ class _Work:
             return -1
         self.order[key] = len(self.needs)
         self.needs.append(needs)
-        self.tokens.append(min(len(protein), ESM_MAX_RESIDUES) + 2)
+        self.tokens.append(min(len(protein), ESM2_TRUNCATION) + 2)
         return self.order[key]
 
 
