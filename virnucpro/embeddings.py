@@ -7,7 +7,6 @@ float32, and attributes describing how they were made.
 import numpy as np
 
 from virnucpro.atomic import atomic_outputs
-from virnucpro.errors import VirNucProError
 
 
 def write_embeddings(path, ids, embeddings, attrs):
@@ -25,16 +24,3 @@ def write_embeddings(path, ids, embeddings, attrs):
             for key, value in attrs.items():
                 f.attrs[key] = value
 
-
-def read_embeddings(path):
-    """(ids: list[str], embeddings: (N, D) float32, attrs: dict) from an embedding file."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["ids"][()]]
-            emb = np.asarray(f["embeddings"][()], dtype=np.float32)
-            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    except (OSError, KeyError) as exc:
-        raise VirNucProError(f"{path}: not a readable embedding file ({exc})") from None
-    return ids, emb, attrs

@@ -153,6 +153,7 @@ class StoreIndex:
     def __init__(self, files):
         self.files = [Path(p) for p in files]
         self.where = {}  # key (bytes) -> (file index, row)
+        self._width = None
         for f, path in enumerate(self.files):
             for row, key in enumerate(read_keys(path).tolist()):
                 self.where.setdefault(key, (f, row))
@@ -188,10 +189,13 @@ class StoreIndex:
         return out
 
     def width(self):
-        if not self.files:
-            return 0
-        with _open(self.files[0]) as f:
-            return int(f["embeddings"].shape[1])
+        """Values per embedding (0 without files), read from the first file once."""
+        if self._width is None:
+            self._width = 0
+            if self.files:
+                with _open(self.files[0]) as f:
+                    self._width = int(f["embeddings"].shape[1])
+        return self._width
 
 
 def _read_rows(path, rows):

@@ -48,7 +48,6 @@ from virnucpro.views import write_table_views
 log = logging.getLogger("virnucpro")
 
 PREDICTION_COLUMNS = ["Sequence_ID", "Prediction", "score1", "score2"]
-PREDICTION_HEADER = "\t".join(PREDICTION_COLUMNS) + "\n"
 MANIFEST_COLUMNS = ["sequence_id", "length", "fragments", "kept_frames"]
 FRAGMENT_COLUMNS = ["Modified_ID", "Is_Virus", "max_score1", "max_score2"]
 SEQUENCE_COLUMNS = [

@@ -52,7 +52,8 @@ def load_training_set(members):
         if emb.shape[0]:
             xs.append(emb)
             ys.append(np.full(emb.shape[0], label, dtype=np.int64))
-            digest.update(np.ascontiguousarray(emb).tobytes() + bytes([label]))
+            digest.update(np.ascontiguousarray(emb))  # the buffer itself, not two copies of it
+            digest.update(bytes([label]))
     if not xs:
         raise VirNucProError("no frames in the training sets")
     x, y = np.concatenate(xs), np.concatenate(ys)
