@@ -5,7 +5,7 @@
 
 Random weights with the DNABERT-S architecture (12 layers, 768 wide, 12 heads, gated MLP 3072, vocabulary
 4096), written as a snapshot directory (config.json, a 4096-token BPE tokenizer.json trained here on
-random DNA, model.safetensors) and read through `virnucpro.dnabert.load_dnabert`. Workloads: nucleotide
+random DNA, model.safetensors) and read through `virnucpro.models.dnabert.load_dnabert`. Workloads: nucleotide
 frames as `prepare` writes them for 300 and 500 bp fragments (lengths S-6 .. S, random bases).
 
 - original: what VirNucPro ran: for each frame, tokenise it alone, run the model in float32 on that one
@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer  # noqa: E402
-from virnucpro.attention import _have_flash_attn  # noqa: E402
-from virnucpro.dnabert import alibi_slopes, load_dnabert  # noqa: E402
-from virnucpro.runner import embed_packed  # noqa: E402
 
 from benchmarks.timing import timed  # noqa: E402
+from virnucpro.models.attention import _have_flash_attn  # noqa: E402
+from virnucpro.models.dnabert import alibi_slopes, load_dnabert  # noqa: E402
+from virnucpro.models.runner import embed_packed  # noqa: E402
 
 ARCHS = {"full": (768, 12, 12, 3072, 4096), "tiny": (96, 2, 12, 160, 256)}  # D, layers, heads, I, vocab
 

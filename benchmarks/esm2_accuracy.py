@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import esm  # noqa: E402
 from esm.model.esm2 import ESM2  # noqa: E402
-
 from test_esm2_gpu import LENGTHS, _padded_reference, _proteins  # noqa: E402
-from virnucpro.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
-from virnucpro.runner import embed_packed  # noqa: E402
+
+from virnucpro.models.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
+from virnucpro.models.runner import embed_packed  # noqa: E402
 
 
 def main():

@@ -25,8 +25,8 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from virnucpro import kernels  # noqa: E402
-from virnucpro.attention import varlen_attention  # noqa: E402
+from virnucpro.models import kernels  # noqa: E402
+from virnucpro.models.attention import varlen_attention  # noqa: E402
 
 DIM, HEADS, HEAD_DIM, FFN = 2560, 40, 64, 10240
 BLOCK_VARIANTS = [

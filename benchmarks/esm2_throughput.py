@@ -26,11 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import esm  # noqa: E402
 from esm.model.esm2 import ESM2  # noqa: E402
 
-from virnucpro import kernels  # noqa: E402
-from virnucpro.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
-from virnucpro.runner import embed_packed  # noqa: E402
-
 from benchmarks.timing import sync, timed  # noqa: E402
+from virnucpro.models import kernels  # noqa: E402
+from virnucpro.models.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
+from virnucpro.models.runner import embed_packed  # noqa: E402
 
 GFLOP_PER_TOKEN = 5.66
 ARCHS = {"3B": (36, 2560, 40), "tiny": (2, 64, 4)}
@@ -125,7 +124,7 @@ def profile_batch(packed, tok, seqs, device, tokens_per_batch, log):
     """Kernel-time breakdown of one packed batch (after warm-up): where the time goes besides GEMMs."""
     from torch.profiler import ProfilerActivity, profile
 
-    from virnucpro.packing import pack, plan_batches
+    from virnucpro.models.packing import pack, plan_batches
 
     lengths = np.array([min(len(s), 1022) + 2 for s in seqs])
     index = plan_batches(lengths, tokens_per_batch)[0]

@@ -26,7 +26,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.workflow_throughput import build_models, esm_tokens, snakemake, write_sample  # noqa: E402
+from benchmarks.workflow_throughput import (  # noqa: E402
+    build_models,
+    esm_tokens,
+    snakemake,
+    write_sample,
+)
 from tests.test_workflow import make_workdir  # noqa: E402
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.reference_frontend import CODON_TABLE, front_end  # noqa: E402
-from virnucpro.prepare import prepare  # noqa: E402
+from virnucpro.steps.prepare import prepare  # noqa: E402
 
 SENSE = [c for c, aa in CODON_TABLE.items() if aa != "*"]
 

@@ -1,7 +1,7 @@
 """Snakemake adapter for rule `classify`: the VirNucPro MLP on every frame of a sample."""
 
-from virnucpro.classifier import classify
 from virnucpro.logs import run_step
+from virnucpro.steps.classify import classify
 
 run_step(
     snakemake.log[0],

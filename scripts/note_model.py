@@ -1,10 +1,10 @@
 """Snakemake adapter for the models step's note rules: a model checksummed, converted once where its kind
-needs it (into the models folder that holds the notes), and its note (virnucpro.notes) written."""
+needs it (into the models folder that holds the notes), and its note (virnucpro.io.notes) written."""
 
 from pathlib import Path
 
+from virnucpro.io.converted import write_note
 from virnucpro.logs import run_step
-from virnucpro.converted import write_note
 
 note = Path(snakemake.output[0])  # {models.dir}/notes/{kind}-{id}.json
 run_step(

@@ -1,7 +1,7 @@
 """Snakemake adapter for rule `overview`: all samples, the models (with checksums) and the parameters."""
 
 from virnucpro.logs import run_step
-from virnucpro.report import write_run_files
+from virnucpro.steps.report import write_run_files
 
 run_step(
     snakemake.log[0],

@@ -1,7 +1,7 @@
 """Snakemake adapter for checkpoint `plan`: the pooled embedding plan of a batch of members."""
 
 from virnucpro.logs import run_step
-from virnucpro.plan import plan_run
+from virnucpro.steps.plan import plan_run
 
 members = dict(zip(snakemake.params.members, zip(snakemake.input.dna, snakemake.input.protein)))
 statuses = dict(zip(snakemake.params.members, snakemake.input.status))  # samples whose input was bad are left out

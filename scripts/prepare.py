@@ -1,7 +1,7 @@
-"""Snakemake adapter for rule `prepare`: virnucpro.prepare.prepare_sample on one sample."""
+"""Snakemake adapter for rule `prepare`: virnucpro.steps.prepare.prepare_sample on one sample."""
 
 from virnucpro.logs import run_step
-from virnucpro.prepare import prepare_sample
+from virnucpro.steps.prepare import prepare_sample
 
 run_step(
     snakemake.log[0],

@@ -1,7 +1,7 @@
 """Snakemake adapter for rule `summarize`: tables, regions, tracks, viral FASTA, original files, plots, views."""
 
 from virnucpro.logs import run_step
-from virnucpro.summary import summarize
+from virnucpro.steps.summarize import summarize
 
 run_step(
     snakemake.log[0],

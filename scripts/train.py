@@ -1,7 +1,7 @@
 """Snakemake adapter for rule `train_classifier`: the original recipe on the labelled training sets."""
 
 from virnucpro.logs import run_step
-from virnucpro.train import train_classifier
+from virnucpro.steps.train import train_classifier
 
 inputs = snakemake.input
 labelled = [

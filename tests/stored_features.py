@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.plan import plan_embeddings
-from virnucpro.store import Namespace, frame_key, write_store_file
+from virnucpro.io.store import Namespace, frame_key, write_store_file
+from virnucpro.steps.plan import plan_embeddings
 
 NAMESPACES = {
     "esm2": Namespace.of("esm2", model_sha256="e" * 64, precision="float32", pooling="test"),

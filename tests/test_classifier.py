@@ -17,17 +17,16 @@ import torch
 
 from tests.original_classifier import make_original_classifier
 from tests.stored_features import stored_features
-from virnucpro.classifier import (
-    HEADER,
+from virnucpro.errors import VirNucProError
+from virnucpro.io.converted import model_note
+from virnucpro.models.classifier import (
     MLPClassifier,
-    classify,
     convert_original,
     load_classifier,
     predict,
     write_classifier_file,
 )
-from virnucpro.errors import VirNucProError
-from virnucpro.converted import model_note
+from virnucpro.steps.classify import HEADER, classify
 
 
 def save_classifier(model, out, fragment_size, source="test", source_sha256=""):
@@ -123,7 +122,7 @@ def test_output_format(original, tmp_path):
 def test_converted_file_is_as_readable_as_any_new_file(original, tmp_path, umask, tiny_models):
     """safetensors creates its files 0600 whatever the umask: the converted classifier and ESM-2 (and a
     trained classifier, written the same way) get the mode of a plain new file, like the originals."""
-    from virnucpro.converted import ensure_converted
+    from virnucpro.io.converted import ensure_converted
 
     d, _, _ = original
     previous = os.umask(umask)

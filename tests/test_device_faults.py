@@ -15,13 +15,13 @@ import json
 import pytest
 import torch
 
-from virnucpro import dnabert, esm2
-from virnucpro.embed import embed_shard
+from virnucpro.models import dnabert, esm2
 from virnucpro.errors import VirNucProError
+from virnucpro.io.converted import model_note
+from virnucpro.io.store import Namespace, store_files
 from virnucpro.logs import run_step
-from virnucpro.converted import model_note
-from virnucpro.plan import plan_run
-from virnucpro.store import Namespace, store_files
+from virnucpro.steps.embed import embed_shard
+from virnucpro.steps.plan import plan_run
 
 FRAMES = [("a_chunk_1F1", "ATGAAAACCGCGTATATTGCGAAACAGCGCA", "MKTAYIAKQR"),
           ("b_chunk_1F2", "ATGAGCACCAACCCGAAACCGCAGCGCAAAA", "MSTNPKPQRK"),

@@ -1,7 +1,7 @@
 """DNABERT-S: native packed forward against a simple one-sequence-at-a-time float32 reference.
 
 The tiny snapshots (tests/tiny_dnabert.py) are in the published format and go through the real loader.
-The reference below is written from the published model code's arithmetic, not from virnucpro.dnabert:
+The reference below is written from the published model code's arithmetic, not from virnucpro.models.dnabert:
 one sequence at a time as VirNucPro ran it, shape (1, L, D), an explicit (H, L, L) ALiBi matrix with the
 published 12-head slopes, matmul attention and softmax.
 
@@ -18,12 +18,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer, write_weights
-from virnucpro.dnabert import DnabertConfig, DnaTokenizer, alibi_slopes, load_dnabert
+
 from virnucpro.errors import VirNucProError
-from virnucpro.packing import pack
-from virnucpro.runner import embed_packed
+from virnucpro.models.dnabert import (
+    DnabertConfig,
+    DnaTokenizer,
+    alibi_slopes,
+    load_dnabert,
+)
+from virnucpro.models.packing import pack
+from virnucpro.models.runner import embed_packed
 
 # the published slopes of the 12-head model, written out (not computed)
 SLOPES_12 = [2**-1, 2**-2, 2**-3, 2**-4, 2**-5, 2**-6, 2**-7, 2**-8, 2**-0.5, 2**-1.5, 2**-2.5, 2**-3.5]

@@ -12,12 +12,12 @@ kernels vs separate matmuls), while a defect costs 10x or more.
 import numpy as np
 import pytest
 import torch
-
 from test_dnabert import hf_token_ids, reference_embeddings
 from tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer
-from virnucpro.attention import _have_flash_attn
-from virnucpro.dnabert import load_dnabert
-from virnucpro.runner import embed_packed
+
+from virnucpro.models.attention import _have_flash_attn
+from virnucpro.models.dnabert import load_dnabert
+from virnucpro.models.runner import embed_packed
 
 pytestmark = pytest.mark.gpu
 

@@ -13,10 +13,14 @@ import torch
 
 from tests.test_dnabert import hf_token_ids, reference_embeddings
 from tests.tiny_dnabert import build_tiny_dnabert, random_dna
-from tests.tiny_esm2 import build_tiny_esm2, fair_esm_from_file, save_fair_esm_checkpoint
+from tests.tiny_esm2 import (
+    build_tiny_esm2,
+    fair_esm_from_file,
+    save_fair_esm_checkpoint,
+)
 from virnucpro.cli import main as cli_main
-from virnucpro.features import gather_features
-from virnucpro.store import Namespace, store_files
+from virnucpro.io.store import Namespace, store_files
+from virnucpro.steps.merge import gather_features
 
 TOL = 1e-5
 AA = list("ACDEFGHIKLMNPQRSTVWY")
@@ -160,9 +164,9 @@ def test_a_plan_for_a_gpu_refuses_to_run_on_the_cpu(tmp_path, models, capsys):
 def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, models, monkeypatch):
     """On a cluster whose login node has no GPU, `auto` plans for the CPU: a GPU job must not then
     silently embed on its CPU."""
-    from virnucpro.embed import embed_shard
     from virnucpro.errors import VirNucProError
-    from virnucpro.converted import model_note
+    from virnucpro.io.converted import model_note
+    from virnucpro.steps.embed import embed_shard
 
     esm_path, dna_dir, _ = models
     frames = sample(tmp_path / "s", n=3)
@@ -172,7 +176,7 @@ def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, models, 
                      str(tmp_path / "store"), "--device", "auto", "--out", str(tmp_path / "plan")]) == 0
     planned = json.loads((tmp_path / "plan" / "plan.json").read_text())
     assert planned["device"] == "cpu" and planned["device_setting"] == "auto"
-    monkeypatch.setattr("virnucpro.embed.visible_devices", lambda: ["0"])  # the job: a GPU
+    monkeypatch.setattr("virnucpro.steps.embed.visible_devices", lambda: ["0"])  # the job: a GPU
     with pytest.raises(VirNucProError, match="set embed.device to cuda"):
         notes = {"esm2": model_note("esm2", esm_path, tmp_path / "m"), "dnabert_s": model_note("dnabert_s", dna_dir)}
         embed_shard(tmp_path / "plan", planned["shards"][0]["name"], notes, tmp_path / "r.json")

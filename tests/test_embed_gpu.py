@@ -14,9 +14,9 @@ import torch
 
 from tests.tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer
 from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint
-from virnucpro import dnabert, esm2
-from virnucpro.converted import ensure_converted
-from virnucpro.runner import Task, run_packed
+from virnucpro.models import dnabert, esm2
+from virnucpro.io.converted import ensure_converted
+from virnucpro.models.runner import Task, run_packed
 
 pytestmark = pytest.mark.gpu
 AA = list("ACDEFGHIKLMNPQRSTVWY")

@@ -40,7 +40,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # Imported by the package but installed with another distribution: torch's Linux wheels depend on the
 # Triton they were built with (the ESM-2 kernels use it only on CUDA).
 PROVIDED_BY = {"triton": "torch"}
-OPTIONAL = {"flash_attn"}  # used only where it is installed (virnucpro.attention checks first)
+OPTIONAL = {"flash_attn"}  # used only where it is installed (virnucpro.models.attention checks first)
 
 
 def rules():

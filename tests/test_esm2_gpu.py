@@ -13,10 +13,10 @@ import esm
 import numpy as np
 import pytest
 import torch
-
 from tiny_esm2 import build_tiny_esm2
-from virnucpro.esm2 import Esm2Tokenizer, PackedESM2
-from virnucpro.runner import embed_packed
+
+from virnucpro.models.esm2 import Esm2Tokenizer, PackedESM2
+from virnucpro.models.runner import embed_packed
 
 pytestmark = pytest.mark.gpu
 

@@ -22,9 +22,10 @@ pytest.importorskip("triton")
 
 from test_esm2 import assert_every_layer_matches_fair_esm  # noqa: E402
 from tiny_esm2 import build_tiny_esm2  # noqa: E402
-from virnucpro import kernels  # noqa: E402
-from virnucpro.attention import varlen_attention  # noqa: E402
-from virnucpro.esm2 import PackedESM2  # noqa: E402
+
+from virnucpro.models import kernels  # noqa: E402
+from virnucpro.models.attention import varlen_attention  # noqa: E402
+from virnucpro.models.esm2 import PackedESM2  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"

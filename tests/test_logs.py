@@ -60,7 +60,7 @@ def test_cpu_steps_do_not_import_torch_for_their_threads(tmp_path):
         f"""
         import sys
         from virnucpro.logs import run_step
-        from virnucpro.prepare import prepare
+        from virnucpro.steps.prepare import prepare
         d = {str(tmp_path)!r}
         with open(d + "/in.fa", "w") as fh:
             fh.write(">a\\n" + "ATG" * 200 + "\\n")

@@ -7,8 +7,8 @@ import urllib.error
 import pytest
 import torch
 
-from virnucpro import models
 from virnucpro.errors import VirNucProError
+from virnucpro.steps import fetch as models
 
 
 def test_git_blob_id_matches_git():

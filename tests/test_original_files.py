@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from virnucpro.classifier import format_rows
-from virnucpro.prepare import prepare
-from virnucpro.seqio import read_fasta
-from virnucpro.summary import summarize
+from virnucpro.io.seqio import read_fasta
+from virnucpro.steps.classify import format_rows
+from virnucpro.steps.prepare import prepare
+from virnucpro.steps.summarize import summarize
 
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 

@@ -8,9 +8,9 @@ import pytest
 
 from tests.stored_features import NAMESPACES, random_frames
 from virnucpro.errors import VirNucProError
-from virnucpro.plan import plan_embeddings, shard_bounds
-from virnucpro.seqio import read_fasta
-from virnucpro.store import Namespace, frame_key, write_store_file
+from virnucpro.io.seqio import read_fasta
+from virnucpro.io.store import Namespace, frame_key, write_store_file
+from virnucpro.steps.plan import plan_embeddings, shard_bounds
 
 
 def write_member(folder, frames, ids):

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tests.reference_frontend import chunks, front_end
-from virnucpro.frames import fragment_layout
 from virnucpro.errors import InputError
-from virnucpro.prepare import prepare, prepare_sample
-from virnucpro.seqio import read_sequences
+from virnucpro.frames import fragment_layout
+from virnucpro.io.seqio import read_sequences
+from virnucpro.steps.prepare import prepare, prepare_sample
 
 # the original tool's outputs on its own code (tests/data/golden/original_virnucpro/README.md)
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "original_virnucpro"

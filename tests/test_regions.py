@@ -6,9 +6,9 @@ import pytest
 
 from tests.reference_frontend import chunks
 from virnucpro.errors import VirNucProError
-from virnucpro.prepare import prepare
-from virnucpro.seqio import read_fasta
-from virnucpro.summary import summarize
+from virnucpro.io.seqio import read_fasta
+from virnucpro.steps.prepare import prepare
+from virnucpro.steps.summarize import summarize
 
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 SIZE = 500
@@ -166,7 +166,7 @@ def test_bad_region_settings_name_the_setting(sample):
 def test_plots_carry_legend_threshold_sample_and_region_bands(sample, monkeypatch):
     from matplotlib.figure import Figure
 
-    from virnucpro.plots import ELLIPSIS, REGION_COLOUR, shorten
+    from virnucpro.results.plots import ELLIPSIS, REGION_COLOUR, shorten
 
     drawn, save = [], Figure.savefig
     monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k))[1])

@@ -17,8 +17,14 @@ import h5py
 import pytest
 
 from tests.test_workflow import REPO, make_workdir, snakemake
-from virnucpro.seqio import read_fasta
-from virnucpro.store import Namespace, frame_key, read_keys, store_files, write_store_file
+from virnucpro.io.seqio import read_fasta
+from virnucpro.io.store import (
+    Namespace,
+    frame_key,
+    read_keys,
+    store_files,
+    write_store_file,
+)
 
 pytestmark = [pytest.mark.workflow]
 BAD = REPO / "tests" / "data" / "bad"

@@ -1,5 +1,5 @@
-"""What the report shows besides the plots: the per-sample HTML tables (virnucpro.views), the overview of
-all samples, the models (with checksums) and parameters of the run (virnucpro.report). The rendered
+"""What the report shows besides the plots: the per-sample HTML tables (virnucpro.results.views), the overview of
+all samples, the models (with checksums) and parameters of the run (virnucpro.steps.report). The rendered
 report: tests/test_workflow_e2e.py."""
 
 import hashlib
@@ -8,11 +8,11 @@ from html.parser import HTMLParser
 import pytest
 
 from virnucpro.errors import VirNucProError
-from virnucpro.regions import REGION_COLUMNS
-from virnucpro.report import overview_rows, write_run_files
-from virnucpro.summary import SEQUENCE_COLUMNS
-from virnucpro.tables import write_tsv
-from virnucpro.views import write_table_views
+from virnucpro.io.tables import write_tsv
+from virnucpro.results.regions import REGION_COLUMNS
+from virnucpro.results.views import write_table_views
+from virnucpro.steps.report import overview_rows, write_run_files
+from virnucpro.steps.summarize import SEQUENCE_COLUMNS
 
 
 class Cells(HTMLParser):
@@ -97,7 +97,7 @@ def test_overview_counts_sequences_viral_calls_regions_and_bases(tables):
 
 
 def test_run_files_list_samples_models_with_their_sha256_and_parameters(tables, tiny_models):
-    from virnucpro.converted import model_note
+    from virnucpro.io.converted import model_note
 
     d, _, _ = tables
     notes = [model_note("esm2", tiny_models["models.esm2"], d / "models"),

@@ -30,7 +30,7 @@ import pytest
 
 from tests.test_workflow import REPO, SNAKEMAKE, snakemake
 from tests.test_workflow_e2e import TABLES, rows, workdir
-from virnucpro.seqio import read_sequences
+from virnucpro.io.seqio import read_sequences
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 

@@ -13,8 +13,7 @@ import pytest
 
 from tests.stored_features import stored_features
 from virnucpro.errors import VirNucProError
-from virnucpro.features import gather_features, iter_features
-from virnucpro.store import (
+from virnucpro.io.store import (
     Namespace,
     StoreIndex,
     frame_key,
@@ -23,6 +22,7 @@ from virnucpro.store import (
     store_files,
     write_store_file,
 )
+from virnucpro.steps.merge import gather_features, iter_features
 
 NS = Namespace.of("esm2", model_sha256="a" * 64, precision="float32", pooling="mean", truncation=1022)
 
@@ -86,7 +86,7 @@ def test_index_reads_by_key_across_files_first_file_wins(tmp_path):
 
 
 def test_rows_far_apart_are_read_correctly(tmp_path, monkeypatch):
-    monkeypatch.setattr("virnucpro.store.READ_GAP", 3)  # several slices per read
+    monkeypatch.setattr("virnucpro.io.store.READ_GAP", 3)  # several slices per read
     emb = np.arange(40 * 2, dtype=np.float32).reshape(40, 2)
     write_store_file(tmp_path, NS, "a", keys(40), emb, {})
     index = StoreIndex(store_files(tmp_path, NS))

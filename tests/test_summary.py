@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from virnucpro.errors import VirNucProError
-from virnucpro.prepare import prepare
-from virnucpro.seqio import read_fasta
-from virnucpro.summary import summarize
+from virnucpro.io.seqio import read_fasta
+from virnucpro.steps.prepare import prepare
+from virnucpro.steps.summarize import summarize
 
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"

@@ -8,10 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.stored_features import stored_features
-from virnucpro.classifier import classify, load_classifier
 from virnucpro.errors import VirNucProError
-from virnucpro.converted import model_note
-from virnucpro.train import auroc, binary_metrics, train_classifier
+from virnucpro.io.converted import model_note
+from virnucpro.models.classifier import load_classifier
+from virnucpro.steps.classify import classify
+from virnucpro.steps.train import auroc, binary_metrics, train_classifier
 
 
 @pytest.fixture(autouse=True)

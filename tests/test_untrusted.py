@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.test_workflow import REPO, make_workdir, snakemake
-from virnucpro import dnabert
-from virnucpro.checksums import SUFFIX, checked_sha256, record_path, write_record
 from virnucpro.cli import main as cli_main
-from virnucpro.converted import ensure_converted
 from virnucpro.errors import VirNucProError
-from virnucpro.esm2 import load_converted
-from virnucpro.converted import model_note
+from virnucpro.io.checksums import SUFFIX, checked_sha256, record_path, write_record
+from virnucpro.io.converted import ensure_converted, model_note
+from virnucpro.models.esm2 import load_converted
+from virnucpro.models import dnabert
 
-CODE = sorted([*(REPO / "virnucpro").glob("*.py"), *(REPO / "scripts").glob("*.py")])
+CODE = sorted([*(REPO / "virnucpro").rglob("*.py"), *(REPO / "scripts").glob("*.py")])
 RULES = sorted([REPO / "workflow" / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")])
 FORBIDDEN = {
     "weights_only=False": r"weights_only\s*=\s*False",
@@ -149,7 +148,7 @@ def test_a_file_is_hashed_once_and_a_changed_unverified_file_is_hashed_again(tmp
     record = json.loads(record_path(f).read_text())
     assert record == {"sha256": want, "size": 7000, "mtime_ns": f.stat().st_mtime_ns, "verified": None}
     hashed = []
-    monkeypatch.setattr("virnucpro.checksums.sha256_of", lambda p: hashed.append(p) or want)
+    monkeypatch.setattr("virnucpro.io.checksums.sha256_of", lambda p: hashed.append(p) or want)
     assert checked_sha256(f) == want and hashed == []  # size and mtime match: not read again
     monkeypatch.undo()
     f.write_bytes(b"other weights")  # the user replaced an unverified file: its new content counts

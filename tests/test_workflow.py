@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from virnucpro.prepare import prepare
+from virnucpro.steps.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]

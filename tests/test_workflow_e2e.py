@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.test_workflow import REPO, make_workdir, snakemake
-from virnucpro.seqio import read_fasta, read_sequences
+from virnucpro.io.seqio import read_fasta, read_sequences
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 SAMPLES = {"sample_a": REPO / "example" / "sample_a.fa", "sample_b": REPO / "example" / "sample_b.fa.gz"}

@@ -10,7 +10,7 @@ what reads it:
   (`embeddings.*`, `encoder.layer.N.attention.self.Wqkv.*`, ..., optionally `bert.`-prefixed, with the
   `pooler.*` and `cls.predictions.*` heads of the published checkpoints).
 
-The key names and shapes are written out here independently of `virnucpro.dnabert`.
+The key names and shapes are written out here independently of `virnucpro.models.dnabert`.
 """
 
 import json

@@ -19,7 +19,7 @@ DEVICES = ["auto", "cpu", "cuda"]
 
 
 def _prepare(args):
-    from virnucpro.prepare import prepare
+    from virnucpro.steps.prepare import prepare
 
     prepare(args.input, fragment_size=args.fragment_size, out_dna=args.out_dna, out_protein=args.out_protein,
             out_fragments=args.out_fragments, manifest=args.manifest)
@@ -35,20 +35,20 @@ def _members(pairs):
 
 
 def _encoder_notes(args):
-    from virnucpro.converted import model_note
+    from virnucpro.io.converted import model_note
 
     return {"esm2": model_note("esm2", args.esm2, args.models_dir),
             "dnabert_s": model_note("dnabert_s", args.dnabert_s)}
 
 
 def _plan(args):
-    from virnucpro.plan import plan_run
+    from virnucpro.steps.plan import plan_run
 
     plan_run(_members(args.sample), args.out, args.store, _encoder_notes(args), args.device, args.tokens_per_shard)
 
 
 def _embed(args):
-    from virnucpro.embed import embed_shard
+    from virnucpro.steps.embed import embed_shard
 
     embed_shard(args.plan, args.shard, _encoder_notes(args), args.out,
                 esm2_tokens_per_batch=args.esm2_tokens_per_batch,
@@ -56,16 +56,16 @@ def _embed(args):
 
 
 def _classify(args):
-    from virnucpro.classifier import classify
-    from virnucpro.converted import model_note
+    from virnucpro.io.converted import model_note
+    from virnucpro.steps.classify import classify
 
     note = model_note("classifier", args.model, args.models_dir)
     classify(args.frames_dna, args.frames_protein, args.member, note, fragment_size=args.fragment_size, out=args.out)
 
 
 def _features(args):
-    from virnucpro.embeddings import write_embeddings
-    from virnucpro.features import gather_features, read_member
+    from virnucpro.io.embeddings import write_embeddings
+    from virnucpro.steps.merge import gather_features, read_member
 
     ids, values = gather_features(args.frames_dna, args.frames_protein, args.member)
     record = read_member(args.member)
@@ -75,14 +75,14 @@ def _features(args):
 
 
 def _convert(args):
-    from virnucpro.converted import ensure_converted
+    from virnucpro.io.converted import ensure_converted
 
     out, _ = ensure_converted(args.kind, args.source, args.models_dir)
     print(out)
 
 
 def _summarize(args):
-    from virnucpro.summary import summarize
+    from virnucpro.steps.summarize import summarize
 
     out = Path(args.out_dir)
     summarize(
@@ -100,14 +100,14 @@ def _summarize(args):
 
 
 def _train(args):
-    from virnucpro.train import train_classifier
+    from virnucpro.steps.train import train_classifier
 
     labelled = [(*m, 1) for m in args.viral] + [(*m, 0) for m in args.other]
     train_classifier(labelled, args.out_model, args.metrics, args.fragment_size, seed=args.seed)
 
 
 def _download(args):
-    from virnucpro.models import download_model
+    from virnucpro.steps.fetch import download_model
 
     download_model(args.kind, args.output)
 

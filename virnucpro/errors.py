@@ -12,3 +12,9 @@ class InputError(VirNucProError):
         self.path, self.problem, self.record = str(path), problem, record
         where = f"{self.path}: record '{record}'" if record is not None else self.path
         super().__init__(f"{where}: {problem}")
+
+
+def first_line(exc):
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -5,9 +5,8 @@ import os
 import sys
 import traceback
 
-from virnucpro.atomic import is_disk_full
 from virnucpro.errors import VirNucProError
-
+from virnucpro.io.atomic import is_disk_full
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"

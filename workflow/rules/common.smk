@@ -15,7 +15,7 @@ if (SOURCE_TREE / "virnucpro" / "__init__.py").is_file():
     sys.path.insert(0, str(SOURCE_TREE))
 
 try:
-    from virnucpro.checksums import SUFFIX as CHECKSUM_RECORD
+    from virnucpro.io.checksums import SUFFIX as CHECKSUM_RECORD
     from virnucpro.config import (
         check_models,
         read_samples,
@@ -73,7 +73,7 @@ except VirNucProError as exc:
 
 
 def note(kind):
-    """The `models` step's note of a model (virnucpro.notes), named after the source's path."""
+    """The `models` step's note of a model (virnucpro.io.notes), named after the source's path."""
     source = str(Path(model_path(kind)).resolve())
     return f"{MODELS}/notes/{kind}-{hashlib.sha1(source.encode()).hexdigest()[:8]}.json"
 
@@ -175,8 +175,8 @@ def training(label, part):
 def run_summary():
     """After a failed run: the samples that did not finish and why, and the models still missing (URL,
     destination, setting), in one block at the end of the output."""
-    from virnucpro.models import missing_models
-    from virnucpro.outcome import unfinished
+    from virnucpro.steps.fetch import missing_models
+    from virnucpro.steps.outcome import unfinished
 
     lines = unfinished(RESULTS, list(SAMPLES))
     lines += missing_models(

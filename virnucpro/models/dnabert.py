@@ -31,12 +31,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from virnucpro.attention import select_backend, varlen_attention
-from virnucpro.checksums import checked_sha256
-from virnucpro.encoders import DNABERT_WEIGHT_FILES
 from virnucpro.errors import VirNucProError
-from virnucpro.packing import segment_mean
-from virnucpro.runner import compiled, fall_back
+from virnucpro.io.checksums import checked_sha256
+from virnucpro.models.attention import select_backend, varlen_attention
+from virnucpro.models.backend import compiled, fall_back
+from virnucpro.models.encoders import DNABERT_WEIGHT_FILES
+from virnucpro.models.packing import segment_mean
 
 log = logging.getLogger("virnucpro")
 
@@ -133,7 +133,7 @@ class DnaTokenizer:
         try:
             self.tokenizer = Tokenizer.from_file(str(self.path))
         except Exception as exc:  # the Rust side raises plain Exception for missing and malformed files
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise VirNucProError(f"{self.path}: not a readable tokenizer.json ({reason})") from None
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
@@ -235,7 +235,7 @@ CHECKPOINT_LAYER_NAMES = {
 class DnabertS(nn.Module):
     """DNABERT-S over packed batches (parameter names: CHECKPOINT_NAMES maps the published ones).
 
-    `attention` is a backend of `virnucpro.attention` ("reference" on CPU); `compile` runs the per-layer
+    `attention` is a backend of `virnucpro.models.attention` ("reference" on CPU); `compile` runs the per-layer
     work after attention through `torch.compile` (only the token dimension dynamic) and falls back to
     eager code, with one warning, if compiling fails. `to_inference(device, dtype)` puts the linear layers
     in `dtype` (bf16 on GPU) and keeps the embeddings, LayerNorms and residual stream in float32.
@@ -327,7 +327,7 @@ def read_state_dict(path):
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, BadZipFile, OSError, ..., safetensors' SafetensorError
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise VirNucProError(f"{path}: not a loadable weights file ({reason})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise VirNucProError(f"{path}: not a state dict of tensors")

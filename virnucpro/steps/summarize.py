@@ -14,18 +14,18 @@ Definitions:
   `mean_virus_score` are the maximum and the mean of its fragments' virus scores;
 - `status` is `classified`, or `no_stop_free_frame` when no fragment kept a frame; `call` is `viral`
   when viral_fraction >= threshold, `not_viral` otherwise, and `no_call` for unclassified sequences;
-- viral regions: runs of viral fragments, `virnucpro.regions`.
+- viral regions: runs of viral fragments, `virnucpro.results.regions`.
 
 Outputs (all appear together or not at all; those given as None are not written):
 - `fragment_calls.tsv`: `Modified_ID` (the fragment id), `Is_Virus` (True/False), `max_score1`,
   `max_score2`, one row per fragment with frames, in input order;
 - `sequence_summary.tsv`: one row for every sequence of the manifest, in input order;
-- `viral_regions.tsv` and the tracks `virus_score.bedGraph`, `viral_regions.bed` (`virnucpro.tracks`);
-- `viral.fna`: the input sequences called viral with their full headers (`virnucpro.viral_fasta`);
-- `prediction_results.txt`, `prediction_results_highestscore.csv` (`virnucpro.original_files`);
-- the histogram and the along-sequence plot (`virnucpro.plots`);
-- the sequence summary and viral regions as HTML pages for the report (`virnucpro.views`).
-Scores, fractions and means in our tables have the same fixed number of decimals (`virnucpro.tables`).
+- `viral_regions.tsv` and the tracks `virus_score.bedGraph`, `viral_regions.bed` (`virnucpro.results.tracks`);
+- `viral.fna`: the input sequences called viral with their full headers (`virnucpro.results.viral_fasta`);
+- `prediction_results.txt`, `prediction_results_highestscore.csv` (`virnucpro.results.original_files`);
+- the histogram and the along-sequence plot (`virnucpro.results.plots`);
+- the sequence summary and viral regions as HTML pages for the report (`virnucpro.results.views`).
+Scores, fractions and means in our tables have the same fixed number of decimals (`virnucpro.io.tables`).
 Every frame must belong to a manifest sequence and fragment, and the number of frames of each sequence
 must equal its `kept_frames`; anything else is an error.
 """
@@ -34,16 +34,19 @@ import logging
 
 import numpy as np
 
-from virnucpro.atomic import atomic_outputs
 from virnucpro.errors import VirNucProError
-from virnucpro.original_files import write_highest_scores, write_prediction_results
-from virnucpro.plots import plot_along, plot_histogram, top_by_mean_score
-from virnucpro.regions import call_regions, check_region_settings, write_regions
-from virnucpro.seqio import MAX_RECORD_BP
-from virnucpro.tables import score_text, write_tsv
-from virnucpro.tracks import write_region_track, write_score_track
-from virnucpro.viral_fasta import write_viral_fasta
-from virnucpro.views import write_table_views
+from virnucpro.io.atomic import atomic_outputs
+from virnucpro.io.seqio import MAX_RECORD_BP
+from virnucpro.io.tables import score_text, write_tsv
+from virnucpro.results.original_files import (
+    write_highest_scores,
+    write_prediction_results,
+)
+from virnucpro.results.plots import plot_along, plot_histogram, top_by_mean_score
+from virnucpro.results.regions import call_regions, check_region_settings, write_regions
+from virnucpro.results.tracks import write_region_track, write_score_track
+from virnucpro.results.views import write_table_views
+from virnucpro.results.viral_fasta import write_viral_fasta
 
 log = logging.getLogger("virnucpro")
 

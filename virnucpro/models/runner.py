@@ -17,16 +17,16 @@ import logging
 import queue
 import threading
 import time
-import warnings
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from virnucpro.errors import VirNucProError
+from virnucpro.errors import VirNucProError, first_line
 from virnucpro.gpus import claim_gpu
-from virnucpro.packing import pack, plan_batches
+from virnucpro.models.backend import is_device_failure, is_oom
+from virnucpro.models.packing import pack, plan_batches
 
 log = logging.getLogger("virnucpro")
 
@@ -146,58 +146,6 @@ def _fmt_seconds(s):
     return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def _is_oom(exc):
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
-def compiled(fn):
-    """`torch.compile(fn)`, without the 14 DeprecationWarnings that torch's first `torch.compile` prints.
-
-    `torch.compile` imports Inductor, which imports `torch/utils/mkldnn.py`; that module's TorchScript
-    classes carry 14 `@torch.jit.script_method` decorators, and each warns that TorchScript is deprecated
-    (torch 2.13). The warning is about torch's own module, not about `fn` or anything we could change,
-    so exactly that message from `torch.jit._script` is ignored, only while Inductor is imported.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message=r"`torch\.jit\.script_method` is",
-            category=DeprecationWarning,
-            module=r"torch\.jit\._script",
-        )
-        return torch.compile(fn)
-
-
-def fall_back(exc, what, model):
-    """Called with an exception raised by generated code (`what`: torch.compile, the Triton kernels): an
-    out-of-memory error is re-raised (the runner splits the batch); anything else is a build failure (no
-    C compiler, Triton missing, an unsupported GPU), logged once, and the caller then runs `model` on
-    plain torch ops."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-        raise exc
-    log.warning("%s failed (%s); running %s on plain torch ops", what, _first_line(exc), model)
-
-
-_DEVICE_FAILURE_MARKS = ("CUDA error", "CUDA driver error", "CUBLAS_STATUS", "CUDNN_STATUS", "device-side assert",
-                        "NCCL error", "no CUDA-capable device", "CUDA-capable device(s) is/are busy")
-
-
-def _is_device_failure(exc):
-    """True for a device fault other than running out of memory: a lost or reset GPU, an ECC or driver
-    error, a failed kernel. The CUDA context is unusable afterwards, so the job must end."""
-    accelerator_error = getattr(torch, "AcceleratorError", ())
-    if isinstance(exc, accelerator_error) or isinstance(exc, getattr(torch.cuda, "CudaError", ())):
-        return not _is_oom(exc)
-    return isinstance(exc, RuntimeError) and not _is_oom(exc) and any(m in str(exc) for m in _DEVICE_FAILURE_MARKS)
-
-
-def _first_line(exc):
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class _Collector:
     """Each task's rows in input order, checked as they arrive: shape, finiteness, exactly once."""
 
@@ -249,7 +197,7 @@ def _launch(task, host, device):
         event.record()
         return host_result, event
     except BaseException as exc:
-        if not _is_oom(exc):
+        if not is_oom(exc):
             raise
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -310,7 +258,7 @@ def run_packed(tasks, device):
         with torch.inference_mode():
             _consume(work_q, tasks, device, collector, current)
     except Exception as exc:
-        if not _is_device_failure(exc):
+        if not is_device_failure(exc):
             raise
         where = ""
         if current[0] is not None:
@@ -318,7 +266,7 @@ def run_packed(tasks, device):
             where = f" on a batch of {len(host.index)} sequences from '{tasks[t].ids[host.index[0]]}'"
         raise VirNucProError(
             f"{tasks[current[0][0]].label if current[0] else 'embedding'}: device failure{where} "
-            f"({_first_line(exc)}); nothing was written, rerun to resume from this shard"
+            f"({first_line(exc)}); nothing was written, rerun to resume from this shard"
         ) from None
     finally:
         stop.set()

@@ -2,7 +2,7 @@
 
 Scores, fractions and means are written with `SCORE_DECIMALS` decimals (`0.500000`, `1.000000`), the
 same in every table, so columns line up and compare as text; a missing value is `NA`. The files kept in
-the original tool's own formats (`virnucpro.original_files`) print scores as the original does instead.
+the original tool's own formats (`virnucpro.results.original_files`) print scores as the original does instead.
 """
 
 import numpy as np

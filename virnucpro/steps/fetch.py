@@ -20,7 +20,7 @@ What is verified, and how (stated plainly, as far as public sources let us pin t
 - esm2 (fair-esm hub files): Meta publishes no checksums. The byte count must equal the server's
   Content-Length and the file must be a complete PyTorch zip archive whose every member passes its
   CRC-32 check; the sha256 is logged.
-Every verified file gets a verified checksum record `<file>.checksum.json` (virnucpro.checksums),
+Every verified file gets a verified checksum record `<file>.checksum.json` (virnucpro.io.checksums),
 written with it; the steps that load a model check the file against its record first.
 """
 
@@ -35,9 +35,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from virnucpro.atomic import atomic_outputs
-from virnucpro.checksums import record_path, sha256_of, write_record
 from virnucpro.errors import VirNucProError
+from virnucpro.io.atomic import atomic_outputs
+from virnucpro.io.checksums import record_path, sha256_of, write_record
 
 log = logging.getLogger("virnucpro")
 

@@ -1,4 +1,4 @@
-"""The VirNucPro MLP classifier: loading, one-time conversion, and per-frame classification.
+"""The VirNucPro MLP classifier: the model, loading, one-time conversion, and scoring.
 
 Model: Linear(input_dim, 512) -> BatchNorm1d -> ReLU -> Dropout(0.5) -> Linear(512, 2), run in eval mode
 with a softmax; column 0 is score1 (others), column 1 is score2 (virus). Attribute names are the
@@ -18,17 +18,10 @@ changed classifier file always reaches the results. `predict` scores rows in blo
 rows (the last one padded with zeros): every matrix product has one shape, so a frame's scores do not
 depend on which other frames are scored with it (BLAS libraries round a row differently for different
 row counts).
-
-`classify` writes the original's `prediction_results` table: header
-`Sequence_ID\\tPrediction\\tscore1\\tscore2`, one row per frame in the order of the sample's frames,
-scores printed as the original prints them (`str` of each float32 value), Prediction `virus` when the
-argmax is column 1, else `others`.
 """
 
 import logging
-import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.atomic import atomic_outputs
-from virnucpro.checksums import checked_sha256
-from virnucpro.converted import is_safetensors
 from virnucpro.errors import VirNucProError
+from virnucpro.io.checksums import checked_sha256
+from virnucpro.io.converted import is_safetensors
+from virnucpro.io.torchfile import load_torch_file
 
 log = logging.getLogger("virnucpro")
 
@@ -48,8 +41,6 @@ FORMAT = "virnucpro-mlp-classifier/1"
 INPUT_DIM, HIDDEN_DIM, NUM_CLASS = 3328, 512, 2
 BATCH = 256  # rows per forward pass, as the original's DataLoader
 N_CHECK = 512  # random inputs on which a conversion must reproduce the original's logits
-HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
-LABELS = ("others", "virus")
 _ORIGINAL_NAME = re.compile(r"^(300|500)_model\.pth$")
 
 
@@ -100,7 +91,7 @@ def _from_state(state, path):
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise VirNucProError(f"{path}: state dict does not fit the VirNucPro classifier ({first})") from None
     return model.eval()
 
@@ -137,31 +128,11 @@ def _load_converted(path):
     return Classifier(model, int(meta["fragment_size"]), meta.get("source", ""), meta.get("source_sha256", ""))
 
 
-_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a legacy pickle (protocol 2+)
 
 
 def _load_original(path, digest):
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head.startswith(_TORCH_MAGIC):
-        raise VirNucProError(
-            f"{path}: not a readable classifier file (not a torch.save file: it starts with {head!r}, "
-            "neither a zip archive nor a pickle)"
-        )
     allowed = [(MLPClassifier, "__main__.MLPClassifier"), nn.Linear, nn.BatchNorm1d, nn.Dropout]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"asks for {refused.group(1)}, which is" if refused else "holds something"
-        raise VirNucProError(
-            f"{path}: refused to load: the pickle {what} outside the classifier allow-list "
-            "(not an original VirNucPro classifier, or a tampered one)"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VirNucProError(f"{path}: not a readable classifier file ({reason})") from None
+    obj = load_torch_file(path, allowed, "readable classifier file")
     if isinstance(obj, MLPClassifier):
         state = obj.state_dict()
     elif isinstance(obj, dict) and "hidden_layer.weight" in obj:  # a bare state dict
@@ -175,7 +146,7 @@ def _load_original(path, digest):
 
 def write_classifier_file(model, path, fragment_size, source, source_sha256):
     """Write `model` to `path` in our safetensors format (not atomic: callers write to a temporary name)."""
-    from virnucpro.converted import save_safetensors
+    from virnucpro.io.converted import save_safetensors
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     input_dim, hidden, num_class = _dims(state, path)
@@ -219,9 +190,9 @@ def convert_original(pth, out, source_sha256):
 
 
 def classifier_of(note):
-    """The classifier a checked model note names (`virnucpro.notes.check_note`): the note's file, which
+    """The classifier a checked model note names (`virnucpro.io.notes.check_note`): the note's file, which
     must be the conversion of the noted source (or the noted source itself, for our own safetensors files)."""
-    from virnucpro.notes import source_sha256
+    from virnucpro.io.notes import source_sha256
 
     clf = load_classifier(note["file"])
     digest = source_sha256(note)
@@ -244,51 +215,4 @@ def predict(model, features, batch=BATCH):
             block.zero_()
             block[:rows] = x[lo : lo + rows]
             out[lo : lo + rows] = F.softmax(model(block), dim=1)[:rows].numpy()
-    return out
-
-
-def format_rows(ids, probabilities):
-    """Lines of the original's prediction table (without header) for `ids` and float32 `probabilities`."""
-    predicted = torch.max(torch.from_numpy(probabilities), 1).indices.tolist() if len(ids) else []
-    return [
-        f"{i}\t{LABELS[p]}\t" + "\t".join(map(str, row)) + "\n"
-        for i, p, row in zip(ids, predicted, probabilities)
-    ]
-
-
-def classify(dna, protein, member, note, fragment_size, out):
-    """Score every frame of a sample (its frames files and plan record; features read from the embedding
-    store) with the classifier that `note` (a model note or the path of one) names; write the prediction
-    table `out`."""
-    from virnucpro.features import iter_features
-    from virnucpro.notes import check_note
-
-    note = check_note(note)
-    clf = classifier_of(note)
-    model = note["source"]
-    if clf.fragment_size is None:
-        raise VirNucProError(
-            f"{model}: the classifier's fragment size is unknown; name an original file "
-            "300_model.pth/500_model.pth or convert it first"
-        )
-    if clf.fragment_size != int(fragment_size):
-        raise VirNucProError(
-            f"{model}: classifier trained on {clf.fragment_size} bp fragments, but fragment_size is "
-            f"{fragment_size}; use the {fragment_size}_model classifier or change fragment_size"
-        )
-    n_frames = n_virus = 0
-    with atomic_outputs(out) as (tmp,):
-        with open(tmp, "w") as fh:
-            fh.write(HEADER)
-            for ids, features in iter_features(dna, protein, member):
-                if features.shape[1] != clf.input_dim:
-                    raise VirNucProError(
-                        f"{member}: features have {features.shape[1]} values per frame, the classifier "
-                        f"{model} expects {clf.input_dim}"
-                    )
-                probabilities = predict(clf.model, features)
-                fh.writelines(format_rows(ids, probabilities))
-                n_frames += len(ids)
-                n_virus += int((probabilities[:, 1] > probabilities[:, 0]).sum())
-    log.info("classified %d frames of %s (%d virus) with %s -> %s", n_frames, protein, n_virus, model, out)
     return out

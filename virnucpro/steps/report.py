@@ -3,17 +3,17 @@ none):
 - `overview.tsv`: one row per sample: `sample, sequences, bp, viral_sequences, viral_regions, viral_bp`
   (`viral_bp`: bases inside viral regions), read from each sample's tables;
 - `models.tsv`: `model, file, sha256` of every model file the run used, as the models step noted them
-  (`virnucpro.notes`): each source file, and the conversion the steps loaded, where there is one;
+  (`virnucpro.io.notes`): each source file, and the conversion the steps loaded, where there is one;
 - `parameters.tsv`: `setting, value`.
 """
 
 from pathlib import Path
 
-from virnucpro.atomic import atomic_outputs
 from virnucpro.errors import VirNucProError
-from virnucpro.regions import REGION_COLUMNS
-from virnucpro.summary import SEQUENCE_COLUMNS
-from virnucpro.tables import read_tsv, write_tsv
+from virnucpro.io.atomic import atomic_outputs
+from virnucpro.io.tables import read_tsv, write_tsv
+from virnucpro.results.regions import REGION_COLUMNS
+from virnucpro.steps.summarize import SEQUENCE_COLUMNS
 
 OVERVIEW_COLUMNS = ["sample", "sequences", "bp", "viral_sequences", "viral_regions", "viral_bp"]
 
@@ -46,8 +46,8 @@ NAMES = {"esm2": "ESM-2 (protein embeddings)", "dnabert_s": "DNABERT-S (nucleoti
 
 def model_rows(notes):
     """The rows of `models.tsv` from the model notes (each a note or the path of one), in the order given."""
-    from virnucpro.checksums import checked_sha256
-    from virnucpro.notes import check_note
+    from virnucpro.io.checksums import checked_sha256
+    from virnucpro.io.notes import check_note
 
     rows = []
     for note in notes:

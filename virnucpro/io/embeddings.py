@@ -6,7 +6,7 @@ float32, and attributes describing how they were made.
 
 import numpy as np
 
-from virnucpro.atomic import atomic_outputs
+from virnucpro.io.atomic import atomic_outputs
 
 
 def write_embeddings(path, ids, embeddings, attrs):

@@ -2,7 +2,7 @@
 
 `embed_shard(plan_dir, shard, notes, receipt)` reads the shard's proteins (`shards/{shard}.faa`) and
 nucleotide slices (`shards/{shard}.fna`) from the plan directory, claims the device the plan was made for
-(`runner.resolve_device`: a GPU of its own), loads the models the notes name (`virnucpro.notes`): ESM-2
+(`runner.resolve_device`: a GPU of its own), loads the models the notes name (`virnucpro.io.notes`): ESM-2
 from its converted float16 file straight onto the device (`esm2.load_converted`) and DNABERT-S from its
 snapshot (each warmed up on a tiny batch, so that its kernels are built while it loads), runs both
 encoders' batches interleaved through one packed runner, writes one store file per
@@ -21,15 +21,15 @@ from pathlib import Path
 
 import torch
 
-from virnucpro import dnabert, esm2
-from virnucpro.atomic import atomic_outputs
-from virnucpro.encoders import DNABERT_PRECISION, namespaces
 from virnucpro.errors import VirNucProError
 from virnucpro.gpus import visible_devices
-from virnucpro.notes import check_note, source_sha256
-from virnucpro.packing import pack
-from virnucpro.runner import Task, resolve_device, run_packed
-from virnucpro.store import Namespace, write_store_file
+from virnucpro.io.atomic import atomic_outputs
+from virnucpro.io.notes import check_note, source_sha256
+from virnucpro.io.store import Namespace, write_store_file
+from virnucpro.models import dnabert, esm2
+from virnucpro.models.encoders import DNABERT_PRECISION, namespaces
+from virnucpro.models.packing import pack
+from virnucpro.models.runner import Task, resolve_device, run_packed
 
 log = logging.getLogger("virnucpro")
 
@@ -141,7 +141,7 @@ def _identity(tokens):
 def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dnabert_tokens_per_batch=None):
     """Embed one shard into the store and write its receipt; see the module docstring.
 
-    notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file (`virnucpro.notes`).
+    notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file (`virnucpro.io.notes`).
     The token budgets are numbers or {device type: number} (config's `embed.*_tokens_per_batch`);
     None takes each encoder's default for the device.
     """

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from virnucpro.atomic import atomic_outputs
 from virnucpro.errors import InputError
 from virnucpro.frames import FRAME_NAMES, encode, fragment_layout, six_frames
-from virnucpro.seqio import MAX_RECORD_BP, read_sequences
+from virnucpro.io.atomic import atomic_outputs
+from virnucpro.io.seqio import MAX_RECORD_BP, read_sequences
 
 log = logging.getLogger("virnucpro")
 MANIFEST_COLUMNS = ("sequence_id", "length", "fragments", "kept_frames")

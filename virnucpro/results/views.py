@@ -8,7 +8,7 @@ import html
 from pathlib import Path
 
 from virnucpro.errors import VirNucProError
-from virnucpro.tables import read_tsv
+from virnucpro.io.tables import read_tsv
 
 STYLE = """
 body { font-family: system-ui, sans-serif; font-size: 13px; margin: 1em; color: #222; }

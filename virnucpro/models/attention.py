@@ -23,7 +23,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from virnucpro.packing import segment_ids
+from virnucpro.models.packing import segment_ids
 
 BACKENDS = ("flash_attn", "torch_varlen", "padded_sdpa", "reference")
 

@@ -2,13 +2,13 @@
 `plan` checkpoint, the embedding store) import this, not the models.
 
 `namespaces(esm2_note, dnabert_note, device_type)` gives the embedding-store namespace
-(`virnucpro.store.Namespace`) of both encoders' embeddings on a device type ("cuda" or "cpu"): the
+(`virnucpro.io.store.Namespace`) of both encoders' embeddings on a device type ("cuda" or "cpu"): the
 model's checksums, the precision of its matrix products there, its pooling rule (and for ESM-2 the
 truncation and the layer). Anything that changes an embedding changes its namespace.
 """
 
-from virnucpro.notes import source_sha256
-from virnucpro.store import Namespace
+from virnucpro.io.notes import source_sha256
+from virnucpro.io.store import Namespace
 
 ESM2_TRUNCATION = 1022  # residues kept per protein, as fair-esm's extract (truncation_seq_length=1022)
 ESM2_POOLING = "mean over residues of the last layer; <cls> and <eos> excluded"

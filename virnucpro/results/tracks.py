@@ -8,15 +8,15 @@ then by start.
   sequence whose length is not a multiple of the fragment size), a fragment's interval ends where the
   next one starts, so that intervals never overlap (bedGraph forbids it); fragments without a frame
   leave a gap.
-- `viral_regions.bed`: the viral regions (`virnucpro.regions`) as BED9: name `viral_region_{k}` (the
+- `viral_regions.bed`: the viral regions (`virnucpro.results.regions`) as BED9: name `viral_region_{k}` (the
   k-th region of that sequence), score 0-1000 from the mean virus score, strand `.`, drawn in red.
 """
 
 import numpy as np
 
 from virnucpro.frames import fragment_layout
-from virnucpro.regions import fragment_index
-from virnucpro.tables import score_text
+from virnucpro.io.tables import score_text
+from virnucpro.results.regions import fragment_index
 
 REGION_RGB = "200,0,0"
 

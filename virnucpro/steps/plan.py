@@ -2,7 +2,7 @@
 
 `plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, device)` reads the kept frames of
 every member (a sample, or a training set) as `prepare` wrote them (`frames.fna` and `frames.faa`: the same
-ids in the same order), keys each frame by content (`virnucpro.store.frame_key`), and leaves out what the
+ids in the same order), keys each frame by content (`virnucpro.io.store.frame_key`), and leaves out what the
 embedding store already holds for each encoder's namespace. Identical frames, within a sample or across
 samples, are embedded once. The remaining frames, in order of first appearance (members in the order
 given), are cut into n = ceil(tokens / tokens_per_shard) contiguous shards balanced by ESM-2 token count
@@ -27,11 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.atomic import disk_full_error, is_disk_full, temp_path_for
-from virnucpro.encoders import ESM2_TRUNCATION
 from virnucpro.errors import VirNucProError
-from virnucpro.seqio import read_fasta
-from virnucpro.store import StoreIndex, frame_key, remove_stale_temporaries, store_files
+from virnucpro.io.atomic import disk_full_error, is_disk_full, temp_path_for
+from virnucpro.io.seqio import read_fasta
+from virnucpro.io.store import (
+    StoreIndex,
+    frame_key,
+    remove_stale_temporaries,
+    store_files,
+)
+from virnucpro.models.encoders import ESM2_TRUNCATION
 
 log = logging.getLogger("virnucpro")
 
@@ -231,14 +236,14 @@ def _log(plan):
 
 
 def plan_run(members, out_dir, store, notes, device, tokens_per_shard, statuses=None):
-    """The `plan` step: the namespaces of the models the notes name (`virnucpro.notes`, checked to be
+    """The `plan` step: the namespaces of the models the notes name (`virnucpro.io.notes`, checked to be
     current), on the device the embedding jobs will use (`gpus.planned_device`), then `plan_embeddings`.
     notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file; statuses: {name:
     prepare status file}: a member whose front end failed is left out (`prepare.prepare_sample`)."""
-    from virnucpro.encoders import namespaces
     from virnucpro.gpus import planned_device
-    from virnucpro.notes import check_note
-    from virnucpro.prepare import read_status
+    from virnucpro.io.notes import check_note
+    from virnucpro.models.encoders import namespaces
+    from virnucpro.steps.prepare import read_status
 
     skipped = {name: error for name, path in (statuses or {}).items() if (error := read_status(path))}
     for name, error in skipped.items():

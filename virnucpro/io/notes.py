@@ -18,8 +18,8 @@ after it was noted never reaches results through an old note, an old conversion 
 import json
 from pathlib import Path
 
-from virnucpro.checksums import checked_sha256
 from virnucpro.errors import VirNucProError
+from virnucpro.io.checksums import checked_sha256
 
 KINDS = ("esm2", "dnabert_s", "classifier")
 

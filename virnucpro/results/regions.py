@@ -22,7 +22,7 @@ import numpy as np
 
 from virnucpro.errors import VirNucProError
 from virnucpro.frames import fragment_layout
-from virnucpro.tables import score_text, write_tsv
+from virnucpro.io.tables import score_text, write_tsv
 
 REGION_COLUMNS = [
     "sequence_id", "start", "end", "length", "fragments", "viral_fragments", "mean_virus_score",
@@ -57,7 +57,7 @@ def _segment_reduce(ufunc, values, lo, hi):
 def call_regions(seqs, frag, fragment_size, max_gap_fragments, min_viral_fragments):
     """Regions of the module docstring as arrays: owner (sequence index), start, end, fragments,
     viral_fragments, mean, max, whole. `frag` holds the classified fragments in input order
-    (`virnucpro.summary.fragment_scores`)."""
+    (`virnucpro.steps.summarize.fragment_scores`)."""
     check_region_settings(max_gap_fragments, min_viral_fragments)
     _, _, frag_start, frag_length = fragment_layout(seqs["length"], fragment_size)
     index = fragment_index(seqs, frag)

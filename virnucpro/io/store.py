@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.atomic import atomic_outputs
 from virnucpro.errors import VirNucProError
+from virnucpro.io.atomic import atomic_outputs
 
 log = logging.getLogger("virnucpro")
 

@@ -4,7 +4,7 @@ the pooled embedding stage, which concern several samples at once."""
 
 from pathlib import Path
 
-from virnucpro.prepare import read_status
+from virnucpro.steps.prepare import read_status
 
 FINAL = "sequence_summary.tsv"  # a sample is finished when its summary is there
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.errors import VirNucProError
-from virnucpro.plan import ENCODERS, member_frames
-from virnucpro.store import Namespace, StoreIndex
+from virnucpro.io.store import Namespace, StoreIndex
+from virnucpro.steps.plan import ENCODERS, member_frames
 
 log = logging.getLogger("virnucpro")
 CHUNK = 8192  # frames read and classified at once

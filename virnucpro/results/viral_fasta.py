@@ -7,7 +7,7 @@ manifest record for record (id and length); anything else means it changed since
 """
 
 from virnucpro.errors import VirNucProError
-from virnucpro.seqio import MAX_RECORD_BP, read_sequences
+from virnucpro.io.seqio import MAX_RECORD_BP, read_sequences
 
 WIDTH = 60
 

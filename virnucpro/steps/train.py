@@ -2,7 +2,7 @@
 
 `train_classifier(members, out_model, metrics_tsv, fragment_size, seed=42, max_epochs=200, patience=5)`:
 - members: labelled training sets, (frames.fna, frames.faa, plan record, label) tuples with label 1 =
-  viral and 0 = other; their features are read from the embedding store (`virnucpro.features`) and all
+  viral and 0 = other; their features are read from the embedding store (`virnucpro.steps.merge`) and all
   frames of all sets are pooled;
 - split: the rows are shuffled with `seed` and 10 % (int(N * 0.1)) are held out, the rest trained on;
 - recipe: `MLPClassifier` (xavier-uniform weights), CrossEntropyLoss, SGD lr 2e-4 momentum 0.9, batches
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from virnucpro.atomic import atomic_outputs
-from virnucpro.classifier import MLPClassifier, write_classifier_file
 from virnucpro.errors import VirNucProError
+from virnucpro.io.atomic import atomic_outputs
+from virnucpro.models.classifier import MLPClassifier, write_classifier_file
 
 log = logging.getLogger("virnucpro")
 
@@ -38,7 +38,7 @@ HELD_OUT = 0.1
 def load_training_set(members):
     """(X float32 (N, D), y int64 (N,), sha256 over the features and labels) from labelled members:
     (frames.fna, frames.faa, plan record, label) tuples, features read from the embedding store."""
-    from virnucpro.features import gather_features
+    from virnucpro.steps.merge import gather_features
 
     xs, ys, digest = [], [], hashlib.sha256()
     for dna, protein, member, label in members:
@@ -165,7 +165,7 @@ def train_classifier(members, out_model, metrics_tsv, fragment_size, seed=42, ma
     })
     if np.isnan(metrics["auroc"]):
         log.warning("the held-out part holds one class only: AUROC is undefined")
-    source = f"trained by virnucpro.train on {len(members)} training set(s), seed {seed}"
+    source = f"trained by virnucpro.steps.train on {len(members)} training set(s), seed {seed}"
     with atomic_outputs(out_model, metrics_tsv) as (tmp_model, tmp_metrics):
         write_classifier_file(model, tmp_model, fragment_size, source, inputs_sha256)
         tmp_metrics.write_text("metric\tvalue\n" + "".join(f"{k}\t{_fmt(v)}\n" for k, v in metrics.items()))

@@ -20,9 +20,7 @@ CPU everything is float32.
 
 import argparse
 import logging
-import pickle
 import re
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,12 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from virnucpro.attention import select_backend, varlen_attention
-from virnucpro.checksums import checked_sha256
-from virnucpro.encoders import ESM2_PRECISION, ESM2_TRUNCATION
 from virnucpro.errors import VirNucProError
-from virnucpro.packing import segment_ids, segment_mean
-from virnucpro.runner import compiled, fall_back
+from virnucpro.io.checksums import checked_sha256
+from virnucpro.io.torchfile import load_torch_file
+from virnucpro.models.attention import select_backend, varlen_attention
+from virnucpro.models.backend import compiled, fall_back
+from virnucpro.models.encoders import ESM2_PRECISION, ESM2_TRUNCATION
+from virnucpro.models.packing import segment_ids, segment_mean
 
 log = logging.getLogger("virnucpro")
 
@@ -103,19 +102,7 @@ def resolve_checkpoint(model):
 
 
 def _safe_torch_load(path):
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
-        raise VirNucProError(
-            f"{path}: not a loadable fair-esm checkpoint (not a torch.save file: it starts with {head!r})"
-        )
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=head.startswith(b"PK"))
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        reason = reason.split(". ")[0]  # torch's first sentence; the rest is advice for other cases
-        raise VirNucProError(f"{path}: not a loadable fair-esm checkpoint ({reason})") from None
+    return load_torch_file(path, _SAFE_GLOBALS, "loadable fair-esm checkpoint")
 
 
 def read_checkpoint(path):
@@ -187,7 +174,7 @@ def convert_checkpoint(source, out, source_sha256):
     """
     from safetensors.torch import safe_open
 
-    from virnucpro.converted import save_safetensors
+    from virnucpro.io.converted import save_safetensors
 
     config, state = read_checkpoint(source)
     try:
@@ -331,7 +318,7 @@ def _kernels_run_on(device):
 
 
 def _kernels():
-    from virnucpro import kernels
+    from virnucpro.models import kernels
 
     return kernels
 
@@ -372,12 +359,12 @@ class PackedESM2:
     here, once:
 
     - "triton" (default on CUDA GPUs of compute capability >= 8.0 when Triton is installed and the head
-      size is 32, 64 or 128): each layer is four cuBLAS GEMMs and the kernels of `virnucpro.kernels`
+      size is 32, 64 or 128): each layer is four cuBLAS GEMMs and the kernels of `virnucpro.models.kernels`
       (rotary fused into attention, which reads q, k, v straight from the projection; residual add
       fused with LayerNorm; GELU in place). The residual stream and the last layer's representation
       are float32, GEMM inputs in `dtype` (benchmarks/results/esm2_accuracy_h200.txt). If a kernel fails
       to build, the model warns once and goes on with the torch path, uncompiled;
-    - otherwise the attention backend of `virnucpro.attention` with the per-layer work around it in
+    - otherwise the attention backend of `virnucpro.models.attention` with the per-layer work around it in
       torch ops, through `torch.compile` when `compile` (default: on CUDA), dynamic in the token count
       only; if compiling fails the model warns once and runs eagerly.
     """

@@ -9,10 +9,10 @@ sha256 in its metadata, and both are checked whenever it is used. A changed sour
 another converted file: a stale conversion can never be picked up. Concurrent jobs converting the same
 source wait for each other (an exclusive lock per file).
 
-Kinds: "esm2" (a fair-esm checkpoint -> `virnucpro.esm2.convert_checkpoint`) and "classifier" (an original
-VirNucPro `{300|500}_model.pth` -> `virnucpro.classifier.convert_original`).
+Kinds: "esm2" (a fair-esm checkpoint -> `virnucpro.models.esm2.convert_checkpoint`) and "classifier" (an original
+VirNucPro `{300|500}_model.pth` -> `virnucpro.models.classifier.convert_original`).
 
-`model_note(kind, source, models_dir)` makes a model's note (`virnucpro.notes`), converting it first
+`model_note(kind, source, models_dir)` makes a model's note (`virnucpro.io.notes`), converting it first
 where its kind needs that; `write_note` is the workflow's `models` step for one model.
 """
 
@@ -23,20 +23,20 @@ import os
 import struct
 from pathlib import Path
 
-from virnucpro.atomic import atomic_outputs
-from virnucpro.checksums import checked_sha256, record_path, write_record
 from virnucpro.errors import VirNucProError
+from virnucpro.io.atomic import atomic_outputs
+from virnucpro.io.checksums import checked_sha256, record_path, write_record
 
 log = logging.getLogger("virnucpro")
 
 
 def _converter(kind):
     if kind == "esm2":
-        from virnucpro.esm2 import convert_checkpoint
+        from virnucpro.models.esm2 import convert_checkpoint
 
         return convert_checkpoint
     if kind == "classifier":
-        from virnucpro.classifier import convert_original
+        from virnucpro.models.classifier import convert_original
 
         return convert_original
     raise VirNucProError(f"unknown model kind '{kind}' to convert (expected esm2 or classifier)")
@@ -87,12 +87,12 @@ def _source_files(kind, source):
     """The files whose checksums identify a model, and the file the steps load (before conversion)."""
     source = Path(source)
     if kind == "dnabert_s":
-        from virnucpro.dnabert import read_snapshot
+        from virnucpro.models.dnabert import read_snapshot
 
         _, tokenizer, weights = read_snapshot(source)  # a missing or broken file is a one-line error
         return [source / "config.json", tokenizer.path, weights]
     if kind == "esm2":
-        from virnucpro.esm2 import resolve_checkpoint
+        from virnucpro.models.esm2 import resolve_checkpoint
 
         return [resolve_checkpoint(source)]
     if kind == "classifier":

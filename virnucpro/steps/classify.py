@@ -1,0 +1,65 @@
+"""The classify step: every frame of a sample scored by the VirNucPro classifier.
+
+It writes the original's `prediction_results` table: header `Sequence_ID\\tPrediction\\tscore1\\tscore2`,
+one row per frame in the order of the sample's frames, scores printed as the original prints them
+(`str` of each float32 value), Prediction `virus` when the argmax is column 1, else `others`.
+"""
+
+import logging
+
+import torch
+
+from virnucpro.errors import VirNucProError
+from virnucpro.io.atomic import atomic_outputs
+from virnucpro.io.notes import check_note
+from virnucpro.models.classifier import classifier_of, predict
+from virnucpro.results.original_files import PREDICTION_HEADER as HEADER
+from virnucpro.steps.merge import iter_features
+
+log = logging.getLogger("virnucpro")
+
+LABELS = ("others", "virus")
+
+
+def format_rows(ids, probabilities):
+    """Lines of the original's prediction table (without header) for `ids` and float32 `probabilities`."""
+    predicted = torch.max(torch.from_numpy(probabilities), 1).indices.tolist() if len(ids) else []
+    return [
+        f"{i}\t{LABELS[p]}\t" + "\t".join(map(str, row)) + "\n"
+        for i, p, row in zip(ids, predicted, probabilities)
+    ]
+
+
+def classify(dna, protein, member, note, fragment_size, out):
+    """Score every frame of a sample (its frames files and plan record; features read from the embedding
+    store) with the classifier that `note` (a model note or the path of one) names; write the prediction
+    table `out`."""
+    note = check_note(note)
+    clf = classifier_of(note)
+    model = note["source"]
+    if clf.fragment_size is None:
+        raise VirNucProError(
+            f"{model}: the classifier's fragment size is unknown; name an original file "
+            "300_model.pth/500_model.pth or convert it first"
+        )
+    if clf.fragment_size != int(fragment_size):
+        raise VirNucProError(
+            f"{model}: classifier trained on {clf.fragment_size} bp fragments, but fragment_size is "
+            f"{fragment_size}; use the {fragment_size}_model classifier or change fragment_size"
+        )
+    n_frames = n_virus = 0
+    with atomic_outputs(out) as (tmp,):
+        with open(tmp, "w") as fh:
+            fh.write(HEADER)
+            for ids, features in iter_features(dna, protein, member):
+                if features.shape[1] != clf.input_dim:
+                    raise VirNucProError(
+                        f"{member}: features have {features.shape[1]} values per frame, the classifier "
+                        f"{model} expects {clf.input_dim}"
+                    )
+                probabilities = predict(clf.model, features)
+                fh.writelines(format_rows(ids, probabilities))
+                n_frames += len(ids)
+                n_virus += int((probabilities[:, 1] > probabilities[:, 0]).sum())
+    log.info("classified %d frames of %s (%d virus) with %s -> %s", n_frames, protein, n_virus, model, out)
+    return out
