@@ -7,7 +7,7 @@ workloads (every protein 166 residues; lengths uniform in 20..166). Each piece i
 float32 reference on the same inputs, then timed with CUDA events (median of `triton.testing.do_bench`):
 
 - attention (rotary included): torch.compile'd rotary + torch varlen_attn (FlashAttention-2) against
-  `kernels.rotary_attention` under several block shapes, with and without pre-rotated keys;
+  `kernels.rotary_attention` under several block shapes;
 - residual add + LayerNorm: torch.compile'd against `kernels.add_layer_norm` (bf16 and float32 stream);
 - erf GELU: eager, torch.compile'd and `kernels.gelu_`;
 - a plain copy of the same bytes (the memory floor of an elementwise pass), and the cuBLAS GEMMs.
@@ -30,15 +30,11 @@ from virnucpro.models.attention import varlen_attention  # noqa: E402
 
 DIM, HEADS, HEAD_DIM, FFN = 2560, 40, 64, 10240
 BLOCK_VARIANTS = [
-    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1, PREROTATE=False),
-    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, PREROTATE=False),
-    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1, PREROTATE=False),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=1, PREROTATE=False),
-    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1, PREROTATE=True),
-    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, PREROTATE=True),
-    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, PREROTATE=True),
-    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2, PREROTATE=True),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, PREROTATE=True),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
 ]
 
 
@@ -132,7 +128,7 @@ def main():
         log(f"attention torch.compile rotary + varlen_attn: rel err vs fp32 {rel(o_old, ref):.2e}, "
             f"{bench(old):.3f} ms (rotary alone {bench(lambda: rot_tok(qkv, cos_t, sin_t)):.3f} ms)")
         for blocks in BLOCK_VARIANTS:
-            scratch = qkv.clone()  # pre-rotation rotates k in place: checked on one copy, timed on another
+            scratch = qkv.clone()  # k is rotated in place: checked on one copy, timed on another
 
             def new(blocks=blocks, qkv=scratch):
                 return kernels.rotary_attention(qkv, cu, max(lengths), HEADS, HEAD_DIM**-0.5, cos_tab, sin_tab,

@@ -27,7 +27,6 @@ import esm  # noqa: E402
 from esm.model.esm2 import ESM2  # noqa: E402
 
 from benchmarks.timing import sync, timed  # noqa: E402
-from virnucpro.models import kernels  # noqa: E402
 from virnucpro.models.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
 from virnucpro.models.runner import embed_packed  # noqa: E402
 
@@ -105,11 +104,11 @@ def gemm_ceiling(packed, device, tokens=65536, reps=3):
     h = torch.randn(tokens, 4 * packed.embed_dim, device=device, dtype=packed.dtype)
 
     def once():
-        for p in packed.layers:
-            torch.nn.functional.linear(x, p["qkv_w"], p["qkv_b"])
-            torch.nn.functional.linear(x, *p["out"])
-            torch.nn.functional.linear(x, *p["fc1"])
-            torch.nn.functional.linear(h, *p["fc2"])
+        for block in packed.layers:
+            block.qkv(x)
+            block.attn_out(x)
+            block.fc1(x)
+            block.fc2(h)
 
     once()
     sync(device)
@@ -170,12 +169,15 @@ def packed_variants(model, tok, seqs, warm, wl, name, dtype, variants, budgets, 
         if variant not in variants or out_of_time():
             continue
         packed = PackedESM2.from_fair_esm(model, device, dtype, **options)
-        check = seqs[:300]
+        chosen, check = packed.backend, seqs[:300]
         ids = [str(i) for i in range(len(check))]
         eager = PackedESM2.from_fair_esm(model, device, dtype, compile=False, kernels=False)
         a = embed_packed(ids, check, tok, eager.embed, dim, device, 16384, "check")
         c = embed_packed(ids, check, tok, packed.embed, dim, device, 16384, "check")
         del eager
+        if packed.produced_by is not chosen:
+            log(f"# {label} failed to build and fell back to {packed.backend.name}: skipped")
+            continue
         cos = (a * c).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(c, axis=1)
         log(f"# {label} vs eager packed {name}, {len(check)} proteins: min cosine {cos.min():.7f}")
         for b in budgets:
@@ -197,7 +199,6 @@ def main():
     ap.add_argument("--n-original", type=int, default=500, help="sequences per original-path run")
     ap.add_argument("--variants", default="original,fair_bf16,packed_eager,packed_compiled,packed_triton,gemm")
     ap.add_argument("--budgets", default="16384,32768,65536,131072", help="packed token budgets (compiled)")
-    ap.add_argument("--max-autotune", action="store_true", help="also try torch.compile max-autotune")
     ap.add_argument("--profile", action="store_true", help="kernel breakdown of one batch per packed variant")
     ap.add_argument("--dtypes", default="float16,bfloat16", help="compute dtypes of the packed variants")
     ap.add_argument("--time-limit", type=float, default=480, help="skip remaining variants after this many s")
@@ -206,7 +207,6 @@ def main():
     device = torch.device(args.device)
     dtypes = [(name, getattr(torch, name)) for name in args.dtypes.split(",")]
     variants = set(args.variants.split(","))
-    default_blocks = dict(kernels.ATTENTION_BLOCKS)
     budgets = [int(b) for b in args.budgets.split(",")]
     start = time.perf_counter()
     lines = []
@@ -247,36 +247,9 @@ def main():
         for name, dtype in dtypes:
             packed_variants(model, tok, seqs, warm, wl, name, dtype, variants, budgets, args, results, log,
                             out_of_time)
-        if "ablations" in variants and not out_of_time():
-            ablations = (
-                (f"{dtypes[0][0]} residual stream", dict(residual_dtype=dtypes[0][1])),
-                ("k rotated in the attention kernel", dict(blocks=dict(PREROTATE=False, num_stages=1))),
-            )
-            for label, change in ablations:
-                if out_of_time():
-                    break
-                packed = PackedESM2.from_fair_esm(model, device, dtypes[0][1], kernels=True)
-                for attr, value in change.items():
-                    if attr == "blocks":
-                        kernels.ATTENTION_BLOCKS = {**default_blocks, **value}
-                    else:
-                        setattr(packed, attr, value)
-                measure(f"{wl} triton kernels, {label}, 65536 tok/batch",
-                        lambda s: run_packed(packed, tok, s, device, 65536), seqs, warm, device, results, log)
-                kernels.ATTENTION_BLOCKS = default_blocks
-                del packed
-        if args.max_autotune and wl == "fixed166" and not out_of_time():
-            import torch._inductor.config as inductor_config
-
-            if hasattr(inductor_config.triton, "enable_persistent_tma_matmul"):
-                inductor_config.triton.enable_persistent_tma_matmul = True
-            packed = PackedESM2.from_fair_esm(model, device, torch.bfloat16, compile=False, kernels=False)
-            packed.compiled = True
-            packed._pre = torch.compile(packed._pre, dynamic=True, mode="max-autotune-no-cudagraphs")
-            packed._post = torch.compile(packed._post, dynamic=True, mode="max-autotune-no-cudagraphs")
-            if args.profile and wl == "fixed166":
-                profile_batch(packed, tok, seqs, device, 65536, log)
-            measure(f"{wl} packed bf16 max-autotune 65536 tok/batch",
+        if "ablations" in variants and not out_of_time():  # the Triton path with a 16-bit residual stream
+            packed = PackedESM2.from_fair_esm(model, device, dtypes[0][1], kernels=True, residual_dtype=dtypes[0][1])
+            measure(f"{wl} triton kernels, {dtypes[0][0]} residual stream, 65536 tok/batch",
                     lambda s: run_packed(packed, tok, s, device, 65536), seqs, warm, device, results, log)
             del packed
         if device.type == "cuda":

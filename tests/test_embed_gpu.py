@@ -28,7 +28,7 @@ def models(tmp_path_factory):
     path = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=2, embed_dim=2560, heads=40), d)
     converted, digest = ensure_converted("esm2", path, d)
     protein = esm2.load_converted(converted, digest, "cuda")
-    assert protein.kernels and protein.dtype == torch.float16
+    assert protein.backend.name == "triton" and protein.dtype == torch.float16
     directory, _, _ = build_tiny_dnabert(d / "DNABERT-S", hidden_size=768, num_hidden_layers=2,
                                          intermediate_size=3072, vocab_size=4096,
                                          tokenizer=train_tokenizer(4096, n_seqs=2000), std=0.02)
@@ -48,7 +48,7 @@ def embed(models, proteins, nucleotides, esm_budget, dna_budget):
     tasks = [Task("esm2", ids, proteins, tok, protein.embed, protein.embed_dim, esm_budget),
              Task("dnabert_s", ids, dna_tok(nucleotides), lambda t: t, dna.embed, 768, dna_budget)]
     got = run_packed(tasks, "cuda")
-    assert protein.kernels, "the Triton kernels failed and the torch path produced the result"
+    assert protein.produced_by.name == "triton", "the Triton kernels failed and the torch path produced the result"
     return got
 
 

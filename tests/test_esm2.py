@@ -3,8 +3,10 @@ fair-esm's own padded forward of the same file, on a tiny model in fair-esm's fi
 
 Tolerances: both sides run in float32 on the CPU over the same (float16-valued) weights and differ only
 in summation order (packed rows vs padded rows, per-segment attention vs masked attention), which is
-~1e-7 relative; 1e-5 leaves room for other BLAS builds while any real defect (a missing scale, a pooled
-BOS, the recomputed instead of the stored rotary table) is >= 1e-4.
+~1e-7 relative; 1e-5 leaves room for other BLAS builds while a missing scale, a pooled BOS or the
+recomputed instead of the stored rotary table is >= 1e-4. Rotary positions that are global instead of
+restarting in every sequence are not caught: q·k depends only on the difference of two positions, which
+a constant offset leaves unchanged in exact arithmetic.
 """
 
 import hashlib
@@ -13,10 +15,18 @@ import esm
 import numpy as np
 import pytest
 import torch
-from tiny_esm2 import build_tiny_esm2, fair_esm_from_file, save_fair_esm_checkpoint
+from tiny_esm2 import (
+    assert_every_layer_matches_fair_esm,
+    build_tiny_esm2,
+    fair_esm_from_file,
+    padded_reference,
+    random_proteins,
+    save_fair_esm_checkpoint,
+)
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.converted import ensure_converted
+from virnucpro.models import esm2
 from virnucpro.models.esm2 import (
     Esm2Tokenizer,
     PackedESM2,
@@ -28,7 +38,6 @@ from virnucpro.models.esm2 import (
 from virnucpro.models.packing import pack
 from virnucpro.models.runner import embed_packed
 
-AA = list("ACDEFGHIKLMNPQRSTVWY")
 RTOL = 1e-5
 
 
@@ -40,20 +49,6 @@ def tiny(tmp_path_factory):
     path = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=3, embed_dim=64, heads=4), d)
     converted, digest = ensure_converted("esm2", path, d)
     return fair_esm_from_file(path), path, load_converted(converted, digest, "cpu"), tokenizer()
-
-
-def _random_proteins(lengths, seed=0):
-    rng = np.random.default_rng(seed)
-    return ["".join(rng.choice(AA, n)) for n in lengths]
-
-
-def _fair_esm_reference(model, seqs, layer):
-    """The original extract: padded batch, truncation 1022, mean over [1, len + 1)."""
-    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    _, _, tokens = alphabet.get_batch_converter(truncation_seq_length=1022)(list(enumerate(seqs)))
-    with torch.no_grad():
-        rep = model(tokens, repr_layers=[layer])["representations"][layer]
-    return np.stack([rep[i, 1 : min(len(s), 1022) + 1].mean(0).numpy() for i, s in enumerate(seqs)])
 
 
 def _rel_err(a, b):
@@ -195,26 +190,9 @@ def test_a_converted_file_must_name_its_source_and_be_unchanged(tiny, tmp_path):
 RAGGED = [1, 2, 3, 7, 20, 64, 100, 166, 300, 511, 700, 1021, 1022, 1023, 1100]
 
 
-def assert_every_layer_matches_fair_esm(model, packed, seqs):
-    """Packed representations of every layer equal fair-esm's padded float32 forward, token by token."""
-    tok = Esm2Tokenizer(esm.data.Alphabet.from_architecture("ESM-1b"))
-    batch = pack(tok(seqs), np.arange(len(seqs)))
-    layers = list(range(packed.num_layers + 1))
-    got = packed.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen, layers)["representations"]
-    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    _, _, tokens = alphabet.get_batch_converter(truncation_seq_length=1022)(list(enumerate(seqs)))
-    with torch.no_grad():
-        want = model(tokens, repr_layers=layers)["representations"]
-    cu = batch.cu_seqlens.tolist()
-    for layer in layers:
-        for i in range(len(seqs)):
-            n = cu[i + 1] - cu[i]
-            torch.testing.assert_close(got[layer][cu[i] : cu[i + 1]], want[layer][i, :n], rtol=RTOL, atol=1e-5)
-
-
 def test_every_layer_matches_fair_esm_token_by_token(tiny):
     ref, _, packed, _ = tiny
-    seqs = _random_proteins([1, 9, 40, 130]) + ["ACD<mask>EFGH<mask>K"]  # <mask>: token-dropout rescaling
+    seqs = random_proteins([1, 9, 40, 130]) + ["ACD<mask>EFGH<mask>K"]  # <mask>: token-dropout rescaling
     assert_every_layer_matches_fair_esm(ref, packed, seqs)
 
 
@@ -224,24 +202,24 @@ def test_every_layer_matches_fair_esm_token_by_token(tiny):
 )
 def test_packed_embeddings_equal_the_padded_original(tiny, budget):
     ref, _, packed, tok = tiny
-    seqs = _random_proteins(RAGGED, seed=1)
+    seqs = random_proteins(RAGGED, seed=1)
     ids = [f"p{i}" for i in range(len(seqs))]
     got = embed_packed(ids, seqs, tok, packed.embed, 64, "cpu", budget, "test")
-    want = _fair_esm_reference(ref, seqs, 3)
+    want = padded_reference(ref, seqs, 3)
     assert _rel_err(got, want).max() < RTOL
 
 
 def test_many_short_and_one_over_the_budget(tiny):
     ref, _, packed, tok = tiny
-    seqs = _random_proteins(list(range(1, 41)) + [1100], seed=2)
+    seqs = random_proteins(list(range(1, 41)) + [1100], seed=2)
     ids = [f"s{i}" for i in range(len(seqs))]
     got = embed_packed(ids, seqs, tok, packed.embed, 64, "cpu", 256, "test")  # 1100 > 256 goes alone
-    assert _rel_err(got, _fair_esm_reference(ref, seqs, 3)).max() < RTOL
+    assert _rel_err(got, padded_reference(ref, seqs, 3)).max() < RTOL
 
 
 def test_no_cross_talk_between_packed_sequences(tiny):
     _, _, packed, tok = tiny
-    seqs = _random_proteins([50, 3, 400, 120, 1], seed=3)
+    seqs = random_proteins([50, 3, 400, 120, 1], seed=3)
     alone = np.stack([packed.embed(pack(tok([s]), [0]))[0].numpy() for s in seqs])
     together = packed.embed(pack(tok(seqs), np.arange(5))).numpy()
     reordered = packed.embed(pack(tok(seqs[::-1]), np.arange(5))).numpy()[::-1]
@@ -251,7 +229,7 @@ def test_no_cross_talk_between_packed_sequences(tiny):
 
 def test_out_of_memory_split_gives_the_same_embeddings(tiny):
     _, _, packed, tok = tiny
-    seqs = _random_proteins(np.random.default_rng(4).integers(1, 200, 60), seed=4)
+    seqs = random_proteins(np.random.default_rng(4).integers(1, 200, 60), seed=4)
     ids = [f"s{i}" for i in range(len(seqs))]
     whole = embed_packed(ids, seqs, tok, packed.embed, 64, "cpu", 7000, "test")  # one batch
 
@@ -279,8 +257,52 @@ def test_compiled_layers_match_eager(tiny):
     """The torch.compile path (token dimension dynamic) computes the same function as the eager one."""
     ref, _, packed, tok = tiny
     compiled = PackedESM2.from_fair_esm(ref, "cpu", torch.float32, compile=True)
+    assert not packed.compiled
     for lengths in ([3, 50, 200], [1, 7, 20, 90, 400, 1100]):  # two token counts: no re-specialisation
-        batch = pack(tok(_random_proteins(lengths, seed=len(lengths))), np.arange(len(lengths)))
+        batch = pack(tok(random_proteins(lengths, seed=len(lengths))), np.arange(len(lengths)))
         want = packed.embed(batch).numpy()
         got = compiled.embed(batch).numpy()
+        assert compiled.produced_by.compiled  # the compiled path produced it: no fallback to eager
         assert _rel_err(got, want).max() < RTOL
+
+
+def _failing_project(exc):
+    def project(*args):
+        raise exc
+
+    return project
+
+
+def test_a_compile_build_failure_falls_back_to_eager(tiny, caplog):
+    from torch._inductor.exc import InductorError
+
+    ref, _, packed, tok = tiny
+    model = PackedESM2.from_fair_esm(ref, "cpu", torch.float32, compile=True)
+    model.backend._project = _failing_project(InductorError(RuntimeError("no C compiler"), None))
+    batch = pack(tok(random_proteins([5, 30])), np.arange(2))
+    with caplog.at_level("WARNING", logger="virnucpro"):
+        got = model.embed(batch)
+    assert torch.equal(got, packed.embed(batch))  # the whole batch again, eagerly
+    assert not model.backend.compiled and model.produced_by is model.backend
+    assert model.backend.name == "reference"
+    assert "torch.compile failed" in caplog.text and "running ESM-2 on plain torch ops" in caplog.text
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("exc", [RuntimeError("CUDA error: an illegal memory access was encountered"),
+                                 ValueError("shapes do not match")], ids=["device-fault", "bug"])
+def test_a_device_fault_or_a_bug_propagates(tiny, compile, exc):
+    """Only a build failure falls back: anything else raised inside the forward reaches the caller."""
+    ref, _, _, tok = tiny
+    model = PackedESM2.from_fair_esm(ref, "cpu", torch.float32, compile=compile)
+    backend = model.backend
+    backend._project = _failing_project(exc)
+    with pytest.raises(type(exc)) as raised:
+        model.embed(pack(tok(random_proteins([5, 30])), np.arange(2)))
+    assert raised.value is exc
+    assert model.backend is backend and model.produced_by is None
+
+
+def test_one_alphabet_reads_checkpoints_and_tokenises():
+    assert esm2.tokenizer().alphabet is esm2.alphabet()
+    assert esm2.alphabet().mask_idx == 32 and esm2.alphabet().cls_idx == 0

@@ -2,8 +2,9 @@
 
 Where there is no GPU they run through Triton's CPU interpreter (conftest sets TRITON_INTERPRET=1), in
 float32 and float16; on a GPU, in bfloat16 and float16. Tolerances follow from where each kernel rounds:
-- float32: only summation order differs (~1e-7 relative); 1e-5 leaves room, and a wrong position,
-  scale, head or sequence boundary is >= 1e-2;
+- float32: only summation order differs (~1e-7 relative); 1e-5 leaves room, and a wrong scale, head or
+  sequence boundary is >= 1e-2. Rotary positions offset by a constant (global instead of restarting in
+  every sequence) are not caught: q·k depends only on the difference of two positions;
 - float16 / bfloat16 attention: q, k (after rotary) and the softmax probabilities are rounded to 11 / 8
   significant bits before the matrix products, as in FlashAttention: ~2^-11 / 2^-8 per element, so the
   output's relative norm error stays under 2e-3 / 1.5e-2;
@@ -20,8 +21,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from test_esm2 import assert_every_layer_matches_fair_esm  # noqa: E402
-from tiny_esm2 import build_tiny_esm2  # noqa: E402
+from tiny_esm2 import assert_every_layer_matches_fair_esm, build_tiny_esm2  # noqa: E402
 
 from virnucpro.models import kernels  # noqa: E402
 from virnucpro.models.attention import varlen_attention  # noqa: E402
@@ -59,10 +59,9 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize("prerotate", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [32, 64])
-def test_rotary_attention_matches_reference(dtype, head_dim, prerotate):
+def test_rotary_attention_matches_reference(dtype, head_dim):
     torch.manual_seed(head_dim)
     heads = 3
     lengths = [1, 2, 63, 64, 65, 130, 7]  # block edges (64) on both sides, a sequence of one token
@@ -73,8 +72,7 @@ def test_rotary_attention_matches_reference(dtype, head_dim, prerotate):
     cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device=DEVICE)
     out = torch.full((t, heads, head_dim), float("nan"), device=DEVICE, dtype=dtype)
     want = _reference_attention(qkv, lengths, heads, head_dim**-0.5, inv_freq)
-    out.copy_(kernels.rotary_attention(qkv, cu, max(lengths), heads, head_dim**-0.5, cos, sin,
-                                       blocks=dict(PREROTATE=prerotate)))
+    out.copy_(kernels.rotary_attention(qkv, cu, max(lengths), heads, head_dim**-0.5, cos, sin))
     assert not out.isnan().any()
     assert _rel(out, want) < ATTENTION_RTOL[dtype]
     for i, n in enumerate(lengths):  # every sequence on its own, not only the batch norm
@@ -161,20 +159,39 @@ def _check_every_layer(model, packed):
 def test_triton_path_matches_fair_esm_layer_by_layer():
     model = build_tiny_esm2(num_layers=2, embed_dim=64, heads=2)  # head size 32
     packed = PackedESM2.from_fair_esm(model, "cpu", torch.float32, kernels=True)
-    assert packed.kernels and packed.attention_backend == "triton"
     _check_every_layer(model, packed)
+    assert packed.produced_by.name == "triton" and packed.attention_backend == "triton"
+
+
+def _broken(exc):
+    def rotary_attention(*args, **kwargs):
+        raise exc
+
+    return rotary_attention
 
 
 def test_a_kernel_that_fails_to_build_falls_back_to_torch_ops(monkeypatch, caplog):
+    from triton.runtime.errors import PTXASError
+
     model = build_tiny_esm2(num_layers=2, embed_dim=64, heads=2)
     packed = PackedESM2.from_fair_esm(model, "cpu", torch.float32, kernels=True)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("PTX assembly failed: sm_70 is not supported\ndetails")
-
-    monkeypatch.setattr(kernels, "rotary_attention", broken)
+    monkeypatch.setattr(kernels, "rotary_attention", _broken(PTXASError("PTX assembly failed: sm_70\ndetails")))
     with caplog.at_level("WARNING", logger="virnucpro"):
         _check_every_layer(model, packed)  # the whole batch again on the torch path: nothing half-done
-    assert not packed.kernels and packed.attention_backend == "reference"
-    assert "the Triton kernels failed (PTX assembly failed: sm_70 is not supported); running ESM-2 on plain" in caplog.text
-    assert not PackedESM2.from_fair_esm(model, "cpu", torch.float32).kernels  # never the default off CUDA
+    assert packed.produced_by.name == "reference" and not packed.compiled
+    assert "the Triton kernels failed (" in caplog.text and "sm_70" in caplog.text
+    assert "running ESM-2 on plain torch ops" in caplog.text
+    assert PackedESM2.from_fair_esm(model, "cpu", torch.float32).backend.name != "triton"  # not off CUDA
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("CUDA error: an illegal memory access was encountered"),
+                                 RuntimeError("PTX assembly failed"), IndexError("a bug")],
+                         ids=["device-fault", "plain-runtime-error", "bug"])
+def test_a_kernel_that_fails_otherwise_propagates(monkeypatch, exc):
+    """Only a build failure falls back: a device fault or a bug inside the Triton forward is raised."""
+    model = build_tiny_esm2(num_layers=1, embed_dim=64, heads=2)
+    packed = PackedESM2.from_fair_esm(model, "cpu", torch.float32, kernels=True)
+    monkeypatch.setattr(kernels, "rotary_attention", _broken(exc))
+    with pytest.raises(type(exc)) as raised:
+        _check_every_layer(model, packed)
+    assert raised.value is exc and packed.backend.name == "triton" and packed.produced_by is None

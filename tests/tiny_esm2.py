@@ -3,12 +3,14 @@
 The files mirror a real `esm2_*.pt` download: a dict with 'model' (the state dict under fairseq names,
 `encoder.sentence_encoder.*` and `encoder.lm_head.*`) and 'cfg' ({'model': argparse.Namespace(...)}),
 plus `<name>-contact-regression.pt` holding the contact head, so the real loader
-(`esm.pretrained.load_model_and_alphabet_core`) is what reads them.
+(`esm.pretrained.load_model_and_alphabet_core`) is what reads them. Also the references that tests and
+benchmarks share: random proteins, fair-esm's padded pooled forward, the layer-by-layer comparison.
 """
 
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -80,3 +82,46 @@ def fair_esm_from_file(path):
             if regression_path.is_file() else None
     model, _ = esm.pretrained.load_model_and_alphabet_core(path.stem, data, regression)
     return model.eval()
+
+
+AA = list("ACDEFGHIKLMNPQRSTVWY")
+LENGTHS = [1, 2, 5, 20, 64, 100, 166, 166, 250, 400, 700, 1021, 1022, 1100]  # both sides of the truncation
+
+
+def random_proteins(lengths, seed=0):
+    """Random proteins over the 20 standard residues, one of each length."""
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(AA, int(n))) for n in lengths]
+
+
+@torch.no_grad()
+def padded_reference(model, seqs, layer, batch=None):
+    """fair-esm's own padded forward of `model` as the original extract pools it: truncation 1022, mean of
+    `layer` over the residues [1, len + 1), float32 on the host; `batch` sequences at a time (all: None)."""
+    convert = model.alphabet.get_batch_converter(truncation_seq_length=1022)
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(seqs), batch or max(len(seqs), 1)):
+        chunk = seqs[i : i + (batch or len(seqs))]
+        _, _, tokens = convert(list(enumerate(chunk)))
+        rep = model(tokens.to(device), repr_layers=[layer])["representations"][layer].float()
+        out += [rep[j, 1 : min(len(s), 1022) + 1].mean(0).cpu().numpy() for j, s in enumerate(chunk)]
+    return np.stack(out)
+
+
+def assert_every_layer_matches_fair_esm(model, packed, seqs, rtol=1e-5, atol=1e-5):
+    """Packed representations of every layer equal fair-esm's padded float32 forward, token by token."""
+    from virnucpro.models.esm2 import tokenizer
+    from virnucpro.models.packing import pack
+
+    batch = pack(tokenizer()(seqs), np.arange(len(seqs)))
+    layers = list(range(packed.num_layers + 1))
+    got = packed.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen, layers)["representations"]
+    _, _, tokens = model.alphabet.get_batch_converter(truncation_seq_length=1022)(list(enumerate(seqs)))
+    with torch.no_grad():
+        want = model(tokens, repr_layers=layers)["representations"]
+    cu = batch.cu_seqlens.tolist()
+    for layer in layers:
+        for i in range(len(seqs)):
+            n = cu[i + 1] - cu[i]
+            torch.testing.assert_close(got[layer][cu[i] : cu[i + 1]], want[layer][i, :n], rtol=rtol, atol=atol)

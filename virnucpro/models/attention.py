@@ -7,15 +7,15 @@ All backends take q, k, v (T, H, Dh) and `cu_seqlens` (B + 1,) int32 on the same
 - "flash_attn":   flash_attn.flash_attn_varlen_func (CUDA, fp16/bf16; ALiBi supported)
 - "torch_varlen": torch.nn.attention.varlen.varlen_attn, PyTorch's FlashAttention (CUDA, fp16/bf16; no ALiBi)
 - "padded_sdpa":  sequences padded to (B, H, Lmax, Dh) and scaled_dot_product_attention with a key
-                  mask and, for ALiBi, an additive bias (CUDA fallback for ALiBi without flash-attn)
+                  mask (without ALiBi) or a per-batch plan of the additive ALiBi bias (with ALiBi: the
+                  CUDA fallback for ALiBi without flash-attn)
 - "reference":    one scaled_dot_product_attention call per sequence (CPU, float32; same numbers as a
                   padded batch, so the CPU path reproduces fair-esm's padded forward)
 
-For ALiBi without flash-attn, padded SDPA measured faster than FlexAttention with a document mask on
-these short sequences (DNABERT-S on an H200: 1.06 M against 0.86 M tokens/s, compiled, 500 bp frames;
-benchmarks/results/dnabert_throughput_h200.md), so it is the only fallback. It builds a per-batch plan
-(padding indices and the bias) once and reuses it for every layer: the plan of the last (cu_seqlens, max_seqlen, slopes)
-is kept, recognised by tensor identity, so the layers of one batch must pass the same tensors.
+For ALiBi without flash-attn, padded SDPA is the only fallback (its comparison with FlexAttention
+is in benchmarks/results/dnabert_throughput_h200.md). It builds a per-batch plan (padding indices and the bias) once and reuses it for
+every layer: the plan of the last (cu_seqlens, max_seqlen, slopes) is kept, recognised by tensor
+identity, so the layers of one batch must pass the same tensors.
 """
 
 import weakref
@@ -52,7 +52,7 @@ def select_backend(device, dtype, alibi=False):
             return "flash_attn"
         if not alibi and _have_torch_varlen():
             return "torch_varlen"
-        # ALiBi without flash-attn: padded SDPA (measured faster than FlexAttention, module docstring)
+        # ALiBi without flash-attn: padded SDPA (module docstring)
         return "padded_sdpa"
     return "reference"
 
@@ -75,10 +75,10 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes=None, 
         from torch.nn.attention.varlen import varlen_attn
 
         return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
-    if alibi_slopes is not None and backend == "padded_sdpa":
+    if backend == "padded_sdpa" and alibi_slopes is not None:
         return _padded_sdpa_alibi(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes)
     if backend == "padded_sdpa":
-        return _padded_sdpa(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes)
+        return _padded_sdpa(q, k, v, cu_seqlens, max_seqlen, scale)
     if backend == "reference":
         return _reference(q, k, v, cu_seqlens, scale, alibi_slopes)
     raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
@@ -104,7 +104,8 @@ def _reference(q, k, v, cu_seqlens, scale, alibi_slopes):
     return out
 
 
-def _padded_sdpa(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes):
+def _padded_sdpa(q, k, v, cu_seqlens, max_seqlen, scale):
+    """Attention without ALiBi as one padded SDPA call with a key mask."""
     t, h, d = q.shape
     b = cu_seqlens.shape[0] - 1
     cu = cu_seqlens.to(torch.int64)
@@ -118,8 +119,6 @@ def _padded_sdpa(q, k, v, cu_seqlens, max_seqlen, scale, alibi_slopes):
 
     mask = torch.zeros(b, 1, 1, max_seqlen, device=q.device, dtype=q.dtype)
     mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
-    if alibi_slopes is not None:
-        mask = mask + _alibi_bias(alibi_slopes, max_seqlen, q.device, q.dtype)[None]
     o = F.scaled_dot_product_attention(to_padded(q), to_padded(k), to_padded(v), attn_mask=mask, scale=scale)
     return o.permute(0, 2, 1, 3)[valid]  # (T, H, Dh)
 

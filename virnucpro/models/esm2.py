@@ -19,6 +19,7 @@ CPU everything is float32.
 """
 
 import argparse
+import functools
 import logging
 import re
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import checked_sha256
@@ -120,7 +122,7 @@ def read_checkpoint(path):
     state = {_PREFIXES.sub("", k): v for k, v in data["model"].items()}
     with torch.device("meta"):
         arch = ESM2(num_layers=cfg.encoder_layers, embed_dim=cfg.encoder_embed_dim,
-                    attention_heads=cfg.encoder_attention_heads, alphabet=ALPHABET, token_dropout=cfg.token_dropout)
+                    attention_heads=cfg.encoder_attention_heads, alphabet=alphabet(), token_dropout=cfg.token_dropout)
     expected = {k: tuple(v.shape) for k, v in arch.state_dict().items() if not k.startswith("contact_head.")}
     for key, shape in expected.items():
         if key not in state and not key.endswith("rot_emb.inv_freq"):
@@ -247,11 +249,18 @@ def load_converted(path, source_sha256, device, dtype=None, **options):
 # ------------------------------------------------------------------------------------ tokenising
 
 
-def tokenizer():
-    """The ESM-2 tokeniser (fair-esm's ESM-1b alphabet, which every ESM-2 model uses)."""
+@functools.cache
+def alphabet():
+    """fair-esm's ESM-1b alphabet, which every ESM-2 model uses: the one the checkpoints are read and the
+    proteins tokenised with."""
     import esm
 
-    return Esm2Tokenizer(esm.data.Alphabet.from_architecture(ALPHABET))
+    return esm.data.Alphabet.from_architecture(ALPHABET)
+
+
+def tokenizer():
+    """The ESM-2 tokeniser over `alphabet()`."""
+    return Esm2Tokenizer(alphabet())
 
 
 class Esm2Tokenizer:
@@ -338,90 +347,167 @@ def _attention_inputs(h, qkv_w, qkv_b, cos, sin, heads, scaling):
     return q, k, v
 
 
-def _attention_output_and_mlp(x, a, out_w, out_b, ln_w, ln_b, eps, fc1_w, fc1_b, fc2_w, fc2_b, nw, nb, neps):
-    """Residual attention output, the pre-LN erf-GELU MLP block, then the next layer norm.
-
-    x (T, D) residual stream, a (T, H, Dh) attention output -> x (T, D) and LayerNorm(x) with the next
-    block's parameters (the final `emb_layer_norm_after` after the last block), fused with the residual.
-    """
-    t, d = x.shape
-    x = x + F.linear(a.reshape(t, d), out_w, out_b)
-    h = F.layer_norm(x, (d,), ln_w, ln_b, eps)
-    x = x + F.linear(F.gelu(F.linear(h, fc1_w, fc1_b)), fc2_w, fc2_b)
-    return x, F.layer_norm(x, (d,), nw, nb, neps)
+def _add_layer_norm(x, delta, weight, bias, eps):
+    """The residual add and the LayerNorm of its result: (x + delta, LayerNorm(x + delta))."""
+    x = x + delta
+    return x, F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-class PackedESM2:
-    """ESM-2 weights run over packed batches.
+@dataclass
+class PackedPass:
+    """What the blocks of one forward pass share: the packed layout, the backend's rotary tables, and the
+    norm whose output is the last layer's representation."""
 
-    Built from an `Esm2Config` and our parameters (`packed_state`: q/k/v fused into one projection), cast
-    to `dtype` on `device`; `from_fair_esm` builds one from a fair-esm `ESM2` module. The path is chosen
-    here, once:
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    rotary: tuple
+    final_norm: nn.LayerNorm
 
-    - "triton" (default on CUDA GPUs of compute capability >= 8.0 when Triton is installed and the head
-      size is 32, 64 or 128): each layer is four cuBLAS GEMMs and the kernels of `virnucpro.models.kernels`
-      (rotary fused into attention, which reads q, k, v straight from the projection; residual add
-      fused with LayerNorm; GELU in place). The residual stream and the last layer's representation
-      are float32, GEMM inputs in `dtype` (benchmarks/results/esm2_accuracy_h200.txt). If a kernel fails
-      to build, the model warns once and goes on with the torch path, uncompiled;
-    - otherwise the attention backend of `virnucpro.models.attention` with the per-layer work around it in
-      torch ops, through `torch.compile` when `compile` (default: on CUDA), dynamic in the token count
-      only; if compiling fails the model warns once and runs eagerly.
-    """
 
-    def __init__(self, config, state, device, dtype, compile=None, kernels=None):
-        self.config = config
-        self.device, self.dtype = torch.device(device), dtype
-        self.num_layers = config.num_layers
-        self.embed_dim = config.embed_dim
-        self.heads = config.attention_heads
-        self.head_dim = config.head_dim
-        self.mask_idx = config.mask_idx
-        self.token_dropout = config.token_dropout
+class TorchBackend:
+    """Torch ops around the attention of `virnucpro.models.attention` (`name`: its backend). When
+    `compiled`, the rotary projection and the residual add + LayerNorm run through `torch.compile`, only
+    the token dimension dynamic: widths, heads and head size stay compile-time constants."""
 
-        def cast(name):
-            return state[name].detach().to(device=self.device, dtype=dtype)
+    what = "torch.compile"  # the generated code a build failure comes from
 
-        def pair(name):
-            return cast(f"{name}.weight"), cast(f"{name}.bias")
+    def __init__(self, attention, heads, compile=False):
+        self.name, self.compiled = attention, bool(compile)
 
-        eps, scaling = config.layer_norm_eps, self.head_dim**-0.5
-        self.embed_weight = cast("embed_tokens.weight")
-        self.layers = []
-        for i in range(self.num_layers):
-            at = f"layers.{i}."
-            qkv_w, qkv_b = pair(f"{at}qkv")
-            self.layers.append(
-                dict(ln1=(*pair(f"{at}attn_norm"), eps), qkv_w=qkv_w, qkv_b=qkv_b, scaling=scaling,
-                     out=pair(f"{at}attn_out"), ln2=(*pair(f"{at}mlp_norm"), eps), fc1=pair(f"{at}fc1"),
-                     fc2=pair(f"{at}fc2"))
-            )
-        self.final_ln = (*pair("final_norm"), eps)
-        self.inv_freq = state["rotary.inv_freq"].to(device=self.device, dtype=torch.float32)  # (Dh / 2,)
-
-        if kernels is None:
-            kernels = _kernels_run_on(self.device) and _kernels().supported(self.head_dim)
-        self.kernels = bool(kernels)
-        self._tables = None  # rotary cos/sin tables of the Triton path, made on first use
-        self.residual_dtype = torch.float32  # of the Triton path (class docstring)
-        self.attention_backend = "triton" if self.kernels else select_backend(self.device, dtype)
-        if compile is None and self.kernels:
-            compile = False
-        if compile is None:
-            compile = self.device.type == "cuda"
-        heads = self.heads
-
-        def pre(h, qkv_w, qkv_b, cos, sin, scaling):  # `heads` a constant, not a symbolic input
+        def project(h, qkv_w, qkv_b, cos, sin, scaling):  # `heads` a constant, not a symbolic input
             return _attention_inputs(h, qkv_w, qkv_b, cos, sin, heads, scaling)
 
-        self._eager = (pre, _attention_output_and_mlp)
-        self._pre, self._post = self._eager
-        if compile:
-            # only the token dimension is dynamic (marked per call): widths, heads and head size stay
-            # compile-time constants, which keeps the generated index arithmetic and reductions fast
-            self._pre = compiled(pre)
-            self._post = compiled(_attention_output_and_mlp)
-        self.compiled = bool(compile)
+        self._project = compiled(project) if compile else project
+        self._add_norm = compiled(_add_layer_norm) if compile else _add_layer_norm
+
+    def _dynamic(self, *tensors):
+        if self.compiled:
+            for t in tensors:
+                torch._dynamo.mark_dynamic(t, 0)
+
+    def residual(self, x):
+        return x
+
+    def rotary(self, inv_freq, cu_seqlens, max_seqlen, seg):
+        """cos, sin (T, 1, Dh) float32 for positions that restart at 0 in every sequence."""
+        pos = torch.arange(seg.shape[0], device=cu_seqlens.device) - cu_seqlens.to(torch.int64)[seg]
+        freqs = pos.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, Dh / 2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (T, 1, Dh)
+        return emb.cos(), emb.sin()
+
+    def attention(self, block, h, run):
+        cos, sin = run.rotary
+        self._dynamic(h, cos, sin)
+        q, k, v = self._project(h, block.qkv.weight, block.qkv.bias, cos, sin, block.scaling)
+        return varlen_attention(q, k, v, run.cu_seqlens, run.max_seqlen, scale=1.0, backend=self.name)
+
+    def add_norm(self, x, delta, norm, run):
+        self._dynamic(x, delta)
+        return self._add_norm(x, delta, norm.weight, norm.bias, norm.eps)
+
+    def gelu(self, x):
+        return F.gelu(x)
+
+
+class TritonBackend:
+    """The kernels of `virnucpro.models.kernels`: rotary fused into attention (reading q, k, v straight
+    from the projection), the residual add fused with LayerNorm and done in place, GELU in place. The
+    residual stream is `residual_dtype` (float32) and so is the last layer's representation; GEMM inputs
+    are in the model's dtype. `blocks` overrides the attention kernel's block shapes."""
+
+    name, compiled, what = "triton", False, "the Triton kernels"
+
+    def __init__(self, dtype, residual_dtype=torch.float32, blocks=None):
+        self.dtype, self.residual_dtype, self.blocks = dtype, residual_dtype, blocks
+        self._tables = None  # rotary cos/sin tables, made on first use
+
+    def residual(self, x):
+        return x.to(self.residual_dtype)
+
+    def rotary(self, inv_freq, cu_seqlens, max_seqlen, seg):
+        """cos/sin tables (positions x Dh / 2, float32) covering max_seqlen."""
+        if self._tables is None or self._tables[0].shape[0] < max_seqlen:
+            self._tables = _kernels().rotary_tables(inv_freq, max(ESM2_TRUNCATION + 2, int(max_seqlen)))
+        return self._tables
+
+    def attention(self, block, h, run):
+        cos, sin = run.rotary
+        return _kernels().rotary_attention(block.qkv(h), run.cu_seqlens, run.max_seqlen, block.heads,
+                                           block.scaling, cos, sin, blocks=self.blocks)
+
+    def add_norm(self, x, delta, norm, run):
+        """x += delta in place; LayerNorm(x) in the model's dtype (float32 for the representation)."""
+        out_dtype = torch.float32 if norm is run.final_norm else self.dtype
+        return x, _kernels().add_layer_norm(x, delta, norm.weight, norm.bias, norm.eps, out_dtype=out_dtype)
+
+    def gelu(self, x):
+        return _kernels().gelu_(x)
+
+
+class Block(nn.Module):
+    """One pre-LayerNorm transformer block: rotary self-attention within each packed sequence, then the
+    erf-GELU MLP, each added to the residual stream."""
+
+    def __init__(self, config):
+        super().__init__()
+        d = config.embed_dim
+        self.heads, self.scaling = config.attention_heads, config.head_dim**-0.5
+        self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.qkv = nn.Linear(d, 3 * d)  # q, k, v in that order
+        self.attn_out = nn.Linear(d, d)
+        self.mlp_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+
+    def forward(self, x, h, next_norm, backend, run):
+        """x (T, D) the residual stream, h its `attn_norm`; returns the new stream and `next_norm` of it
+        (the next block's `attn_norm`, or the final norm), each add fused with the norm after it."""
+        a = backend.attention(self, h, run)  # (T, H, Dh)
+        x, h = backend.add_norm(x, self.attn_out(a.flatten(1)), self.mlp_norm, run)
+        x, h = backend.add_norm(x, self.fc2(backend.gelu(self.fc1(h))), next_norm, run)
+        return x, h
+
+
+class PackedESM2(nn.Module):
+    """ESM-2 run over packed batches.
+
+    Built from an `Esm2Config` and our parameters (`packed_state`: q/k/v fused into one projection), cast
+    to `dtype` on `device`; `from_fair_esm` builds one from a fair-esm `ESM2` module. The backend is
+    chosen here, once:
+
+    - `TritonBackend` when `kernels` (default: on CUDA GPUs of compute capability >= 8.0 with Triton
+      installed and a head size of 32, 64 or 128); `residual_dtype` and `blocks` are its options;
+    - otherwise `TorchBackend` with the attention backend `select_backend` picks, through
+      `torch.compile` when `compile` (default: on CUDA).
+
+    If the backend's generated code fails to build (`backend.fall_back`), the model warns once and runs
+    the whole batch again on eager torch ops, from then on; any other error propagates. `backend` is the
+    current backend, `produced_by` the one that produced the last result.
+    """
+
+    def __init__(self, config, state, device, dtype, compile=None, kernels=None, residual_dtype=torch.float32,
+                 blocks=None):
+        super().__init__()
+        self.config, self.device, self.dtype = config, torch.device(device), dtype
+        self.num_layers, self.embed_dim = config.num_layers, config.embed_dim
+        with torch.device("meta"):
+            self.embed_tokens = nn.Embedding(state["embed_tokens.weight"].shape[0], config.embed_dim)
+            self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+            self.final_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        weights = {k: v.detach().to(device=self.device, dtype=dtype) for k, v in state.items() if k != "rotary.inv_freq"}
+        self.load_state_dict(weights, assign=True)
+        self.requires_grad_(False)
+        self.register_buffer("inv_freq", state["rotary.inv_freq"].to(device=self.device, dtype=torch.float32),
+                             persistent=False)  # (Dh / 2,)
+        if kernels is None:
+            kernels = _kernels_run_on(self.device) and _kernels().supported(config.head_dim)
+        if compile is None:
+            compile = self.device.type == "cuda"
+        if kernels:
+            self.backend = TritonBackend(dtype, residual_dtype, blocks)
+        else:
+            self.backend = TorchBackend(select_backend(self.device, dtype), config.attention_heads, compile)
+        self.produced_by = None
 
     @classmethod
     def from_fair_esm(cls, model, device, dtype, **options):
@@ -429,61 +515,19 @@ class PackedESM2:
         config = Esm2Config.of(model)
         return cls(config, packed_state(config, model.state_dict(), torch.float32), device, dtype, **options)
 
-    def _rotary_tables(self, cu_seqlens, total):
-        """cos, sin (T, 1, Dh) float32 for positions that restart at 0 in every sequence."""
-        seg = segment_ids(cu_seqlens, total)
-        pos = torch.arange(total, device=cu_seqlens.device) - cu_seqlens.to(torch.int64)[seg]
-        freqs = pos.to(torch.float32)[:, None] * self.inv_freq[None, :]  # (T, Dh / 2)
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (T, 1, Dh)
-        return emb.cos(), emb.sin(), seg
+    @property
+    def attention_backend(self):
+        return self.backend.name
 
-    def _embed(self, input_ids, cu_seqlens, seg):
-        x = F.embedding(input_ids, self.embed_weight)  # (T, D)
-        if self.token_dropout:
-            is_mask = input_ids == self.mask_idx
-            x = x.masked_fill(is_mask[:, None], 0.0)
-            lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
-            n_mask = torch.segment_reduce(is_mask.to(torch.float32), "sum", lengths=lens)  # (B,)
-            observed = (n_mask / lens).to(x.dtype)
-            x = x * (1 - 0.15 * 0.8) / (1 - observed)[seg][:, None]
-        return x
+    @property
+    def compiled(self):
+        return self.backend.compiled
 
-    def _first_layer_norm(self, x):
-        w, b, eps = self.layers[0]["ln1"]
-        return F.layer_norm(x, (self.embed_dim,), w.to(x.dtype), b.to(x.dtype), eps).to(self.dtype)
-
-    def _rotary_lookup(self, max_seqlen):
-        """The Triton path's cos/sin tables (positions x Dh / 2, float32), covering max_seqlen."""
-        if self._tables is None or self._tables[0].shape[0] < max_seqlen:
-            self._tables = _kernels().rotary_tables(self.inv_freq, max(ESM2_TRUNCATION + 2, int(max_seqlen)))
-        return self._tables
-
-    def _kernel_layer(self, i, x, h, cu_seqlens, max_seqlen):
-        """Block i on the Triton path; x (the residual stream) is updated in place."""
-        k = _kernels()
-        p = self.layers[i]
-        next_ln = self.layers[i + 1]["ln1"] if i + 1 < self.num_layers else self.final_ln
-        cos, sin = self._rotary_lookup(max_seqlen)
-        qkv = F.linear(h, p["qkv_w"], p["qkv_b"])
-        a = k.rotary_attention(qkv, cu_seqlens, max_seqlen, self.heads, p["scaling"], cos, sin)
-        del qkv
-        h = k.add_layer_norm(x, F.linear(a.view(x.shape), *p["out"]), *p["ln2"], out_dtype=self.dtype)
-        mlp = F.linear(k.gelu_(F.linear(h, *p["fc1"])), *p["fc2"])
-        last = i + 1 == self.num_layers  # the final layer norm's output is the representation: float32
-        return x, k.add_layer_norm(x, mlp, *next_ln, out_dtype=torch.float32 if last else self.dtype)
-
-    def _layer(self, i, x, h, cos, sin, cu_seqlens, max_seqlen):
-        """Block i: x the residual stream, h its layer norm; returns the new x and the next layer norm."""
-        p = self.layers[i]
-        next_ln = self.layers[i + 1]["ln1"] if i + 1 < self.num_layers else self.final_ln
-        if self.compiled:
-            for t in (x, h, cos, sin):
-                torch._dynamo.mark_dynamic(t, 0)
-        q, k, v = self._pre(h, p["qkv_w"], p["qkv_b"], cos, sin, p["scaling"])
-        a = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=1.0, backend=self.attention_backend)
-        if self.compiled:
-            torch._dynamo.mark_dynamic(a, 0)
-        return self._post(x, a, *p["out"], *p["ln2"], *p["fc1"], *p["fc2"], *next_ln)
+    def _fallback(self):
+        """The backend to go on with when the current one fails to build; None for eager torch ops."""
+        if isinstance(self.backend, TritonBackend):
+            return TorchBackend(select_backend(self.device, self.dtype), self.config.attention_heads)
+        return TorchBackend(self.backend.name, self.config.attention_heads) if self.backend.compiled else None
 
     @torch.inference_mode()
     def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers):
@@ -495,45 +539,50 @@ class PackedESM2:
         repr_layers = set(repr_layers)
         if not repr_layers <= set(range(self.num_layers + 1)):
             raise ValueError(f"repr_layers must be within 0..{self.num_layers}")
-        if not self.kernels:
-            return self._forward(input_ids, cu_seqlens, max_seqlen, repr_layers)
         try:
-            return self._forward(input_ids, cu_seqlens, max_seqlen, repr_layers)
-        except Exception as exc:  # a kernel that does not build here: the torch path, from the start
-            fall_back(exc, "the Triton kernels", "ESM-2")
-            self.kernels, self.attention_backend = False, select_backend(self.device, self.dtype)
-            return self._forward(input_ids, cu_seqlens, max_seqlen, repr_layers)
+            out = self(input_ids, cu_seqlens, max_seqlen, repr_layers)
+        except Exception as exc:
+            fallback = self._fallback()
+            if fallback is None:
+                raise
+            fall_back(exc, self.backend.what, "ESM-2")  # raises anything but a build failure
+            self.backend = fallback
+            out = self(input_ids, cu_seqlens, max_seqlen, repr_layers)  # the whole batch again
+        self.produced_by = self.backend
+        return out
 
-    def _forward(self, input_ids, cu_seqlens, max_seqlen, repr_layers):
-        total = input_ids.shape[0]
-        if self.kernels:
-            seg = segment_ids(cu_seqlens, total)
-        else:
-            cos, sin, seg = self._rotary_tables(cu_seqlens, total)
-        x = self._embed(input_ids, cu_seqlens, seg)
+    def forward(self, input_ids, cu_seqlens, max_seqlen, repr_layers):
+        backend, total = self.backend, input_ids.shape[0]
+        seg = segment_ids(cu_seqlens, total)
+        run = PackedPass(cu_seqlens, max_seqlen, backend.rotary(self.inv_freq, cu_seqlens, max_seqlen, seg),
+                         self.final_norm)
+        x = backend.residual(self._embed(input_ids, cu_seqlens, seg))
         last = max(repr_layers, default=0)
-        if self.kernels:
-            x = x.to(self.residual_dtype)
         reps = {0: x.clone() if last else x} if 0 in repr_layers else {}  # the Triton path updates x in place
         h = self._first_layer_norm(x) if last else None
+        norms = [block.attn_norm for block in self.layers[1:]] + [self.final_norm]
         for i in range(last):
-            if self.kernels:
-                x, h = self._kernel_layer(i, x, h, cu_seqlens, max_seqlen)
-            else:
-                x, h = self._run_layer(i, x, h, cos, sin, cu_seqlens, max_seqlen)
+            x, h = self.layers[i](x, h, norms[i], backend, run)
             if i + 1 in repr_layers:  # the last layer with the final norm
                 reps[i + 1] = h if i + 1 == self.num_layers else x.clone() if i + 1 < last else x
         return {"representations": reps}
 
-    def _run_layer(self, *args):
-        if not self.compiled:
-            return self._layer(*args)
-        try:
-            return self._layer(*args)
-        except Exception as exc:
-            fall_back(exc, "torch.compile", "ESM-2")
-            (self._pre, self._post), self.compiled = self._eager, False
-            return self._layer(*args)
+    def _embed(self, input_ids, cu_seqlens, seg):
+        """Token embeddings (T, D), scaled for token dropout as fair-esm does."""
+        x = self.embed_tokens(input_ids)
+        if self.config.token_dropout:
+            is_mask = input_ids == self.config.mask_idx
+            x = x.masked_fill(is_mask[:, None], 0.0)
+            lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
+            n_mask = torch.segment_reduce(is_mask.to(torch.float32), "sum", lengths=lens)  # (B,)
+            observed = (n_mask / lens).to(x.dtype)
+            x = x * (1 - 0.15 * 0.8) / (1 - observed)[seg][:, None]
+        return x
+
+    def _first_layer_norm(self, x):
+        norm = self.layers[0].attn_norm
+        w, b = norm.weight.to(x.dtype), norm.bias.to(x.dtype)
+        return F.layer_norm(x, (self.embed_dim,), w, b, norm.eps).to(self.dtype)
 
     def embed(self, batch):
         """Pooled residue means (S, D) float32 of a PackedBatch already on the device (S: every sequence,

@@ -8,8 +8,8 @@ kernels, each one pass over its data:
   then q and k are rotated ("rotate halves", positions restarting at 0 in every sequence, float32
   cos/sin tables) and rounded to the input dtype, as fair-esm's bf16 forward does before its attention;
   scores and softmax are float32, the probabilities are rounded to the input dtype for the p·v product
-  (as FlashAttention does), the output is normalised in float32. By default (`PREROTATE`) a first
-  kernel rotates the k columns of `qkv` in place, once per key, instead of once per block of queries.
+  (as FlashAttention does), the output is normalised in float32. A first kernel rotates the k columns
+  of `qkv` in place, once per key, so `qkv` is left with its k rotated.
 - `add_layer_norm(x, delta, weight, bias, eps, out_dtype)`: x += delta in place (rounded to x's dtype,
   as an eager `x + delta` is; the model keeps x in float32), then LayerNorm of the new x with float32
   statistics (biased variance, eps inside the square root, as `torch.nn.functional.layer_norm`).
@@ -20,7 +20,8 @@ The GELU is the erf form, x * Phi(x), with erfc from Abramowitz & Stegun 7.1.26 
 bf16, the tests run them on the CPU in float32 and float16 through Triton's interpreter
 (`TRITON_INTERPRET=1`, read when this module is imported). `supported(head_dim)` says whether
 `rotary_attention` handles a head size (a power of two from 32 to 128: each rotary half is a
-matrix-multiply operand). Block shapes were chosen on an H200 (benchmarks/esm2_kernels.py).
+matrix-multiply operand). `ATTENTION_BLOCKS` are the attention kernel's block shapes
+(benchmarks/esm2_kernels.py compares others).
 """
 
 import torch
@@ -28,7 +29,7 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
-ATTENTION_BLOCKS = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, PREROTATE=True)
+ATTENTION_BLOCKS = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
 GELU_BLOCK = 2048
 
 
@@ -54,9 +55,9 @@ def _program(cu_seqlens, n_mblocks, heads):
 
 
 @triton.jit
-def _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, cos_tab, sin_tab, stride_t,
-            D: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, ROTATE_K: tl.constexpr):
-    """One block of keys and values (from k_base, rows n0..) folded into the online softmax."""
+def _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, stride_t,
+            D: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One block of (rotated) keys and values (from k_base, rows n0..) folded into the online softmax."""
     dtype = q1.dtype
     half = tl.arange(0, HALF)
     keys = n0 + tl.arange(0, BLOCK_N)
@@ -64,10 +65,6 @@ def _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, cos_tab, sin_tab, stride_
     k_at = k_base + keys[:, None] * stride_t + half[None, :]
     k1 = tl.load(k_at, mask=in_n[:, None], other=0.0).to(tl.float32)
     k2 = tl.load(k_at + HALF, mask=in_n[:, None], other=0.0).to(tl.float32)
-    if ROTATE_K:
-        ck = tl.load(cos_tab + keys[:, None] * HALF + half[None, :], mask=in_n[:, None], other=0.0)
-        sk = tl.load(sin_tab + keys[:, None] * HALF + half[None, :], mask=in_n[:, None], other=0.0)
-        k1, k2 = _rotate(k1, k2, ck, sk)
     scores = tl.dot(q1, tl.trans(k1.to(dtype))) + tl.dot(q2, tl.trans(k2.to(dtype)))  # float32
     scores = tl.where(in_n[None, :], scores * LOG2E, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(scores, 1))
@@ -83,7 +80,6 @@ def _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, cos_tab, sin_tab, stride_
 def _rotary_attention_kernel(
     qkv, out, cu_seqlens, cos_tab, sin_tab, scale, n_mblocks, heads,
     stride_t, stride_o, D: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PREROTATE: tl.constexpr,
 ):
     # one program per (sequence, head, block of query rows)
     mblock, head, start, length = _program(cu_seqlens, n_mblocks, heads)
@@ -108,8 +104,7 @@ def _rotary_attention_kernel(
     acc = tl.zeros([BLOCK_M, 2 * HALF], tl.float32)
     k_base = qkv + start * stride_t + D + head * 2 * HALF
     for n0 in range(0, length, BLOCK_N):
-        m_i, l_i, acc = _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, cos_tab, sin_tab, stride_t, D, HALF,
-                                BLOCK_N, not PREROTATE)
+        m_i, l_i, acc = _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, stride_t, D, HALF, BLOCK_N)
     o = acc / l_i[:, None]
     o_at = out + (start + rows)[:, None] * stride_o + head * 2 * HALF + tl.arange(0, 2 * HALF)[None, :]
     tl.store(o_at, o.to(out.dtype.element_ty), mask=in_m[:, None])
@@ -144,8 +139,7 @@ def rotary_attention(qkv, cu_seqlens, max_seqlen, heads, scale, cos, sin, blocks
     """qkv (T, 3 * H * Dh) with q, k, v blocks in that order -> attention output (T, H, Dh).
 
     cu_seqlens (B + 1,) int32; cos/sin from `rotary_tables` with at least max_seqlen positions;
-    `blocks` overrides ATTENTION_BLOCKS (benchmarks). With PREROTATE (the default) the k columns of
-    qkv are left rotated.
+    `blocks` overrides ATTENTION_BLOCKS (benchmarks). The k columns of qkv are left rotated.
     """
     t, width = qkv.shape
     d = width // 3
@@ -156,10 +150,9 @@ def rotary_attention(qkv, cu_seqlens, max_seqlen, heads, scale, cos, sin, blocks
     blocks = {**ATTENTION_BLOCKS, **(blocks or {})}
     n_mblocks = triton.cdiv(max(int(max_seqlen), 1), blocks["BLOCK_M"])
     grid = ((cu_seqlens.shape[0] - 1) * heads * n_mblocks,)
-    if grid[0] and blocks["PREROTATE"]:  # k rotated once, in place, instead of once per block of queries
+    if grid[0]:  # k rotated once, in place, instead of once per block of queries
         _rotate_keys_kernel[grid](qkv, cu_seqlens, cos, sin, n_mblocks, heads, qkv.stride(0), D=d,
                                   HALF=head_dim // 2, BLOCK_M=blocks["BLOCK_M"])
-    if grid[0]:
         _rotary_attention_kernel[grid](
             qkv, out, cu_seqlens, cos, sin, float(scale), n_mblocks, heads, qkv.stride(0), d,
             D=d, HALF=head_dim // 2, **blocks,
