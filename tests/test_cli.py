@@ -1,8 +1,26 @@
-"""The `virnucpro` command: every subcommand's help page says what it does and explains every option."""
+"""The `virnucpro` command: every subcommand's help page says what it does and explains every option; its
+defaults are the package's (and config/config.yaml's); a subcommand does what the workflow's script does."""
+
+import json
+import runpy
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
-from virnucpro.cli import build_parser, main
+from virnucpro import cli
+from virnucpro.cli import build_parser, default, main
+from virnucpro.io.checksums import SUFFIX, record_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys, *argv):
+    """(exit status, stdout, stderr) of `virnucpro ARGV...`."""
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
 
 
 def subcommands():
@@ -19,3 +37,54 @@ def test_help_page_describes_the_step_and_every_option(name, capsys):
     with pytest.raises(SystemExit):
         main([name, "--help"])
     assert page.description.split(".")[0] in " ".join(capsys.readouterr().out.split())
+
+
+def test_every_rule_script_has_a_subcommand():
+    scripts = {p.stem for p in (ROOT / "scripts").glob("*.py")}
+    names = {"note_model": "convert-model", "download_model": "download-model"}
+    assert {names.get(s, s) for s in scripts} <= set(subcommands())
+
+
+def test_the_config_holds_the_package_defaults():
+    from virnucpro.models import dnabert, esm2
+    from virnucpro.steps.classify import FRAGMENT_SIZES
+    from virnucpro.steps.summarize import summarize
+    from virnucpro.steps.train import train_classifier
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert config["summary"] == {"viral_fraction_threshold": cli.VIRAL_FRACTION_THRESHOLD,
+                                 "plot_top_sequences": cli.PLOT_TOP_SEQUENCES}
+    for name in ("max_gap_fragments", "min_viral_fragments"):
+        assert config["regions"][name] == default(summarize, name)
+    assert config["report"]["max_table_rows"] == default(summarize, "max_table_rows")
+    assert config["shards"]["tokens_per_shard"] == cli.TOKENS_PER_SHARD
+    assert config["train"]["seed"] == default(train_classifier, "seed")
+    assert config["embed"]["esm2_tokens_per_batch"] == esm2.DEFAULT_TOKENS_PER_BATCH
+    assert config["embed"]["dnabert_tokens_per_batch"] == dnabert.DEFAULT_TOKENS_PER_BATCH
+    assert schema["properties"]["fragment_size"]["enum"] == list(FRAGMENT_SIZES)
+    args = build_parser().parse_args(["summarize", "--predictions", "p", "--manifest", "m", "--fasta", "f",
+                                      "--fragment-size", "500", "--out-dir", "o"])
+    assert (args.threshold, args.top_sequences, args.max_gap_fragments, args.min_viral_fragments) == (
+        config["summary"]["viral_fraction_threshold"], config["summary"]["plot_top_sequences"],
+        config["regions"]["max_gap_fragments"], config["regions"]["min_viral_fragments"])
+
+
+def test_convert_model_writes_the_note_and_checksum_records_of_the_rules_script(tmp_path, capsys):
+    from tests.tiny_dnabert import build_tiny_dnabert
+
+    snapshot, _, _ = build_tiny_dnabert(tmp_path / "DNABERT-S")
+    rule_note = tmp_path / "models" / "notes" / "dnabert_s-rule.json"
+    snakemake = SimpleNamespace(output=[str(rule_note)], input=[str(snapshot)], log=[str(tmp_path / "rule.log")],
+                                params=SimpleNamespace(kind="dnabert_s"), threads=1)
+    runpy.run_path(str(ROOT / "scripts" / "note_model.py"), init_globals={"snakemake": snakemake})
+    records = list(Path(snapshot).glob(f"*{SUFFIX}"))
+    assert records
+    for record in records:
+        record.unlink()  # the CLI must write them again
+    cli_note = tmp_path / "cli.json"
+    rc, out, _ = run_cli(capsys, "convert-model", "dnabert_s", snapshot, "--models-dir", tmp_path / "models",
+                         "--out", cli_note)
+    assert rc == 0 and out.strip() == str(Path(snapshot).resolve())
+    assert json.loads(cli_note.read_text()) == json.loads(rule_note.read_text())
+    assert record_path(snapshot / "config.json").is_file()

@@ -20,7 +20,8 @@ from tests.tiny_esm2 import (
 )
 from virnucpro.cli import main as cli_main
 from virnucpro.io.store import Namespace, store_files
-from virnucpro.steps.merge import gather_features
+from virnucpro.errors import VirNucProError
+from virnucpro.steps.merge import gather_features, iter_features
 
 TOL = 1e-5
 AA = list("ACDEFGHIKLMNPQRSTVWY")
@@ -180,3 +181,27 @@ def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, models, 
     with pytest.raises(VirNucProError, match="set embed.device to cuda"):
         notes = {"esm2": model_note("esm2", esm_path, tmp_path / "m"), "dnabert_s": model_note("dnabert_s", dna_dir)}
         embed_shard(tmp_path / "plan", planned["shards"][0]["name"], notes, tmp_path / "r.json")
+
+
+def test_features_export_refuses_changed_frames_as_classify_does(tmp_path, models, capsys):
+    import h5py
+
+    frames = sample(tmp_path / "s", n=6, seed=2)
+    plan_dir, planned = plan(tmp_path, models, frames)
+    embed_all(tmp_path, models, plan_dir, planned["shards"])
+    member = plan_dir / "members" / "s.json"
+    args = ["features", "--frames-dna", str(frames[0]), "--frames-protein", str(frames[1]), "--member", str(member)]
+    assert cli_main([*args, "--out", str(tmp_path / "f.h5")]) == 0
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert f["embeddings"].shape == (6, 96 + 64)
+        assert f.attrs["esm2_namespace"] == planned["namespaces"]["esm2"]["id"]
+    with pytest.raises(VirNucProError, match="expects 3328"):
+        gather_features(frames[0], frames[1], member, width=3328)
+    for path in frames[:2]:  # one frame fewer than the plan was made for
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:-2]))
+    assert cli_main([*args, "--out", str(tmp_path / "g.h5")]) == 1
+    err = capsys.readouterr().err
+    assert "5 frames, but the embedding plan" in err and not (tmp_path / "g.h5").exists()
+    with pytest.raises(VirNucProError) as classify_reader:
+        list(iter_features(frames[0], frames[1], member))  # what classify reads through
+    assert str(classify_reader.value) in err

@@ -170,6 +170,22 @@ def test_runner_splits_batches_that_run_out_of_memory(caplog):
     assert "splitting it in two" in caplog.text
 
 
+def test_runner_runs_the_halves_of_a_split_batch_before_the_next_batch():
+    ids, seqs = _toy_data(40, seed=7)
+    runs = []
+
+    def forward(batch):
+        runs.append(batch.index.tolist())
+        if len(runs) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return _toy_forward(batch)
+
+    got = embed_packed(ids, seqs, _toy_tokenize, forward, 3, "cpu", 200, "toy")
+    np.testing.assert_allclose(got, _toy_expected(seqs), rtol=1e-6, atol=1e-6)
+    first = runs[0]
+    assert runs[1] + runs[2] == first and len(runs[1]) == len(first) // 2
+
+
 def test_runner_gives_up_when_one_sequence_does_not_fit():
     ids, seqs = _toy_data(20, seed=4)
     seqs[7] = "W" * 500

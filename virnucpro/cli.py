@@ -5,6 +5,8 @@ heavy modules (torch, h5py) are imported inside the handlers so that `virnucpro 
 """
 
 import argparse
+import copy
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -14,8 +16,27 @@ from virnucpro.errors import VirNucProError
 from virnucpro.logs import DATE_FORMAT, LOG_FORMAT
 
 log = logging.getLogger("virnucpro")
-SIZES = [300, 500]
 DEVICES = ["auto", "cpu", "cuda"]
+# Defaults of settings whose step function takes them without one; config/config.yaml sets the same values.
+VIRAL_FRACTION_THRESHOLD = 0.5  # summary.viral_fraction_threshold
+PLOT_TOP_SEQUENCES = 20  # summary.plot_top_sequences
+TOKENS_PER_SHARD = 50_000_000  # shards.tokens_per_shard
+
+
+def default(function, name):
+    """The default of parameter `name` of `function`: the one place such a default is written."""
+    return inspect.signature(function).parameters[name].default
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help strings may be callables, called only when a help page is shown: their values live in modules
+    that import torch, which a plain `virnucpro prepare` does not."""
+
+    def _format_action(self, action):
+        if callable(action.help):
+            action = copy.copy(action)
+            action.help = action.help()
+        return super()._format_action(action)
 
 
 def _prepare(args):
@@ -64,21 +85,15 @@ def _classify(args):
 
 
 def _features(args):
-    from virnucpro.io.embeddings import write_embeddings
-    from virnucpro.steps.merge import gather_features, read_member
+    from virnucpro.steps.merge import write_features
 
-    ids, values = gather_features(args.frames_dna, args.frames_protein, args.member)
-    record = read_member(args.member)
-    attrs = {"content": "classifier features: DNABERT-S embedding then ESM-2 embedding",
-             **{f"{e}_namespace": ns["id"] for e, ns in record["namespaces"].items()}}
-    write_embeddings(args.out, ids, values, attrs)
+    write_features(args.frames_dna, args.frames_protein, args.member, args.out)
 
 
-def _convert(args):
-    from virnucpro.io.converted import ensure_converted
+def _note_model(args):
+    from virnucpro.io.converted import write_note
 
-    out, _ = ensure_converted(args.kind, args.source, args.models_dir)
-    print(out)
+    print(write_note(args.kind, args.source, args.models_dir, args.out)["file"])
 
 
 def _summarize(args):
@@ -96,14 +111,26 @@ def _summarize(args):
         original_calls=out / "prediction_results_highestscore.csv",
         sequences_view=out / "report" / "sequence_summary.html", regions_view=out / "report" / "viral_regions.html",
         max_gap_fragments=args.max_gap_fragments, min_viral_fragments=args.min_viral_fragments,
+        max_table_rows=args.max_table_rows,
     )
+
+
+def _overview(args):
+    from virnucpro.steps.report import write_run_files
+
+    out = Path(args.out_dir)
+    settings = dict(s.partition("=")[::2] for s in args.setting or [])
+    write_run_files(samples=[s[0] for s in args.sample], sequence_summaries=[s[1] for s in args.sample],
+                    viral_regions=[s[2] for s in args.sample], notes=args.note, settings=settings,
+                    overview=out / "overview.tsv", models=out / "models.tsv", parameters=out / "parameters.tsv")
 
 
 def _train(args):
     from virnucpro.steps.train import train_classifier
 
     labelled = [(*m, 1) for m in args.viral] + [(*m, 0) for m in args.other]
-    train_classifier(labelled, args.out_model, args.metrics, args.fragment_size, seed=args.seed)
+    seed = {} if args.seed is None else {"seed": args.seed}  # none given: the function's default
+    train_classifier(labelled, args.out_model, args.metrics, args.fragment_size, **seed)
 
 
 def _download(args):
@@ -112,9 +139,25 @@ def _download(args):
     download_model(args.kind, args.output)
 
 
+# ------------------------------------------------------------------------------------ option groups
+
+
 def _fragment_size(p):
-    p.add_argument("--fragment-size", type=int, required=True, choices=SIZES,
-                   help="fragment length in bp (300 or 500); must match the classifier")
+    from virnucpro.steps.classify import FRAGMENT_SIZES
+
+    sizes = " or ".join(map(str, FRAGMENT_SIZES))
+    p.add_argument("--fragment-size", type=int, required=True, choices=FRAGMENT_SIZES,
+                   help=f"fragment length in bp ({sizes}); must match the classifier")
+
+
+def _models_dir(p):
+    p.add_argument("--models-dir", required=True, help="where converted models are kept (converted/)")
+
+
+def _encoders(p):
+    p.add_argument("--esm2", required=True, help="fair-esm ESM-2 checkpoint file or model name")
+    p.add_argument("--dnabert-s", required=True, help="DNABERT-S snapshot directory")
+    _models_dir(p)
 
 
 def _member_frames(p):
@@ -123,10 +166,32 @@ def _member_frames(p):
     p.add_argument("--member", required=True, help="the sample's record of the embedding plan (members/NAME.json)")
 
 
+def _tokens_per_batch(p, encoder, name):
+    """--{encoder}-tokens-per-batch, its help naming the defaults of `virnucpro.models.{name}`."""
+
+    def help_text():
+        from importlib import import_module
+
+        budgets = import_module(f"virnucpro.models.{name}").DEFAULT_TOKENS_PER_BATCH
+        return (f"token budget of one packed {'ESM-2' if name == 'esm2' else 'DNABERT-S'} batch (default: "
+                f"{budgets['cuda']} on GPU, {budgets['cpu']} on CPU)")
+
+    p.add_argument(f"--{encoder}-tokens-per-batch", type=int, help=help_text)
+
+
+def _seed_help():
+    from virnucpro.steps.train import train_classifier
+
+    return f"seed of the split, the initial weights and the batches (default {default(train_classifier, 'seed')})"
+
+
 def _command(sub, name, handler, summary, description=None):
-    p = sub.add_parser(name, help=summary, description=description or summary)
+    p = sub.add_parser(name, help=summary, description=description or summary, formatter_class=_HelpFormatter)
     p.set_defaults(handler=handler)
     return p
+
+
+# ------------------------------------------------------------------------------------ subcommands
 
 
 def _add_front(sub):
@@ -144,13 +209,12 @@ def _add_front(sub):
                  "and cut the rest into shards balanced by ESM-2 tokens.")
     p.add_argument("--sample", nargs=3, action="append", required=True, metavar=("NAME", "FRAMES_FNA", "FRAMES_FAA"),
                    help="a sample and its frames from `prepare` (repeat for each sample)")
-    p.add_argument("--esm2", required=True, help="fair-esm ESM-2 checkpoint file or model name")
-    p.add_argument("--dnabert-s", required=True, help="DNABERT-S snapshot directory")
-    p.add_argument("--models-dir", required=True, help="where converted models are kept (converted/)")
+    _encoders(p)
     p.add_argument("--store", required=True, help="embedding store directory (shared between runs)")
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="where the embedding jobs will run; auto: cuda when a GPU is visible here")
-    p.add_argument("--tokens-per-shard", type=int, default=50_000_000, help="ESM-2 tokens per shard")
+    p.add_argument("--tokens-per-shard", type=int, default=TOKENS_PER_SHARD,
+                   help=f"ESM-2 tokens per shard (default {TOKENS_PER_SHARD:_})")
     p.add_argument("--out", required=True, help="the plan directory to write")
 
 
@@ -160,20 +224,16 @@ def _add_embed(sub):
                  "embedding store and a receipt.")
     p.add_argument("plan", help="the plan directory")
     p.add_argument("shard", help="the shard's name (plan.json lists them)")
-    p.add_argument("--esm2", required=True, help="fair-esm ESM-2 checkpoint file or model name")
-    p.add_argument("--dnabert-s", required=True, help="DNABERT-S snapshot directory")
-    p.add_argument("--models-dir", required=True, help="where converted models are kept (converted/)")
-    p.add_argument("--esm2-tokens-per-batch", type=int,
-                   help="token budget of one packed ESM-2 batch (default: 65536 on GPU, 4096 on CPU)")
-    p.add_argument("--dnabert-tokens-per-batch", type=int,
-                   help="token budget of one packed DNABERT-S batch (default: 65536 on GPU, 8192 on CPU)")
+    _encoders(p)
+    _tokens_per_batch(p, "esm2", "esm2")
+    _tokens_per_batch(p, "dnabert", "dnabert")
     p.add_argument("--out", required=True, help="the receipt to write (JSON)")
 
     p = _command(sub, "classify", _classify, "score a sample's frames with the VirNucPro classifier",
                  "Read the sample's features from the embedding store and write the original's prediction table.")
     _member_frames(p)
     p.add_argument("--model", required=True, help="original 300/500_model.pth, or our .safetensors classifier")
-    p.add_argument("--models-dir", required=True, help="where converted models are kept (converted/)")
+    _models_dir(p)
     _fragment_size(p)
     p.add_argument("--out", required=True, help="prediction table (the original's columns)")
 
@@ -182,15 +242,19 @@ def _add_embed(sub):
     _member_frames(p)
     p.add_argument("--out", required=True, help="feature file (HDF5)")
 
-    p = _command(sub, "convert-model", _convert, "convert a model once into the form the steps load",
-                 "ESM-2: fair-esm checkpoint -> float16 safetensors; classifier: original .pth -> safetensors. "
-                 "Prints the converted file's path.")
-    p.add_argument("kind", choices=["esm2", "classifier"], help="which model the file is")
-    p.add_argument("source", help="the fair-esm .pt or the original 300/500_model.pth")
-    p.add_argument("--models-dir", required=True, help="where converted models are kept (converted/)")
+    p = _command(sub, "convert-model", _note_model, "note a model: checksum it, convert it once, write its note",
+                 "The models step for one model file: checksum records, the conversion the steps load (ESM-2: "
+                 "fair-esm checkpoint -> float16 safetensors; classifier: original .pth -> safetensors; "
+                 "DNABERT-S: used as it is) and the model's note. Prints the path of the file the steps load.")
+    p.add_argument("kind", choices=["esm2", "dnabert_s", "classifier"], help="which model the file is")
+    p.add_argument("source", help="the fair-esm .pt, the DNABERT-S folder or the original 300/500_model.pth")
+    _models_dir(p)
+    p.add_argument("--out", required=True, help="the model's note to write (JSON; the steps read models from it)")
 
 
 def _add_results(sub):
+    from virnucpro.steps.summarize import summarize
+
     p = _command(sub, "summarize", _summarize, "a sample's tables, viral regions, tracks, viral FASTA and plots",
                  "Per-fragment calls, per-sequence summary, viral regions, genome-browser tracks, the original's "
                  "files, the viral sequences, plots and table pages of one sample.")
@@ -199,12 +263,26 @@ def _add_results(sub):
     p.add_argument("--fasta", required=True, help="the sample's input sequences")
     _fragment_size(p)
     p.add_argument("--out-dir", required=True, help="folder for the tables, viral.fna and plots/")
-    p.add_argument("--threshold", type=float, default=0.5, help="viral fraction for a viral call")
-    p.add_argument("--top-sequences", type=int, default=20, help="sequences in the along-sequence plot")
+    p.add_argument("--threshold", type=float, default=VIRAL_FRACTION_THRESHOLD,
+                   help=f"viral fraction for a viral call (default {VIRAL_FRACTION_THRESHOLD})")
+    p.add_argument("--top-sequences", type=int, default=PLOT_TOP_SEQUENCES,
+                   help=f"sequences in the along-sequence plot (default {PLOT_TOP_SEQUENCES})")
     p.add_argument("--sample", default="", help="the sample's name, for plot titles and tracks")
-    p.add_argument("--max-gap-fragments", type=int, default=1,
-                   help="viral regions: fragments allowed between two viral ones of a region")
-    p.add_argument("--min-viral-fragments", type=int, default=2, help="viral regions: fewest viral fragments")
+    for name, text in (("max_gap_fragments", "viral regions: fragments allowed between two viral ones of a region"),
+                       ("min_viral_fragments", "viral regions: fewest viral fragments"),
+                       ("max_table_rows", "rows per table in the HTML pages")):
+        value = default(summarize, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=f"{text} (default {value})")
+
+    p = _command(sub, "overview", _overview, "the run's overview of all samples, the models and the settings",
+                 "Write overview.tsv (one row per sample), models.tsv (every model file with its sha256, from "
+                 "the notes) and parameters.tsv.")
+    p.add_argument("--sample", nargs=3, action="append", required=True,
+                   metavar=("NAME", "SEQUENCE_SUMMARY", "VIRAL_REGIONS"),
+                   help="a sample and its sequence_summary.tsv and viral_regions.tsv (repeat for each sample)")
+    p.add_argument("--note", action="append", required=True, help="a model note (repeat for each model)")
+    p.add_argument("--setting", action="append", metavar="NAME=VALUE", help="a setting for parameters.tsv (repeatable)")
+    p.add_argument("--out-dir", required=True, help="folder for overview.tsv, models.tsv and parameters.tsv")
 
     p = _command(sub, "train", _train, "train the classifier on labelled training sets",
                  "The original recipe on the features of labelled training sets, read from the embedding store.")
@@ -215,7 +293,7 @@ def _add_results(sub):
     _fragment_size(p)
     p.add_argument("--out-model", required=True, help="trained classifier (.safetensors)")
     p.add_argument("--metrics", required=True, help="held-out metrics (TSV)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the split, the initial weights and the batches")
+    p.add_argument("--seed", type=int, help=_seed_help)
 
     p = _command(sub, "download-model", _download, "fetch and verify a model file")
     p.add_argument("kind", choices=["esm2", "dnabert_s", "classifier"],

@@ -11,6 +11,9 @@ Each task gets one float32 row per input sequence, in input order. Every sequenc
 once; a non-finite embedding stops the run with the sequence's id; any other device fault (a lost GPU, a
 driver or ECC error) stops it with one line (a `VirNucProError`), before anything is written.
 `embed_packed` is the one-task form.
+
+Three parts run a schedule: `_Producer` (the packing thread), `_launched` (starts each batch on the device
+and splits a batch that runs out of memory) and `_Collector` (checks the rows and puts them in input order).
 """
 
 import logging
@@ -88,27 +91,49 @@ def interleave(plans):
     return [(t, plans[t][k]) for _, t, k in sorted(slots)]
 
 
-def _producer(schedule, tasks, pin, out_q, stop):
-    """Tokenise, pack, pad and (on CUDA) pin each scheduled batch; hand them over through `out_q`."""
+class _Producer:
+    """The scheduled batches, tokenised, packed, padded and (on CUDA) pinned by a background thread, at most
+    `PREFETCH_BATCHES` ahead; iterating yields (task index, host batch) and re-raises the thread's error.
+    Used as a context manager: leaving it stops and joins the thread."""
 
-    def put(item):
-        while not stop.is_set():
+    def __init__(self, schedule, tasks, pin):
+        self.schedule, self.tasks, self.pin = schedule, tasks, pin
+        self.queue, self.stop = queue.Queue(maxsize=PREFETCH_BATCHES), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def __iter__(self):
+        while (item := self.queue.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _put(self, item):
+        while not self.stop.is_set():
             try:
-                out_q.put(item, timeout=0.5)
+                self.queue.put(item, timeout=0.5)
                 return
             except queue.Full:
                 continue
 
-    try:
-        for t, index in schedule:
-            if stop.is_set():
-                return
-            task = tasks[t]
-            batch = pack(task.tokenize([task.sequences[i] for i in index]), index).pad_to(task.tokens_per_batch)
-            put((t, batch.pin_memory() if pin else batch))
-        put(_DONE)
-    except BaseException as exc:  # handed to the consumer, which re-raises it
-        put(exc)
+    def _run(self):
+        try:
+            for t, index in self.schedule:
+                if self.stop.is_set():
+                    return
+                task = self.tasks[t]
+                batch = pack(task.tokenize([task.sequences[i] for i in index]), index).pad_to(task.tokens_per_batch)
+                self._put((t, batch.pin_memory() if self.pin else batch))
+            self._put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(exc)
 
 
 class _Progress:
@@ -216,26 +241,45 @@ def _halves(task, host):
     return host.split()
 
 
-def _consume(work_q, tasks, device, collector, current):
-    """Run the batches the producer hands over; the previous batch's results are collected while the
-    device works on the next one. `current` (a one-element list) holds the batch being run, for messages."""
-    pending, retry = None, deque()  # retry: halves of batches that ran out of memory, run first
+def _launched(batches, tasks, device, current):
+    """Start each of `batches` ((task index, host batch)) on the device and yield (task index, host batch,
+    result, event) once it is under way. A batch that runs out of memory is split in halves, which run
+    next, before any later batch. `current` (a one-element list) holds the batch being run, for messages."""
+    batches, retry = iter(batches), deque()
     while True:
-        item = retry.popleft() if retry else work_q.get()
-        if item is _DONE:
-            break
-        if isinstance(item, BaseException):
-            raise item
+        item = retry.popleft() if retry else next(batches, None)
+        if item is None:
+            return
         t, host = current[0] = item
         launched = _launch(tasks[t], host, device)
         if launched is None:
             retry.extendleft(reversed([(t, half) for half in _halves(tasks[t], host)]))
             continue
+        yield (t, host, *launched)
+
+
+def _collect(launched, collector):
+    """Hand each launched batch to `collector` once the next one is under way, so that the device works
+    on batch k + 1 while the rows of batch k come back."""
+    pending = None
+    for item in launched:
         if pending is not None:
             collector.finish(*pending)
-        pending = (t, host, *launched)
+        pending = item
     if pending is not None:
         collector.finish(*pending)
+
+
+def _device_failure(tasks, current, exc):
+    """The one-line error for a device fault `exc` while `current[0]` (task index, host batch) ran."""
+    where = ""
+    if current[0] is not None:
+        t, host = current[0]
+        where = f" on a batch of {len(host.index)} sequences from '{tasks[t].ids[host.index[0]]}'"
+    return VirNucProError(
+        f"{tasks[current[0][0]].label if current[0] else 'embedding'}: device failure{where} "
+        f"({first_line(exc)}); nothing was written, rerun to resume from this shard"
+    )
 
 
 def run_packed(tasks, device):
@@ -249,28 +293,15 @@ def run_packed(tasks, device):
     schedule = interleave(plans)
     if not schedule:
         return collector.out
-    work_q, stop = queue.Queue(maxsize=PREFETCH_BATCHES), threading.Event()
-    producer = threading.Thread(target=_producer, args=(schedule, tasks, device.type == "cuda", work_q, stop),
-                                daemon=True)
-    producer.start()
     current = [None]
-    try:
-        with torch.inference_mode():
-            _consume(work_q, tasks, device, collector, current)
-    except Exception as exc:
-        if not is_device_failure(exc):
-            raise
-        where = ""
-        if current[0] is not None:
-            t, host = current[0]
-            where = f" on a batch of {len(host.index)} sequences from '{tasks[t].ids[host.index[0]]}'"
-        raise VirNucProError(
-            f"{tasks[current[0][0]].label if current[0] else 'embedding'}: device failure{where} "
-            f"({first_line(exc)}); nothing was written, rerun to resume from this shard"
-        ) from None
-    finally:
-        stop.set()
-        producer.join(timeout=10)
+    with _Producer(schedule, tasks, pin=device.type == "cuda") as batches:
+        try:
+            with torch.inference_mode():
+                _collect(_launched(batches, tasks, device, current), collector)
+        except Exception as exc:
+            if not is_device_failure(exc):
+                raise
+            raise _device_failure(tasks, current, exc) from None
     collector.check_complete()
     return collector.out
 

@@ -6,7 +6,9 @@ the store files holding its frames). `iter_features` yields its frames in the or
 in chunks of at most `chunk` frames: (frame ids, features (n, 768 + 2560) float32 for the real models,
 DNABERT-S first, as the original concatenates them). Every frame must be in the store under both
 namespaces: a missing one is an error naming the frame, so that the counts embedded, read and
-classified always agree. The frames must be those the plan was made from.
+classified always agree. The frames must be those the plan was made from, and, where a width is asked
+for, every frame must have that many values. `gather_features` (all frames at once) and `write_features`
+(the `features` step: an HDF5 file) read through `iter_features`, so every reader makes the same checks.
 """
 
 import json
@@ -40,8 +42,9 @@ def member_indexes(record):
     return indexes
 
 
-def iter_features(dna, protein, member, chunk=CHUNK):
-    """Yield (ids, features) chunks of a member's frames; see the module docstring."""
+def iter_features(dna, protein, member, chunk=CHUNK, width=None, wanted_by="the classifier"):
+    """Yield (ids, features) chunks of a member's frames; see the module docstring. `width`, when given,
+    is the number of values per frame that `wanted_by` (for the message) expects."""
     record = read_member(member)
     if record.get("skipped"):
         raise VirNucProError(f"'{record['member']}' was left out of the embedding plan: its front end failed "
@@ -56,7 +59,11 @@ def iter_features(dna, protein, member, chunk=CHUNK):
         seen += len(part)
         ids, keys = [f[0] for f in part], [f[1] for f in part]
         values = [_read(indexes[e], keys, ids, record, e) for e in ENCODERS]
-        yield ids, np.concatenate([values[1], values[0]], axis=1)  # DNABERT-S first
+        features = np.concatenate([values[1], values[0]], axis=1)  # DNABERT-S first
+        if width is not None and features.shape[1] != width:
+            raise VirNucProError(f"{member}: features have {features.shape[1]} values per frame, {wanted_by} "
+                                 f"expects {width}")
+        yield ids, features
     if seen != record["frames"]:
         raise VirNucProError(
             f"{dna}: {seen} frames, but the embedding plan ({member}) was made for {record['frames']}; "
@@ -75,10 +82,26 @@ def _read(index, keys, ids, record, encoder):
         ) from None
 
 
-def gather_features(dna, protein, member):
-    """(ids, features) of all of a member's frames at once."""
+def gather_features(dna, protein, member, width=None):
+    """(ids, features) of all of a member's frames at once (`width` as in `iter_features`)."""
     ids, parts = [], []
-    for chunk_ids, values in iter_features(dna, protein, member):
+    for chunk_ids, values in iter_features(dna, protein, member, width=width):
         ids += chunk_ids
         parts.append(values)
     return ids, (np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32))
+
+
+FEATURES_CONTENT = "classifier features: DNABERT-S embedding then ESM-2 embedding"
+
+
+def write_features(dna, protein, member, out):
+    """The `features` step: all of a member's features (`gather_features`) written to the HDF5 file `out`
+    (datasets ids, embeddings; attributes naming the content and each encoder's namespace)."""
+    from virnucpro.io.embeddings import write_embeddings
+
+    ids, values = gather_features(dna, protein, member)
+    record = read_member(member)
+    attrs = {"content": FEATURES_CONTENT, **{f"{e}_namespace": ns["id"] for e, ns in record["namespaces"].items()}}
+    write_embeddings(out, ids, values, attrs)
+    log.info("%d frames of %s: features -> %s", len(ids), record["member"], out)
+    return out
