@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from virnucpro.errors import VirNucProError
+from virnucpro.errors import VirNucProError, first_line
 from virnucpro.io.checksums import checked_sha256
 from virnucpro.models.attention import select_backend, varlen_attention
 from virnucpro.models.backend import compiled, fall_back
