@@ -42,7 +42,7 @@ from virnucpro.models.packing import segment_mean
 log = logging.getLogger("virnucpro")
 
 DEFAULT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 8192}
-# of the linear layers, by device type: the dtype the first word of the store namespace's precision names
+# dtype of the linear layers by device type: the first word of its store-namespace precision string
 DTYPE = {device: getattr(torch, precision.split()[0]) for device, precision in DNABERT_PRECISION.items()}
 IGNORED_PREFIXES = ("pooler.", "cls.")  # heads the embedding does not use
 IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")  # index buffers some BERTs save
@@ -173,7 +173,7 @@ class Block(nn.Module):
 
     x (T, D) float32 in and out. Matrix products run in the linear weights' dtype; the residual adds,
     LayerNorms and the gated GELU run in float32, so only the matmul inputs and outputs are ever rounded
-    to bf16.
+    to bf16. A compiling DnabertS replaces `post_attention` on each instance by its compiled function.
     """
 
     def __init__(self, config):
@@ -188,6 +188,7 @@ class Block(nn.Module):
         self.mlp_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
 
     def forward(self, x, cu_seqlens, max_seqlen, slopes, backend):
+        """x (T, D) float32 -> (T, D) float32; the other arguments are those of `attention`."""
         heads = self.attention(x, cu_seqlens, max_seqlen, slopes, backend)
         return self.post_attention(x, heads)
 
