@@ -15,8 +15,8 @@ frames as `prepare` writes them for 300 and 500 bp fragments (lengths S-6 .. S, 
   it, in bf16 on CUDA (float32 on CPU), for each ALiBi attention backend, eager and compiled.
 Tokens are the real ones ([CLS] and [SEP] included, no padding). Every variant is warmed up on a slice
 of the workload first (compilation happens there). The ESM-2 comparison uses the ESM-2 packed rate
-given by --esm2-tokens-per-s (default: benchmarks/results/esm2_throughput_h200.md, run C) on the same
-frames' proteins ((bp - 1) // 3 residues + 2 tokens).
+given by --esm2-tokens-per-s (the ESM-2 3B packed rate that benchmarks/esm2_throughput.py measures on
+the same GPU) on the same frames' proteins ((bp - 1) // 3 residues + 2 tokens).
 Needs only torch, numpy, tokenizers, safetensors and this repository.
 """
 
@@ -126,7 +126,7 @@ def measure(name, fn, seqs, warm, device, n_tokens, log, results):
     return row
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="write the table here (as well as printing it)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -141,18 +141,86 @@ def main():
     ap.add_argument("--time-limit", type=float, default=480, help="skip remaining variants after this many s")
     ap.add_argument("--quick", action="store_true", help="a few frames of each kind: a smoke test (CPU)")
     args = ap.parse_args()
-
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
     if args.quick:
         args.n_packed, args.n_original = 48, 8
         args.budgets = "8192"
+    return args
+
+
+def load_variants(snapshot, args, device, dtype):
+    """{(backend, 'eager' | 'compiled'): (model, tokenizer, path)} for the requested variants."""
+    cuda = device.type == "cuda"
     backends = (args.backends.split(",") if args.backends else
                 (["padded_sdpa"] + (["flash_attn"] if _have_flash_attn() else []) if cuda
                  else ["reference", "padded_sdpa"]))
     modes = (args.compile.split(",") if args.compile else (["eager", "compiled"] if cuda else ["eager"]))
-    budgets = [int(b) for b in args.budgets.split(",")]
+    return {(backend, mode): load_dnabert(snapshot, device, dtype, attention=backend, compile=mode == "compiled")
+            for backend in backends for mode in modes}
+
+
+def build_snapshot(directory, arch, log):
+    """A random-weight snapshot of architecture `arch` in `directory`: (snapshot dir, state dict)."""
+    t0 = time.perf_counter()
+    d, layers, heads, inter, vocab = ARCHS[arch]
+    tok = train_tokenizer(vocab, seed=0, n_seqs=2000 if vocab > 1000 else 400)
+    snapshot, state, _ = build_tiny_dnabert(Path(directory) / "DNABERT-S", d, layers, heads, inter, vocab,
+                                            tokenizer=tok, std=0.02 if arch == "full" else None)
+    log(f"# DNABERT-S architecture '{arch}': {layers} layers, {d} wide, {heads} heads, MLP {inter}, "
+        f"vocabulary {tok.get_vocab_size()} (random weights; snapshot built in "
+        f"{time.perf_counter() - t0:.1f} s)")
+    return snapshot, state
+
+
+def run_size(size, args, models, original, device, dtype, out_of_time, log):
+    """Time the original path and every packed variant on `size` bp frames; (size, base, best, esm_s)."""
+    tokenizer = next(iter(models.values()))[1]
+    seqs = workload(size, args.n_packed, seed=size)
+    t0 = time.perf_counter()
+    tokens = tokenizer(seqs)
+    tok_s = time.perf_counter() - t0
+    lengths = np.array([len(t) for t in tokens])
+    n_tok = int(lengths.sum())
+    log(f"## {size} bp frames: {len(seqs)} frames, {n_tok} tokens ({lengths.mean():.1f} per frame, "
+        f"max {lengths.max()}); tokenising alone {len(seqs) / tok_s:.0f} frames/s on the CPU")
+    results = []
+    orig_seqs = seqs[: args.n_original]
+    base = measure(f"{size}bp original fp32, one frame at a time",
+                   lambda s: run_original(original, tokenizer, s, device), orig_seqs, orig_seqs[:4], device,
+                   int(lengths[: args.n_original].sum()), log, results)
+    for (backend, mode), (model, _, _) in models.items():
+        for budget in [int(b) for b in args.budgets.split(",")]:
+            if out_of_time():
+                log(f"# time limit reached: skipping {backend} {mode} {budget}")
+                continue
+            name = f"{size}bp packed {str(dtype).removeprefix('torch.')} {backend} {mode} {budget}"
+            measure(name, lambda s, m=model, b=budget: run_packed(m, tokenizer, s, device, b),
+                    seqs, seqs[: max(64, len(seqs) // 20)], device, n_tok, log, results)
+    best = max(results[1:], key=lambda r: r["tps"])
+    protein_tokens = sum((len(s) - 1) // 3 + 2 for s in seqs)
+    esm_s = protein_tokens / args.esm2_tokens_per_s
+    log(f"# fastest: {best['name']}: {best['tps'] / base['tps']:.1f}x the original's tokens/s; "
+        f"{best['seconds']:.2f} s vs ESM-2 at {args.esm2_tokens_per_s / 1e3:.1f} K tok/s on the same "
+        f"frames' {protein_tokens} protein tokens ({esm_s:.2f} s): DNABERT-S = "
+        f"{100 * best['seconds'] / esm_s:.1f} % of ESM-2"
+        + ("" if device.type == "cuda" else " (ESM-2's rate is a GPU's)"))
+    return size, base, best, esm_s
+
+
+def log_summary(summary, log):
+    log("")
+    log("| frames | path | tokens/s | frames/s | vs original | % of ESM-2 time |")
+    log("|---|---|---|---|---|---|")
+    for size, base, best, esm_s in summary:
+        for row in (base, best):  # time for all the workload's frames at this row's rate, vs ESM-2's
+            share = 100 * best["frames"] / row["fps"] / esm_s
+            log(f"| {size} bp | {row['name'].split(' ', 1)[1]} | {row['tps'] / 1e3:.1f} K | "
+                f"{row['fps']:.0f} | {row['tps'] / base['tps']:.1f}x | {share:.1f} % |")
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.backends.cuda.matmul.allow_tf32 = False  # the original ran true float32
     lines = []
 
@@ -161,70 +229,20 @@ def main():
         lines.append(msg)
 
     start = time.perf_counter()
-    d, layers, heads, inter, vocab = ARCHS[args.arch]
-    if cuda:
+    if device.type == "cuda":
         log(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, flash-attn "
             f"{'yes' if _have_flash_attn() else 'no'}")
     else:
         log(f"# CPU ({torch.get_num_threads()} threads), torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        tok = train_tokenizer(vocab, seed=0, n_seqs=2000 if vocab > 1000 else 400)
-        snapshot, state, _ = build_tiny_dnabert(Path(tmp) / "DNABERT-S", d, layers, heads, inter, vocab,
-                                                tokenizer=tok, std=0.02 if args.arch == "full" else None)
-        log(f"# DNABERT-S architecture '{args.arch}': {layers} layers, {d} wide, {heads} heads, MLP {inter}, "
-            f"vocabulary {tok.get_vocab_size()} (random weights; snapshot built in "
-            f"{time.perf_counter() - t0:.1f} s)")
-        models = {}
-        for backend in backends:
-            for mode in modes:
-                models[backend, mode] = load_dnabert(snapshot, device, dtype, attention=backend,
-                                                     compile=mode == "compiled")
-        tokenizer = models[backends[0], modes[0]][1]
-        original = Original(state, heads, device)
+        snapshot, state = build_snapshot(tmp, args.arch, log)
+        models = load_variants(snapshot, args, device, dtype)
+        original = Original(state, ARCHS[args.arch][2], device)
         del state
-
-        summary = []
-        for size in [int(s) for s in args.sizes.split(",")]:
-            seqs = workload(size, args.n_packed, seed=size)
-            t0 = time.perf_counter()
-            tokens = tokenizer(seqs)
-            tok_s = time.perf_counter() - t0
-            lengths = np.array([len(t) for t in tokens])
-            n_tok = int(lengths.sum())
-            protein_tokens = sum((len(s) - 1) // 3 + 2 for s in seqs)
-            log(f"## {size} bp frames: {len(seqs)} frames, {n_tok} tokens ({lengths.mean():.1f} per frame, "
-                f"max {lengths.max()}); tokenising alone {len(seqs) / tok_s:.0f} frames/s on the CPU")
-            results = []
-            orig_seqs = seqs[: args.n_original]
-            orig_tok = int(lengths[: args.n_original].sum())
-            base = measure(f"{size}bp original fp32, one frame at a time", lambda s: run_original(
-                original, tokenizer, s, device), orig_seqs, orig_seqs[:4], device, orig_tok, log, results)
-            for (backend, mode), (model, _, _) in models.items():
-                for budget in budgets:
-                    if time.perf_counter() - start > args.time_limit:
-                        log(f"# time limit reached: skipping {backend} {mode} {budget}")
-                        continue
-                    name = f"{size}bp packed {str(dtype).removeprefix('torch.')} {backend} {mode} {budget}"
-                    warm = seqs[: max(64, len(seqs) // 20)]
-                    measure(name, lambda s, m=model, b=budget: run_packed(m, tokenizer, s, device, b),
-                            seqs, warm, device, n_tok, log, results)
-            best = max(results[1:], key=lambda r: r["tps"])
-            esm_s = protein_tokens / args.esm2_tokens_per_s
-            log(f"# fastest: {best['name']}: {best['tps'] / base['tps']:.1f}x the original's tokens/s; "
-                f"{best['seconds']:.2f} s vs ESM-2 at {args.esm2_tokens_per_s / 1e3:.1f} K tok/s on the same "
-                f"frames' {protein_tokens} protein tokens ({esm_s:.2f} s): DNABERT-S = "
-                f"{100 * best['seconds'] / esm_s:.1f} % of ESM-2"
-                + ("" if cuda else " (ESM-2's rate is a GPU's)"))
-            summary.append((size, base, best, esm_s))
-        log("")
-        log("| frames | path | tokens/s | frames/s | vs original | % of ESM-2 time |")
-        log("|---|---|---|---|---|---|")
-        for size, base, best, esm_s in summary:
-            for row in (base, best):  # time for all the workload's frames at this row's rate, vs ESM-2's
-                share = 100 * best["frames"] / row["fps"] / esm_s
-                log(f"| {size} bp | {row['name'].split(' ', 1)[1]} | {row['tps'] / 1e3:.1f} K | "
-                    f"{row['fps']:.0f} | {row['tps'] / base['tps']:.1f}x | {share:.1f} % |")
+        summary = [run_size(int(size), args, models, original, device, dtype,
+                            lambda: time.perf_counter() - start > args.time_limit, log)
+                   for size in args.sizes.split(",")]
+        log_summary(summary, log)
     log(f"# total {time.perf_counter() - start:.0f} s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -21,12 +21,14 @@ import torch.nn.functional as F
 from tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer, write_weights
 
 from virnucpro.errors import VirNucProError
+from virnucpro.models import dnabert
 from virnucpro.models.dnabert import (
     DnabertConfig,
     DnaTokenizer,
     alibi_slopes,
     load_dnabert,
 )
+from virnucpro.models.encoders import DNABERT_PRECISION
 from virnucpro.models.packing import pack
 from virnucpro.models.runner import embed_packed
 
@@ -126,8 +128,13 @@ def test_config_reads_published_field_names(snapshot, tmp_path):
     cfg = DnabertConfig.from_json(directory / "config.json")
     sizes = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size)
     assert sizes == (96, 2, 12, 160)
-    assert cfg.vocab_size == 256 and cfg.layer_norm_eps == 1e-12 and cfg.alibi_starting_size == 512
+    assert cfg.vocab_size == 256 and cfg.layer_norm_eps == 1e-12 and cfg.type_vocab_size == 2
     raw = json.loads((directory / "config.json").read_text())
+    # keys of the published config that do not change the forward are ignored, whatever they hold
+    unused = {"alibi_starting_size": "none", "max_position_embeddings": None, "hidden_dropout_prob": -1}
+    assert unused.keys() <= raw.keys()
+    (tmp_path / "config.json").write_text(json.dumps({**raw, **unused}))
+    assert DnabertConfig.from_json(tmp_path / "config.json") == cfg
     del raw["num_attention_heads"]
     (tmp_path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(VirNucProError, match="config lacks 'num_attention_heads'"):
@@ -240,6 +247,46 @@ def test_compiled_layers_match_eager(snapshot):
         got = compiled.embed(batch).numpy()
         assert compiled.compiled  # did not fall back to eager
         assert _rel_err(got, want).max() < TOL
+
+
+def _compiled_raising(exc, calls):
+    """A stand-in for `backend.compiled` whose function raises `exc`, counting its calls."""
+    def build(fn):
+        def run(*args):
+            calls.append(fn)
+            raise exc
+        return run
+    return build
+
+
+def test_compiled_path_falls_back_only_on_a_build_failure(snapshot, monkeypatch, caplog):
+    """A compiled function that cannot be built is replaced by the eager code for good (same bits, one
+    warning, `compiled` false); any other error from it is raised and the model stays compiled."""
+    directory, _, model, tok = snapshot
+    batch = pack(tok(random_dna(4, [3, 50, 200, 600], seed=13)), np.arange(4))
+    want = model.embed(batch)
+    calls = []
+    monkeypatch.setattr(dnabert, "compiled", _compiled_raising(ImportError("no C compiler"), calls))
+    fallen, _, _ = load_dnabert(directory, compile=True)
+    assert fallen.compiled
+    with caplog.at_level("WARNING", logger="virnucpro"):
+        assert torch.equal(fallen.embed(batch), want)
+        assert torch.equal(fallen.embed(batch), want)
+    assert len(calls) == 1 and not fallen.compiled
+    assert "torch.compile failed (no C compiler); running DNABERT-S on plain torch ops" in caplog.text
+
+    monkeypatch.setattr(dnabert, "compiled", _compiled_raising(ValueError("shapes do not match"), calls))
+    failing, _, _ = load_dnabert(directory, compile=True)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        failing.embed(batch)
+    assert failing.compiled
+
+
+def test_compute_dtypes_are_the_store_namespace_precisions():
+    """The dtype a device type computes in is the one its embeddings' namespace names."""
+    assert dnabert.DTYPE == {"cuda": torch.bfloat16, "cpu": torch.float32}
+    for device, precision in DNABERT_PRECISION.items():
+        assert precision.split()[0] == str(dnabert.DTYPE[device]).removeprefix("torch.")
 
 
 def test_cpu_embeddings_do_not_depend_on_batch_composition(snapshot):

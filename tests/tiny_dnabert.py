@@ -50,7 +50,8 @@ def train_tokenizer(vocab_size, seed=0, n_seqs=400, length=1000):
 
 
 def config_dict(hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, vocab_size):
-    """config.json as DNABERT-S publishes it, with the given sizes."""
+    """config.json as DNABERT-S publishes it, with the given sizes, keys the forward does not use
+    (`alibi_starting_size`, `max_position_embeddings`, dropout, `auto_map`, ...) included."""
     return {
         "_name_or_path": "zhihan1996/DNABERT-S",
         "alibi_starting_size": 512,

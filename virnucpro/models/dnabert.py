@@ -20,6 +20,7 @@ it. On a GPU the matrix products run in bf16 while embeddings, LayerNorms, the g
 stream stay float32; on the CPU all is float32.
 """
 
+import functools
 import json
 import logging
 import math
@@ -31,17 +32,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from virnucpro.errors import VirNucProError
+from virnucpro.errors import VirNucProError, first_line
 from virnucpro.io.checksums import checked_sha256
 from virnucpro.models.attention import select_backend, varlen_attention
 from virnucpro.models.backend import compiled, fall_back
-from virnucpro.models.encoders import DNABERT_WEIGHT_FILES
+from virnucpro.models.encoders import DNABERT_PRECISION, DNABERT_WEIGHT_FILES
 from virnucpro.models.packing import segment_mean
 
 log = logging.getLogger("virnucpro")
 
 DEFAULT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 8192}
-DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}  # of the linear layers, by device type
+# dtype of the linear layers by device type: the first word of its store-namespace precision string
+DTYPE = {device: getattr(torch, precision.split()[0]) for device, precision in DNABERT_PRECISION.items()}
 IGNORED_PREFIXES = ("pooler.", "cls.")  # heads the embedding does not use
 IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")  # index buffers some BERTs save
 TOKENIZE_CHUNK = 16384  # sequences per `encode_batch` call
@@ -52,7 +54,8 @@ TOKENIZE_CHUNK = 16384  # sequences per `encode_batch` call
 
 @dataclass(frozen=True)
 class DnabertConfig:
-    """The architecture fields of a DNABERT-S / DNABERT-2 `config.json` (Hugging Face names)."""
+    """The architecture fields of a DNABERT-S / DNABERT-2 `config.json` (Hugging Face names); the file's
+    other keys (dropout, `alibi_starting_size`, `auto_map`, ...) do not change the forward and are ignored."""
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -61,7 +64,6 @@ class DnabertConfig:
     vocab_size: int = 4096
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
-    alibi_starting_size: int = 512  # the original's initial ALiBi table; it grows on demand, no effect here
 
     REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 
@@ -166,40 +168,29 @@ class DnaTokenizer:
 # ------------------------------------------------------------------------------------ the model
 
 
-def post_attention(x, a, out_w, out_b, ln1_w, ln1_b, gate_w, wo_w, wo_b, ln2_w, ln2_b, eps):
-    """The rest of a block after attention: x (T, D) block input (float32), a (T, D) heads merged.
-
-    Matrix products run in the linear weights' dtype; the residual adds, LayerNorms and the gated GELU
-    run in x's dtype (float32), so only the matmul inputs and outputs are ever rounded to bf16.
-    The GELU input is made contiguous: on a strided slice the CPU kernel splits rows between threads and
-    computes the split rows' ends with a scalar erf, so a token's result would depend on its place in
-    the batch; contiguous, every token gets the same bits whatever batch it is packed into.
-    """
-    d = x.shape[1]
-    a = F.linear(a, out_w, out_b).to(x.dtype)  # attention output projection
-    x = F.layer_norm(x + a, (d,), ln1_w, ln1_b, eps)  # residual, post-LN
-    g = F.linear(x.to(gate_w.dtype), gate_w)  # (T, 2I)
-    i = g.shape[1] // 2
-    gate = g[:, :i].to(x.dtype).contiguous()  # (T, I)
-    h = F.gelu(gate) * g[:, i:].to(x.dtype)  # (T, I): erf GELU of the gate times the rest
-    m = F.linear(h.to(wo_w.dtype), wo_w, wo_b).to(x.dtype)  # (T, D)
-    return F.layer_norm(x + m, (d,), ln2_w, ln2_b, eps)  # residual, post-LN
-
-
 class Block(nn.Module):
-    """One post-LayerNorm encoder layer (parameter names: see CHECKPOINT_NAMES)."""
+    """One post-LayerNorm encoder layer (parameter names: see CHECKPOINT_LAYER_NAMES).
+
+    x (T, D) float32 in and out. Matrix products run in the linear weights' dtype; the residual adds,
+    LayerNorms and the gated GELU run in float32, so only the matmul inputs and outputs are ever rounded
+    to bf16. A compiling DnabertS replaces `post_attention` on each instance by its compiled function.
+    """
 
     def __init__(self, config):
         super().__init__()
         d, i = config.hidden_size, config.intermediate_size
         self.heads, self.head_dim = config.num_attention_heads, config.head_dim
-        self.eps = config.layer_norm_eps
         self.Wqkv = nn.Linear(d, 3 * d)
         self.attn_out = nn.Linear(d, d)
-        self.attn_norm = nn.LayerNorm(d, eps=self.eps)
+        self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.gated_layers = nn.Linear(d, 2 * i, bias=False)
         self.wo = nn.Linear(i, d)
-        self.mlp_norm = nn.LayerNorm(d, eps=self.eps)
+        self.mlp_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+
+    def forward(self, x, cu_seqlens, max_seqlen, slopes, backend):
+        """x (T, D) float32 -> (T, D) float32; the other arguments are those of `attention`."""
+        heads = self.attention(x, cu_seqlens, max_seqlen, slopes, backend)
+        return self.post_attention(x, heads)
 
     def attention(self, x, cu_seqlens, max_seqlen, slopes, backend):
         """x (T, D) -> the attention heads of every token, merged: (T, D) in the linear weights' dtype."""
@@ -210,10 +201,23 @@ class Block(nn.Module):
                              alibi_slopes=slopes, backend=backend)  # (T, H, Dh)
         return a.reshape(t, d)
 
-    def post_params(self):
-        return (self.attn_out.weight, self.attn_out.bias, self.attn_norm.weight, self.attn_norm.bias,
-                self.gated_layers.weight, self.wo.weight, self.wo.bias, self.mlp_norm.weight,
-                self.mlp_norm.bias, self.eps)
+    def post_attention(self, x, heads):
+        """The rest of the block: x (T, D) its input, heads (T, D) from `attention` -> (T, D) float32."""
+        x = self.attn_norm(x + self.attn_out(heads).to(x.dtype))  # residual, post-LN
+        return self.mlp_norm(x + self.mlp(x))  # residual, post-LN
+
+    def mlp(self, x):
+        """gelu(h[:, :I]) * h[:, I:] with h = gated_layers(x), then wo: (T, D) -> (T, D) in x's dtype.
+
+        The GELU input is made contiguous: on a strided slice the CPU kernel splits rows between threads
+        and computes the split rows' ends with a scalar erf, so a token's result would depend on its place
+        in the batch; contiguous, every token gets the same bits whatever batch it is packed into.
+        """
+        g = self.gated_layers(x.to(self.gated_layers.weight.dtype))  # (T, 2I)
+        i = self.wo.in_features
+        gate = g[:, :i].to(x.dtype).contiguous()  # (T, I)
+        h = F.gelu(gate) * g[:, i:].to(x.dtype)  # (T, I): erf GELU of the gate times the rest
+        return self.wo(h.to(self.wo.weight.dtype)).to(x.dtype)
 
 
 # checkpoint name -> parameter name here; layer entries sit under `encoder.layer.{n}.` / `layers.{n}.`
@@ -235,10 +239,12 @@ CHECKPOINT_LAYER_NAMES = {
 class DnabertS(nn.Module):
     """DNABERT-S over packed batches (parameter names: CHECKPOINT_NAMES maps the published ones).
 
-    `attention` is a backend of `virnucpro.models.attention` ("reference" on CPU); `compile` runs the per-layer
-    work after attention through `torch.compile` (only the token dimension dynamic) and falls back to
-    eager code, with one warning, if compiling fails. `to_inference(device, dtype)` puts the linear layers
-    in `dtype` (bf16 on GPU) and keeps the embeddings, LayerNorms and residual stream in float32.
+    `attention` is a backend of `virnucpro.models.attention` ("reference" on CPU). `compile` runs every
+    block's `post_attention` through one `torch.compile`d function (only the token dimension dynamic);
+    if that cannot be built, the model logs one warning and runs eagerly from then on, and any other
+    error is raised. `compiled` tells whether the compiled path computes the results.
+    `to_inference(device, dtype)` puts the linear layers in `dtype` (bf16 on GPU) and keeps the
+    embeddings, LayerNorms and residual stream in float32.
     """
 
     def __init__(self, config, attention="reference", compile=False):
@@ -252,8 +258,28 @@ class DnabertS(nn.Module):
         self.slopes = alibi_slopes(config.num_attention_heads)
         self._slopes_on = {}  # device -> (H,) float32, kept in float32 whatever the weights' dtype
         self.attention_backend = attention
-        self._post = compiled(post_attention) if compile else post_attention
-        self.compiled = bool(compile)
+        self._use_compiled(bool(compile))
+
+    def _use_compiled(self, on):
+        """Every block's `post_attention` through the compiled function (on), or the eager method."""
+        self._compiled_post = compiled(Block.post_attention) if on else None
+        for block in self.layers:
+            if on:
+                block.post_attention = functools.partial(self._run_compiled, block)
+            else:
+                vars(block).pop("post_attention", None)
+        self.compiled = on
+
+    def _run_compiled(self, block, x, heads):
+        """`block.post_attention(x, heads)` through the compiled function; eager after a build failure."""
+        torch._dynamo.mark_dynamic(x, 0)
+        torch._dynamo.mark_dynamic(heads, 0)
+        try:
+            return self._compiled_post(block, x, heads)
+        except Exception as exc:
+            fall_back(exc, "torch.compile", "DNABERT-S")
+            self._use_compiled(False)
+            return block.post_attention(x, heads)
 
     def to_inference(self, device, dtype):
         """Linear layers in `dtype` on `device`; embeddings and LayerNorms stay float32.
@@ -282,21 +308,8 @@ class DnabertS(nn.Module):
         x = self.embed_norm(x)
         slopes = self.alibi_slopes(x.device)
         for block in self.layers:
-            a = block.attention(x, cu_seqlens, max_seqlen, slopes, self.attention_backend)
-            x = self._run_post(x, a, block.post_params())
+            x = block(x, cu_seqlens, max_seqlen, slopes, self.attention_backend)
         return x
-
-    def _run_post(self, x, a, params):
-        if not self.compiled:
-            return post_attention(x, a, *params)
-        torch._dynamo.mark_dynamic(x, 0)
-        torch._dynamo.mark_dynamic(a, 0)
-        try:
-            return self._post(x, a, *params)
-        except Exception as exc:
-            fall_back(exc, "torch.compile", "DNABERT-S")
-            self._post, self.compiled = post_attention, False
-            return post_attention(x, a, *params)
 
     @torch.inference_mode()
     def embed(self, batch):
@@ -412,9 +425,8 @@ def read_snapshot(model_dir):
 def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None, compile=False):
     """(DnabertS in eval mode on `device` in `dtype`, DnaTokenizer, weights path) from a snapshot dir.
 
-    attention: a backend name, or None to choose by capability. compile: run the per-layer work through
-    `torch.compile`; off by default, since compiling costs a job more than it saves on the DNABERT-S work
-    of a shard (measured in benchmarks/results/workflow_throughput_h200.md).
+    attention: a backend name, or None to choose by capability. compile: run each block's work after
+    attention through `torch.compile` (see DnabertS); off by default.
     """
     device = torch.device(device)
     config, tokenizer, path = read_snapshot(model_dir)
