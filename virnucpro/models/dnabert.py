@@ -36,14 +36,14 @@ from virnucpro.errors import VirNucProError, first_line
 from virnucpro.io.checksums import checked_sha256
 from virnucpro.models.attention import select_backend, varlen_attention
 from virnucpro.models.backend import compiled, fall_back
-from virnucpro.models.encoders import DNABERT_PRECISION, DNABERT_WEIGHT_FILES
+from virnucpro.models.encoders import DNABERT_DTYPE, DNABERT_WEIGHT_FILES
 from virnucpro.models.packing import segment_mean
 
 log = logging.getLogger("virnucpro")
 
 DEFAULT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 8192}
 # dtype of the linear layers by device type: the first word of its store-namespace precision string
-DTYPE = {device: getattr(torch, precision.split()[0]) for device, precision in DNABERT_PRECISION.items()}
+DTYPE = {device: getattr(torch, name) for device, name in DNABERT_DTYPE.items()}
 IGNORED_PREFIXES = ("pooler.", "cls.")  # heads the embedding does not use
 IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")  # index buffers some BERTs save
 TOKENIZE_CHUNK = 16384  # sequences per `encode_batch` call

@@ -14,8 +14,9 @@ ESM2_TRUNCATION = 1022  # residues kept per protein, as fair-esm's extract (trun
 ESM2_POOLING = "mean over residues of the last layer; <cls> and <eos> excluded"
 ESM2_PRECISION = {"cuda": "float16", "cpu": "float32"}  # of the matrix products, by device type
 DNABERT_POOLING = "mean of the last hidden state over all tokens, [CLS] and [SEP] included"
-DNABERT_PRECISION = {"cuda": "bfloat16 matmuls; float32 embeddings, LayerNorm, GELU and residual stream",
-                     "cpu": "float32"}
+DNABERT_DTYPE = {"cuda": "bfloat16", "cpu": "float32"}  # of the linear layers, by device type
+DNABERT_PRECISION = {"cuda": f"{DNABERT_DTYPE['cuda']} matmuls; float32 embeddings, LayerNorm, GELU and residual stream",
+                     "cpu": DNABERT_DTYPE["cpu"]}
 DNABERT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
 
 
