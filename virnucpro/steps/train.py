@@ -52,7 +52,7 @@ def load_training_set(members):
         if emb.shape[0]:
             xs.append(emb)
             ys.append(np.full(emb.shape[0], label, dtype=np.int64))
-            digest.update(np.ascontiguousarray(emb))  # the buffer itself, not two copies of it
+            digest.update(np.ascontiguousarray(emb))  # the array's buffer, copied only when not contiguous
             digest.update(bytes([label]))
     if not xs:
         raise VirNucProError("no frames in the training sets")
