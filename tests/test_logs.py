@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from virnucpro.logs import run_step
+from virnucpro.logs import THREAD_VARIABLES, run_step
 
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} virnucpro INFO ")
 
@@ -19,6 +19,18 @@ DATED = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} virnucpro INFO ")
 def _say(text):
     logging.getLogger("virnucpro").info(text)
     return text
+
+
+@pytest.fixture(autouse=True)
+def thread_variables():
+    """run_step sets the thread variables of this process: each test gets them back as they were."""
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture
@@ -52,6 +64,29 @@ def test_threads_reach_torch_and_the_tokenizers_pool(tmp_path, monkeypatch, torc
     monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
     seen = run_step(tmp_path / "step.log", lambda: (torch.get_num_threads(), os.environ["RAYON_NUM_THREADS"]), threads=3)
     assert seen == (3, "3")
+
+
+def test_threads_hold_for_torch_imported_by_the_step(tmp_path):
+    """A step that imports torch only when it runs still gets the rule's thread count."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, text=True, env=env, check=True).stdout
+    if int(default) == 1:
+        pytest.skip("torch runs on one thread here anyway: one thread proves nothing")
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from virnucpro.logs import run_step
+        assert "torch" not in sys.modules
+        def step():
+            import torch
+            return torch.get_num_threads()
+        seen = run_step({str(tmp_path / "step.log")!r}, step, threads=1)
+        assert seen == 1, seen
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_cpu_steps_do_not_import_torch_for_their_threads(tmp_path):

@@ -90,7 +90,7 @@ def test_fragment_layout_matches_reference_for_all_lengths():
             assert all(0 <= a and a + n <= L for a, n in zip(start[sel], frag_len[sel]))
 
 
-@pytest.mark.parametrize("size", [300, 500])
+@pytest.mark.parametrize("size", [300, 500, 1000])  # any fragment size, not only the classifiers'
 def test_matches_per_codon_reference_on_random_iupac_input(tmp_path, size):
     rng = np.random.default_rng(size)
     records = random_records(rng, 150, alphabet="ACGTACGTACGTacgtNRYKM")

@@ -59,9 +59,15 @@ def tables(tmp_path):
     return tmp_path, seqs, regions
 
 
+def views(seqs, regions):
+    """The two tables as `write_table_views` takes them: (header, rows of text)."""
+    return ((SEQUENCE_COLUMNS, [[str(x) for x in r] for r in seqs]),
+            (REGION_COLUMNS, [[str(x) for x in r] for r in regions]))
+
+
 def test_table_views_show_every_row_viral_first(tables):
     d, seqs, regions = tables
-    write_table_views(d / "ss.tsv", d / "vr.tsv", d / "ss.html", d / "vr.html", "my_sample", 100)
+    write_table_views(*views(seqs, regions), d / "ss.html", d / "vr.html", "my_sample", 100)
     page = Cells((d / "ss.html").read_text())
     assert page.scripts == 0  # self-contained: nothing to load
     assert page.rows[0] == SEQUENCE_COLUMNS
@@ -75,13 +81,13 @@ def test_table_views_show_every_row_viral_first(tables):
 
 
 def test_table_views_stop_at_max_rows(tables):
-    d, _, _ = tables
-    write_table_views(d / "ss.tsv", d / "vr.tsv", d / "ss.html", d / "vr.html", "s", 2)
+    d, seqs, regions = tables
+    write_table_views(*views(seqs, regions), d / "ss.html", d / "vr.html", "s", 2)
     assert [r[0] for r in Cells((d / "ss.html").read_text()).rows[1:]] == ["s3", "s<2>&"]
     assert "The first 2 of 5 rows." in (d / "ss.html").read_text()
     assert len(Cells((d / "vr.html").read_text()).rows) == 3
     with pytest.raises(VirNucProError, match="report.max_table_rows must be 1 or more, not 0"):
-        write_table_views(d / "ss.tsv", d / "vr.tsv", d / "a.html", d / "b.html", "s", 0)
+        write_table_views(*views(seqs, regions), d / "a.html", d / "b.html", "s", 0)
     assert not (d / "a.html").exists()
 
 

@@ -259,3 +259,19 @@ def test_views_are_written_with_the_tables(sample):
                   d / "v2" / "ss.tsv", d / "v2" / "v.fna", d / "v2" / "h.png", d / "v2" / "a.png", 0.5, 1,
                   fragment_size=500, sequences_view=d / "v2" / "s.html")
     assert not (d / "v2").exists() or not any((d / "v2").iterdir())
+
+
+def test_views_show_the_rows_of_the_tables(sample):
+    """The HTML pages hold every row of the TSV tables, field for field (sequences ranked, regions in order)."""
+    from tests.test_report import Cells
+
+    d, records, _, _ = sample
+    v = d / "views"
+    summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", v / "fc.tsv", v / "ss.tsv", v / "v.fna",
+              v / "h.png", v / "a.png", 0.5, 1, fragment_size=500, viral_regions=v / "regions.tsv",
+              sequences_view=v / "s.html", regions_view=v / "r.html", min_viral_fragments=1)
+    tsv = {n: [line.split("\t") for line in (v / n).read_text().splitlines()] for n in ("ss.tsv", "regions.tsv")}
+    shown = Cells((v / "s.html").read_text()).rows
+    assert shown[0] == tsv["ss.tsv"][0] and sorted(shown[1:]) == sorted(tsv["ss.tsv"][1:])
+    assert len(shown) == len(records) + 1
+    assert Cells((v / "r.html").read_text()).rows == tsv["regions.tsv"] and len(tsv["regions.tsv"]) > 1

@@ -20,7 +20,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 BASES = b"TCAG"
 AMINO = b"FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
-MAX_SIZE = 500  # longest fragment size
 
 _CODE = np.full(256, 4, dtype=np.uint8)  # A/C/G/T -> 0..3, everything else -> 4
 for _i, _b in enumerate(b"ACGT"):
@@ -73,14 +72,14 @@ class FrameBatch:
     nucleotide: list
 
 
-def encode(text):
+def encode(text, size):
     """Base codes of upper-case `text` bytes and of its complement, each padded on both sides.
 
-    Codes are A/C/G/T -> 0..3 and anything else -> 4. Both arrays are `len(text) + 2 * MAX_SIZE` long,
-    with `MAX_SIZE` codes of 4 before and after the text, so fixed-width windows that reach past a
-    fragment stay in bounds; position p of the text is index `MAX_SIZE + p`.
+    Codes are A/C/G/T -> 0..3 and anything else -> 4. Both arrays are `len(text) + 2 * size` long, with
+    `size` codes of 4 before and after the text, so windows of `size` codes that reach past a fragment
+    stay in bounds; position p of the text is index `size + p`.
     """
-    pad = bytes([4]) * MAX_SIZE
+    pad = bytes([4]) * size
     fwd = np.frombuffer(pad + text.translate(_CODE_BYTES) + pad, dtype=np.uint8)
     return fwd, _RC_CODE[fwd]
 
@@ -88,12 +87,14 @@ def encode(text):
 def six_frames(text, codes, starts, lengths, size):
     """Kept frames of fragments `text[starts[i] : starts[i] + lengths[i]]`.
 
-    `text`: upper-case bytes; `codes`: `encode(text)`; `starts`, `lengths`: int arrays, lengths <= size.
+    `text`: upper-case bytes; `codes`: `encode(text, size)`; `starts`, `lengths`: int arrays,
+    lengths <= size.
     """
     fwd_codes, comp_codes = codes
-    fwd = sliding_window_view(fwd_codes, size)[MAX_SIZE + starts]  # (F, S) one fragment per row
-    # reverse complement: a window ending at the fragment's last base, read backwards
-    rev = sliding_window_view(comp_codes, size)[MAX_SIZE + starts + lengths - size][:, ::-1]
+    fwd = sliding_window_view(fwd_codes, size)[size + starts]  # (F, S) one fragment per row
+    # reverse complement: a window ending at the fragment's last base (index size + end - size), read
+    # backwards
+    rev = sliding_window_view(comp_codes, size)[starts + lengths][:, ::-1]
     short = np.flatnonzero(lengths < size)
     for i, n in zip(short.tolist(), lengths[short].tolist()):
         fwd[i, n:] = 4

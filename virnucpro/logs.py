@@ -10,20 +10,23 @@ from virnucpro.io.atomic import is_disk_full
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
 
 
 def limit_threads(threads):
     """Hold this process's compute threads to `threads` (a rule's `threads:`).
 
-    Sets the size of torch's intra-op pool when the step uses torch (its module imported torch already;
-    torch is not imported here for steps that do not use it) and of the Rust thread pool behind
-    `tokenizers.Tokenizer.encode_batch` (rayon reads RAYON_NUM_THREADS when the pool first starts).
-    The package starts no other thread pool: the runner's packing thread is a single thread.
+    Sets OMP_NUM_THREADS and MKL_NUM_THREADS, which torch reads for its intra-op pool when it is
+    imported later (torch is not imported here, for steps that do not use it), the size of that pool
+    when torch is imported already, and RAYON_NUM_THREADS, read by the Rust thread pool behind
+    `tokenizers.Tokenizer.encode_batch` when the pool first starts. The package starts no other thread
+    pool: the runner's packing thread is a single thread.
     """
     threads = int(threads)
     if threads < 1:
         raise ValueError(f"threads must be 1 or more, not {threads}")
-    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)

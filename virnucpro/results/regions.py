@@ -22,7 +22,7 @@ import numpy as np
 
 from virnucpro.errors import VirNucProError
 from virnucpro.frames import fragment_layout
-from virnucpro.io.tables import score_text, write_tsv
+from virnucpro.io.tables import score_text
 
 REGION_COLUMNS = [
     "sequence_id", "start", "end", "length", "fragments", "viral_fragments", "mean_virus_score",
@@ -87,12 +87,12 @@ def call_regions(seqs, frag, fragment_size, max_gap_fragments, min_viral_fragmen
     }
 
 
-def write_regions(path, seqs, regions):
-    """The region table (REGION_COLUMNS), one row per region."""
+def region_rows(seqs, regions):
+    """The region table's rows (REGION_COLUMNS) as text, one row per region."""
     r = regions
     rows = zip(
         seqs["sequence_id"][r["owner"]], r["start"].tolist(), r["end"].tolist(),
         (r["end"] - r["start"] + 1).tolist(), r["fragments"].tolist(), r["viral_fragments"].tolist(),
         map(score_text, r["mean"]), map(score_text, r["max"]), r["whole"].tolist(),
     )
-    write_tsv(path, REGION_COLUMNS, rows)
+    return [[str(x) for x in row] for row in rows]

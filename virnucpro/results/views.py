@@ -8,7 +8,6 @@ import html
 from pathlib import Path
 
 from virnucpro.errors import VirNucProError
-from virnucpro.io.tables import read_tsv
 
 STYLE = """
 body { font-family: system-ui, sans-serif; font-size: 13px; margin: 1em; color: #222; }
@@ -38,11 +37,12 @@ def _page(title, intro, header, rows, highlight, total):
 
 
 def write_table_views(sequence_summary, viral_regions, sequences_html, regions_html, sample, max_rows):
-    """Write the two pages from the tables `sequence_summary` and `viral_regions` (not atomic: callers
-    write to temporary names)."""
+    """Write the two pages from the tables `sequence_summary` and `viral_regions`, each a
+    (header, rows) pair with every field as the TSV file holds it (not atomic: callers write to
+    temporary names)."""
     if int(max_rows) < 1:
         raise VirNucProError(f"report.max_table_rows must be 1 or more, not {max_rows}")
-    header, seqs = read_tsv(sequence_summary)
+    header, seqs = sequence_summary
     call, mean = header.index("call"), header.index("mean_virus_score")
     ranked = sorted(seqs, key=lambda r: (r[call] != "viral", -float(r[mean]) if r[mean] != "NA" else 1.0))
     shown = ranked[: int(max_rows)]
@@ -52,7 +52,7 @@ def write_table_views(sequence_summary, viral_regions, sequences_html, regions_h
         "first, then the highest mean virus score; sequence_summary.tsv has every row in input order.",
         header, shown, [r[call] == "viral" for r in shown], len(seqs),
     ), encoding="utf-8")
-    header, regions = read_tsv(viral_regions)
+    header, regions = viral_regions
     shown = regions[: int(max_rows)]
     Path(regions_html).write_text(_page(
         f"{sample}: viral regions",

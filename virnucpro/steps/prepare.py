@@ -124,7 +124,7 @@ def _process(batch, size, writer, stats):
     offsets = np.cumsum(lengths) - lengths
     joined = b"".join(s for _, s in batch)
     upper = joined.upper()
-    codes = encode(upper)
+    codes = encode(upper, size)
     names = [f"{ids[o]}_chunk_{k}".encode() for o, k in zip(owner.tolist(), number.tolist())]
     kept = np.zeros(len(batch), dtype=np.int64)
     for lo in range(0, owner.size, FRAGMENT_WINDOW):

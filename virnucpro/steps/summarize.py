@@ -43,15 +43,15 @@ from virnucpro.results.original_files import (
     write_prediction_results,
 )
 from virnucpro.results.plots import plot_along, plot_histogram, top_by_mean_score
-from virnucpro.results.regions import call_regions, check_region_settings, write_regions
+from virnucpro.results.regions import REGION_COLUMNS, call_regions, check_region_settings, region_rows
 from virnucpro.results.tracks import write_region_track, write_score_track
 from virnucpro.results.views import write_table_views
 from virnucpro.results.viral_fasta import write_viral_fasta
+from virnucpro.steps.prepare import MANIFEST_COLUMNS
 
 log = logging.getLogger("virnucpro")
 
 PREDICTION_COLUMNS = ["Sequence_ID", "Prediction", "score1", "score2"]
-MANIFEST_COLUMNS = ["sequence_id", "length", "fragments", "kept_frames"]
 FRAGMENT_COLUMNS = ["Modified_ID", "Is_Virus", "max_score1", "max_score2"]
 SEQUENCE_COLUMNS = [
     "sequence_id", "length", "fragments", "fragments_with_frames", "viral_fragments", "viral_fraction",
@@ -85,10 +85,12 @@ def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, vi
     with atomic_outputs(*outputs) as tmp:
         t_frag, t_seq, t_fasta, t_hist, t_along, t_regions, t_score, t_bed, t_orig, t_calls, t_vseq, t_vreg = tmp
         _write_fragment_calls(t_frag, seqs, frag)
-        _write_sequence_summary(t_seq, table)
+        summary_rows = sequence_rows(table)
+        write_tsv(t_seq, SEQUENCE_COLUMNS, summary_rows)
         n_viral = write_viral_fasta(t_fasta, fasta, table, max_bp)
+        regions_rows = region_rows(seqs, regions)
         if t_regions is not None:
-            write_regions(t_regions, seqs, regions)
+            write_tsv(t_regions, REGION_COLUMNS, regions_rows)
         if t_score is not None:
             write_score_track(t_score, seqs, frag, fragment_size, sample)
         if t_bed is not None:
@@ -98,7 +100,8 @@ def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, vi
         if t_calls is not None:
             write_highest_scores(t_calls, fragment_ids(seqs, frag), frag["viral"])
         if t_vseq is not None:
-            write_table_views(t_seq, t_regions, t_vseq, t_vreg, sample, max_table_rows)
+            write_table_views((SEQUENCE_COLUMNS, summary_rows), (REGION_COLUMNS, regions_rows), t_vseq, t_vreg,
+                              sample, max_table_rows)
         plot_histogram(t_hist, frames, sample)
         plot_along(t_along, table, frag, regions, top_by_mean_score(table, int(top_sequences)), fragment_size,
                    sample)
@@ -122,8 +125,10 @@ def read_manifest(path, fragment_size):
         df = pd.read_csv(path, sep="\t", dtype={"sequence_id": str}, keep_default_na=False, na_filter=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise VirNucProError(f"{path}: unreadable manifest ({exc})") from None
-    if list(df.columns) != MANIFEST_COLUMNS:
-        raise VirNucProError(f"{path}: manifest columns are {list(df.columns)}, expected {MANIFEST_COLUMNS}")
+    if tuple(df.columns) != MANIFEST_COLUMNS:
+        raise VirNucProError(
+            f"{path}: manifest columns are {list(df.columns)}, expected {list(MANIFEST_COLUMNS)}"
+        )
     try:
         seqs = {c: df[c].to_numpy(dtype=np.int64) for c in MANIFEST_COLUMNS[1:]}
     except (ValueError, TypeError):
@@ -133,14 +138,11 @@ def read_manifest(path, fragment_size):
         dup = df["sequence_id"][df["sequence_id"].duplicated()].iloc[0]
         raise VirNucProError(f"{path}: sequence '{dup}' is listed twice")
     expected = -(-seqs["length"] // int(fragment_size))
-    bad = np.flatnonzero(expected != seqs["fragments"])
-    if bad.size:
-        i = bad[0]
-        raise VirNucProError(
-            f"{path}: sequence '{seqs['sequence_id'][i]}' of {seqs['length'][i]} bp has {seqs['fragments'][i]} "
-            f"fragments, not the {expected[i]} of {fragment_size} bp fragments "
-            "(manifest from another fragment size?)"
-        )
+    _fail_at_first(expected != seqs["fragments"], lambda i: (
+        f"{path}: sequence '{seqs['sequence_id'][i]}' of {seqs['length'][i]} bp has {seqs['fragments'][i]} "
+        f"fragments, not the {expected[i]} of {fragment_size} bp fragments "
+        "(manifest from another fragment size?)"
+    ))
     return seqs
 
 
@@ -180,6 +182,13 @@ def read_predictions(path):
     }
 
 
+def _fail_at_first(mask, message):
+    """Raise `VirNucProError(message(i))` for the first index `i` where `mask` is true."""
+    hits = np.flatnonzero(mask)
+    if hits.size:
+        raise VirNucProError(message(hits[0]))
+
+
 # ------------------------------------------------------------------------------------- aggregation
 
 
@@ -193,21 +202,15 @@ def fragment_scores(frames, seqs, predictions, manifest):
         frame = frames["id"][np.flatnonzero(owner < 0)[0]]
         raise VirNucProError(f"{predictions}: frame '{frame}' belongs to no sequence of {manifest}")
     num = frames["num"]
-    beyond = np.flatnonzero((num < 1) | (num > seqs["fragments"][owner]))
-    if beyond.size:
-        i = beyond[0]
-        raise VirNucProError(
-            f"{predictions}: frame '{frames['id'][i]}' names fragment {num[i]}, but {manifest} lists "
-            f"{seqs['fragments'][owner[i]]} fragment(s) for '{seqs['sequence_id'][owner[i]]}'"
-        )
+    _fail_at_first((num < 1) | (num > seqs["fragments"][owner]), lambda i: (
+        f"{predictions}: frame '{frames['id'][i]}' names fragment {num[i]}, but {manifest} lists "
+        f"{seqs['fragments'][owner[i]]} fragment(s) for '{seqs['sequence_id'][owner[i]]}'"
+    ))
     seen = np.bincount(owner, minlength=n_seq)
-    wrong = np.flatnonzero(seen != seqs["kept_frames"])
-    if wrong.size:
-        i = wrong[0]
-        raise VirNucProError(
-            f"{predictions}: sequence '{seqs['sequence_id'][i]}' has {seen[i]} classified frame(s), but "
-            f"{manifest} lists {seqs['kept_frames'][i]} kept frame(s)"
-        )
+    _fail_at_first(seen != seqs["kept_frames"], lambda i: (
+        f"{predictions}: sequence '{seqs['sequence_id'][i]}' has {seen[i]} classified frame(s), but "
+        f"{manifest} lists {seqs['kept_frames'][i]} kept frame(s)"
+    ))
     first = np.cumsum(seqs["fragments"]) - seqs["fragments"]
     key = first[owner] + num - 1  # global fragment index in input order
     order = np.argsort(key, kind="stable")
@@ -265,10 +268,11 @@ def _write_fragment_calls(path, seqs, frag):
     write_tsv(path, FRAGMENT_COLUMNS, rows)
 
 
-def _write_sequence_summary(path, t):
+def sequence_rows(t):
+    """The sequence summary's rows (SEQUENCE_COLUMNS) as text, from `sequence_table`'s arrays."""
     rows = zip(
         t["sequence_id"], t["length"].tolist(), t["fragments"].tolist(), t["fragments_with_frames"].tolist(),
         t["viral_fragments"].tolist(), map(score_text, t["viral_fraction"]), map(score_text, t["max_virus_score"]),
         map(score_text, t["mean_virus_score"]), t["status"], t["call"],
     )
-    write_tsv(path, SEQUENCE_COLUMNS, rows)
+    return [[str(x) for x in row] for row in rows]

@@ -52,7 +52,7 @@ def load_training_set(members):
         if emb.shape[0]:
             xs.append(emb)
             ys.append(np.full(emb.shape[0], label, dtype=np.int64))
-            digest.update(np.ascontiguousarray(emb))  # the buffer itself, not two copies of it
+            digest.update(np.ascontiguousarray(emb))  # the array's buffer, copied only when not contiguous
             digest.update(bytes([label]))
     if not xs:
         raise VirNucProError("no frames in the training sets")
@@ -114,52 +114,18 @@ def _evaluate(model, x, y):
 def train_classifier(members, out_model, metrics_tsv, fragment_size, seed=42, max_epochs=200, patience=5):
     """Train, write the classifier and the metrics table; returns the metrics dict. See the module docstring."""
     x_all, y_all, inputs_sha256 = load_training_set(members)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y_all))
-    n_held = int(len(y_all) * HELD_OUT)
-    if n_held < 1 or len(y_all) - n_held < 2:
-        raise VirNucProError(f"{len(y_all)} frames are too few to hold out 10% and train on the rest")
-    held, train = order[:n_held], order[n_held:]
-    x_train, y_train = torch.from_numpy(x_all[train]), torch.from_numpy(y_all[train])
-    x_held, y_held = torch.from_numpy(x_all[held]), torch.from_numpy(y_all[held])
-
+    (x_train, y_train), (x_held, y_held) = _split(x_all, y_all, seed)
     torch.manual_seed(seed)
     model = MLPClassifier(input_dim=x_all.shape[1])
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=STEP_SIZE, gamma=GAMMA)
-    shuffler = torch.Generator().manual_seed(seed)
-    best_loss, best_state, best_epoch, waited, epoch = None, None, 0, 0, 0
-    for epoch in range(1, max_epochs + 1):
-        model.train()
-        running = []
-        for batch in torch.randperm(len(train), generator=shuffler).split(BATCH):
-            if batch.numel() < 2:
-                continue
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
-            loss.backward()
-            optimizer.step()
-            running.append(loss.item())
-        held_loss, _, _ = _evaluate(model, x_held, y_held)
-        log.info("epoch %d: training loss %.4f, held-out loss %.4f", epoch, np.mean(running), held_loss)
-        if best_loss is None or held_loss < best_loss:
-            best_loss, best_epoch, waited = held_loss, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            waited += 1
-            if waited >= patience:
-                log.info("early stop after epoch %d: no held-out improvement for %d epochs", epoch, patience)
-                break
-        scheduler.step()
-    model.load_state_dict(best_state)
+    best_epoch, epochs_run = _fit(model, (x_train, y_train), (x_held, y_held), seed, max_epochs, patience)
     held_loss, predicted, virus = _evaluate(model, x_held, y_held)
     metrics = binary_metrics(y_held.numpy(), predicted, virus)
     metrics.update({
         "heldout_loss": held_loss,
         "best_epoch": best_epoch,
-        "epochs_run": epoch,
-        "train_frames": len(train),
-        "heldout_frames": n_held,
+        "epochs_run": epochs_run,
+        "train_frames": len(y_train),
+        "heldout_frames": len(y_held),
         "heldout_viral_frames": int(y_held.sum()),
         "seed": seed,
     })
@@ -172,6 +138,58 @@ def train_classifier(members, out_model, metrics_tsv, fragment_size, seed=42, ma
     log.info("classifier -> %s; held-out AUROC %.4f, accuracy %.4f -> %s", out_model, metrics["auroc"],
              metrics["accuracy"], metrics_tsv)
     return metrics
+
+
+def _split(x_all, y_all, seed):
+    """((x, y) trained on, (x, y) held out) as tensors: rows shuffled with `seed`, int(N * HELD_OUT) held out."""
+    order = np.random.default_rng(seed).permutation(len(y_all))
+    n_held = int(len(y_all) * HELD_OUT)
+    if n_held < 1 or len(y_all) - n_held < 2:
+        raise VirNucProError(f"{len(y_all)} frames are too few to hold out 10% and train on the rest")
+    held, train = order[:n_held], order[n_held:]
+    return ((torch.from_numpy(x_all[train]), torch.from_numpy(y_all[train])),
+            (torch.from_numpy(x_all[held]), torch.from_numpy(y_all[held])))
+
+
+def _fit(model, train, held, seed, max_epochs, patience):
+    """Train `model` by the recipe with early stopping on the held-out loss and restore the weights of
+    the best epoch; returns (best epoch, epochs run)."""
+    (x_train, y_train), (x_held, y_held) = train, held
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=STEP_SIZE, gamma=GAMMA)
+    shuffler = torch.Generator().manual_seed(seed)
+    best_loss, best_state, best_epoch, waited, epoch = None, None, 0, 0, 0
+    for epoch in range(1, max_epochs + 1):
+        running = _train_epoch(model, optimizer, x_train, y_train, shuffler)
+        held_loss, _, _ = _evaluate(model, x_held, y_held)
+        log.info("epoch %d: training loss %.4f, held-out loss %.4f", epoch, np.mean(running), held_loss)
+        if best_loss is None or held_loss < best_loss:
+            best_loss, best_epoch, waited = held_loss, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= patience:
+                log.info("early stop after epoch %d: no held-out improvement for %d epochs", epoch, patience)
+                break
+        scheduler.step()
+    model.load_state_dict(best_state)
+    return best_epoch, epoch
+
+
+def _train_epoch(model, optimizer, x, y, shuffler):
+    """One pass over `x` in batches of BATCH drawn by `shuffler` (a last batch of one row is skipped);
+    returns the batch losses."""
+    model.train()
+    running = []
+    for batch in torch.randperm(len(y), generator=shuffler).split(BATCH):
+        if batch.numel() < 2:
+            continue
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x[batch]), y[batch])
+        loss.backward()
+        optimizer.step()
+        running.append(loss.item())
+    return running
 
 
 def _fmt(v):
