@@ -82,6 +82,22 @@ def tiny_models(tmp_path_factory):
     return {"models.esm2": str(esm), "models.dnabert_s": str(dnabert), "models.classifier": str(classifier)}
 
 
+@pytest.fixture(autouse=True)
+def thread_settings():
+    """`run_step` sets this process's thread variables and torch's thread count: every test gets them
+    back as they were, so none leaks into the next."""
+    from virnucpro.logs import THREAD_VARIABLES
+
+    saved, threads = {name: os.environ.get(name) for name in THREAD_VARIABLES}, torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1600,1000",

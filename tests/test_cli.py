@@ -53,8 +53,8 @@ def test_the_config_holds_the_package_defaults():
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert config["summary"] == {"viral_fraction_threshold": cli.VIRAL_FRACTION_THRESHOLD,
-                                 "plot_top_sequences": cli.PLOT_TOP_SEQUENCES}
+    assert config["summary"] == {"viral_fraction_threshold": default(summarize, "threshold"),
+                                 "plot_top_sequences": default(summarize, "top_sequences")}
     for name in ("max_gap_fragments", "min_viral_fragments"):
         assert config["regions"][name] == default(summarize, name)
     assert config["report"]["max_table_rows"] == default(summarize, "max_table_rows")

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from virnucpro.logs import THREAD_VARIABLES, run_step
+from virnucpro.logs import run_step
 
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} virnucpro INFO ")
 
@@ -21,26 +21,7 @@ def _say(text):
     return text
 
 
-@pytest.fixture(autouse=True)
-def thread_variables():
-    """run_step sets the thread variables of this process: each test gets them back as they were."""
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
-@pytest.fixture
-def torch_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-def test_step_log_lines_carry_the_date(tmp_path, torch_threads):
+def test_step_log_lines_carry_the_date(tmp_path):
     assert run_step(tmp_path / "step.log", _say, "hello", threads=1) == "hello"
     lines = (tmp_path / "step.log").read_text().splitlines()
     assert len(lines) == 1 and DATED.match(lines[0]) and lines[0].endswith("hello"), lines
@@ -60,7 +41,7 @@ def test_cli_log_lines_carry_the_date(tmp_path):
     assert lines and all(DATED.match(l) for l in lines), lines
 
 
-def test_threads_reach_torch_and_the_tokenizers_pool(tmp_path, monkeypatch, torch_threads):
+def test_threads_reach_torch_and_the_tokenizers_pool(tmp_path, monkeypatch):
     monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
     seen = run_step(tmp_path / "step.log", lambda: (torch.get_num_threads(), os.environ["RAYON_NUM_THREADS"]), threads=3)
     assert seen == (3, "3")

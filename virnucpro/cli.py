@@ -18,8 +18,6 @@ from virnucpro.logs import DATE_FORMAT, LOG_FORMAT
 log = logging.getLogger("virnucpro")
 DEVICES = ["auto", "cpu", "cuda"]
 # Defaults of settings whose step function takes them without one; config/config.yaml sets the same values.
-VIRAL_FRACTION_THRESHOLD = 0.5  # summary.viral_fraction_threshold
-PLOT_TOP_SEQUENCES = 20  # summary.plot_top_sequences
 TOKENS_PER_SHARD = 50_000_000  # shards.tokens_per_shard
 
 
@@ -263,10 +261,9 @@ def _add_results(sub):
     p.add_argument("--fasta", required=True, help="the sample's input sequences")
     _fragment_size(p)
     p.add_argument("--out-dir", required=True, help="folder for the tables, viral.fna and plots/")
-    p.add_argument("--threshold", type=float, default=VIRAL_FRACTION_THRESHOLD,
-                   help=f"viral fraction for a viral call (default {VIRAL_FRACTION_THRESHOLD})")
-    p.add_argument("--top-sequences", type=int, default=PLOT_TOP_SEQUENCES,
-                   help=f"sequences in the along-sequence plot (default {PLOT_TOP_SEQUENCES})")
+    threshold, top = default(summarize, "threshold"), default(summarize, "top_sequences")
+    p.add_argument("--threshold", type=float, default=threshold, help=f"viral fraction for a viral call (default {threshold})")
+    p.add_argument("--top-sequences", type=int, default=top, help=f"sequences in the along-sequence plot (default {top})")
     p.add_argument("--sample", default="", help="the sample's name, for plot titles and tracks")
     for name, text in (("max_gap_fragments", "viral regions: fragments allowed between two viral ones of a region"),
                        ("min_viral_fragments", "viral regions: fewest viral fragments"),

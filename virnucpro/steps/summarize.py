@@ -61,7 +61,7 @@ FRAME_ID = r"^(?P<seq>.+)_chunk_(?P<num>[0-9]+)(?P<frame>[FR][123])$"
 
 
 def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, viral_fasta, histogram,
-              along, threshold, top_sequences, *, fragment_size, sample="", viral_regions=None,
+              along, threshold=0.5, top_sequences=20, *, fragment_size, sample="", viral_regions=None,
               score_track=None, region_track=None, original_predictions=None, original_calls=None,
               sequences_view=None, regions_view=None, max_gap_fragments=1, min_viral_fragments=2,
               max_table_rows=1000, max_bp=MAX_RECORD_BP):
