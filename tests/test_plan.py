@@ -106,3 +106,29 @@ def test_mismatched_frame_files_leave_no_plan(pool):
     with pytest.raises(VirNucProError, match="of 'b' do not hold the same frames in the same order"):
         plan_embeddings(members, tmp_path / "plan", tmp_path / "store", NAMESPACES, 500, "cpu")
     assert not (tmp_path / "plan").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_every_frame_is_hashed_once(pool, monkeypatch):
+    """The second pass, which writes the shards, takes the keys from the first."""
+    tmp_path, _, members = pool
+    hashed = []
+    monkeypatch.setattr("virnucpro.steps.plan.frame_key", lambda n, p: hashed.append(n) or frame_key(n, p))
+    plan = plan_embeddings(members, tmp_path / "plan", tmp_path / "store", NAMESPACES, 430, "cpu")
+    assert len(hashed) == plan["frames"] == 34
+
+
+def test_a_plan_replaces_the_old_one_whole_and_a_failed_one_leaves_it(pool):
+    tmp_path, _, members = pool
+    out = tmp_path / "plan"
+    plan_embeddings(members, out, tmp_path / "store", NAMESPACES, 430, "cpu")
+    (out / "shards" / "stale.faa").write_text(">old\nM\n")
+    good = members["b"][1].read_text()
+    members["b"][1].write_text(">other\nMKV\n")
+    with pytest.raises(VirNucProError, match="do not hold the same frames"):
+        plan_embeddings(members, out, tmp_path / "store", NAMESPACES, 430, "cpu")
+    assert (out / "shards" / "stale.faa").is_file() and (out / "plan.json").is_file()  # untouched
+    members["b"][1].write_text(good)
+    plan = plan_embeddings(members, out, tmp_path / "store", NAMESPACES, 430, "cpu")
+    assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(
+        f"{s['name']}{ext}" for s in plan["shards"] for ext in (".faa", ".fna"))
+    assert not list(tmp_path.glob(".tmp-*"))

@@ -1,9 +1,10 @@
-"""Untrusted files (issue 7, item 5): nothing unpickles an untrusted file or runs model-repository code,
-model files are checked against their recorded checksums before they are loaded, and sample names and
-paths never reach a shell."""
+"""Untrusted files: nothing unpickles an untrusted file or runs model-repository code, model files are
+checked against their recorded checksums before they are loaded, a sequence file is refused as soon as a
+record passes the length limit, and sample names and paths never reach a shell."""
 
 import ast
 import hashlib
+import io
 import json
 import os
 import re
@@ -14,7 +15,8 @@ import pytest
 
 from tests.test_workflow import REPO, make_workdir, snakemake
 from virnucpro.cli import main as cli_main
-from virnucpro.errors import VirNucProError
+from virnucpro.errors import InputError, VirNucProError
+from virnucpro.io import checksums, seqio
 from virnucpro.io.checksums import SUFFIX, checked_sha256, record_path, write_record
 from virnucpro.io.converted import ensure_converted, model_note
 from virnucpro.models.esm2 import load_converted
@@ -112,7 +114,7 @@ def test_tampered_esm2_file_is_refused_before_loading(tmp_path, tiny_models, cap
     rc = cli_main(["convert-model", "esm2", str(model), "--models-dir", str(tmp_path / "other")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and "differs from the checksum recorded" in err[-1] and str(model) in err[-1]
-    assert not (tmp_path / "other" / "converted").exists() or not list((tmp_path / "other" / "converted").glob("*.safetensors"))
+    assert not (tmp_path / "other").exists()  # refused before anything was converted
     _tamper(out)  # the converted file has a verified record of its own
     with pytest.raises(VirNucProError, match="differs from the checksum recorded when it was verified"):
         load_converted(out, "0" * 64, "cpu")
@@ -167,6 +169,63 @@ def test_records_of_read_only_files_go_to_the_cache(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "virnucpro" / "checksums").glob("*.json"))) == 1
 
 
+def test_a_file_no_record_can_be_kept_for_is_hashed_once_per_process(tmp_path, monkeypatch):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    f = folder / "model.pt"
+    f.write_bytes(b"w" * 100)
+    (tmp_path / "cache").write_text("a file, not a folder: no record can be written there either\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != folder)  # as if not writable
+    hashed, sha256_of = [], checksums.sha256_of
+    monkeypatch.setattr("virnucpro.io.checksums.sha256_of", lambda p: hashed.append(p) or sha256_of(p))
+    want = hashlib.sha256(b"w" * 100).hexdigest()
+    assert checked_sha256(f) == want and checked_sha256(f) == want and len(hashed) == 1
+    assert not record_path(f).exists()
+    older = folder / "older.pt"  # replaced by a file of the same size and mtime (rsync -a): hashed again
+    older.write_bytes(b"v" * 100)
+    os.utime(older, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns))
+    os.replace(older, f)
+    assert checked_sha256(f) == hashlib.sha256(b"v" * 100).hexdigest() and len(hashed) == 2
+
+
+# --------------------------------------------------------------------------- sequence files
+
+
+class _Counting(io.BufferedReader):
+    """A file reader that counts the bytes it hands out."""
+
+    taken = 0
+
+    def read(self, size=-1):
+        return self._count(super().read(size))
+
+    def readline(self, size=-1):
+        return self._count(super().readline(size))
+
+    def _count(self, data):
+        self.taken += len(data)
+        return data
+
+
+@pytest.mark.parametrize("length", [1001, 3 << 20])
+def test_a_fastq_sequence_is_refused_as_soon_as_it_passes_the_limit(tmp_path, monkeypatch, length):
+    """Refused having read at most the limit and a line end past it, even when the line ends soon after."""
+    path = tmp_path / "reads.fq"
+    path.write_bytes(b"@r1\n" + b"A" * length + b"\n+\n" + b"I" * length + b"\n")
+    readers = []
+    monkeypatch.setattr(seqio, "open_binary", lambda p: readers.append(_Counting(io.FileIO(p))) or readers[-1])
+    with pytest.raises(InputError, match="record 'r1'.* longer than 1,000 bp"):
+        list(seqio.read_sequences(path, max_bp=1000))
+    assert readers[0].taken <= len(b"@r1\n") + 1000 + 3
+
+
+def test_a_fastq_record_at_the_limit_passes(tmp_path):
+    path = tmp_path / "reads.fq"
+    path.write_bytes(b"@r1\r\n" + b"A" * 1000 + b"\r\n+r1\r\n" + b"I" * 1000 + b"\r\n")
+    assert list(seqio.read_sequences(path, max_bp=1000)) == [("r1", b"A" * 1000)]
+
+
 # -------------------------------------------------------------------- names and paths, no shell
 
 
@@ -180,12 +239,13 @@ def test_tricky_sample_name_and_path_run_without_executing_anything(tmp_path, ti
     sample = "S-1.v2_x"
     models = {**tiny_models, "models.dir": str(tmp_path / "models"), "embed.device": "cpu"}
     work = make_workdir(tmp_path / "work", sheet={sample: fasta}, **models)
-    proc = snakemake(work, "--cores", "1", "results/embedding/samples/plan")
+    snakemake(work, "--cores", "1", "results/embedding/samples/plan")
     out = work / "results" / sample
     assert (out / "prepare" / "frames.faa").stat().st_size > 0
     assert (work / "results" / "embedding" / "samples" / "plan" / "members" / f"{sample}.json").is_file()
     assert str(fasta) in (out / "logs" / "prepare.log").read_text()
     for where in (tmp_path, work, folder, REPO, Path.cwd()):
         assert not list(where.glob("PWNED*")), where
-    assert "Shell command: None" in proc.stdout + proc.stderr or "shell" not in proc.stdout.lower()
+    assert json.loads((work / "results" / "embedding" / "samples" / "plan" / "members" / f"{sample}.json")
+                      .read_text())["member"] == sample  # the name reached the steps as it is
     assert os.path.exists(fasta)

@@ -1,16 +1,18 @@
 """Model file checksums, computed once per file content and checked cheaply wherever a file is used.
 
-The record of a file `F` is the JSON file `F.checksum.json`: {"sha256", "size", "mtime_ns", "verified"}.
-`verified` says how the content was verified when the record was written (a download checked against a
-published id, a conversion checked against its source), or is null for a file that was only hashed.
-Where F's folder is not writable, the record lives in the user's cache instead
-(`$XDG_CACHE_HOME/virnucpro/checksums/`, keyed by F's absolute path).
+One mechanism, one record format. The record of a file `F` is the JSON file `F.checksum.json`:
+{"sha256", "size", "mtime_ns", "verified"}. `verified` says how the content was verified when the record
+was written (a download checked against a published id, a conversion checked against its source), or is
+null for a file that was only hashed. The record lives beside F; where F's folder is not writable, the
+same record lives in the user's cache instead (`$XDG_CACHE_HOME/virnucpro/checksums/`, named after F's
+absolute path). Where neither can be written, the sha256 is kept for the rest of the process.
 
 `checked_sha256(F)` is what every step calls before it loads F: while F's size and mtime equal the
-record's, the recorded sha256 is returned without reading F. Otherwise F is hashed again: if the record
-was verified and the content differs, F changed since it was verified and the step stops with one line;
-if the content is the same (a copy, a touch), or the record was not a verified one, the record is
-rewritten and the new sha256 returned. By hand: `sha256sum F` and the record's "sha256".
+record's, the recorded sha256 is returned without reading F. Otherwise F is hashed again (a file
+replaced in place has another mtime, even when it is an older file): if the record was verified and the
+content differs, F changed since it was verified and the step stops with one line; if the content is the
+same (a copy, a touch), or the record was not a verified one, the record is rewritten and the new sha256
+returned. By hand: `sha256sum F` and the record's "sha256".
 """
 
 import hashlib
@@ -20,12 +22,14 @@ import os
 from pathlib import Path
 
 from virnucpro.errors import VirNucProError
+from virnucpro.io.atomic import atomic_outputs
 
 log = logging.getLogger("virnucpro")
 
 SUFFIX = ".checksum.json"
 _CHUNK = 16 << 20
 _HASH_NOTE_ABOVE = 1 << 30  # bytes: hashing larger files is logged (it takes seconds)
+_HASHED = {}  # (path, device, inode, size, mtime_ns, ctime_ns) -> sha256 of files no record could be kept for
 
 
 def record_path(path):
@@ -63,11 +67,8 @@ def write_record(path, digest=None, verified=None, record=None):
     st = path.stat()
     digest = digest or sha256_of(path)
     data = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "verified": verified}
-    target = Path(record) if record is not None else record_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-    tmp.write_text(json.dumps(data) + "\n")
-    os.replace(tmp, target)
+    with atomic_outputs(Path(record) if record is not None else record_path(path)) as (tmp,):
+        tmp.write_text(json.dumps(data) + "\n")
     return digest
 
 
@@ -94,6 +95,9 @@ def checked_sha256(path):
     record = read_record(path)
     if record and record["size"] == st.st_size and record["mtime_ns"] == st.st_mtime_ns:
         return record["sha256"]
+    state = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if state in _HASHED:  # hashed by this process already, its record could not be written
+        return _HASHED[state]
     digest = sha256_of(path)
     verified = record.get("verified") if record else None
     if verified and digest != record["sha256"]:
@@ -103,7 +107,8 @@ def checked_sha256(path):
             f"delete {record_path(path).name} if the change is intended"
         )
     try:
-        write_record(path, digest, verified)  # a verified record differing has raised above
+        write_record(path, digest, verified)  # keeps `verified`: the content is the verified one
     except OSError as exc:
-        log.warning("cannot record the checksum of %s (%s); it will be hashed again next time", path, exc)
+        _HASHED[state] = digest
+        log.warning("cannot record the checksum of %s (%s); this process hashes it only once", path, exc)
     return digest

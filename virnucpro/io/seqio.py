@@ -154,31 +154,40 @@ def _too_long(path, rid, max_bp):
     )
 
 
+def _bounded_line(fh, line, limit, too_long):
+    """The line that starts with `line` (bytes already read), read on in pieces of at most PIECE bytes.
+    With a `limit`, `too_long()` (an exception) is raised as soon as the line holds more than `limit`
+    bytes besides its line end (CR LF), no more than `limit` + 3 bytes of it having been read."""
+    pieces, size = [line], len(line)
+    while not pieces[-1].endswith(b"\n") and (limit is None or size <= limit + 2):
+        piece = fh.readline(PIECE if limit is None else min(PIECE, limit + 3 - size))
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    line = b"".join(pieces) if len(pieces) > 1 else line
+    tail = line[-2:]
+    if limit is not None and size - (len(tail) - len(tail.rstrip(b"\r\n"))) > limit:
+        raise too_long()
+    return line
+
+
 def _header(fh, path, line, number):
     """(id, header) of a header line that starts with `line` (the rest is read in pieces, up to MAX_HEADER)."""
-    while not line.endswith(b"\n") and len(line) <= MAX_HEADER:
-        more = fh.readline(PIECE)
-        if not more:
-            break
-        line += more
-    if len(line) > MAX_HEADER:
-        raise InputError(path, f"header on line {number} is longer than {MAX_HEADER:,} bytes (binary data?)")
-    return _parse_header(path, line, number)
+    return _parse_header(path, _bounded_line(fh, line, MAX_HEADER, lambda: _long_header(path, number)), number)
+
+
+def _long_header(path, number):
+    return InputError(path, f"header on line {number} is longer than {MAX_HEADER:,} bytes (binary data?)")
 
 
 def _take_line(fh, data, pos, path, number):
-    """(the line that starts at `data[pos]`, the buffer, the position after that line), reading on as far
-    as that line goes."""
+    """(the header line that starts at `data[pos]`, the buffer, the position after that line), reading
+    on as far as that line goes (then the buffer is the next block)."""
     end = data.find(b"\n", pos)
-    while end < 0 and len(data) - pos <= MAX_HEADER:
-        more = fh.read(PIECE)
-        if not more:
-            return data[pos:], b"", 0
-        data, pos = data[pos:] + more, 0  # only a line that crosses the end of a piece is copied
-        end = data.find(b"\n")
-    if end < 0 or end - pos > MAX_HEADER:
-        raise InputError(path, f"header on line {number} is longer than {MAX_HEADER:,} bytes (binary data?)")
-    return data[pos : end + 1], data, end + 1
+    line = data[pos:] if end < 0 else data[pos : end + 1]
+    line = _bounded_line(fh, line, MAX_HEADER, lambda: _long_header(path, number))
+    return (line, fh.read(PIECE), 0) if end < 0 else (line, data, end + 1)
 
 
 def _fasta_records(fh, path, max_bp):
@@ -208,15 +217,9 @@ def _fasta_records(fh, path, max_bp):
 
 
 def _line(fh, path, max_bp, rid):
-    """One whole line of a FASTQ record, read in pieces; refused once longer than `max_bp` (+ CR LF)."""
-    line = b""
-    while piece := fh.readline(PIECE):
-        line += piece
-        if piece.endswith(b"\n"):
-            break
-        if max_bp is not None and len(line) > max_bp + 2:
-            raise _too_long(path, rid, max_bp)
-    return line
+    """One whole line of a FASTQ record, read in pieces; refused as soon as it holds more than `max_bp`
+    bytes besides its line end."""
+    return _bounded_line(fh, b"", max_bp, lambda: _too_long(path, rid, max_bp))
 
 
 def _fastq_records(fh, path, max_bp):
@@ -231,7 +234,9 @@ def _fastq_records(fh, path, max_bp):
         if header[:1] != b"@":
             raise InputError(path, f"line {number}: FASTQ record does not start with '@'")
         rid, raw = _header(fh, path, header, number)
-        seq, plus, qual = (_line(fh, path, max_bp, rid) for _ in range(3))
+        seq = _line(fh, path, max_bp, rid)
+        plus = _bounded_line(fh, b"", MAX_HEADER, lambda: _long_header(path, number + 2))
+        qual = _line(fh, path, max_bp, rid)
         number += 3
         if plus[:1] != b"+":
             raise InputError(path, "FASTQ record has no '+' separator line", record=rid)

@@ -28,7 +28,6 @@ import hashlib
 import http.client
 import json
 import logging
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -45,8 +44,8 @@ ESM2_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 ESM2_REGRESSION_URL = "https://dl.fbaipublicfiles.com/fair-esm/regression/{name}-contact-regression.pt"
 
 DNABERT_S_REPO = "zhihan1996/DNABERT-S"
-# The authors' "Upload 9 files" commit, as the Hub displays it (short form; the Hub resolves commit-hash
-# prefixes). We could not confirm the full 40-character hash offline; the weights are pinned by sha256.
+# The authors' "Upload 9 files" commit, in the short form the Hub resolves; the weights are pinned by
+# their sha256 whatever the revision serves.
 DNABERT_S_REVISION = "1cdf84d"
 DNABERT_S_URL = "https://huggingface.co/{repo}/resolve/{revision}/{file}"
 DNABERT_S_FILES = ("config.json", "tokenizer.json", "pytorch_model.bin")
@@ -100,19 +99,32 @@ def sources(kind, output):
     raise VirNucProError(f"unknown model kind '{kind}' (expected esm2, dnabert_s or classifier)")
 
 
-def missing_models(paths):
+def downloadable(kind, path):
+    """True when the download of `kind` can make `path`: a classifier only under the original names (any
+    other classifier, the one `snakemake train` writes included, is made by the workflow or the user)."""
+    return kind != "classifier" or Path(path).name in CLASSIFIER_BLOB_IDS
+
+
+def missing_models(paths, made_here=()):
     """The lines that tell, for every model of `paths` ({setting: path}) not on disk, where to fetch it
-    from and where to put it, or which setting to point at a copy instead; [] when all are there."""
-    lines = []
+    from and where to put it, or which setting to point at a copy instead; a model of `made_here` (files
+    the workflow's own rules write) or one no download makes is named as made by `snakemake train`
+    instead. [] when all are there."""
+    made = {Path(p) for p in made_here}
+    fetched, trained = [], []
     for key, path in paths.items():
         if Path(path).exists():
             continue
+        if Path(path) in made or not downloadable(key, path):
+            trained.append(f"models.{key}: {path} is not on disk yet: `snakemake train` makes it (or set "
+                           f"models.{key} in config.yaml to a model already on disk)")
+            continue
         fetch = "; ".join(f"{url} -> {dest}" for url, dest in sources(key, path))
-        lines.append(f"  models.{key}: {fetch}")
-    if lines:
-        lines.insert(0, "models not on disk yet (no internet here?): fetch them on a machine that has it, "
-                        "or set each models.* setting in config.yaml to a copy already on disk:")
-    return lines
+        fetched.append(f"  models.{key}: {fetch}")
+    if fetched:
+        fetched.insert(0, "models not on disk yet (no internet here?): fetch them on a machine that has it, "
+                          "or set each models.* setting in config.yaml to a copy already on disk:")
+    return fetched + trained
 
 
 def _offline(exc, pairs):
@@ -164,22 +176,25 @@ def _download_classifier(output):
             blob = git_blob_id(data)
             if blob != CLASSIFIER_BLOB_IDS[name]:
                 raise _bad(url, output, f"git blob id {blob}, expected {CLASSIFIER_BLOB_IDS[name]}")
+            digest = hashlib.sha256(data).hexdigest()
             if data.startswith(LFS_POINTER):
                 url = CLASSIFIER_LFS_URL.format(name=name)
-                _fetch_lfs_object(url, tmp, data, output)
+                digest = _fetch_lfs_object(url, tmp, data, output)
         except _Unreachable as exc:
             raise _offline(exc, [(url, output)]) from None
-        write_record(tmp, verified=f"git blob id {blob} of the original repository", record=tmp_record)
+        write_record(tmp, digest, verified=f"git blob id {blob} of the original repository", record=tmp_record)
     log.info("%s verified (git blob id %s) -> %s", name, CLASSIFIER_BLOB_IDS[name], output)
     return output
 
 
 def _fetch_lfs_object(url, tmp, pointer, output):
+    """Fetch the LFS object `pointer` names into `tmp`, checked against its size and sha256 (returned)."""
     fields = dict(line.split(" ", 1) for line in pointer.decode().splitlines() if " " in line)
     oid, size = fields.get("oid", "").removeprefix("sha256:"), int(fields.get("size", -1))
     n = fetch(url, tmp)
     if n != size or sha256_of(tmp) != oid:
         raise _bad(url, output, f"LFS object of {n} bytes does not match the pointer (sha256 {oid}, {size} bytes)")
+    return oid
 
 
 # ------------------------------------------------------------------------------------------- ESM-2
@@ -231,18 +246,14 @@ def _download_dnabert_s(output):
             for url, final in pairs:
                 part = tmp / final.name
                 fetch(url, part)
-                problem = _DNABERT_CHECKS[final.name](part)
+                digest = sha256_of(part)
+                problem = _DNABERT_CHECKS[final.name](part, digest)
                 if problem:
                     raise _bad(url, output, problem)
-                digest = write_record(part, verified=f"{DNABERT_S_REPO} at {DNABERT_S_REVISION}, {_VERIFIED[final.name]}",
-                                      record=record_path(part))
+                write_record(part, digest, verified=f"{DNABERT_S_REPO} at {DNABERT_S_REVISION}, {_VERIFIED[final.name]}")
                 log.info("%s verified (sha256 %s)", final.name, digest)
         except _Unreachable as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise _offline(exc, pairs) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     log.info("DNABERT-S (%s at %s) -> %s", DNABERT_S_REPO, DNABERT_S_REVISION, output)
     return output
 
@@ -254,7 +265,7 @@ def _json(path):
         return None, f"not JSON ({exc})"
 
 
-def _check_config(path):
+def _check_config(path, digest):
     config, problem = _json(path)
     if problem:
         return problem
@@ -263,7 +274,7 @@ def _check_config(path):
     return f"config.json differs from DNABERT-S: {wrong}" if wrong else None
 
 
-def _check_tokenizer(path):
+def _check_tokenizer(path, digest):
     tokenizer, problem = _json(path)
     if problem:
         return problem
@@ -271,8 +282,7 @@ def _check_tokenizer(path):
     return None if kind == "BPE" else f"tokenizer.json holds a {kind!r} model, not BPE"
 
 
-def _check_weights(path):
-    digest = sha256_of(path)
+def _check_weights(path, digest):
     return None if digest == DNABERT_S_WEIGHTS_SHA256 else f"sha256 {digest}, expected {DNABERT_S_WEIGHTS_SHA256}"
 
 
@@ -280,7 +290,7 @@ _VERIFIED = {
     "config.json": "content checked", "tokenizer.json": "content checked",
     "pytorch_model.bin": "published sha256",
 }
-_DNABERT_CHECKS = {
+_DNABERT_CHECKS = {  # file -> check(path, its sha256): the problem, or None
     "config.json": _check_config,
     "tokenizer.json": _check_tokenizer,
     "pytorch_model.bin": _check_weights,

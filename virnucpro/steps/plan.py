@@ -21,14 +21,12 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from virnucpro.errors import VirNucProError
-from virnucpro.io.atomic import disk_full_error, is_disk_full, temp_path_for
+from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.seqio import read_fasta
 from virnucpro.io.store import (
     StoreIndex,
@@ -58,12 +56,18 @@ def shard_bounds(tokens, tokens_per_shard):
 
 def member_frames(name, dna, protein):
     """Yield (frame id, key, nucleotide, protein) of one member; both files must hold the same ids in order."""
+    for rid, nucleotide, prot in _paired(name, dna, protein):
+        yield rid, frame_key(nucleotide, prot), nucleotide, prot
+
+
+def _paired(name, dna, protein):
+    """Yield (frame id, nucleotide, protein) of one member, checking that both files hold the same ids."""
     proteins = read_fasta(protein)
     for rid, nucleotide in read_fasta(dna):
         pid, prot = next(proteins, (None, None))
         if pid != rid:
             raise VirNucProError(f"{dna} and {protein} of '{name}' do not hold the same frames in the same order")
-        yield rid, frame_key(nucleotide, prot), nucleotide, prot
+        yield rid, nucleotide, prot
     if next(proteins, None) is not None:
         raise VirNucProError(f"{dna} and {protein} of '{name}' do not hold the same frames in the same order")
 
@@ -141,7 +145,7 @@ def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, devic
         "distinct_frames": len(work.distinct),
         "frames_to_embed": len(keys),
     }
-    _write(out_dir, plan, members, work, shard_of, names, files)
+    _write(out_dir, plan, members, work, keys, shard_of, names, files)
     _log(plan)
     return plan
 
@@ -168,45 +172,39 @@ def _member_record(name, plan, work, shard_of, names, files):
     return record
 
 
-def _write(out_dir, plan, members, work, shard_of, names, files):
-    """The plan directory under a temporary name, renamed into place when complete."""
-    out_dir = Path(out_dir)
-    tmp = temp_path_for(out_dir)
-    try:
+def _write(out_dir, plan, members, work, keys, shard_of, names, files):
+    """The plan directory, written complete or not at all (`atomic_outputs`)."""
+    with atomic_outputs(out_dir) as (tmp,):
         (tmp / "shards").mkdir(parents=True)
         (tmp / "members").mkdir()
-        _write_shards(tmp / "shards", members, work, shard_of, names)
+        _write_shards(tmp / "shards", members, work, keys, shard_of, names)
         for name in members:
-            record = _member_record(name, plan, work, shard_of, names, files)
-            (tmp / "members" / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+            _write_json(tmp / "members" / f"{name}.json", _member_record(name, plan, work, shard_of, names, files))
         for name, error in plan["skipped"].items():
             record = {"member": name, "skipped": error, "frames": 0, "store": plan["store"],
                       "namespaces": plan["namespaces"], "shards": [], "files": {e: [] for e in ENCODERS}}
-            (tmp / "members" / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
-        (tmp / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(exc):
-            raise disk_full_error([out_dir]) from None
-        raise
+            _write_json(tmp / "members" / f"{name}.json", record)
+        _write_json(tmp / "plan.json", plan)
 
 
-def _write_shards(folder, members, work, shard_of, names):
+def _write_json(path, data):
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _write_shards(folder, members, work, keys, shard_of, names):
     """Every frame to embed, once, into its shard's .faa (if ESM-2 needs it) and .fna (if DNABERT-S does).
 
     Members are read in the order that numbered the work list, so first appearances come in position
-    order and the shards are written one after the other."""
+    order and the shards are written one after the other; `keys[at]` is the key of position `at` (the
+    frames are not hashed again)."""
     current, handles, next_at = None, {}, 0
     try:
         for member, (dna, protein) in members.items():
-            for (rid, key, nucleotide, prot), at in zip(member_frames(member, dna, protein), work.positions[member]):
+            for (rid, nucleotide, prot), at in zip(_paired(member, dna, protein), work.positions[member]):
                 if at < next_at:  # stored, or written already
                     continue
                 if at != next_at:
-                    raise RuntimeError(f"internal error: frame {key} out of order in the work list")
+                    raise RuntimeError(f"internal error: frame {rid} of {member} out of order in the work list")
                 next_at += 1
                 if shard_of[at] != current:
                     _close(handles)
@@ -214,7 +212,7 @@ def _write_shards(folder, members, work, shard_of, names):
                     handles = {e: open(folder / f"{names[current]}{SUFFIX[e]}", "w") for e in ENCODERS}
                 for i, (e, seq) in enumerate(zip(ENCODERS, (prot, nucleotide))):
                     if work.needs[at][i]:
-                        handles[e].write(f">{key} {member}:{rid}\n{seq}\n")
+                        handles[e].write(f">{keys[at]} {member}:{rid}\n{seq}\n")
     finally:
         _close(handles)
 
