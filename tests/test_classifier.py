@@ -217,3 +217,20 @@ def test_sample_without_frames(tmp_path):
     classify(*sample, model_note("classifier", tmp_path / "m.safetensors", tmp_path / "models"), 500, tmp_path / "p.tsv")
     assert (tmp_path / "p.tsv").read_text() == HEADER
 
+
+
+def test_a_classifier_file_has_the_same_bytes_in_every_process(tmp_path):
+    """The same weights and metadata written by fresh interpreters (each with its own hash seed) give one
+    sha256: safetensors' metadata order would otherwise differ from process to process."""
+    code = textwrap.dedent("""
+        import sys, torch
+        from virnucpro.models.classifier import MLPClassifier, write_classifier_file
+        torch.manual_seed(0)
+        write_classifier_file(MLPClassifier(input_dim=24, hidden_dim=8), sys.argv[1], 500, "test", "0" * 64)
+    """)
+    digests = set()
+    for i in range(4):
+        out = tmp_path / f"m{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": str(i)})
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from virnucpro import cli
 from virnucpro.cli import build_parser, default, main
 from virnucpro.io.checksums import SUFFIX, record_path
 
@@ -48,6 +47,7 @@ def test_every_rule_script_has_a_subcommand():
 def test_the_config_holds_the_package_defaults():
     from virnucpro.models import dnabert, esm2
     from virnucpro.steps.classify import FRAGMENT_SIZES
+    from virnucpro.steps.plan import plan_run
     from virnucpro.steps.summarize import summarize
     from virnucpro.steps.train import train_classifier
 
@@ -58,7 +58,7 @@ def test_the_config_holds_the_package_defaults():
     for name in ("max_gap_fragments", "min_viral_fragments"):
         assert config["regions"][name] == default(summarize, name)
     assert config["report"]["max_table_rows"] == default(summarize, "max_table_rows")
-    assert config["shards"]["tokens_per_shard"] == cli.TOKENS_PER_SHARD
+    assert config["shards"]["tokens_per_shard"] == default(plan_run, "tokens_per_shard")
     assert config["train"]["seed"] == default(train_classifier, "seed")
     assert config["embed"]["esm2_tokens_per_batch"] == esm2.DEFAULT_TOKENS_PER_BATCH
     assert config["embed"]["dnabert_tokens_per_batch"] == dnabert.DEFAULT_TOKENS_PER_BATCH

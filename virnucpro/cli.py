@@ -17,8 +17,6 @@ from virnucpro.logs import DATE_FORMAT, LOG_FORMAT
 
 log = logging.getLogger("virnucpro")
 DEVICES = ["auto", "cpu", "cuda"]
-# Defaults of settings whose step function takes them without one; config/config.yaml sets the same values.
-TOKENS_PER_SHARD = 50_000_000  # shards.tokens_per_shard
 
 
 def default(function, name):
@@ -193,6 +191,8 @@ def _command(sub, name, handler, summary, description=None):
 
 
 def _add_front(sub):
+    from virnucpro.steps.plan import plan_run
+
     p = _command(sub, "prepare", _prepare, "fragments and stop-free six-frame translations",
                  "Cut every sequence into fragments and keep the stop-free frames, as the original does.")
     p.add_argument("input", help="FASTA or FASTQ, plain or gzip (detected from content)")
@@ -211,8 +211,8 @@ def _add_front(sub):
     p.add_argument("--store", required=True, help="embedding store directory (shared between runs)")
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="where the embedding jobs will run; auto: cuda when a GPU is visible here")
-    p.add_argument("--tokens-per-shard", type=int, default=TOKENS_PER_SHARD,
-                   help=f"ESM-2 tokens per shard (default {TOKENS_PER_SHARD:_})")
+    per_shard = default(plan_run, "tokens_per_shard")
+    p.add_argument("--tokens-per-shard", type=int, default=per_shard, help=f"ESM-2 tokens per shard (default {per_shard:_})")
     p.add_argument("--out", required=True, help="the plan directory to write")
 
 

@@ -72,15 +72,31 @@ def is_safetensors(path):
 
 
 def save_safetensors(state, path, metadata):
-    """`safetensors.torch.save_file`, the file then given the mode any new file gets under the umask:
-    safetensors writes through a temporary file created 0600 whatever the umask
-    (safetensors/safetensors#782), which would leave a converted model readable by its owner only."""
+    """`safetensors.torch.save_file`, with two things made as they should be: the header is written with
+    its keys sorted, so that the same state and metadata give the same bytes in every process
+    (safetensors writes its metadata in hash-map order, which differs from one process to the next);
+    and the file gets the mode any new file gets under the umask (safetensors writes through a
+    temporary file created 0600 whatever the umask, safetensors/safetensors#782)."""
     from safetensors.torch import save_file
 
     save_file(state, str(path), metadata=metadata)
+    _sort_header(path)
     mask = os.umask(0o077)  # reading the umask means setting it; the most restrictive value meanwhile
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
+
+
+def _sort_header(path):
+    """Rewrite a safetensors header with sorted keys, padded with spaces to its old length (data offsets
+    count from the end of the header, so the tensors' bytes stay where they are)."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # cannot happen for the ASCII names and values written here
+            raise VirNucProError(f"{path}: the sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(text + b" " * (size - len(text)))
 
 
 def _source_files(kind, source):

@@ -233,7 +233,7 @@ def _log(plan):
     )
 
 
-def plan_run(members, out_dir, store, notes, device, tokens_per_shard, statuses=None):
+def plan_run(members, out_dir, store, notes, device, tokens_per_shard=50_000_000, statuses=None):
     """The `plan` step: the namespaces of the models the notes name (`virnucpro.io.notes`, checked to be
     current), on the device the embedding jobs will use (`gpus.planned_device`), then `plan_embeddings`.
     notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file; statuses: {name:
