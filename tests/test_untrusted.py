@@ -111,10 +111,12 @@ def test_tampered_esm2_file_is_refused_before_loading(tmp_path, tiny_models, cap
     _tamper(model)
     with pytest.raises(VirNucProError, match=r"sha256 \w+ differs from the checksum recorded when it was verified"):
         ensure_converted("esm2", model, tmp_path / "other")
-    rc = cli_main(["convert-model", "esm2", str(model), "--models-dir", str(tmp_path / "other")])
+    rc = cli_main(["convert-model", "esm2", str(model), "--models-dir", str(tmp_path / "other"),
+                   "--out", str(tmp_path / "note.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and "differs from the checksum recorded" in err[-1] and str(model) in err[-1]
     assert not (tmp_path / "other").exists()  # refused before anything was converted
+    assert not (tmp_path / "note.json").exists()
     _tamper(out)  # the converted file has a verified record of its own
     with pytest.raises(VirNucProError, match="differs from the checksum recorded when it was verified"):
         load_converted(out, "0" * 64, "cpu")
