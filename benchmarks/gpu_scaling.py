@@ -32,7 +32,7 @@ from benchmarks.workflow_throughput import (  # noqa: E402
     snakemake,
     write_sample,
 )
-from tests.test_workflow import make_workdir  # noqa: E402
+from tests.workflow_runs import make_workdir  # noqa: E402
 
 
 def busy(work):

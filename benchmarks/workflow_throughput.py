@@ -39,12 +39,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.original_classifier import make_original_classifier  # noqa: E402
-from tests.test_workflow import make_workdir  # noqa: E402
 from tests.tiny_dnabert import build_tiny_dnabert, train_tokenizer  # noqa: E402
 from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint  # noqa: E402
-from virnucpro.models import esm2  # noqa: E402
+from tests.workflow_runs import make_workdir  # noqa: E402
 from virnucpro.io.converted import ensure_converted  # noqa: E402
 from virnucpro.io.seqio import read_fasta  # noqa: E402
+from virnucpro.models import esm2  # noqa: E402
 from virnucpro.models.encoders import ESM2_TRUNCATION  # noqa: E402
 from virnucpro.models.runner import embed_packed  # noqa: E402
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.test_workflow import REPO, make_workdir
+from tests.workflow_runs import REPO, make_workdir
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from tests.original_classifier import make_original_classifier
-from tests.test_workflow import REPO, snakemake
+from tests.workflow_runs import REPO, snakemake
 from tests.test_workflow_e2e import workdir
 from tests.tiny_dnabert import build_tiny_dnabert, train_tokenizer
 from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from tests.test_workflow import REPO, make_workdir, snakemake
+from tests.workflow_runs import REPO, make_workdir, snakemake
 from virnucpro.io.seqio import read_fasta
 from virnucpro.io.store import (
     Namespace,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_workflow import REPO, SNAKEMAKE, snakemake
+from tests.workflow_runs import REPO, SNAKEMAKE, snakemake
 from tests.test_workflow_e2e import TABLES, rows, workdir
 from virnucpro.io.seqio import read_sequences
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.test_workflow import REPO, snakemake
+from tests.workflow_runs import REPO, snakemake
 from tests.test_workflow_e2e import SAMPLES, TABLES, workdir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow, pytest.mark.slow]

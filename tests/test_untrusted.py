@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_workflow import REPO, make_workdir, snakemake
+from tests.workflow_runs import REPO, make_workdir, snakemake
 from virnucpro.cli import main as cli_main
 from virnucpro.errors import InputError, VirNucProError
 from virnucpro.io import checksums, seqio

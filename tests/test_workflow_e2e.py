@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.test_workflow import REPO, make_workdir, snakemake
+from tests.workflow_runs import REPO, make_workdir, snakemake
 from virnucpro.io.seqio import read_fasta, read_sequences
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
