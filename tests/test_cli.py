@@ -11,6 +11,7 @@ import yaml
 
 from virnucpro.cli import build_parser, default, main
 from virnucpro.io.checksums import SUFFIX, record_path
+from virnucpro.io.seqio import MAX_RECORD_BP
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +60,7 @@ def test_the_config_holds_the_package_defaults():
         assert config["regions"][name] == default(summarize, name)
     assert config["report"]["max_table_rows"] == default(summarize, "max_table_rows")
     assert config["shards"]["tokens_per_shard"] == default(plan_run, "tokens_per_shard")
+    assert config["max_record_bp"] == MAX_RECORD_BP
     assert config["train"]["seed"] == default(train_classifier, "seed")
     assert config["embed"]["esm2_tokens_per_batch"] == esm2.DEFAULT_TOKENS_PER_BATCH
     assert config["embed"]["dnabert_tokens_per_batch"] == dnabert.DEFAULT_TOKENS_PER_BATCH
@@ -88,3 +90,13 @@ def test_convert_model_writes_the_note_and_checksum_records_of_the_rules_script(
     assert rc == 0 and out.strip() == str(Path(snapshot).resolve())
     assert json.loads(cli_note.read_text()) == json.loads(rule_note.read_text())
     assert record_path(snapshot / "config.json").is_file()
+
+
+def test_prepare_refuses_a_record_longer_than_the_limit_in_one_line(tmp_path, capsys):
+    (tmp_path / "in.fa").write_text(">long\n" + "ACGT" * 200 + "\n")
+    rc, _, err = run_cli(capsys, "prepare", tmp_path / "in.fa", "--fragment-size", 300, "--out-dna", tmp_path / "d.fna",
+                         "--out-protein", tmp_path / "p.faa", "--max-record-bp", 799)
+    assert rc == 1 and err.count("\n") == 1 and "record 'long'" in err and "longer than 799 bp" in err
+    assert not (tmp_path / "d.fna").exists()
+    assert run_cli(capsys, "prepare", tmp_path / "in.fa", "--fragment-size", 300, "--out-dna", tmp_path / "d.fna",
+                   "--out-protein", tmp_path / "p.faa", "--max-record-bp", 800)[0] == 0

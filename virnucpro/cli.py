@@ -13,6 +13,7 @@ from pathlib import Path
 
 from virnucpro import __version__
 from virnucpro.errors import VirNucProError
+from virnucpro.io.seqio import MAX_RECORD_BP
 from virnucpro.logs import DATE_FORMAT, LOG_FORMAT
 
 log = logging.getLogger("virnucpro")
@@ -39,7 +40,7 @@ def _prepare(args):
     from virnucpro.steps.prepare import prepare
 
     prepare(args.input, fragment_size=args.fragment_size, out_dna=args.out_dna, out_protein=args.out_protein,
-            out_fragments=args.out_fragments, manifest=args.manifest)
+            out_fragments=args.out_fragments, manifest=args.manifest, max_bp=args.max_record_bp)
 
 
 def _members(pairs):
@@ -201,6 +202,8 @@ def _add_front(sub):
     p.add_argument("--out-protein", required=True, help="kept frames, proteins (for ESM-2)")
     p.add_argument("--out-fragments", help="the fragments themselves, as the original writes them")
     p.add_argument("--manifest", help="TSV with one row per input sequence")
+    p.add_argument("--max-record-bp", type=int, default=MAX_RECORD_BP,
+                   help=f"longest sequence read; a longer record is refused (default {MAX_RECORD_BP:_})")
 
     p = _command(sub, "plan", _plan, "plan the embeddings of several samples into pooled shards",
                  "Key every frame of every sample by content, leave out what the embedding store holds, "
