@@ -2,7 +2,9 @@
 defaults are the package's (and config/config.yaml's); a subcommand does what the workflow's script does."""
 
 import json
+import re
 import runpy
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -100,3 +102,19 @@ def test_prepare_refuses_a_record_longer_than_the_limit_in_one_line(tmp_path, ca
     assert not (tmp_path / "d.fna").exists()
     assert run_cli(capsys, "prepare", tmp_path / "in.fa", "--fragment-size", 300, "--out-dna", tmp_path / "d.fna",
                    "--out-protein", tmp_path / "p.faa", "--max-record-bp", 800)[0] == 0
+
+
+def test_every_command_of_the_readme_parses_and_every_subcommand_is_there():
+    """The README's block of step commands: each line parses (optional parts in brackets taken), and
+    every subcommand has a line."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("### The steps as commands"):]
+    block = block[block.index("```bash") + len("```bash"):]
+    block = re.sub(r"\\\n\s*", " ", block[:block.index("```")])
+    parser, seen = build_parser(), set()
+    for line in block.strip().splitlines():
+        line = re.sub(r"\[([^\]]*)\]", lambda m: "" if "..." in m.group(1) else m.group(1), line.split("  #")[0])
+        argv = shlex.split(line)[1:]
+        parser.parse_args(argv)
+        seen.add(argv[0])
+    assert seen == set(subcommands())
