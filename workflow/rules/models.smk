@@ -54,58 +54,31 @@ rule download_classifier:
         "../../scripts/download_model.py"
 
 
-rule convert_esm2:
-    input:
-        model_path("esm2"),
-    output:
-        note("esm2"),
-    log:
-        f"{MODELS}/logs/convert_esm2.log",
-    localrule: True
-    conda:
-        "../../envs/virnucpro.yaml"
-    threads: 1
-    params:
-        kind="esm2",
-        stamp=stamp("esm2"),
-    script:
-        "../../scripts/note_model.py"
+# One note rule per kind of model, alike but for the kind: convert_esm2, check_dnabert_s, convert_classifier.
+for _kind, _rule in (
+    ("esm2", "convert_esm2"),
+    ("dnabert_s", "check_dnabert_s"),
+    ("classifier", "convert_classifier"),
+):
 
-
-rule check_dnabert_s:
-    input:
-        model_path("dnabert_s"),
-    output:
-        note("dnabert_s"),
-    log:
-        f"{MODELS}/logs/check_dnabert_s.log",
-    localrule: True
-    conda:
-        "../../envs/virnucpro.yaml"
-    threads: 1
-    params:
-        kind="dnabert_s",
-        stamp=stamp("dnabert_s"),
-    script:
-        "../../scripts/note_model.py"
-
-
-rule convert_classifier:
-    input:
-        model_path("classifier"),
-    output:
-        note("classifier"),
-    log:
-        f"{MODELS}/logs/convert_classifier.log",
-    localrule: True
-    conda:
-        "../../envs/virnucpro.yaml"
-    threads: 1
-    params:
-        kind="classifier",
-        stamp=stamp("classifier"),
-    script:
-        "../../scripts/note_model.py"
+    rule:
+        name:
+            _rule
+        input:
+            model_path(_kind),
+        output:
+            note(_kind),
+        log:
+            f"{MODELS}/logs/{_rule}.log",
+        localrule: True
+        conda:
+            "../../envs/virnucpro.yaml"
+        threads: 1
+        params:
+            kind=_kind,
+            stamp=stamp(_kind),
+        script:
+            "../../scripts/note_model.py"
 
 
 rule models:
