@@ -118,3 +118,15 @@ def test_every_command_of_the_readme_parses_and_every_subcommand_is_there():
         parser.parse_args(argv)
         seen.add(argv[0])
     assert seen == set(subcommands())
+
+
+def test_prepare_with_a_status_records_bad_input_as_the_workflow_does(tmp_path, capsys):
+    (tmp_path / "bad.fa").write_text("no header line\n")
+    out = ["--fragment-size", 300, "--out-dna", tmp_path / "d.fna", "--out-protein", tmp_path / "p.faa",
+           "--manifest", tmp_path / "m.tsv"]
+    rc, _, err = run_cli(capsys, "prepare", tmp_path / "bad.fa", *out)
+    assert rc == 1 and err.count("\n") == 1 and "bad.fa" in err and not (tmp_path / "d.fna").exists()
+    rc, _, _ = run_cli(capsys, "prepare", tmp_path / "bad.fa", *out, "--status", tmp_path / "status.json")
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert rc == 0 and status["ok"] is False and "bad.fa" in status["error"]
+    assert all((tmp_path / f).read_bytes() == b"" for f in ("d.fna", "p.faa", "m.tsv"))

@@ -37,10 +37,10 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def _prepare(args):
-    from virnucpro.steps.prepare import prepare
+    from virnucpro.steps.prepare import prepare_sample
 
-    prepare(args.input, fragment_size=args.fragment_size, out_dna=args.out_dna, out_protein=args.out_protein,
-            out_fragments=args.out_fragments, manifest=args.manifest, max_bp=args.max_record_bp)
+    prepare_sample(args.input, args.fragment_size, args.out_dna, args.out_protein, manifest=args.manifest,
+                   status=args.status, out_fragments=args.out_fragments, max_bp=args.max_record_bp)
 
 
 def _members(pairs):
@@ -202,6 +202,8 @@ def _add_front(sub):
     p.add_argument("--out-protein", required=True, help="kept frames, proteins (for ESM-2)")
     p.add_argument("--out-fragments", help="the fragments themselves, as the original writes them")
     p.add_argument("--manifest", help="TSV with one row per input sequence")
+    p.add_argument("--status", help="as the workflow: record bad input here (JSON) and write empty outputs, "
+                                    "instead of stopping with the error")
     p.add_argument("--max-record-bp", type=int, default=MAX_RECORD_BP,
                    help=f"longest sequence read; a longer record is refused (default {MAX_RECORD_BP:_})")
 

@@ -9,8 +9,8 @@ Outputs, all written to temporary names and renamed together when the whole inpu
 Records are processed in batches of about `batch_bases` bases; memory is bounded by the batch and the
 longest single record, not by the input size: a record longer than `max_bp` is refused (`seqio`).
 
-`prepare_sample` is the workflow's step: on bad input it records the error in a status file and writes
-the sample's outputs empty, so that the run's other samples go on.
+`prepare_sample` is the step its rule and the CLI call: given a status file (the workflow), bad input is
+recorded there and the sample's outputs are written empty, so that the run's other samples go on.
 """
 
 import json
@@ -68,24 +68,32 @@ def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None,
     return stats
 
 
-def prepare_sample(input_path, fragment_size, out_dna, out_protein, manifest, status, max_bp=MAX_RECORD_BP):
-    """`prepare` one sample of the workflow, and write `status` (JSON): {"ok": true, and the counts}.
+def prepare_sample(input_path, fragment_size, out_dna, out_protein, manifest=None, status=None, out_fragments=None,
+                   max_bp=MAX_RECORD_BP):
+    """The `prepare` step on one sample, as its rule and the CLI run it: `prepare`, and with `status`
+    (JSON) the workflow's record of how it went, {"ok": true, and the counts}.
 
-    Bad input (an `InputError`) is logged as one error line, the sample's outputs are written empty and
-    `status` holds {"ok": false, "error": that line}: the embedding plan leaves the sample out and its
-    classification fails with the line, while the run's other samples finish.
+    With `status`, bad input (an `InputError`) is logged as one error line, the sample's outputs are
+    written empty and `status` holds {"ok": false, "error": that line}: the embedding plan leaves the
+    sample out and its classification fails with the line, while the run's other samples finish.
+    Without `status` the error is raised.
     """
     try:
-        stats = prepare(input_path, fragment_size, out_dna, out_protein, manifest=manifest, max_bp=max_bp)
+        stats = prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=out_fragments,
+                        manifest=manifest, max_bp=max_bp)
     except InputError as exc:
+        if status is None:
+            raise
         log.error("prepare: %s", exc)
-        with atomic_outputs(out_dna, out_protein, manifest, status) as (dna, protein, table, note):
-            for path in (dna, protein, table):
-                path.write_bytes(b"")
-            note.write_text(json.dumps({"ok": False, "error": str(exc)}) + "\n")
+        with atomic_outputs(out_dna, out_protein, out_fragments, manifest, status) as outputs:
+            for path in outputs[:-1]:
+                if path is not None:
+                    path.write_bytes(b"")
+            outputs[-1].write_text(json.dumps({"ok": False, "error": str(exc)}) + "\n")
         return None
-    with atomic_outputs(status) as (note,):
-        note.write_text(json.dumps({"ok": True, **asdict(stats)}) + "\n")
+    if status is not None:
+        with atomic_outputs(status) as (note,):
+            note.write_text(json.dumps({"ok": True, **asdict(stats)}) + "\n")
     return stats
 
 
