@@ -130,3 +130,22 @@ def test_prepare_with_a_status_records_bad_input_as_the_workflow_does(tmp_path, 
     status = json.loads((tmp_path / "status.json").read_text())
     assert rc == 0 and status["ok"] is False and "bad.fa" in status["error"]
     assert all((tmp_path / f).read_bytes() == b"" for f in ("d.fna", "p.faa", "m.tsv"))
+
+
+def test_plan_leaves_out_a_sample_whose_status_says_its_input_was_bad(tmp_path, capsys, tiny_models):
+    frames = {}
+    for name, text in (("good", ">s1\n" + "ACGTTGCAAT" * 60 + "\n"), ("bad", "no header line\n")):
+        (tmp_path / f"{name}.fa").write_text(text)
+        frames[name] = (tmp_path / f"{name}.fna", tmp_path / f"{name}.faa")
+        assert run_cli(capsys, "prepare", tmp_path / f"{name}.fa", "--fragment-size", 300, "--out-dna", frames[name][0],
+                       "--out-protein", frames[name][1], "--status", tmp_path / f"{name}.json")[0] == 0
+    models = ["--esm2", tiny_models["models.esm2"], "--dnabert-s", tiny_models["models.dnabert_s"],
+              "--models-dir", tmp_path / "models", "--store", tmp_path / "store", "--device", "cpu"]
+    samples = [a for name, (dna, protein) in frames.items() for a in ("--sample", name, dna, protein)]
+    rc, _, err = run_cli(capsys, "plan", *samples, *models, "--status", "other", tmp_path / "bad.json", "--out", tmp_path / "p0")
+    assert rc == 1 and "--status other: no --sample of that name" in err
+    assert run_cli(capsys, "plan", *samples, *models, "--status", "bad", tmp_path / "bad.json", "--out", tmp_path / "plan")[0] == 0
+    bad = json.loads((tmp_path / "plan" / "members" / "bad.json").read_text())
+    good = json.loads((tmp_path / "plan" / "members" / "good.json").read_text())
+    assert bad["skipped"] == json.loads((tmp_path / "bad.json").read_text())["error"] and bad["frames"] == 0
+    assert good["frames"] > 0 and "skipped" not in good

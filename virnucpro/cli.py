@@ -62,7 +62,10 @@ def _encoder_notes(args):
 def _plan(args):
     from virnucpro.steps.plan import plan_run
 
-    plan_run(_members(args.sample), args.out, args.store, _encoder_notes(args), args.device, args.tokens_per_shard)
+    members, statuses = _members(args.sample), dict(args.status or [])
+    if unknown := sorted(set(statuses) - set(members)):
+        raise VirNucProError(f"--status {unknown[0]}: no --sample of that name")
+    plan_run(members, args.out, args.store, _encoder_notes(args), args.device, args.tokens_per_shard, statuses)
 
 
 def _embed(args):
@@ -212,6 +215,8 @@ def _add_front(sub):
                  "and cut the rest into shards balanced by ESM-2 tokens.")
     p.add_argument("--sample", nargs=3, action="append", required=True, metavar=("NAME", "FRAMES_FNA", "FRAMES_FAA"),
                    help="a sample and its frames from `prepare` (repeat for each sample)")
+    p.add_argument("--status", nargs=2, action="append", metavar=("NAME", "STATUS_JSON"),
+                   help="a sample's status from `prepare --status`: a sample whose input was bad is left out")
     _encoders(p)
     p.add_argument("--store", required=True, help="embedding store directory (shared between runs)")
     p.add_argument("--device", default="auto", choices=DEVICES,
