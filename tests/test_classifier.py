@@ -234,3 +234,13 @@ def test_a_classifier_file_has_the_same_bytes_in_every_process(tmp_path):
         subprocess.run([sys.executable, "-c", code, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": str(i)})
         digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
     assert len(digests) == 1
+
+
+def test_a_state_dict_that_does_not_fit_is_a_one_line_error(tmp_path):
+    state = MLPClassifier(input_dim=24, hidden_dim=8).state_dict()
+    del state["bn1.running_mean"]
+    torch.save(state, tmp_path / "500_model.pth")
+    with pytest.raises(VirNucProError, match=r"500_model.pth: state dict does not fit the VirNucPro classifier "
+                                             r"\(Error\(s\) in loading state_dict") as err:
+        load_classifier(tmp_path / "500_model.pth")
+    assert "\n" not in str(err.value)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from virnucpro.errors import VirNucProError
+from virnucpro.errors import VirNucProError, first_line
 from virnucpro.io.checksums import checked_sha256
 from virnucpro.io.converted import is_safetensors
 from virnucpro.io.torchfile import load_torch_file
