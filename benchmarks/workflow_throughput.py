@@ -45,7 +45,7 @@ from tests.workflow_runs import make_workdir  # noqa: E402
 from virnucpro.io.converted import ensure_converted  # noqa: E402
 from virnucpro.io.seqio import read_fasta  # noqa: E402
 from virnucpro.models import esm2  # noqa: E402
-from virnucpro.models.encoders import ESM2_TRUNCATION  # noqa: E402
+from virnucpro.models.encoders import ESM2_TOKENS_PER_BATCH, ESM2_TRUNCATION  # noqa: E402
 from virnucpro.models.runner import embed_packed  # noqa: E402
 
 INPUTS = "1x20,8x2.5,100x0.2"  # samples x Mbp each
@@ -209,7 +209,7 @@ def kernel_rate(work, models, device, n_frames):
     model = esm2.load_converted(converted, digest, device)
     seqs = [s for faa in sorted((work / "results").glob("*/prepare/frames.faa")) for _, s in read_fasta(faa)]
     seqs = seqs[:n_frames]
-    tok, budget = esm2.tokenizer(), esm2.DEFAULT_TOKENS_PER_BATCH[device.type]
+    tok, budget = esm2.tokenizer(), ESM2_TOKENS_PER_BATCH[device.type]
     ids = [str(i) for i in range(len(seqs))]
     embed_packed(ids[:2000], seqs[:2000], tok, model.embed, model.embed_dim, device, budget, "warm-up")
     if device.type == "cuda":

@@ -48,8 +48,11 @@ def test_every_rule_script_has_a_subcommand():
 
 
 def test_the_config_holds_the_package_defaults():
-    from virnucpro.models import dnabert, esm2
-    from virnucpro.steps.classify import FRAGMENT_SIZES
+    from virnucpro.frames import FRAGMENT_SIZES
+    from virnucpro.models.encoders import (
+        DNABERT_TOKENS_PER_BATCH,
+        ESM2_TOKENS_PER_BATCH,
+    )
     from virnucpro.steps.plan import plan_run
     from virnucpro.steps.summarize import summarize
     from virnucpro.steps.train import train_classifier
@@ -64,8 +67,8 @@ def test_the_config_holds_the_package_defaults():
     assert config["shards"]["tokens_per_shard"] == default(plan_run, "tokens_per_shard")
     assert config["max_record_bp"] == MAX_RECORD_BP
     assert config["train"]["seed"] == default(train_classifier, "seed")
-    assert config["embed"]["esm2_tokens_per_batch"] == esm2.DEFAULT_TOKENS_PER_BATCH
-    assert config["embed"]["dnabert_tokens_per_batch"] == dnabert.DEFAULT_TOKENS_PER_BATCH
+    assert config["embed"]["esm2_tokens_per_batch"] == ESM2_TOKENS_PER_BATCH
+    assert config["embed"]["dnabert_tokens_per_batch"] == DNABERT_TOKENS_PER_BATCH
     assert schema["properties"]["fragment_size"]["enum"] == list(FRAGMENT_SIZES)
     args = build_parser().parse_args(["summarize", "--predictions", "p", "--manifest", "m", "--fasta", "f",
                                       "--fragment-size", "500", "--out-dir", "o"])

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from virnucpro import __version__
 from virnucpro.errors import VirNucProError
+from virnucpro.frames import FRAGMENT_SIZES
 from virnucpro.io.seqio import MAX_RECORD_BP
 from virnucpro.logs import DATE_FORMAT, LOG_FORMAT
+from virnucpro.models.encoders import DNABERT_TOKENS_PER_BATCH, ESM2_TOKENS_PER_BATCH
 
 log = logging.getLogger("virnucpro")
 DEVICES = ["auto", "cpu", "cuda"]
@@ -143,8 +145,6 @@ def _download(args):
 
 
 def _fragment_size(p):
-    from virnucpro.steps.classify import FRAGMENT_SIZES
-
     sizes = " or ".join(map(str, FRAGMENT_SIZES))
     p.add_argument("--fragment-size", type=int, required=True, choices=FRAGMENT_SIZES,
                    help=f"fragment length in bp ({sizes}); must match the classifier")
@@ -166,17 +166,10 @@ def _member_frames(p):
     p.add_argument("--member", required=True, help="the sample's record of the embedding plan (members/NAME.json)")
 
 
-def _tokens_per_batch(p, encoder, name):
-    """--{encoder}-tokens-per-batch, its help naming the defaults of `virnucpro.models.{name}`."""
-
-    def help_text():
-        from importlib import import_module
-
-        budgets = import_module(f"virnucpro.models.{name}").DEFAULT_TOKENS_PER_BATCH
-        return (f"token budget of one packed {'ESM-2' if name == 'esm2' else 'DNABERT-S'} batch (default: "
-                f"{budgets['cuda']} on GPU, {budgets['cpu']} on CPU)")
-
-    p.add_argument(f"--{encoder}-tokens-per-batch", type=int, help=help_text)
+def _tokens_per_batch(p, encoder, name, budgets):
+    p.add_argument(f"--{encoder}-tokens-per-batch", type=int,
+                   help=f"token budget of one packed {name} batch (default: {budgets['cuda']} on GPU, "
+                        f"{budgets['cpu']} on CPU)")
 
 
 def _seed_help():
@@ -233,8 +226,8 @@ def _add_embed(sub):
     p.add_argument("plan", help="the plan directory")
     p.add_argument("shard", help="the shard's name (plan.json lists them)")
     _encoders(p)
-    _tokens_per_batch(p, "esm2", "esm2")
-    _tokens_per_batch(p, "dnabert", "dnabert")
+    _tokens_per_batch(p, "esm2", "ESM-2", ESM2_TOKENS_PER_BATCH)
+    _tokens_per_batch(p, "dnabert", "DNABERT-S", DNABERT_TOKENS_PER_BATCH)
     p.add_argument("--out", required=True, help="the receipt to write (JSON)")
 
     p = _command(sub, "classify", _classify, "score a sample's frames with the VirNucPro classifier",

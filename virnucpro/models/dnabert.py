@@ -41,8 +41,7 @@ from virnucpro.models.packing import segment_mean
 
 log = logging.getLogger("virnucpro")
 
-DEFAULT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 8192}
-# dtype of the linear layers by device type: the first word of its store-namespace precision string
+# dtype of the linear layers by device type (named in encoders, which the store namespaces also read)
 DTYPE = {device: getattr(torch, name) for device, name in DNABERT_DTYPE.items()}
 IGNORED_PREFIXES = ("pooler.", "cls.")  # heads the embedding does not use
 IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")  # index buffers some BERTs save

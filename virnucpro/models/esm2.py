@@ -40,7 +40,6 @@ from virnucpro.models.packing import segment_ids, segment_mean
 
 log = logging.getLogger("virnucpro")
 
-DEFAULT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 4096}
 FILE_DTYPE = torch.float16  # of the converted file: the published checkpoints' dtype
 FORMAT = "virnucpro-esm2/1"
 ALPHABET = "ESM-1b"  # fair-esm's alphabet for every ESM-2 model

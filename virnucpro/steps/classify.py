@@ -7,22 +7,22 @@ one row per frame in the order of the sample's frames, scores printed as the ori
 
 import logging
 
+import torch
+
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.notes import check_note
+from virnucpro.models.classifier import classifier_of, predict
 from virnucpro.results.original_files import PREDICTION_HEADER as HEADER
 from virnucpro.steps.merge import iter_features
 
 log = logging.getLogger("virnucpro")
 
 LABELS = ("others", "virus")
-FRAGMENT_SIZES = (300, 500)  # the fragment lengths the original classifiers were trained on
 
 
 def format_rows(ids, probabilities):
     """Lines of the original's prediction table (without header) for `ids` and float32 `probabilities`."""
-    import torch  # heavy: imported where it is used, so that the CLI reads FRAGMENT_SIZES without it
-
     predicted = torch.max(torch.from_numpy(probabilities), 1).indices.tolist() if len(ids) else []
     return [
         f"{i}\t{LABELS[p]}\t" + "\t".join(map(str, row)) + "\n"
@@ -34,8 +34,6 @@ def classify(dna, protein, member, note, fragment_size, out):
     """Score every frame of a sample (its frames files and plan record; features read from the embedding
     store) with the classifier that `note` (a model note or the path of one) names; write the prediction
     table `out`."""
-    from virnucpro.models.classifier import classifier_of, predict
-
     note = check_note(note)
     clf = classifier_of(note)
     model = note["source"]

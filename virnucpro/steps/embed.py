@@ -27,7 +27,12 @@ from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.notes import check_note, source_sha256
 from virnucpro.io.store import Namespace, write_store_file
 from virnucpro.models import dnabert, esm2
-from virnucpro.models.encoders import DNABERT_PRECISION, namespaces
+from virnucpro.models.encoders import (
+    DNABERT_PRECISION,
+    DNABERT_TOKENS_PER_BATCH,
+    ESM2_TOKENS_PER_BATCH,
+    namespaces,
+)
 from virnucpro.models.packing import pack
 from virnucpro.models.runner import Task, resolve_device, run_packed
 
@@ -153,8 +158,8 @@ def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dna
     frames = {"esm2": plan_dir / "shards" / f"{shard}.faa", "dnabert_s": plan_dir / "shards" / f"{shard}.fna"}
     records = {e: read_shard(path) for e, path in frames.items()}
     device = _device(plan)
-    esm2_tokens_per_batch = _budget(esm2_tokens_per_batch, esm2.DEFAULT_TOKENS_PER_BATCH, device)
-    dnabert_tokens_per_batch = _budget(dnabert_tokens_per_batch, dnabert.DEFAULT_TOKENS_PER_BATCH, device)
+    esm2_tokens_per_batch = _budget(esm2_tokens_per_batch, ESM2_TOKENS_PER_BATCH, device)
+    dnabert_tokens_per_batch = _budget(dnabert_tokens_per_batch, DNABERT_TOKENS_PER_BATCH, device)
     notes = {e: check_note(n) for e, n in notes.items()}
     namespaces = _check_namespaces(plan, notes, device.type)
     seconds, tasks = {}, []

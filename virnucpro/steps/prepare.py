@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def prepare_sample(input_path, fragment_size, out_dna, out_protein, manifest=Non
 def read_status(path):
     """The error a prepare status records, or None for a sample whose front end went through."""
     try:
-        status = json.loads(open(path).read())
+        status = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise InputError(path, f"not a readable prepare status ({exc})") from None
     return None if status.get("ok") else status.get("error", "the front end failed")
