@@ -105,17 +105,16 @@ def downloadable(kind, path):
     return kind != "classifier" or Path(path).name in CLASSIFIER_BLOB_IDS
 
 
-def missing_models(paths, made_here=()):
+def missing_models(paths):
     """The lines that tell, for every model of `paths` ({setting: path}) not on disk, where to fetch it
-    from and where to put it, or which setting to point at a copy instead; a model of `made_here` (files
-    the workflow's own rules write) or one no download makes is named as made by `snakemake train`
-    instead. [] when all are there."""
-    made = {Path(p) for p in made_here}
+    from and where to put it, or which setting to point at a copy instead; a model no download makes
+    (the classifier `snakemake train` writes) is named as made by `snakemake train` instead. [] when all
+    are there."""
     fetched, trained = [], []
     for key, path in paths.items():
         if Path(path).exists():
             continue
-        if Path(path) in made or not downloadable(key, path):
+        if not downloadable(key, path):
             trained.append(f"models.{key}: {path} is not on disk yet: `snakemake train` makes it (or set "
                            f"models.{key} in config.yaml to a model already on disk)")
             continue
