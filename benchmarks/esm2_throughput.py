@@ -1,6 +1,7 @@
 """ESM-2 3B throughput: the original extract path, fair-esm padded bf16, and the packed path.
 
-The packed variants run in each of `--dtypes` (float16, the workflow's compute dtype, first).
+The packed variants run in each of `--dtypes` (float16, the workflow's compute dtype, first); `float8`
+is the float8 model (q, k, fc1 and fc2 in e4m3, the rest in float16: `embed.precision: float8`).
 
     python benchmarks/esm2_throughput.py --out benchmarks/results/esm2_throughput_h200.txt
 
@@ -157,8 +158,9 @@ def measure(name, fn, seqs, warm, device, results, log):
 def packed_variants(model, tok, seqs, warm, wl, name, dtype, variants, budgets, args, results, log, out_of_time):
     """The packed paths in one compute dtype: eager torch ops, torch.compile and the Triton kernels."""
     device, dim = torch.device(args.device), model.embed_dim
+    fp8 = dict(float8=True) if name == "float8" else {}
     if "packed_eager" in variants and not out_of_time():
-        packed = PackedESM2.from_fair_esm(model, device, dtype, compile=False, kernels=False)
+        packed = PackedESM2.from_fair_esm(model, device, dtype, compile=False, kernels=False, **fp8)
         for b in (16384, 65536):
             if not out_of_time():
                 measure(f"{wl} packed {name} eager {b} tok/batch",
@@ -168,10 +170,10 @@ def packed_variants(model, tok, seqs, warm, wl, name, dtype, variants, budgets, 
                                     ("packed_triton", "triton kernels", dict(kernels=True))):
         if variant not in variants or out_of_time():
             continue
-        packed = PackedESM2.from_fair_esm(model, device, dtype, **options)
+        packed = PackedESM2.from_fair_esm(model, device, dtype, **options, **fp8)
         chosen, check = packed.backend, seqs[:300]
         ids = [str(i) for i in range(len(check))]
-        eager = PackedESM2.from_fair_esm(model, device, dtype, compile=False, kernels=False)
+        eager = PackedESM2.from_fair_esm(model, device, dtype, compile=False, kernels=False, **fp8)
         a = embed_packed(ids, check, tok, eager.embed, dim, device, 16384, "check")
         c = embed_packed(ids, check, tok, packed.embed, dim, device, 16384, "check")
         del eager
@@ -200,12 +202,12 @@ def main():
     ap.add_argument("--variants", default="original,fair_bf16,packed_eager,packed_compiled,packed_triton,gemm")
     ap.add_argument("--budgets", default="16384,32768,65536,131072", help="packed token budgets (compiled)")
     ap.add_argument("--profile", action="store_true", help="kernel breakdown of one batch per packed variant")
-    ap.add_argument("--dtypes", default="float16,bfloat16", help="compute dtypes of the packed variants")
+    ap.add_argument("--dtypes", default="float16,float8,bfloat16", help="compute dtypes of the packed variants")
     ap.add_argument("--time-limit", type=float, default=480, help="skip remaining variants after this many s")
     args = ap.parse_args()
 
     device = torch.device(args.device)
-    dtypes = [(name, getattr(torch, name)) for name in args.dtypes.split(",")]
+    dtypes = [(name, torch.float16 if name == "float8" else getattr(torch, name)) for name in args.dtypes.split(",")]
     variants = set(args.variants.split(","))
     budgets = [int(b) for b in args.budgets.split(",")]
     start = time.perf_counter()

@@ -146,6 +146,59 @@ def test_gelu_is_the_erf_form(dtype):
     assert not torch.equal(tanh_form, want)  # the check can tell the two forms apart
 
 
+# ------------------------------------------------------------------ the float8 path's kernels
+# The e4m3 outputs must equal `virnucpro.models.fp8.quantize_rows` of the float32 result (the kernel and
+# the reference compute the same float32 expression, so they may differ by one e4m3 step where a sum
+# rounds differently: at most 1 % of the elements here), and the scales must agree to float32 rounding.
+# GPU only: Triton's CPU interpreter converts to e4m3 wrongly where the rounding carries into the
+# exponent (-126.2 becomes -64 instead of -128), so it cannot check these kernels.
+
+
+def _assert_quantized_like(data, scale, y):
+    from virnucpro.models.fp8 import quantize_rows
+
+    want = quantize_rows(y)
+    torch.testing.assert_close(scale, want.scale, rtol=1e-6, atol=0)
+    got, ref = data.float(), want.data.float()
+    off = got != ref
+    assert off.float().mean() <= 0.01
+    assert ((got - ref).abs()[off] <= ref.abs()[off] * 2.0**-3 + 2.0**-9).all()  # one e4m3 step at most
+
+
+@pytest.mark.gpu
+def test_add_layer_norm_quantizes_its_float32_output_per_row():
+    torch.manual_seed(7)
+    dtype = DTYPES[-1]
+    x = 3 + torch.randn(21, 320, device=DEVICE)
+    delta = torch.randn(21, 320, device=DEVICE).to(dtype)
+    w, b = torch.randn(320, device=DEVICE).to(dtype), torch.randn(320, device=DEVICE).to(dtype)
+    y = F.layer_norm(x + delta.float(), (320,), w.float(), b.float(), 1e-5)
+    h, h8, scale = kernels.add_layer_norm(x, delta, w, b, 1e-5, out_dtype=dtype, quantize=True)
+    assert h8.dtype == torch.float8_e4m3fn and scale.shape == (21, 1)
+    torch.testing.assert_close(h, y.to(dtype))
+    _assert_quantized_like(h8, scale, y)
+
+
+@pytest.mark.gpu
+def test_gelu_quantize_is_the_erf_gelu_in_e4m3_per_row():
+    torch.manual_seed(8)
+    x = (3 * torch.randn(13, 1000, device=DEVICE)).to(DTYPES[-1])
+    data, scale = kernels.gelu_quantize(x)
+    _assert_quantized_like(data, scale, F.gelu(x.float()))
+
+
+def test_split_attention_equals_the_fused_one():
+    torch.manual_seed(9)
+    heads, hd, dtype = 2, 32, DTYPES[-1]
+    cu = torch.tensor([0, 5, 38, 40], dtype=torch.int32, device=DEVICE)
+    qkv = torch.randn(40, 3 * heads * hd, device=DEVICE).to(dtype)
+    cos, sin = kernels.rotary_tables(torch.rand(hd // 2, device=DEVICE), 64)
+    qk, v = qkv[:, : 2 * heads * hd].contiguous(), qkv[:, 2 * heads * hd :].contiguous()
+    want = kernels.rotary_attention(qkv.clone(), cu, 33, heads, 0.3, cos, sin)
+    got = kernels.split_rotary_attention(qk, v, cu, 33, heads, 0.3, cos, sin)
+    assert torch.equal(got, want)
+
+
 # ------------------------------------------------------------------------ the whole Triton path
 
 

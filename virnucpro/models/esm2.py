@@ -36,6 +36,8 @@ from virnucpro.io.torchfile import load_torch_file
 from virnucpro.models.attention import select_backend, varlen_attention
 from virnucpro.models.backend import compiled, fall_back
 from virnucpro.models.encoders import ESM2_PRECISION, ESM2_TRUNCATION
+from virnucpro.models import fp8
+from virnucpro.models.fp8 import Fp8Linear, Quantized, check_dequantised, quantize_rows, quantize_weight
 from virnucpro.models.packing import segment_ids, segment_mean
 
 log = logging.getLogger("virnucpro")
@@ -216,11 +218,75 @@ def _converted_part(f, config, key):
     return f.get_tensor(f"{layer}{LAYER_NAMES[module]}.{kind}")
 
 
+FLOAT8_FORMAT = "virnucpro-esm2-float8/1"
+FLOAT8_MAX_EXCESS = 0.0  # check_dequantised: no element beyond e4m3's rounding bound
+
+
+def float8_state(config, state):
+    """The float8 model's parameters from our float16 ones (`packed_state`): per layer, q and k in e4m3
+    (`qk.weight`, one float32 `qk.scale` per output channel, `qk.bias`), v in float16 (`v.*`), fc1 and
+    fc2 in e4m3 with their scales; everything else as it is."""
+    d = config.embed_dim
+    ours = {}
+    for key, value in state.items():
+        layer, _, rest = key.rpartition("qkv.")
+        if rest in ("weight", "bias"):
+            ours[f"{layer}qk.{rest}"], ours[f"{layer}v.{rest}"] = value[: 2 * d], value[2 * d :]
+        else:
+            ours[key] = value
+    for i in range(config.num_layers):
+        for name in ("qk", "fc1", "fc2"):
+            at = f"layers.{i}.{name}."
+            ours[f"{at}weight"], ours[f"{at}scale"] = quantize_weight(ours[f"{at}weight"])
+    return {k: v.contiguous() for k, v in ours.items()}
+
+
+def convert_float8(converted, out, source_sha256):
+    """Make the float8 file at `out` from our float16 file `converted` (of the checkpoint `source_sha256`),
+    checked: every e4m3 weight, dequantised, within e4m3's rounding bound of its float16 weight."""
+    from safetensors.torch import load_file
+
+    from virnucpro.io.converted import save_safetensors
+
+    config, meta = _converted_meta(converted, source_sha256, FORMAT)
+    state = load_file(str(converted))
+    ours = float8_state(config, state)
+    for key, value in ours.items():
+        if key.endswith(".scale"):
+            w = state[key.replace(".qk.scale", ".qkv.weight")][: 2 * config.embed_dim] if ".qk." in key \
+                else state[key.replace(".scale", ".weight")]
+            excess = check_dequantised(w, ours[key.replace(".scale", ".weight")], value)
+            if excess > FLOAT8_MAX_EXCESS:
+                raise VirNucProError(f"{out}: '{key[:-6]}' does not round-trip through e4m3 within its bound "
+                                     f"(by {excess:.3g})")
+    save_safetensors(ours, out, {**meta, "format": FLOAT8_FORMAT, "dtype": "float8_e4m3fn",
+                                 "float8_linears": "q,k,fc1,fc2"})
+    log.info("quantised %s to e4m3 (q, k, fc1, fc2; one scale per output channel) -> %s", converted, out)
+
+
+def _converted_meta(path, source_sha256, fmt):
+    """(Esm2Config, metadata) of a converted file of format `fmt` made from the checkpoint `source_sha256`."""
+    from safetensors.torch import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != fmt:
+        raise VirNucProError(f"{path}: not a converted ESM-2 file of format {fmt} (format {meta.get('format')!r})")
+    if meta.get("source_sha256") != source_sha256:
+        raise VirNucProError(
+            f"{path}: converted from another checkpoint (sha256 {meta.get('source_sha256')}, "
+            f"expected {source_sha256}); delete it and convert again"
+        )
+    return Esm2Config.from_metadata(meta), meta
+
+
 def load_converted(path, source_sha256, device, dtype=None, **options):
-    """PackedESM2 from a converted file, its tensors read straight onto `device`.
+    """PackedESM2 from a converted file (float16, or float8 from `convert_float8`), its tensors read
+    straight onto `device`.
 
     The file must match its verified checksum record (size and mtime, or its content) and name
-    `source_sha256` as its source. dtype: the compute dtype (default: float16 on CUDA, float32 on CPU).
+    `source_sha256` as its source. dtype: the compute dtype (default: float16 on CUDA, float32 on CPU). A
+    float8 file needs e4m3 matrix units on CUDA (`fp8.supported`) or runs emulated on the CPU.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
@@ -229,20 +295,14 @@ def load_converted(path, source_sha256, device, dtype=None, **options):
     checked_sha256(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise VirNucProError(f"{path}: not a converted ESM-2 file (format {meta.get('format')!r})")
-        if meta.get("source_sha256") != source_sha256:
-            raise VirNucProError(
-                f"{path}: converted from another checkpoint (sha256 {meta.get('source_sha256')}, "
-                f"expected {source_sha256}); delete it and convert again"
-            )
+            fmt = (f.metadata() or {}).get("format")
+        config, _ = _converted_meta(path, source_sha256, FLOAT8_FORMAT if fmt == FLOAT8_FORMAT else FORMAT)
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as exc:
         raise VirNucProError(f"{path}: unreadable converted ESM-2 file ({exc})") from None
     if dtype is None:
         dtype = getattr(torch, ESM2_PRECISION[device.type])  # the precision its store namespace names
-    return PackedESM2(Esm2Config.from_metadata(meta), state, device, dtype, **options)
+    return PackedESM2(config, state, device, dtype, float8=fmt == FLOAT8_FORMAT, **options)
 
 
 # ------------------------------------------------------------------------------------ tokenising
@@ -370,8 +430,8 @@ class TorchBackend:
 
     what = "torch.compile"  # the generated code a build failure comes from
 
-    def __init__(self, attention, heads, compile=False):
-        self.name, self.compiled = attention, bool(compile)
+    def __init__(self, attention, heads, compile=False, float8=False):
+        self.name, self.compiled, self.float8 = attention, bool(compile), float8
 
         def project(h, qkv_w, qkv_b, cos, sin, scaling):  # `heads` a constant, not a symbolic input
             return _attention_inputs(h, qkv_w, qkv_b, cos, sin, heads, scaling)
@@ -396,16 +456,36 @@ class TorchBackend:
 
     def attention(self, block, h, run):
         cos, sin = run.rotary
+        if self.float8:
+            return self._float8_attention(block, h, run)
         self._dynamic(h, cos, sin)
         q, k, v = self._project(h, block.qkv.weight, block.qkv.bias, cos, sin, block.scaling)
         return varlen_attention(q, k, v, run.cu_seqlens, run.max_seqlen, scale=1.0, backend=self.name)
 
-    def add_norm(self, x, delta, norm, run):
+    def _float8_attention(self, block, h, run):
+        """q and k from the e4m3 projection, v from the float16 one; rotary and attention as above."""
+        cos, sin = run.rotary
+        t, d = h.plain.shape
+        q, k = block.qk(h).to(h.plain.dtype).view(t, 2, block.heads, d // block.heads).unbind(1)
+        v = block.v(h.plain).view(t, block.heads, d // block.heads)
+        q = q * block.scaling
+        q = (q.float() * cos + _rotate_half(q.float()) * sin).to(v.dtype)
+        k = (k.float() * cos + _rotate_half(k.float()) * sin).to(v.dtype)
+        return varlen_attention(q, k, v, run.cu_seqlens, run.max_seqlen, scale=1.0, backend=self.name)
+
+    def add_norm(self, x, delta, norm, run, plain=True):
+        """(x + delta, its LayerNorm); in a float8 model the norm also in e4m3 (`quantize`)."""
         self._dynamic(x, delta)
-        return self._add_norm(x, delta, norm.weight, norm.bias, norm.eps)
+        x, h = self._add_norm(x, delta.to(x.dtype), norm.weight, norm.bias, norm.eps)
+        return x, self.quantize(h, norm, run)
+
+    def quantize(self, h, norm, run):
+        """A norm's output as the next linears read it: e4m3 (keeping h) in a float8 model, but for the
+        final norm, whose output is the representation."""
+        return quantize_rows(h, keep=h.dtype) if self.float8 and norm is not run.final_norm else h
 
     def gelu(self, x):
-        return F.gelu(x)
+        return quantize_rows(F.gelu(x.float())) if self.float8 else F.gelu(x)
 
 
 class TritonBackend:
@@ -416,8 +496,8 @@ class TritonBackend:
 
     name, compiled, what = "triton", False, "the Triton kernels"
 
-    def __init__(self, dtype, residual_dtype=torch.float32, blocks=None):
-        self.dtype, self.residual_dtype, self.blocks = dtype, residual_dtype, blocks
+    def __init__(self, dtype, residual_dtype=torch.float32, blocks=None, float8=False):
+        self.dtype, self.residual_dtype, self.blocks, self.float8 = dtype, residual_dtype, blocks, float8
         self._tables = None  # rotary cos/sin tables, made on first use
 
     def residual(self, x):
@@ -431,40 +511,79 @@ class TritonBackend:
 
     def attention(self, block, h, run):
         cos, sin = run.rotary
+        if self.float8:  # q and k from the e4m3 projection, v from the float16 one
+            return _kernels().split_rotary_attention(block.qk(h), block.v(h.plain), run.cu_seqlens,
+                                                     run.max_seqlen, block.heads, block.scaling, cos, sin,
+                                                     blocks=self.blocks)
         return _kernels().rotary_attention(block.qkv(h), run.cu_seqlens, run.max_seqlen, block.heads,
                                            block.scaling, cos, sin, blocks=self.blocks)
 
-    def add_norm(self, x, delta, norm, run):
-        """x += delta in place; LayerNorm(x) in the model's dtype (float32 for the representation)."""
-        out_dtype = torch.float32 if norm is run.final_norm else self.dtype
-        return x, _kernels().add_layer_norm(x, delta, norm.weight, norm.bias, norm.eps, out_dtype=out_dtype)
+    def add_norm(self, x, delta, norm, run, plain=True):
+        """x += delta in place; LayerNorm(x) in the model's dtype (float32 for the representation), in a
+        float8 model also in e4m3 (a `Quantized`, holding the 16-bit output too where `plain`), but for
+        the representation."""
+        final = norm is run.final_norm
+        out_dtype = torch.float32 if final else self.dtype
+        if not self.float8 or final:
+            return x, _kernels().add_layer_norm(x, delta, norm.weight, norm.bias, norm.eps, out_dtype=out_dtype)
+        h, h8, scale = _kernels().add_layer_norm(x, delta, norm.weight, norm.bias, norm.eps, out_dtype=out_dtype,
+                                                 quantize=True, plain=plain)
+        return x, Quantized(h8, scale, h)
+
+    def quantize(self, h, norm, run):
+        return quantize_rows(h, keep=h.dtype) if self.float8 and norm is not run.final_norm else h
 
     def gelu(self, x):
-        return _kernels().gelu_(x)
+        return Quantized(*_kernels().gelu_quantize(x)) if self.float8 else _kernels().gelu_(x)
 
 
 class Block(nn.Module):
     """One pre-LayerNorm transformer block: rotary self-attention within each packed sequence, then the
     erf-GELU MLP, each added to the residual stream."""
 
-    def __init__(self, config):
+    def __init__(self, config, float8=None):
+        """float8: None, or the output dtype of the e4m3 linears of a float8 block (`float8_state`: q and
+        k fused as `qk`, v apart, fc1 and fc2 in e4m3)."""
         super().__init__()
         d = config.embed_dim
         self.heads, self.scaling = config.attention_heads, config.head_dim**-0.5
         self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.qkv = nn.Linear(d, 3 * d)  # q, k, v in that order
+        if float8 is None:
+            self.qkv = nn.Linear(d, 3 * d)  # q, k, v in that order
+        else:
+            self.qk, self.v = _fp8_linear(d, 2 * d, float8), nn.Linear(d, d)
         self.attn_out = nn.Linear(d, d)
         self.mlp_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.fc1 = nn.Linear(d, 4 * d)
-        self.fc2 = nn.Linear(4 * d, d)
+        linear = nn.Linear if float8 is None else functools.partial(_fp8_linear, out_dtype=float8)
+        self.fc1 = linear(d, 4 * d)
+        self.fc2 = linear(4 * d, d)
 
     def forward(self, x, h, next_norm, backend, run):
         """x (T, D) the residual stream, h its `attn_norm`; returns the new stream and `next_norm` of it
         (the next block's `attn_norm`, or the final norm), each add fused with the norm after it."""
         a = backend.attention(self, h, run)  # (T, H, Dh)
-        x, h = backend.add_norm(x, self.attn_out(a.flatten(1)), self.mlp_norm, run)
+        # only fc1 reads h: no 16-bit copy of it beside the e4m3 one
+        x, h = backend.add_norm(x, self.attn_out(a.flatten(1)), self.mlp_norm, run, plain=False)
         x, h = backend.add_norm(x, self.fc2(backend.gelu(self.fc1(h))), next_norm, run)
         return x, h
+
+
+def _fp8_linear(k, n, out_dtype):
+    """An e4m3 linear (K -> N) of empty parameters, for `load_state_dict(assign=True)`."""
+    return Fp8Linear(torch.empty(n, k, dtype=torch.float8_e4m3fn), torch.empty(n), torch.empty(n), out_dtype)
+
+
+FP8_OUT_DTYPE = {"cuda": torch.float16}  # of torch._scaled_mm with row-wise scales; elsewhere the model's
+
+
+def _cast(key, value, device, dtype, fp8_out):
+    """A parameter on `device`: e4m3 weights and their float32 scales as they are, the biases of e4m3
+    linears in their output dtype `fp8_out`, everything else in the compute dtype."""
+    if value.dtype == torch.float8_e4m3fn or key.endswith(".scale"):
+        return value.to(device)
+    linear = key.rsplit(".", 2)[-2] if key.count(".") >= 2 else ""
+    fp8_bias = fp8_out is not None and key.endswith(".bias") and linear in fp8.FP8_LINEARS
+    return value.detach().to(device=device, dtype=fp8_out if fp8_bias else dtype)
 
 
 class PackedESM2(nn.Module):
@@ -485,15 +604,20 @@ class PackedESM2(nn.Module):
     """
 
     def __init__(self, config, state, device, dtype, compile=None, kernels=None, residual_dtype=torch.float32,
-                 blocks=None):
+                 blocks=None, float8=False):
         super().__init__()
-        self.config, self.device, self.dtype = config, torch.device(device), dtype
+        self.config, self.device, self.dtype, self.float8 = config, torch.device(device), dtype, bool(float8)
         self.num_layers, self.embed_dim = config.num_layers, config.embed_dim
+        if self.float8 and self.device.type == "cuda" and not fp8.supported(self.device):
+            raise VirNucProError(f"embed.precision float8 needs e4m3 matrix units (compute capability "
+                                 f"{'.'.join(map(str, fp8.MIN_CAPABILITY))} or newer); "
+                                 f"{torch.cuda.get_device_name(self.device)} has none: use float16")
+        fp8_out = FP8_OUT_DTYPE.get(self.device.type, dtype) if self.float8 else None
         with torch.device("meta"):
             self.embed_tokens = nn.Embedding(state["embed_tokens.weight"].shape[0], config.embed_dim)
-            self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+            self.layers = nn.ModuleList(Block(config, fp8_out) for _ in range(config.num_layers))
             self.final_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
-        weights = {k: v.detach().to(device=self.device, dtype=dtype) for k, v in state.items() if k != "rotary.inv_freq"}
+        weights = {k: _cast(k, v, self.device, dtype, fp8_out) for k, v in state.items() if k != "rotary.inv_freq"}
         self.load_state_dict(weights, assign=True)
         self.requires_grad_(False)
         self.register_buffer("inv_freq", state["rotary.inv_freq"].to(device=self.device, dtype=torch.float32),
@@ -501,18 +625,23 @@ class PackedESM2(nn.Module):
         if kernels is None:
             kernels = _kernels_run_on(self.device) and _kernels().supported(config.head_dim)
         if compile is None:
-            compile = self.device.type == "cuda"
+            compile = self.device.type == "cuda" and not self.float8
         if kernels:
-            self.backend = TritonBackend(dtype, residual_dtype, blocks)
+            self.backend = TritonBackend(dtype, residual_dtype, blocks, self.float8)
         else:
-            self.backend = TorchBackend(select_backend(self.device, dtype), config.attention_heads, compile)
+            self.backend = TorchBackend(select_backend(self.device, dtype), config.attention_heads, compile,
+                                        self.float8)
         self.produced_by = None
 
     @classmethod
-    def from_fair_esm(cls, model, device, dtype, **options):
-        """From a fair-esm `ESM2` module (tests and benchmarks build them directly)."""
+    def from_fair_esm(cls, model, device, dtype, float8=False, **options):
+        """From a fair-esm `ESM2` module (tests and benchmarks build them directly); `float8` quantises
+        q, k, fc1 and fc2 as the models step does (`float8_state`)."""
         config = Esm2Config.of(model)
-        return cls(config, packed_state(config, model.state_dict(), torch.float32), device, dtype, **options)
+        state = packed_state(config, model.state_dict(), torch.float32)
+        if float8:
+            state = float8_state(config, state)
+        return cls(config, state, device, dtype, float8=float8, **options)
 
     @property
     def attention_backend(self):
@@ -524,9 +653,10 @@ class PackedESM2(nn.Module):
 
     def _fallback(self):
         """The backend to go on with when the current one fails to build; None for eager torch ops."""
+        heads = self.config.attention_heads
         if isinstance(self.backend, TritonBackend):
-            return TorchBackend(select_backend(self.device, self.dtype), self.config.attention_heads)
-        return TorchBackend(self.backend.name, self.config.attention_heads) if self.backend.compiled else None
+            return TorchBackend(select_backend(self.device, self.dtype), heads, float8=self.float8)
+        return TorchBackend(self.backend.name, heads, float8=self.float8) if self.backend.compiled else None
 
     @torch.inference_mode()
     def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers):
@@ -558,7 +688,7 @@ class PackedESM2(nn.Module):
         x = backend.residual(self._embed(input_ids, cu_seqlens, seg))
         last = max(repr_layers, default=0)
         reps = {0: x.clone() if last else x} if 0 in repr_layers else {}  # the Triton path updates x in place
-        h = self._first_layer_norm(x) if last else None
+        h = self.backend.quantize(self._first_layer_norm(x), self.layers[0].attn_norm, run) if last else None
         norms = [block.attn_norm for block in self.layers[1:]] + [self.final_norm]
         for i in range(last):
             x, h = self.layers[i](x, h, norms[i], backend, run)

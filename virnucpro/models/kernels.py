@@ -15,6 +15,10 @@ kernels, each one pass over its data:
   statistics (biased variance, eps inside the square root, as `torch.nn.functional.layer_norm`).
 - `gelu_(x)`: the GELU of the fc1 output, in place.
 
+The float8 model (`virnucpro.models.fp8`) also uses `add_layer_norm(..., quantize=True)`, which writes
+the LayerNorm output in e4m3 with one scale per row as well, and `gelu_quantize(x)`, the GELU straight
+into e4m3 with one scale per row; `split_rotary_attention` reads q, k and the values from two tensors.
+
 The GELU is the erf form, x * Phi(x), with erfc from Abramowitz & Stegun 7.1.26 (absolute error
 <= 1.5e-7, about float32's own; `_gelu`). The kernels take any float dtype; the GPU path runs them in
 bf16, the tests run them on the CPU in float32 and float16 through Triton's interpreter
@@ -55,9 +59,10 @@ def _program(cu_seqlens, n_mblocks, heads):
 
 
 @triton.jit
-def _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, stride_t,
-            D: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One block of (rotated) keys and values (from k_base, rows n0..) folded into the online softmax."""
+def _attend(q1, q2, m_i, l_i, acc, k_base, v_base, n0, length, stride_t, stride_v,
+            HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One block of (rotated) keys (from k_base) and values (from v_base), rows n0.., folded into the
+    online softmax; the probabilities are rounded to the values' dtype for the p·v product."""
     dtype = q1.dtype
     half = tl.arange(0, HALF)
     keys = n0 + tl.arange(0, BLOCK_N)
@@ -71,15 +76,16 @@ def _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, stride_t,
     p = tl.math.exp2(scores - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     dims = tl.arange(0, 2 * HALF)
-    v = tl.load(k_base + D + keys[:, None] * stride_t + dims[None, :], mask=in_n[:, None], other=0.0)
-    acc = tl.dot(p.to(dtype), v, acc * alpha[:, None])
+    v = tl.load(v_base + keys[:, None] * stride_v + dims[None, :], mask=in_n[:, None], other=0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return m_new, l_i * alpha + tl.sum(p, 1), acc
 
 
 @triton.jit
 def _rotary_attention_kernel(
-    qkv, out, cu_seqlens, cos_tab, sin_tab, scale, n_mblocks, heads,
-    stride_t, stride_o, D: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    qkv, vals, out, cu_seqlens, cos_tab, sin_tab, scale, n_mblocks, heads,
+    stride_t, stride_v, stride_o, D: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # one program per (sequence, head, block of query rows)
     mblock, head, start, length = _program(cu_seqlens, n_mblocks, heads)
@@ -103,8 +109,10 @@ def _rotary_attention_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, 2 * HALF], tl.float32)
     k_base = qkv + start * stride_t + D + head * 2 * HALF
+    v_base = vals + start * stride_v + head * 2 * HALF
     for n0 in range(0, length, BLOCK_N):
-        m_i, l_i, acc = _attend(q1, q2, m_i, l_i, acc, k_base, n0, length, stride_t, D, HALF, BLOCK_N)
+        m_i, l_i, acc = _attend(q1, q2, m_i, l_i, acc, k_base, v_base, n0, length, stride_t, stride_v,
+                                HALF, BLOCK_N)
     o = acc / l_i[:, None]
     o_at = out + (start + rows)[:, None] * stride_o + head * 2 * HALF + tl.arange(0, 2 * HALF)[None, :]
     tl.store(o_at, o.to(out.dtype.element_ty), mask=in_m[:, None])
@@ -141,27 +149,46 @@ def rotary_attention(qkv, cu_seqlens, max_seqlen, heads, scale, cos, sin, blocks
     cu_seqlens (B + 1,) int32; cos/sin from `rotary_tables` with at least max_seqlen positions;
     `blocks` overrides ATTENTION_BLOCKS (benchmarks). The k columns of qkv are left rotated.
     """
-    t, width = qkv.shape
-    d = width // 3
+    d = qkv.shape[1] // 3
+    return split_rotary_attention(qkv[:, : 2 * d], qkv[:, 2 * d :], cu_seqlens, max_seqlen, heads, scale, cos,
+                                  sin, blocks)
+
+
+def split_rotary_attention(qk, v, cu_seqlens, max_seqlen, heads, scale, cos, sin, blocks=None):
+    """`rotary_attention` with q and k from `qk` (T, 2 * H * Dh) and the values from `v` (T, H * Dh), each
+    with unit column stride; they may differ in dtype (the output and p·v take v's). The k columns of qk
+    are left rotated."""
+    t, d = v.shape
     head_dim = d // heads
-    if qkv.stride(1) != 1 or not supported(head_dim) or cos.shape[0] < max_seqlen:
+    if qk.stride(1) != 1 or v.stride(1) != 1 or qk.shape != (t, 2 * d) or not supported(head_dim) \
+            or cos.shape[0] < max_seqlen:
         raise ValueError(f"rotary_attention: unsupported input (head size {head_dim}, {cos.shape[0]} positions)")
-    out = torch.empty(t, heads, head_dim, device=qkv.device, dtype=qkv.dtype)
+    out = torch.empty(t, heads, head_dim, device=v.device, dtype=v.dtype)
     blocks = {**ATTENTION_BLOCKS, **(blocks or {})}
     n_mblocks = triton.cdiv(max(int(max_seqlen), 1), blocks["BLOCK_M"])
     grid = ((cu_seqlens.shape[0] - 1) * heads * n_mblocks,)
     if grid[0]:  # k rotated once, in place, instead of once per block of queries
-        _rotate_keys_kernel[grid](qkv, cu_seqlens, cos, sin, n_mblocks, heads, qkv.stride(0), D=d,
+        _rotate_keys_kernel[grid](qk, cu_seqlens, cos, sin, n_mblocks, heads, qk.stride(0), D=d,
                                   HALF=head_dim // 2, BLOCK_M=blocks["BLOCK_M"])
         _rotary_attention_kernel[grid](
-            qkv, out, cu_seqlens, cos, sin, float(scale), n_mblocks, heads, qkv.stride(0), d,
-            D=d, HALF=head_dim // 2, **blocks,
+            qk, v, out, cu_seqlens, cos, sin, float(scale), n_mblocks, heads, qk.stride(0), v.stride(0),
+            d, D=d, HALF=head_dim // 2, **blocks,
         )
     return out
 
 
 @triton.jit
-def _add_layer_norm_kernel(x_ptr, d_ptr, w_ptr, b_ptr, h_ptr, n, eps, BLOCK: tl.constexpr):
+def _quantize_row(y, cols, inside, q_ptr, s_ptr, row, n):
+    """Row y (float32, columns `cols`) in e4m3 at q_ptr, with its scale max|y| / 448 at s_ptr."""
+    amax = tl.maximum(tl.max(tl.where(inside, tl.abs(y), 0.0), 0), 1e-12)
+    q = tl.minimum(tl.maximum(y * (448.0 / amax), -448.0), 448.0)
+    tl.store(q_ptr + row * n + cols, q.to(q_ptr.dtype.element_ty), mask=inside)
+    tl.store(s_ptr + row, amax / 448.0)
+
+
+@triton.jit
+def _add_layer_norm_kernel(x_ptr, d_ptr, w_ptr, b_ptr, h_ptr, q_ptr, s_ptr, n, eps, BLOCK: tl.constexpr,
+                           QUANTIZE: tl.constexpr, PLAIN: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     inside = cols < n
@@ -175,20 +202,31 @@ def _add_layer_norm_kernel(x_ptr, d_ptr, w_ptr, b_ptr, h_ptr, n, eps, BLOCK: tl.
     rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, 0) / n + eps)
     w = tl.load(w_ptr + cols, mask=inside, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + cols, mask=inside, other=0.0).to(tl.float32)
-    tl.store(h_ptr + row * n + cols, (diff * rstd * w + b).to(h_ptr.dtype.element_ty), mask=inside)
+    y = diff * rstd * w + b
+    if PLAIN:
+        tl.store(h_ptr + row * n + cols, y.to(h_ptr.dtype.element_ty), mask=inside)
+    if QUANTIZE:
+        _quantize_row(y, cols, inside, q_ptr, s_ptr, row, n)
 
 
-def add_layer_norm(x, delta, weight, bias, eps, out_dtype=None):
-    """x (T, D) += delta, in place; returns LayerNorm(x) (T, D) in out_dtype (default: x's dtype)."""
+def add_layer_norm(x, delta, weight, bias, eps, out_dtype=None, quantize=False, plain=True):
+    """x (T, D) += delta, in place; returns LayerNorm(x) (T, D) in out_dtype (default: x's dtype).
+
+    With `quantize`, returns (h, h8, scale): also the float32 LayerNorm output in e4m3 (T, D) with one
+    scale per row (T, 1) float32, max|row| / 448, as `virnucpro.models.fp8.quantize_rows` makes them;
+    h is None unless `plain` (where only e4m3 linears read the output)."""
     if not (x.is_contiguous() and delta.is_contiguous() and x.shape == delta.shape):
         raise ValueError("add_layer_norm: x and delta must be contiguous and of one shape")
     t, d = x.shape
-    h = torch.empty_like(x, dtype=out_dtype or x.dtype)
+    plain = plain or not quantize
+    h = torch.empty_like(x, dtype=out_dtype or x.dtype) if plain else x
+    h8 = torch.empty_like(x, dtype=torch.float8_e4m3fn) if quantize else h
+    scale = torch.empty(t, 1, device=x.device, dtype=torch.float32) if quantize else h
     block = triton.next_power_of_2(d)
     if t:
-        _add_layer_norm_kernel[(t,)](x, delta, weight, bias, h, d, float(eps), BLOCK=block,
-                                     num_warps=min(max(block // 256, 1), 16))
-    return h
+        _add_layer_norm_kernel[(t,)](x, delta, weight, bias, h, h8, scale, d, float(eps), BLOCK=block,
+                                     QUANTIZE=quantize, PLAIN=plain, num_warps=min(max(block // 256, 1), 16))
+    return (h if plain else None, h8, scale) if quantize else h
 
 
 @triton.jit
@@ -222,3 +260,27 @@ def gelu_(x):
     if n:
         _gelu_kernel[(triton.cdiv(n, GELU_BLOCK),)](x, n, BLOCK=GELU_BLOCK, num_warps=8)
     return x
+
+
+@triton.jit
+def _gelu_quantize_kernel(x_ptr, q_ptr, s_ptr, n, BLOCK: tl.constexpr):
+    # one program per row: GELU in float32, then the row in e4m3 with its scale
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    inside = cols < n
+    x = tl.load(x_ptr + row * n + cols, mask=inside, other=0.0).to(tl.float32)
+    _quantize_row(_gelu(x), cols, inside, q_ptr, s_ptr, row, n)
+
+
+def gelu_quantize(x):
+    """The erf GELU of x (T, K), contiguous, in e4m3 with one scale per row: (x8 (T, K), scale (T, 1)
+    float32), the GELU computed in float32 and never rounded to x's dtype."""
+    if not x.is_contiguous() or x.dim() != 2:
+        raise ValueError("gelu_quantize: x must be a contiguous matrix")
+    t, k = x.shape
+    out = torch.empty_like(x, dtype=torch.float8_e4m3fn)
+    scale = torch.empty(t, 1, device=x.device, dtype=torch.float32)
+    block = triton.next_power_of_2(k)
+    if t:
+        _gelu_quantize_kernel[(t,)](x, out, scale, k, BLOCK=block, num_warps=min(max(block // 512, 1), 16))
+    return out, scale
