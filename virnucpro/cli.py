@@ -141,6 +141,19 @@ def _download(args):
     download_model(args.kind, args.output)
 
 
+def _verify_store(args):
+    from virnucpro.io.integrity import verify
+
+    found = verify(args.store, args.models_dir, args.quarantine)
+    for path, problem in found.bad:
+        print(f"BAD {path}: {problem}")
+    where = f"{args.store}" + (f" and {args.models_dir}" if args.models_dir else "")
+    if found.bad:
+        raise VirNucProError(f"{len(found.bad)} bad file(s) in {where} (listed above), {found.checked} checked")
+    older = f"; {len(found.older)} folder(s) of an older store format not checked (never used)" if found.older else ""
+    print(f"all {found.checked} file(s) good in {where} ({found.namespaces} namespace folder(s){older})")
+
+
 # ------------------------------------------------------------------------------------ option groups
 
 
@@ -294,6 +307,16 @@ def _add_results(sub):
     p.add_argument("--out-model", required=True, help="trained classifier (.safetensors)")
     p.add_argument("--metrics", required=True, help="held-out metrics (TSV)")
     p.add_argument("--seed", type=int, help=_seed_help)
+
+    p = _command(sub, "verify-store", _verify_store, "check a whole embedding store (and models folder) in full",
+                 "Check every file of an embedding store in full: each namespace.json, every chunk of every "
+                 "store file against its checksums; with --models-dir, the full sha256 of every model file "
+                 "against its checksum record. Lists every bad file; exits non-zero when there is one.")
+    p.add_argument("store", help="the embedding store directory (embed.store)")
+    p.add_argument("--models-dir", help="also check the model files of this folder (models.dir), converted/ included")
+    p.add_argument("--quarantine", action="store_true",
+                   help="move every bad store file aside into quarantine/ of its namespace folder, as a plan "
+                        "would (its frames are then embedded again by the next run); model files are only listed")
 
     p = _command(sub, "download-model", _download, "fetch and verify a model file")
     p.add_argument("kind", choices=["esm2", "dnabert_s", "classifier"],
