@@ -15,6 +15,7 @@ import pytest
 
 from tests.stored_features import stored_features
 from tests.test_embed import embed_all, models, plan, sample  # noqa: F401 (models is a fixture)
+from tests.workflow_runs import REPO, snakemake
 from virnucpro.cli import main as cli_main
 from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import checked_sha256, write_record
@@ -238,3 +239,37 @@ def test_verify_store_lists_every_bad_file(checked, capsys):
     assert rc == 1 and not victim.exists() and f"; moved to {victim.parent / 'quarantine'}" in out
     rc, out, _ = run_cli(capsys, "verify-store", store)  # what is left is good but for the misplaced namespace
     assert rc == 1 and out.count("BAD") == 1
+
+
+# ------------------------------------------------------------------------------------ through the workflow
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_a_damaged_store_copy_gives_the_clean_runs_tables(tmp_path, tiny_models):
+    """The observed case through snakemake: a second project runs sample_a against a copy of a finished
+    run's store with 16 bytes flipped in the middle of `embeddings` of one ESM-2 store file: the plan sets
+    it aside with one warning line and embeds its frames again, and the tables are the clean run's. (A
+    file damaged after the plan: the unit test above, then test_reliability_inputs'
+    `test_frame_missing_from_the_store_fails_the_classification`, a file gone from the store.)"""
+    from tests.test_workflow_e2e import TABLES, workdir
+
+    sheet, shards = {"sample_a": REPO / "example" / "sample_a.fa"}, {"shards.tokens_per_shard": 6000}
+    clean = workdir(tmp_path / "clean", tiny_models, sheet=sheet, **shards)
+    snakemake(clean, "--cores", "2")
+    store = tmp_path / "copy"
+    shutil.copytree(clean / "resources" / "embeddings", store)
+    work = workdir(tmp_path / "work", tiny_models, sheet=sheet, **shards, **{"embed.store": str(store)})
+    member = json.loads((clean / "results" / "embedding" / "samples" / "plan" / "members" / "sample_a.json").read_text())
+    first, _ = store_files(store, Namespace.from_json(member["namespaces"]["esm2"]))
+    flip(first, data_offset(first, "embeddings"))
+    snakemake(work, "--cores", "2")
+    log = (work / "results" / "embedding" / "samples" / "logs" / "plan.log").read_text()
+    (warning,) = [line for line in log.splitlines() if "WARNING" in line]
+    assert f"store file {first}: 'embeddings' rows" in warning and warning.endswith("its frames are embedded again")
+    planned = json.loads((work / "results" / "embedding" / "samples" / "plan" / "plan.json").read_text())
+    assert planned["frames_to_embed"] == read_keys(list((first.parent / "quarantine").iterdir())[0]).size
+    out = work / "results" / "sample_a"
+    for table in TABLES:
+        assert (out / table).read_bytes() == (clean / "results" / "sample_a" / table).read_bytes(), table
+

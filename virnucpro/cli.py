@@ -308,6 +308,13 @@ def _add_results(sub):
     p.add_argument("--metrics", required=True, help="held-out metrics (TSV)")
     p.add_argument("--seed", type=int, help=_seed_help)
 
+    p = _command(sub, "download-model", _download, "fetch and verify a model file")
+    p.add_argument("kind", choices=["esm2", "dnabert_s", "classifier"],
+                   help="esm2: a fair-esm checkpoint; dnabert_s: the DNABERT-S snapshot; classifier: 300/500_model.pth")
+    p.add_argument("output", help="file (or directory, for dnabert_s) to create, named as in models.dir")
+
+
+def _add_checks(sub):
     p = _command(sub, "verify-store", _verify_store, "check a whole embedding store (and models folder) in full",
                  "Check every file of an embedding store in full: each namespace.json, every chunk of every "
                  "store file against its checksums; with --models-dir, the full sha256 of every model file "
@@ -318,11 +325,6 @@ def _add_results(sub):
                    help="move every bad store file aside into quarantine/ of its namespace folder, as a plan "
                         "would (its frames are then embedded again by the next run); model files are only listed")
 
-    p = _command(sub, "download-model", _download, "fetch and verify a model file")
-    p.add_argument("kind", choices=["esm2", "dnabert_s", "classifier"],
-                   help="esm2: a fair-esm checkpoint; dnabert_s: the DNABERT-S snapshot; classifier: 300/500_model.pth")
-    p.add_argument("output", help="file (or directory, for dnabert_s) to create, named as in models.dir")
-
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="virnucpro", description=__doc__.splitlines()[0])
@@ -332,6 +334,7 @@ def build_parser():
     _add_front(sub)
     _add_embed(sub)
     _add_results(sub)
+    _add_checks(sub)
     return parser
 
 
