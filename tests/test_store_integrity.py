@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.stored_features import stored_features
+from tests.stored_features import NAMESPACES, stored_features
 from tests.test_embed import embed_all, models, plan, sample  # noqa: F401 (models is a fixture)
 from tests.workflow_runs import REPO, snakemake
 from virnucpro.cli import main as cli_main
@@ -33,6 +33,7 @@ from virnucpro.io.store import (
     write_store_file,
 )
 from virnucpro.steps.merge import gather_features
+from virnucpro.steps.plan import plan_embeddings
 
 NS = Namespace.of("esm2", model_sha256="a" * 64, precision="float32", pooling="mean", truncation=1022)
 
@@ -177,6 +178,20 @@ def test_a_file_damaged_after_the_plan_stops_the_read_with_one_line_and_is_set_a
         f"(filter returned failure during read)); moved to {kept}; plan again (snakemake --forcerun plan): the "
         "plan embeds its frames again")
     assert not victim.exists() and "\n" not in str(caught.value)
+    keys_victim = victim.parent.parent / Namespace.from_json(record["namespaces"]["dnabert_s"]).name / "a.h5"
+    flip(keys_victim, data_offset(keys_victim, "keys"))
+    with pytest.raises(VirNucProError, match=rf"^store file {keys_victim}: its keys fail their checksums .*; "
+                                             r"moved to .*quarantine.*; plan again \(snakemake --forcerun plan\)"):
+        gather_features(dna, protein, member)
+
+
+def test_a_file_this_user_cannot_read_is_an_error_not_damage(tmp_path, monkeypatch):
+    """Permissions are a setup problem: the plan stops with one line and sets nothing aside."""
+    dna, protein, _ = stored_features(tmp_path, ["s0_chunk_1F1", "s1_chunk_1F1"], np.ones((2, 12)), dna_dim=4)
+    monkeypatch.setattr("virnucpro.io.store.os.access", lambda path, mode: False)
+    with pytest.raises(VirNucProError, match=r"a\.h5: store file not readable \(permission denied\)$") as caught:
+        plan_embeddings({"s": (dna, protein)}, tmp_path / "plan2", tmp_path / "store", NAMESPACES, 10**9, "cpu")
+    assert not isinstance(caught.value, StoreFileError) and not list(tmp_path.rglob("quarantine"))
 
 
 # ---------------------------------------------------------------------------------------- verify-store

@@ -131,8 +131,8 @@ def _open(path):
     path = Path(path)
     if path.exists() and not os.access(path, os.R_OK):  # a setup problem, not a damaged file
         raise VirNucProError(f"{path}: store file not readable (permission denied)")
-    try:
-        return h5py.File(path, "r")
+    try:  # no file lock: store files never change once complete, and some network file systems have none
+        return h5py.File(path, "r", locking=False)
     except _H5_ERRORS as exc:
         raise StoreFileError(path, f"not a readable store file ({first_line(exc)})") from None
 
