@@ -141,6 +141,19 @@ def _download(args):
     download_model(args.kind, args.output)
 
 
+def _verify_store(args):
+    from virnucpro.io.integrity import verify
+
+    found = verify(args.store, args.models_dir, args.quarantine)
+    for path, problem in found.bad:
+        print(f"BAD {path}: {problem}")
+    where = f"{args.store}" + (f" and {args.models_dir}" if args.models_dir else "")
+    if found.bad:
+        raise VirNucProError(f"{len(found.bad)} bad file(s) in {where} (listed above), {found.checked} checked")
+    older = f"; {len(found.older)} folder(s) of an older store format not checked (never used)" if found.older else ""
+    print(f"all {found.checked} file(s) good in {where} ({found.namespaces} namespace folder(s){older})")
+
+
 # ------------------------------------------------------------------------------------ option groups
 
 
@@ -301,6 +314,18 @@ def _add_results(sub):
     p.add_argument("output", help="file (or directory, for dnabert_s) to create, named as in models.dir")
 
 
+def _add_checks(sub):
+    p = _command(sub, "verify-store", _verify_store, "check a whole embedding store (and models folder) in full",
+                 "Check every file of an embedding store in full: each namespace.json, every chunk of every "
+                 "store file against its checksums; with --models-dir, the full sha256 of every model file "
+                 "against its checksum record. Lists every bad file; exits non-zero when there is one.")
+    p.add_argument("store", help="the embedding store directory (embed.store)")
+    p.add_argument("--models-dir", help="also check the model files of this folder (models.dir), converted/ included")
+    p.add_argument("--quarantine", action="store_true",
+                   help="move every bad store file aside into quarantine/ of its namespace folder, as a plan "
+                        "would (its frames are then embedded again by the next run); model files are only listed")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="virnucpro", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -309,6 +334,7 @@ def build_parser():
     _add_front(sub)
     _add_embed(sub)
     _add_results(sub)
+    _add_checks(sub)
     return parser
 
 

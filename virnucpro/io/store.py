@@ -8,6 +8,7 @@ rule is another namespace, so it can never reuse old embeddings. On disk:
 
     {root}/{encoder}-{id}/namespace.json   the namespace's fields
     {root}/{encoder}-{id}/{name}.h5        one file per embedded shard
+    {root}/{encoder}-{id}/quarantine/      store files that failed their check, set aside (never read)
 
 A store file is plain HDF5: dataset `keys` (N,) 64-character ASCII strings, dataset `embeddings` (N, D)
 float32, and attributes holding every namespace field plus how the file was made (device, software,
@@ -16,25 +17,38 @@ afterwards: readers see whole files only, concurrent writers (each writing its o
 a cluster's shared file system) cannot corrupt the store, and a killed writer leaves only a `.tmp-*`
 file, which readers ignore. A key may sit in more than one file (two runs embedding one frame at the
 same time); the first file in name order serves it.
+
+Every store file checks itself. Both datasets are stored in chunks of CHUNK_ROWS rows with HDF5's
+Fletcher-32 filter, so every read (`read_keys`, `StoreIndex.read`) verifies each chunk it touches; and
+each dataset's attribute `sha256` holds the sha256 of its bytes as an array (C order, `S64` keys,
+little-endian float32 embeddings: `hashlib.sha256(f["embeddings"][()].tobytes())`), which the full
+check `verify_store_file` compares as well. The sha256 catches what Fletcher-32 cannot: HDF5's
+Fletcher-32 sums 16-bit words modulo 65535, so a word turned from 0x0000 to 0xFFFF (the high half of a
+0.0 turned into NaN) passes it. A file that fails a check raises `StoreFileError`; `set_aside` moves it
+into the namespace's `quarantine/` folder, where no reader looks.
 """
 
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from virnucpro.errors import VirNucProError
+from virnucpro.errors import VirNucProError, first_line
 from virnucpro.io.atomic import atomic_outputs
 
 log = logging.getLogger("virnucpro")
 
-FORMAT = 1  # of the store layout; part of every namespace
+FORMAT = 2  # of the store layout, part of every namespace; 2: checksummed chunks and sha256 per dataset
 KEY_LENGTH = 64
-READ_GAP = 256  # rows: needed rows closer than this are read as one slice
+CHUNK_ROWS = 256  # rows per HDF5 chunk, each with its Fletcher-32 checksum
+READ_GAP = CHUNK_ROWS  # rows: needed rows closer than this are read as one slice (so no chunk is read twice)
+VERIFY_ROWS = 16 * CHUNK_ROWS  # rows hashed at once by the full check
+QUARANTINE = "quarantine"
 STALE_TEMP_S = 24 * 3600  # a temporary file this old belongs to a killed writer
 
 
@@ -99,23 +113,97 @@ def remove_stale_temporaries(root, namespace, now=None):
     return removed
 
 
+class StoreFileError(VirNucProError):
+    """A store file failed its check (unreadable, not a store file, or content that differs from its
+    checksums): `path` and `problem` make up the one-line message."""
+
+    def __init__(self, path, problem):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+_H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError)  # what h5py raises on a damaged file
+
+
 def _open(path):
     import h5py  # heavy: only the embedding stage needs it
 
+    path = Path(path)
+    if path.exists() and not os.access(path, os.R_OK):  # a setup problem, not a damaged file
+        raise VirNucProError(f"{path}: store file not readable (permission denied)")
+    try:  # no file lock: store files never change once complete, and some network file systems have none
+        return h5py.File(path, "r", locking=False)
+    except _H5_ERRORS as exc:
+        raise StoreFileError(path, f"not a readable store file ({first_line(exc)})") from None
+
+
+def _dataset(f, path, name):
     try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise VirNucProError(f"{path}: not a readable store file ({exc})") from None
+        return f[name]
+    except _H5_ERRORS:
+        raise StoreFileError(path, f"not a store file (no readable '{name}' dataset)") from None
 
 
 def read_keys(path):
-    """The keys of one store file, (N,) bytes array."""
+    """The keys of one store file, (N,) bytes array (every chunk checked against its Fletcher-32)."""
     with _open(path) as f:
         try:
-            keys = f["keys"][()]
-        except KeyError:
-            raise VirNucProError(f"{path}: not a store file (no 'keys' dataset)") from None
+            keys = _dataset(f, path, "keys")[()]
+        except _H5_ERRORS as exc:
+            raise StoreFileError(path, f"its keys fail their checksums ({first_line(exc)})") from None
     return np.asarray(keys, dtype=f"S{KEY_LENGTH}")
+
+
+def verify_store_file(path, namespace=None):
+    """Read every chunk of a store file's keys and embeddings (Fletcher-32 checked by HDF5) and compare
+    each dataset's sha256 attribute, its shapes and dtypes, and, given `namespace`, the namespace it was
+    written for; raises StoreFileError naming the first problem. Returns the number of rows."""
+    with _open(path) as f:
+        keys, emb = _dataset(f, path, "keys"), _dataset(f, path, "embeddings")
+        if keys.ndim != 1 or keys.dtype != np.dtype(f"S{KEY_LENGTH}") or emb.ndim != 2 or emb.shape[0] != keys.shape[0]:
+            raise StoreFileError(path, f"not a store file (keys {keys.shape} {keys.dtype}, embeddings {emb.shape})")
+        if emb.dtype != np.float32:
+            raise StoreFileError(path, f"embeddings are {emb.dtype}, not float32")
+        if namespace is not None and f.attrs.get("namespace") != namespace.id:
+            raise StoreFileError(path, f"written for namespace {f.attrs.get('namespace')}, not {namespace.id}")
+        for data in (keys, emb):
+            _verify_dataset(path, data)
+        return int(keys.shape[0])
+
+
+def _verify_dataset(path, data):
+    """Every chunk of `data` read (Fletcher-32) and hashed against its sha256 attribute."""
+    name = data.name.lstrip("/")
+    if not data.fletcher32 or "sha256" not in data.attrs:
+        raise StoreFileError(path, f"'{name}' carries no checksums (not written by this store format)")
+    h = hashlib.sha256()
+    for lo in range(0, data.shape[0], VERIFY_ROWS):
+        hi = min(lo + VERIFY_ROWS, data.shape[0])
+        try:
+            h.update(np.ascontiguousarray(data[lo:hi]).tobytes())
+        except _H5_ERRORS as exc:
+            raise StoreFileError(path, f"'{name}' rows {lo}-{hi - 1} fail their checksums ({first_line(exc)})") from None
+    if h.hexdigest() != data.attrs["sha256"]:
+        raise StoreFileError(path, f"'{name}' differs from its sha256 ({h.hexdigest()}, recorded {data.attrs['sha256']})")
+
+
+def set_aside(path, now=None):
+    """Move a store file that failed its check into `quarantine/` beside it, as `{name}.corrupt-{UTC
+    time}` (never deleted; readers do not look there). Returns what happened, for the caller's one line:
+    "moved to ...", "gone already (set aside by another job)" or "cannot be moved (...)"."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    dest = path.parent / QUARANTINE / f"{path.name}.corrupt-{stamp}"
+    try:
+        dest.parent.mkdir(exist_ok=True)
+        if dest.exists():  # set aside twice within a second: keep both
+            dest = dest.with_name(f"{dest.name}-{os.getpid()}")
+        os.rename(path, dest)
+    except FileNotFoundError:
+        return "gone already (set aside by another job)"
+    except OSError as exc:
+        return f"cannot be moved aside ({exc.strerror or exc}), so it is left in place"
+    return f"moved to {dest}"
 
 
 def write_store_file(root, namespace, name, keys, embeddings, provenance):
@@ -135,8 +223,8 @@ def write_store_file(root, namespace, name, keys, embeddings, provenance):
     path = folder / f"{name}.h5"
     with atomic_outputs(path) as (tmp,):
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("keys", data=keys)
-            f.create_dataset("embeddings", data=embeddings)
+            _write_dataset(f, "keys", keys)
+            _write_dataset(f, "embeddings", embeddings)
             for key, value in {**dict(namespace.fields), **provenance}.items():
                 f.attrs[key] = str(value) if isinstance(value, str) else value  # plain str (torch's version is a subclass)
             f.attrs["encoder"] = namespace.encoder
@@ -144,19 +232,39 @@ def write_store_file(root, namespace, name, keys, embeddings, provenance):
     return path
 
 
+def _write_dataset(f, name, data):
+    """`data` as a dataset in chunks of CHUNK_ROWS rows with Fletcher-32, its sha256 as an attribute
+    (maxshape open along the rows, so that an empty dataset can be chunked too)."""
+    rows = max(1, min(CHUNK_ROWS, data.shape[0]))
+    ds = f.create_dataset(name, data=data, chunks=(rows, *data.shape[1:]), maxshape=(None, *data.shape[1:]),
+                          fletcher32=True)
+    ds.attrs["sha256"] = hashlib.sha256(data.tobytes()).hexdigest()
+
+
 class StoreIndex:
     """Where each key of a set of store files lives; reads embeddings by key.
 
-    `files` are read in the order given; the first file holding a key serves it.
+    `files` are read in the order given; the first file holding a key serves it. A file whose keys cannot
+    be read raises StoreFileError, unless `bad` is a list: then the error is appended to it and the file
+    left out (`files` holds the others). Reads check every chunk they touch (Fletcher-32); a failing
+    chunk raises StoreFileError.
     """
 
-    def __init__(self, files):
-        self.files = [Path(p) for p in files]
+    def __init__(self, files, bad=None):
+        self.files = []
         self.where = {}  # key (bytes) -> (file index, row)
         self._width = None
-        for f, path in enumerate(self.files):
-            for row, key in enumerate(read_keys(path).tolist()):
-                self.where.setdefault(key, (f, row))
+        for path in map(Path, files):
+            try:
+                keys = read_keys(path).tolist()
+            except StoreFileError as exc:
+                if bad is None:
+                    raise
+                bad.append(exc)
+                continue
+            for row, key in enumerate(keys):
+                self.where.setdefault(key, (len(self.files), row))
+            self.files.append(path)
 
     def __contains__(self, key):
         return _as_bytes(key) in self.where
@@ -194,7 +302,7 @@ class StoreIndex:
             self._width = 0
             if self.files:
                 with _open(self.files[0]) as f:
-                    self._width = int(f["embeddings"].shape[1])
+                    self._width = int(_dataset(f, self.files[0], "embeddings").shape[1])
         return self._width
 
 
@@ -204,12 +312,16 @@ def _read_rows(path, rows):
     order = np.unique(rows)
     breaks = np.flatnonzero(np.diff(order) > READ_GAP) + 1
     with _open(path) as f:
-        data = f["embeddings"]
+        data = _dataset(f, path, "embeddings")
         unique = np.empty((order.size, data.shape[1]), dtype=np.float32)
         done = 0
         for run in np.split(order, breaks):
             lo, hi = int(run[0]), int(run[-1]) + 1
-            unique[done : done + run.size] = np.asarray(data[lo:hi], dtype=np.float32)[run - lo]
+            try:
+                unique[done : done + run.size] = np.asarray(data[lo:hi], dtype=np.float32)[run - lo]
+            except _H5_ERRORS as exc:
+                raise StoreFileError(path, f"'embeddings' rows {lo}-{hi - 1} fail their checksums "
+                                           f"({first_line(exc)})") from None
             done += run.size
     return unique[np.searchsorted(order, rows)]
 

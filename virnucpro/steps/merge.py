@@ -6,8 +6,10 @@ the store files holding its frames). `iter_features` yields its frames in the or
 in chunks of at most `chunk` frames: (frame ids, features (n, 768 + 2560) float32 for the real models,
 DNABERT-S first, as the original concatenates them). Every frame must be in the store under both
 namespaces: a missing one is an error naming the frame, so that the counts embedded, read and
-classified always agree. The frames must be those the plan was made from, and, where a width is asked
-for, every frame must have that many values. `gather_features` (all frames at once) and `write_features`
+classified always agree. Every chunk read is checked against its checksum: a store file that fails (it
+was damaged after the plan checked it) is set aside and the read stops with one line saying to plan
+again. The frames must be those the plan was made from, and, where a width is asked for, every frame
+must have that many values. `gather_features` (all frames at once) and `write_features`
 (the `features` step: an HDF5 file) read through `iter_features`, so every reader makes the same checks.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.errors import VirNucProError
-from virnucpro.io.store import Namespace, StoreIndex
+from virnucpro.io.store import Namespace, StoreFileError, StoreIndex, set_aside
 from virnucpro.steps.plan import ENCODERS, member_frames
 
 log = logging.getLogger("virnucpro")
@@ -34,12 +36,24 @@ def read_member(path):
 
 def member_indexes(record):
     """{encoder: StoreIndex} over the store files a plan record names (a file gone from the store is left
-    out: its frames are then reported missing)."""
+    out: its frames are then reported missing; a file that fails its check is set aside, see `_failed`)."""
     indexes = {}
     for e in ENCODERS:
         folder = Namespace.from_json(record["namespaces"][e]).directory(record["store"])
-        indexes[e] = StoreIndex([folder / n for n in record["files"][e] if (folder / n).is_file()])
+        try:
+            indexes[e] = StoreIndex([folder / n for n in record["files"][e] if (folder / n).is_file()])
+        except StoreFileError as exc:
+            raise _failed(exc) from None
     return indexes
+
+
+PLAN_AGAIN = "plan again (snakemake --forcerun plan): the plan embeds its frames again"
+
+
+def _failed(exc):
+    """The one-line error for a store file that failed its check after the plan: it is set aside first,
+    so that the next plan embeds its frames again."""
+    return VirNucProError(f"store file {exc.path}: {exc.problem}; {set_aside(exc.path)}; {PLAN_AGAIN}")
 
 
 def iter_features(dna, protein, member, chunk=CHUNK, width=None, wanted_by="the classifier"):
@@ -74,6 +88,8 @@ def iter_features(dna, protein, member, chunk=CHUNK, width=None, wanted_by="the 
 def _read(index, keys, ids, record, encoder):
     try:
         return index.read(keys, labels=ids)
+    except StoreFileError as exc:
+        raise _failed(exc) from None
     except VirNucProError as exc:
         where = Namespace.from_json(record["namespaces"][encoder]).directory(record["store"])
         raise VirNucProError(

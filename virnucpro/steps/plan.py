@@ -4,11 +4,12 @@
 every member (a sample, or a training set) as `prepare` wrote them (`frames.fna` and `frames.faa`: the same
 ids in the same order), keys each frame by content (`virnucpro.io.store.frame_key`), and leaves out what the
 embedding store already holds for each encoder's namespace. Identical frames, within a sample or across
-samples, are embedded once. The remaining frames, in order of first appearance (members in the order
-given), are cut into n = ceil(tokens / tokens_per_shard) contiguous shards balanced by ESM-2 token count
-(residues truncated at 1022, plus BOS and EOS: ESM-2 3B dominates the cost of every shard). A shard is
-named by its content (the first 16 hex digits of a sha256 over the namespaces and its keys), so the same
-work always gets the same name. The plan directory, written complete or not at all:
+samples, are embedded once. Every store file the plan takes frames from is checked in full first; one
+that fails is set aside (one warning line) and its frames are planned again. The remaining frames, in
+order of first appearance (members in the order given), are cut into n = ceil(tokens / tokens_per_shard)
+contiguous shards balanced by ESM-2 token count (residues truncated at 1022, plus BOS and EOS: ESM-2 3B
+dominates the cost of every shard). A shard is named by its content (the first 16 hex digits of a sha256
+over the namespaces and its keys), so the same work always gets the same name. The plan directory, written complete or not at all:
 
     plan.json               device, store, namespaces, shards and counts
     shards/{shard}.faa      proteins to embed with ESM-2, `>{key} {member}:{frame id}` (its first appearance)
@@ -29,10 +30,13 @@ from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.seqio import read_fasta
 from virnucpro.io.store import (
+    StoreFileError,
     StoreIndex,
     frame_key,
     remove_stale_temporaries,
+    set_aside,
     store_files,
+    verify_store_file,
 )
 from virnucpro.models.encoders import ESM2_TRUNCATION
 
@@ -119,12 +123,10 @@ def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, devic
     if tokens_per_shard < 1:
         raise VirNucProError(f"shards.tokens_per_shard must be positive, not {tokens_per_shard}")
     store = Path(store).resolve()
-    files = {e: store_files(store, namespaces[e]) for e in ENCODERS}
     for e in ENCODERS:
         remove_stale_temporaries(store, namespaces[e])
-    work = _Work({e: StoreIndex(files[e]) for e in ENCODERS})
-    for name, (dna, protein) in members.items():
-        work.add_member(name, member_frames(name, dna, protein))
+    work = _checked_work(members, store, namespaces)
+    files = {e: work.indexes[e].files for e in ENCODERS}
     bounds = shard_bounds(work.tokens, tokens_per_shard)
     keys = list(work.order)
     shard_of = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
@@ -148,6 +150,37 @@ def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, devic
     _write(out_dir, plan, members, work, keys, shard_of, names, files)
     _log(plan)
     return plan
+
+
+def _checked_work(members, store, namespaces):
+    """The work list of `members` against the store files that pass their checks. Every file's keys are
+    read (checksums of every chunk); every file that serves a frame of the members is then checked in
+    full (`verify_store_file`: every chunk of its embeddings, and its sha256s). A file failing either is
+    set aside (`set_aside`, one warning line) and the work list is made again without it, so that its
+    frames come from another file or are embedded again."""
+    files = {e: store_files(store, namespaces[e]) for e in ENCODERS}
+    verified = set()
+    while True:
+        bad = []
+        work = _Work({e: StoreIndex(files[e], bad=bad) for e in ENCODERS})
+        for name, (dna, protein) in members.items():
+            work.add_member(name, member_frames(name, dna, protein))
+        failed = []
+        for e in ENCODERS:
+            index = work.indexes[e]
+            for path in sorted({index.files[f] for held in work.stored_in.values() for f in held[e]} - verified):
+                try:
+                    verify_store_file(path, namespaces[e])
+                    verified.add(path)
+                except StoreFileError as exc:
+                    failed.append(exc)
+        for exc in bad + failed:
+            log.warning("plan: store file %s: %s; %s; its frames are embedded again", exc.path, exc.problem,
+                        set_aside(exc.path))
+        if not failed:
+            return work
+        gone = {exc.path for exc in failed}
+        files = {e: [p for p in work.indexes[e].files if p not in gone] for e in ENCODERS}
 
 
 def _shard_name(namespaces, keys, needs):
