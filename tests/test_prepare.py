@@ -82,6 +82,15 @@ def test_fragment_layout_quirks(length, expected):
     assert [seq[a : a + n] for a, n in zip(start, frag_len)] == [c for _, c in ref]
 
 
+def test_a_length_of_0_has_no_fragment_and_no_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        owner, number, start, frag_len = fragment_layout([0, 5, 0], 300)
+    assert (owner.tolist(), number.tolist(), start.tolist(), frag_len.tolist()) == ([1], [1], [0], [5])
+
+
 def test_fragment_layout_matches_reference_for_all_lengths():
     lengths = np.arange(1, 5000)
     for size in (300, 500):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tests.reference_frontend import chunks
 from virnucpro.errors import VirNucProError
 from virnucpro.io.seqio import read_fasta
 from virnucpro.steps.prepare import prepare
@@ -324,6 +325,11 @@ def test_sequences_shorter_than_min_length_get_a_status_and_no_call_anywhere(tmp
     assert ids_in(out["fc.tsv"]) == ids_in(out["prediction_results_highestscore.csv"]) == called
     plotted = [t.split("  (")[0] for t in titles if "  (" in t]
     assert sorted(plotted) == sorted(called)
+    regions = [line.split("\t") for line in out["regions.tsv"].read_text().splitlines()[1:]]
+    assert [(r[0], r[1], r[2], r[8]) for r in regions] == [("exact", "1", "300", "True"), ("long", "1", "901", "True")]
+    bars = [line.split("\t")[:3] for line in out["score.bedGraph"].read_text().splitlines()[1:]]
+    starts = [r.start for _, r in chunks("long", range(901), 300)]  # the original's fragments of 901 bp
+    assert bars == [["exact", "0", "300"]] + [["long", str(a), str(b)] for a, b in zip(starts, starts[1:] + [901])]
 
 
 def test_with_min_length_0_short_sequences_are_classified_as_the_original_does(tmp_path, monkeypatch):
