@@ -13,5 +13,6 @@ run_step(
     manifest=snakemake.output.manifest,
     status=snakemake.output.status,
     max_bp=snakemake.params.max_bp,
+    min_length=snakemake.params.min_length,
     threads=snakemake.threads,
 )

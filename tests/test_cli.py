@@ -54,6 +54,7 @@ def test_the_config_holds_the_package_defaults():
         ESM2_TOKENS_PER_BATCH,
     )
     from virnucpro.steps.plan import plan_run
+    from virnucpro.steps.prepare import prepare, prepare_sample
     from virnucpro.steps.summarize import summarize
     from virnucpro.steps.train import train_classifier
 
@@ -66,6 +67,11 @@ def test_the_config_holds_the_package_defaults():
     assert config["report"]["max_table_rows"] == default(summarize, "max_table_rows")
     assert config["shards"]["tokens_per_shard"] == default(plan_run, "tokens_per_shard")
     assert config["max_record_bp"] == MAX_RECORD_BP
+    # min_length: null (the fragment size) in the config, the package and the CLI
+    assert config["min_length"] is default(prepare_sample, "min_length") is default(prepare, "min_length") is None
+    assert schema["properties"]["min_length"]["type"] == ["integer", "null"] and "min_length" in schema["required"]
+    assert build_parser().parse_args(["prepare", "in.fa", "--fragment-size", "300", "--out-dna", "d",
+                                      "--out-protein", "p"]).min_length is config["min_length"]
     assert config["train"]["seed"] == default(train_classifier, "seed")
     assert config["embed"]["esm2_tokens_per_batch"] == ESM2_TOKENS_PER_BATCH
     assert config["embed"]["dnabert_tokens_per_batch"] == DNABERT_TOKENS_PER_BATCH
@@ -105,6 +111,17 @@ def test_prepare_refuses_a_record_longer_than_the_limit_in_one_line(tmp_path, ca
     assert not (tmp_path / "d.fna").exists()
     assert run_cli(capsys, "prepare", tmp_path / "in.fa", "--fragment-size", 300, "--out-dna", tmp_path / "d.fna",
                    "--out-protein", tmp_path / "p.faa", "--max-record-bp", 800)[0] == 0
+
+
+def test_prepare_min_length_leaves_short_records_uncut(tmp_path, capsys):
+    (tmp_path / "in.fa").write_text(">tiny\nAAA\n>long\n" + "GCC" * 100 + "\n")
+    for option, tiny in (([], "tiny\t3\t0\t0"), (["--min-length", 0], "tiny\t3\t1\t2"), (["--min-length", 3], "tiny\t3\t1\t2")):
+        rc, _, _ = run_cli(capsys, "prepare", tmp_path / "in.fa", "--fragment-size", 300, "--out-dna", tmp_path / "d.fna",
+                           "--out-protein", tmp_path / "p.faa", "--manifest", tmp_path / "m.tsv", *option)
+        assert rc == 0 and (tmp_path / "m.tsv").read_text().splitlines()[1] == tiny, option
+    rc, _, err = run_cli(capsys, "prepare", tmp_path / "in.fa", "--fragment-size", 300, "--out-dna", tmp_path / "d.fna",
+                         "--out-protein", tmp_path / "p.faa", "--min-length", -5)
+    assert rc == 1 and err.count("\n") == 1 and "min_length must be a whole number of bp >= 0 (or null), not -5" in err
 
 
 def test_every_command_of_the_readme_parses_and_every_subcommand_is_there():

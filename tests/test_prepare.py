@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.reference_frontend import chunks, front_end
-from virnucpro.errors import InputError
+from virnucpro.errors import InputError, VirNucProError
 from virnucpro.frames import fragment_layout
 from virnucpro.io.seqio import read_sequences
 from virnucpro.steps.prepare import prepare, prepare_sample
@@ -23,6 +23,9 @@ GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "original_virnucp
 
 
 def run_prepare(src, out, size, **kw):
+    """`prepare` with every output; every sequence cut (`min_length=0`, the original's behaviour) unless
+    `min_length` is given."""
+    kw.setdefault("min_length", 0)
     paths = {
         "out_dna": out / "frames.fna",
         "out_protein": out / "frames.faa",
@@ -77,6 +80,15 @@ def test_fragment_layout_quirks(length, expected):
     seq = "".join(np.random.default_rng(length).choice(list("ACGT"), length))
     ref = chunks("s", seq, 500)
     assert [seq[a : a + n] for a, n in zip(start, frag_len)] == [c for _, c in ref]
+
+
+def test_a_length_of_0_has_no_fragment_and_no_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        owner, number, start, frag_len = fragment_layout([0, 5, 0], 300)
+    assert (owner.tolist(), number.tolist(), start.tolist(), frag_len.tolist()) == ([1], [1], [0], [5])
 
 
 def test_fragment_layout_matches_reference_for_all_lengths():
@@ -282,6 +294,55 @@ def test_the_workflow_step_records_bad_input_and_writes_empty_outputs(tmp_path):
     status = json.loads(out["status"].read_text())
     assert status == {"ok": False, "error": f"{tmp_path / 'bad.fa'}: record 'a': duplicate sequence id"}
     assert all(out[k].read_bytes() == b"" for k in ("out_dna", "out_protein", "manifest"))
-    stats = prepare_sample(GOLDEN / "input.fa", 500, **out)
+    stats = prepare_sample(GOLDEN / "input.fa", 500, **out, min_length=0)
     assert json.loads(out["status"].read_text()) == {"ok": True, **stats.__dict__}
     assert out["out_protein"].read_bytes() == (GOLDEN / "identified_protein500.faa").read_bytes()
+
+
+def min_length_records(rng):
+    """A 3 bp and a 299 bp record (stop-free frames), one of exactly 300 bp, one without a stop-free
+    frame, and a long one: around the 300 bp fragment size."""
+    sense = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
+    coding = lambda n: "".join(rng.choice(sense, n // 3 + 1))[:n]  # noqa: E731
+    return [("tiny", "AAA"), ("just_short", coding(299)), ("exact", coding(300)), ("stops", "TAAT" * 150),
+            ("long", coding(901))]
+
+
+def manifest_rows(text):
+    rows = [line.split("\t") for line in text.decode().splitlines()]
+    return {r[0]: list(map(int, r[1:])) for r in rows[1:]}
+
+
+def test_a_sequence_shorter_than_min_length_gets_no_fragment_and_no_frame(tmp_path):
+    records = min_length_records(np.random.default_rng(21))
+    write_fasta(tmp_path / "in.fa", records)
+    (tmp_path / "default").mkdir()
+    stats, out = run_prepare(tmp_path / "in.fa", tmp_path / "default", 300, min_length=None)  # the fragment size
+    table = manifest_rows(out["manifest"])
+    assert list(table) == [r[0] for r in records]  # every input sequence, in input order
+    assert table["tiny"] == [3, 0, 0] and table["just_short"] == [299, 0, 0]
+    assert table["exact"][:2] == [300, 1] and table["exact"][2] > 0 and table["stops"] == [600, 2, 0]
+    dna, protein = reference_text([r for r in records if len(r[1]) >= 300], 300)
+    assert (out["out_dna"], out["out_protein"]) == (dna, protein)  # the others' frames, as the original's
+    assert b">tiny_" not in out["out_fragments"] and b">just_short_" not in out["out_fragments"]
+    assert (stats.sequences, stats.shorter_than_min_length) == (5, 2)
+    assert stats.fragments == sum(v[1] for v in table.values()) == out["out_fragments"].count(b">")
+
+    (tmp_path / "zero").mkdir()
+    stats, out = run_prepare(tmp_path / "in.fa", tmp_path / "zero", 300, min_length=0)  # the original exactly
+    assert (out["out_dna"], out["out_protein"]) == reference_text(records, 300)
+    assert manifest_rows(out["manifest"])["tiny"] == [3, 1, 2]  # F1 (K) and R1 (F)
+    assert stats.shorter_than_min_length == 0
+
+
+def test_min_length_other_than_the_fragment_size_and_bad_values(tmp_path):
+    records = min_length_records(np.random.default_rng(21))
+    write_fasta(tmp_path / "in.fa", records)
+    _, out = run_prepare(tmp_path / "in.fa", tmp_path, 300, min_length=301)
+    assert [n for n, (_, f, _) in manifest_rows(out["manifest"]).items() if f == 0] == ["tiny", "just_short", "exact"]
+    _, out = run_prepare(tmp_path / "in.fa", tmp_path, 300, min_length=3)
+    assert [n for n, (_, f, _) in manifest_rows(out["manifest"]).items() if f == 0] == []
+    for bad in (-1, 2.5, "300", True):
+        with pytest.raises(VirNucProError, match=f"min_length must be a whole number of bp >= 0 .*not {bad!r}"):
+            run_prepare(tmp_path / "in.fa", tmp_path / "absent", 300, min_length=bad)
+    assert not (tmp_path / "absent").exists()

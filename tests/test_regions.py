@@ -22,6 +22,7 @@ PATTERNS = {
     "apart": "VooV",
     "edge": "VVooooVV",
     "NODE_1_length_4000_cov_12.5_" + "x" * 60 + "_end": "ooVVVooo",  # a long id
+    "stray": "oooVoooo",  # not called viral: a lone viral fragment is no region
 }
 ODD = {"odd_1001": (1001, "oVV"), "odd_2600": (2600, "VVVooV")}  # overlapping fragments
 
@@ -56,12 +57,12 @@ def sample(tmp_path):
     return (tmp_path, *build(tmp_path))
 
 
-def run(d, max_gap=1, min_viral=2, top=3):
-    out = d / f"out_{max_gap}_{min_viral}"
+def run(d, max_gap=1, min_viral=2, top=3, threshold=0.5):
+    out = d / f"out_{max_gap}_{min_viral}_{threshold}"
     names = dict(viral_regions="regions.tsv", score_track="score.bedGraph", region_track="regions.bed")
     summarize(
         d / "p.tsv", d / "m.tsv", d / "in.fa", out / "fc.tsv", out / "ss.tsv", out / "v.fna", out / "h.png",
-        out / "a.png", 0.5, top, fragment_size=SIZE, sample="s1", max_gap_fragments=max_gap,
+        out / "a.png", threshold, top, fragment_size=SIZE, sample="s1", max_gap_fragments=max_gap,
         min_viral_fragments=min_viral, **{k: out / v for k, v in names.items()},
     )
     return {k: out / v for k, v in names.items()}
@@ -83,9 +84,10 @@ def reference_regions(sid, seq, pattern, scores, max_gap, min_viral):
         else:
             runs.append([k])
     classified = [k for k, c in enumerate(pattern) if c != "-"]
+    called = bool(viral) and len(viral) / len(classified) >= 0.5  # the sequence's call, threshold 0.5
     rows = []
     for r in runs:
-        if len(r) < min(min_viral, len(classified)):
+        if len(r) < min_viral and not called:
             continue
         inside = [scores[f"{sid}_chunk_{k + 1}"] for k in range(r[0], r[-1] + 1) if pattern[k] != "-"]
         start, end = starts[r[0]][0] + 1, starts[r[-1]][1]
@@ -119,9 +121,28 @@ def test_regions_of_the_default_rule(sample):
     assert found["contig_2"] == [(1, 2500, "False"), (4001, 5500, "False")]  # VVoVV ooo VVV
     assert found["Contig_A"] == [(501, 3500, "False"), (4501, 6000, "False")]  # - counts as a gap
     assert found["short"] == [(1, 500, "True")]  # a one-fragment sequence needs only its fragment
-    assert "pair" not in found and "apart" not in found and "contig_10" not in found
+    assert found["pair"] == [(1, 500, "False")]  # Vo: called viral (1 of 2), so its lone viral fragment
+    assert found["apart"] == [(1, 500, "False"), (1501, 2000, "False")]  # VooV: called viral, two runs
+    assert "contig_10" not in found and "stray" not in found
     assert found["edge"] == [(1, 1000, "False"), (3001, 4000, "False")]
     assert found["odd_1001"] == [(334, 1001, "False")]  # fragments at 0, 333, 666 (overlapping)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize("max_gap,min_viral", [(1, 2), (0, 3)])
+def test_a_sequence_called_viral_has_a_region_and_regions_lie_in_classified_sequences(
+        sample, threshold, max_gap, min_viral):
+    """Whatever the settings: every sequence called viral has at least one region; every region lies in
+    a classified sequence; a sequence without one viral fragment is never called viral (threshold 0)."""
+    d, _, patterns, _ = sample
+    out = run(d, max_gap, min_viral, threshold=threshold)
+    _, summary = table(out["viral_regions"].with_name("ss.tsv"))
+    _, regions = table(out["viral_regions"])
+    called = {r[0] for r in summary if r[9] == "viral"}
+    assert called <= {r[0] for r in regions}
+    assert {r[0] for r in regions} <= {r[0] for r in summary if r[8] == "classified"}
+    assert called == {sid for sid, p in patterns.items()
+                      if "V" in p and p.count("V") / (len(p) - p.count("-")) >= threshold}
 
 
 def test_tracks_are_sorted_half_open_with_a_track_line(sample):
@@ -182,7 +203,7 @@ def test_plots_carry_legend_threshold_sample_and_region_bands(sample, monkeypatc
     assert along._suptitle.get_text().startswith("s1: virus score along the")
     assert [t.get_text() for t in along.legends[0].get_texts()] == [
         "fragment called viral", "fragment not called viral", "viral region", "virus score 0.5"]
-    _, regions = table(d / "out_1_2" / "regions.tsv")
+    _, regions = table(d / "out_1_2_0.5" / "regions.tsv")
     for ax in along.axes:
         title = ax.get_title(loc="left")
         sid = next(i for i in records if title.startswith(shorten(i) + "  ("))

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from tests.workflow_runs import REPO, make_workdir, snakemake
@@ -152,8 +153,9 @@ def test_good_sample_beside_bad_ones_finishes_its_front_end(bad_data_run):
 
 def test_shell_metacharacters_in_ids_are_just_ids(tmp_path, tiny_models):
     """Headers full of shell syntax are valid input: the first word is the id, nothing is executed,
-    and the whole workflow finishes with those ids in its tables."""
-    work = workdir(tmp_path / "work", tiny_models)
+    and the whole workflow finishes with those ids in its tables (every record cut, `min_length: 0`:
+    '`touch' is 450 bp, shorter than the 500 bp fragments)."""
+    work = workdir(tmp_path / "work", tiny_models, min_length=0)
     snakemake(work, "--cores", "2")
     ids = ["a;rm", "`touch", "plain"]
     summary = (work / "results" / SAMPLE / "sequence_summary.tsv").read_text().splitlines()
@@ -164,6 +166,31 @@ def test_shell_metacharacters_in_ids_are_just_ids(tmp_path, tiny_models):
     for pwned in ("pwned", "pwned2", "pwned3", "x"):
         assert not (work / pwned).exists() and not (REPO / pwned).exists() and not Path(pwned).exists()
     assert leftovers(work) == []
+
+
+def test_a_record_shorter_than_min_length_gets_its_row_and_nothing_else(tmp_path, tiny_models):
+    """A 3 bp and a 499 bp record beside two 500+ bp ones, default config (min_length: the 500 bp
+    fragment size): both short records get a summary row with status shorter_than_min_length and call
+    no_call, and appear in no frame, score, viral FASTA, region or track; the others are classified."""
+    rng = np.random.default_rng(5)
+    sense = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
+    coding = lambda n: "".join(rng.choice(sense, n // 3 + 1))[:n]  # noqa: E731
+    records = {"tiny": "AAA", "first": coding(1200), "almost": coding(499), "last": coding(500)}
+    (tmp_path / "in.fa").write_text("".join(f">{i} d\n{s}\n" for i, s in records.items()))
+    work = workdir(tmp_path / "work", tiny_models, sheet={SAMPLE: tmp_path / "in.fa"})
+    snakemake(work, "--cores", "2")
+    out = work / "results" / SAMPLE
+    summary = [row.split("\t") for row in (out / "sequence_summary.tsv").read_text().splitlines()[1:]]
+    assert [(r[0], r[2], r[8]) for r in summary] == [
+        ("tiny", "0", "shorter_than_min_length"), ("first", "3", "classified"),
+        ("almost", "0", "shorter_than_min_length"), ("last", "1", "classified")]
+    assert [r[9] for r in summary if r[0] in ("tiny", "almost")] == ["no_call", "no_call"]
+    assert json.loads((out / "prepare" / "status.json").read_text())["shorter_than_min_length"] == 2
+    for name in ("prepare/frames.fna", "prediction_results.tsv", "fragment_calls.tsv", "viral.fna",
+                 "viral_regions.tsv", "tracks/virus_score.bedGraph", "tracks/viral_regions.bed"):
+        text = (out / name).read_text()
+        assert not any(line.lstrip(">").startswith(("tiny", "almost")) for line in text.splitlines()), name
+    assert "tiny" in (out / "prepare" / "sequences.tsv").read_text()
 
 
 # ---------------------------------------------------------------------------- config and sheet

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tests.reference_frontend import chunks
 from virnucpro.errors import VirNucProError
 from virnucpro.io.seqio import read_fasta
 from virnucpro.steps.prepare import prepare
@@ -30,7 +31,9 @@ def sample(tmp_path):
     ]
     fasta = tmp_path / "input.fa"
     fasta.write_text("".join(f">{i} some description\n{s[:70]}\n{s[70:]}\n" for i, s in records))
-    prepare(fasta, 500, tmp_path / "frames.fna", tmp_path / "frames.faa", manifest=tmp_path / "manifest.tsv")
+    # every sequence cut, as the original (min_length 0): the 150 bp short read gets its one fragment
+    prepare(fasta, 500, tmp_path / "frames.fna", tmp_path / "frames.faa", manifest=tmp_path / "manifest.tsv",
+            min_length=0)
     frames = [fid for fid, _ in read_fasta(tmp_path / "frames.faa")]
     scores = {}
     for fid in frames:
@@ -197,7 +200,8 @@ def test_fasta_must_match_the_manifest(sample):
 
 def test_sample_without_frames(tmp_path):
     (tmp_path / "in.fa").write_text(">n1\nNNNNNNNNNN\n>n2\nNNN\n")
-    prepare(tmp_path / "in.fa", 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv")
+    prepare(tmp_path / "in.fa", 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv",
+            min_length=0)
     (tmp_path / "predictions.tsv").write_text(HEADER)
     out = run(tmp_path, fasta=tmp_path / "in.fa", fragment_size=300)
     rows = table(out["sequence_summary"])
@@ -223,7 +227,7 @@ def test_viral_fasta_keeps_each_full_header(tmp_path, form):
         fasta = tmp_path / "in.fq.gz"
         text = "\n".join(f"@{h}\n{s}\n+\n{'@' * len(s)}" for _, h, s in records) + "\n"
         fasta.write_bytes(gzip.compress(text.encode()))
-    prepare(fasta, 500, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv")
+    prepare(fasta, 500, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv", min_length=0)
     rows = [f"{fid}\tvirus\t0.1\t0.9\n" if not fid.startswith("h1") else f"{fid}\tothers\t0.9\t0.1\n"
             for fid, _ in read_fasta(tmp_path / "f.faa")]
     (tmp_path / "predictions.tsv").write_text(HEADER + "".join(rows))
@@ -275,3 +279,72 @@ def test_views_show_the_rows_of_the_tables(sample):
     assert shown[0] == tsv["ss.tsv"][0] and sorted(shown[1:]) == sorted(tsv["ss.tsv"][1:])
     assert len(shown) == len(records) + 1
     assert Cells((v / "r.html").read_text()).rows == tsv["regions.tsv"] and len(tsv["regions.tsv"]) > 1
+
+
+def short_sample(tmp_path, monkeypatch, min_length):
+    """tests/test_prepare.py's records around 300 bp through `prepare` with `min_length`, every frame
+    scored viral; then `summarize` with every output. Returns the output paths and the plot titles."""
+    from matplotlib.figure import Figure
+
+    from tests.test_prepare import min_length_records
+
+    records = min_length_records(np.random.default_rng(21))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{i} desc\n{s}\n" for i, s in records))
+    prepare(fasta, 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv", min_length=min_length)
+    rows = [f"{fid}\tvirus\t0.1\t0.9\n" for fid, _ in read_fasta(tmp_path / "f.faa")]
+    (tmp_path / "p.tsv").write_text(HEADER + "".join(rows))
+    names = ["fc.tsv", "ss.tsv", "v.fna", "h.png", "a.png", "regions.tsv", "score.bedGraph", "regions.bed",
+             "prediction_results_highestscore.csv"]
+    out = {n: tmp_path / "out" / n for n in names}
+    titles, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (
+        titles.extend(ax.get_title(loc="left") for ax in fig.axes), save(fig, *a, **k))[1])
+    summarize(tmp_path / "p.tsv", tmp_path / "m.tsv", fasta, *(out[n] for n in names[:5]), 0.5, 10,
+              fragment_size=300, viral_regions=out["regions.tsv"], score_track=out["score.bedGraph"],
+              region_track=out["regions.bed"], original_calls=out["prediction_results_highestscore.csv"])
+    return records, out, titles
+
+
+def ids_in(path, column=0, skip=1):
+    return {line.split("\t")[column].split("_chunk_")[0] for line in path.read_text().splitlines()[skip:]}
+
+
+def test_sequences_shorter_than_min_length_get_a_status_and_no_call_anywhere(tmp_path, monkeypatch):
+    records, out, titles = short_sample(tmp_path, monkeypatch, None)  # min_length: the fragment size, 300
+    rows = table(out["ss.tsv"])
+    assert [r["sequence_id"] for r in rows] == [r[0] for r in records]  # one row each, in input order
+    got = {r["sequence_id"]: (r["fragments"], r["fragments_with_frames"], r["viral_fraction"], r["status"], r["call"])
+           for r in rows}
+    assert got["tiny"] == got["just_short"] == ("0", "0", "NA", "shorter_than_min_length", "no_call")
+    assert got["stops"] == ("2", "0", "NA", "no_stop_free_frame", "no_call")
+    assert got["exact"][3:] == got["long"][3:] == ("classified", "viral")
+    called = {"exact", "long"}
+    assert set(dict(read_fasta(out["v.fna"]))) == called
+    assert ids_in(out["regions.tsv"]) == ids_in(out["regions.bed"]) == ids_in(out["score.bedGraph"]) == called
+    assert ids_in(out["fc.tsv"]) == ids_in(out["prediction_results_highestscore.csv"]) == called
+    plotted = [t.split("  (")[0] for t in titles if "  (" in t]
+    assert sorted(plotted) == sorted(called)
+    regions = [line.split("\t") for line in out["regions.tsv"].read_text().splitlines()[1:]]
+    assert [(r[0], r[1], r[2], r[8]) for r in regions] == [("exact", "1", "300", "True"), ("long", "1", "901", "True")]
+    bars = [line.split("\t")[:3] for line in out["score.bedGraph"].read_text().splitlines()[1:]]
+    starts = [r.start for _, r in chunks("long", range(901), 300)]  # the original's fragments of 901 bp
+    assert bars == [["exact", "0", "300"]] + [["long", str(a), str(b)] for a, b in zip(starts, starts[1:] + [901])]
+
+
+def test_with_min_length_0_short_sequences_are_classified_as_the_original_does(tmp_path, monkeypatch):
+    records, out, _ = short_sample(tmp_path, monkeypatch, 0)
+    got = {r["sequence_id"]: (r["fragments"], r["status"], r["call"]) for r in table(out["ss.tsv"])}
+    assert got["tiny"] == got["just_short"] == ("1", "classified", "viral")
+    assert got["stops"] == ("2", "no_stop_free_frame", "no_call")
+    called = {"tiny", "just_short", "exact", "long"}
+    assert set(dict(read_fasta(out["v.fna"]))) == ids_in(out["regions.tsv"]) == ids_in(out["regions.bed"]) == called
+
+
+def test_a_manifest_no_single_min_length_explains_is_refused(sample):
+    d, _, _, _ = sample
+    lines = (d / "manifest.tsv").read_text().splitlines(keepends=True)
+    lines[6] = lines[6].replace("\t900\t2\t", "\t900\t0\t")  # low_1 (900 bp) uncut, short_read (150 bp) cut
+    (d / "uncut.tsv").write_text("".join(lines))
+    with pytest.raises(VirNucProError, match="'low_1' of 900 bp has no fragment, but 'short_read' of 150 bp was cut"):
+        run(d, manifest=d / "uncut.tsv")

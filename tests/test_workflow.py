@@ -66,6 +66,7 @@ def test_front_end_then_full_dag(tmp_path, tiny_models):
     "change,expected",
     [
         ({"fragment_size": 400}, "fragment_size: 400 is not one of [300, 500]"),
+        ({"min_length": -1}, "min_length: -1 is less than the minimum of 0"),
         ({"embed.device": "tpu"}, "embed.device: 'tpu' is not one of"),
         ({"samples": "config/absent.tsv"}, "sample sheet config/absent.tsv does not exist"),
         ({"models.esm2": "/absent/esm2_t36_3B_UR50D.pt"},

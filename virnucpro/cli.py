@@ -42,7 +42,8 @@ def _prepare(args):
     from virnucpro.steps.prepare import prepare_sample
 
     prepare_sample(args.input, args.fragment_size, args.out_dna, args.out_protein, manifest=args.manifest,
-                   status=args.status, out_fragments=args.out_fragments, max_bp=args.max_record_bp)
+                   status=args.status, out_fragments=args.out_fragments, max_bp=args.max_record_bp,
+                   min_length=args.min_length)
 
 
 def _members(pairs):
@@ -215,6 +216,9 @@ def _add_front(sub):
                                     "instead of stopping with the error")
     p.add_argument("--max-record-bp", type=int, default=MAX_RECORD_BP,
                    help=f"longest sequence read; a longer record is refused (default {MAX_RECORD_BP:_})")
+    p.add_argument("--min-length", type=int, default=None,
+                   help="a shorter sequence gets no fragment, no frame and no call (default: the fragment size; "
+                        "0 cuts every sequence, as the original)")
 
     p = _command(sub, "plan", _plan, "plan the embeddings of several samples into pooled shards",
                  "Key every frame of every sample by content, leave out what the embedding store holds, "

@@ -4,7 +4,8 @@ Contract (the original `split_fasta_chunk` + `identify_seq`, quirks included):
 - A sequence of length L gives n = ceil(L/S) fragments. With r = n*S - L, lo = int(r/n) and
   need = r - lo*(n-1), fragment k (0-based) starts at k*S - move_k, where move_k sums the first k
   steps of the list [lo+1]*need + [lo]*(n-1-need) + [0]; it is at most S long (clipped at L).
-  Ids are `{seq_id}_chunk_{k+1}`.
+  Ids are `{seq_id}_chunk_{k+1}`. A length of 0 gives no fragment (how `prepare` leaves a sequence
+  shorter than its minimum length uncut).
 - Each fragment is upper-cased and translated in frames F1..F3 (offsets 0..2) and R1..R3 (offsets 0..2
   on the reverse complement; only A/C/G/T are complemented, other codes stay as they are). A codon
   holding anything but A/C/G/T is dropped; a frame with a stop codon, or with no codon left, is not
@@ -47,7 +48,7 @@ def fragment_layout(lengths, size):
     lengths = np.asarray(lengths, dtype=np.int64)
     n = -(-lengths // size)
     repeat = n * size - lengths
-    lower = (repeat / n).astype(np.int64)  # int(repeat / num_chunks), as the original
+    lower = (repeat / np.maximum(n, 1)).astype(np.int64)  # int(repeat / num_chunks), as the original
     need = repeat - lower * (n - 1)
     owner = np.repeat(np.arange(len(lengths)), n)
     first = np.cumsum(n) - n

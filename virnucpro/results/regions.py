@@ -5,9 +5,11 @@ taken in order, each either viral (the original per-fragment call, max score2 >=
 frames), not viral, or without a stop-free frame (no call). A region starts and ends with a viral
 fragment; two viral fragments of the same sequence belong to one region when at most
 `max_gap_fragments` fragments lie between them (not viral or without a call). A region is kept when it
-holds at least `min_viral_fragments` viral fragments; a sequence with fewer classified fragments than
-that gets a region only when all of its classified fragments are viral (a short read called viral is
-one region covering it).
+holds at least `min_viral_fragments` viral fragments, or when its sequence is called viral: then every
+run is kept, so that a sequence called viral always has at least one region (a short read called viral
+is one region covering it), while a sequence not called viral (a bacterial contig) shows only runs of
+`min_viral_fragments` or more (a prophage). Only fragments with frames are viral, so a sequence without
+a call (uncut, or without a stop-free frame) has no region.
 
 Coordinates are the fragments' own, as the original cuts them (`virnucpro.frames.fragment_layout`):
 `start` is the first base of the region's first viral fragment and `end` the last base of its last
@@ -40,6 +42,12 @@ def check_region_settings(max_gap_fragments, min_viral_fragments):
         )
 
 
+def sample_layout(seqs, fragment_size):
+    """`fragment_layout` of the manifest's fragments: a sequence it lists without fragments (shorter than
+    min_length, not cut) has none, so that indices agree with `fragment_index`."""
+    return fragment_layout(np.where(seqs["fragments"] > 0, seqs["length"], 0), fragment_size)
+
+
 def fragment_index(seqs, frag):
     """Index of each classified fragment among all fragments of the sample, in input order."""
     first = np.cumsum(seqs["fragments"]) - seqs["fragments"]
@@ -54,21 +62,20 @@ def _segment_reduce(ufunc, values, lo, hi):
     return ufunc.reduceat(padded, np.column_stack([lo, hi]).ravel())[::2]
 
 
-def call_regions(seqs, frag, fragment_size, max_gap_fragments, min_viral_fragments):
+def call_regions(seqs, frag, fragment_size, max_gap_fragments, min_viral_fragments, called):
     """Regions of the module docstring as arrays: owner (sequence index), start, end, fragments,
     viral_fragments, mean, max, whole. `frag` holds the classified fragments in input order
-    (`virnucpro.steps.summarize.fragment_scores`)."""
+    (`virnucpro.steps.summarize.fragment_scores`); `called`: per sequence, whether it is called viral."""
     check_region_settings(max_gap_fragments, min_viral_fragments)
-    _, _, frag_start, frag_length = fragment_layout(seqs["length"], fragment_size)
+    _, _, frag_start, frag_length = sample_layout(seqs, fragment_size)
     index = fragment_index(seqs, frag)
     viral = np.flatnonzero(frag["viral"])  # positions in `frag`
     at, owner = index[viral], frag["owner"][viral]
     apart = (owner[1:] != owner[:-1]) | (at[1:] - at[:-1] - 1 > int(max_gap_fragments))
     first = np.flatnonzero(np.r_[True, apart]) if viral.size else np.zeros(0, np.int64)
     last = np.r_[first[1:], viral.size][: first.size] - 1
-    with_frames = np.bincount(frag["owner"], minlength=len(seqs["sequence_id"]))
     n_viral = last - first + 1
-    keep = n_viral >= np.minimum(int(min_viral_fragments), with_frames[owner[first]])
+    keep = (n_viral >= int(min_viral_fragments)) | np.asarray(called, dtype=bool)[owner[first]]
     first, last, n_viral = first[keep], last[keep], n_viral[keep]
     lo, hi = viral[first], viral[last] + 1  # the region's classified fragments are frag[lo:hi]
     scores = frag["max2"].astype(np.float64)

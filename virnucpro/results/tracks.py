@@ -14,9 +14,8 @@ then by start.
 
 import numpy as np
 
-from virnucpro.frames import fragment_layout
 from virnucpro.io.tables import score_text
-from virnucpro.results.regions import fragment_index
+from virnucpro.results.regions import fragment_index, sample_layout
 
 REGION_RGB = "200,0,0"
 
@@ -34,7 +33,7 @@ def _quote(text):
 
 def write_score_track(path, seqs, frag, fragment_size, sample):
     """The bedGraph of fragment virus scores; see the module docstring."""
-    owner_all, _, start, length = fragment_layout(seqs["length"], fragment_size)
+    owner_all, _, start, length = sample_layout(seqs, fragment_size)
     same_next = np.r_[owner_all[1:] == owner_all[:-1], False]
     stop = np.where(same_next, np.r_[start[1:], 0], start + length)  # ends where the next fragment starts
     at = fragment_index(seqs, frag)

@@ -6,6 +6,10 @@ Outputs, all written to temporary names and renamed together when the whole inpu
 - `out_fragments` (optional): the fragments as the original's `chunked{S}.fa` (case kept, 60 per line);
 - `manifest` (optional): TSV `sequence_id, length, fragments, kept_frames`, one row per input sequence,
   in input order, so later steps account for sequences that gave no frame.
+A sequence shorter than `min_length` bp is not cut: it gets no fragment and no frame (its manifest row
+has `fragments` 0), because the classifier was trained on whole 300/500 bp fragments and is at chance
+level on much shorter ones. `min_length=None` means the fragment size; `min_length=0` cuts every
+sequence, exactly as the original does.
 Records are processed in batches of about `batch_bases` bases; memory is bounded by the batch and the
 longest single record, not by the input size: a record longer than `max_bp` is refused (`seqio`).
 
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.errors import InputError
+from virnucpro.errors import InputError, VirNucProError
 from virnucpro.frames import FRAME_NAMES, encode, fragment_layout, six_frames
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.seqio import MAX_RECORD_BP, read_sequences
@@ -37,11 +41,22 @@ class PrepareStats:
     bases: int = 0
     fragments: int = 0
     frames: int = 0
+    shorter_than_min_length: int = 0  # sequences left uncut
+
+
+def resolve_min_length(min_length, fragment_size):
+    """The minimum length in bp that `min_length` stands for: None is the fragment size."""
+    if min_length is None:
+        return int(fragment_size)
+    if isinstance(min_length, bool) or not isinstance(min_length, (int, np.integer)) or min_length < 0:
+        raise VirNucProError(f"min_length must be a whole number of bp >= 0 (or null), not {min_length!r}")
+    return int(min_length)
 
 
 def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None, manifest=None,
-            batch_bases=1 << 22, max_bp=MAX_RECORD_BP):
+            batch_bases=1 << 22, max_bp=MAX_RECORD_BP, min_length=None):
     """Run the front end on `input_path`; returns `PrepareStats`. See the module docstring."""
+    min_length = resolve_min_length(min_length, fragment_size)
     stats = PrepareStats()
     started = last_report = time.monotonic()
     with atomic_outputs(out_dna, out_protein, out_fragments, manifest) as tmp:
@@ -53,24 +68,25 @@ def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None,
                 batch.append((rid, seq))
                 batch_len += len(seq)
                 if batch_len >= batch_bases:
-                    _process(batch, fragment_size, writer, stats)
+                    _process(batch, fragment_size, min_length, writer, stats)
                     batch, batch_len = [], 0
                     last_report = _progress(stats, started, last_report)
-            _process(batch, fragment_size, writer, stats)
+            _process(batch, fragment_size, min_length, writer, stats)
         finally:
             for h in handles:
                 if h is not None:
                     h.close()
     rate = stats.bases / max(time.monotonic() - started, 1e-9) / 1e6
     log.info(
-        "prepare %s: %d sequences, %d bp, %d fragments, %d kept frames (%.1f Mbp/s)",
-        input_path, stats.sequences, stats.bases, stats.fragments, stats.frames, rate,
+        "prepare %s: %d sequences, %d bp, %d fragments, %d kept frames (%.1f Mbp/s); %d sequence(s) shorter "
+        "than min_length (%d bp) not cut", input_path, stats.sequences, stats.bases, stats.fragments,
+        stats.frames, rate, stats.shorter_than_min_length, min_length,
     )
     return stats
 
 
 def prepare_sample(input_path, fragment_size, out_dna, out_protein, manifest=None, status=None, out_fragments=None,
-                   max_bp=MAX_RECORD_BP):
+                   max_bp=MAX_RECORD_BP, min_length=None):
     """The `prepare` step on one sample, as its rule and the CLI run it: `prepare`, and with `status`
     (JSON) the workflow's record of how it went, {"ok": true, and the counts}.
 
@@ -81,7 +97,7 @@ def prepare_sample(input_path, fragment_size, out_dna, out_protein, manifest=Non
     """
     try:
         stats = prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=out_fragments,
-                        manifest=manifest, max_bp=max_bp)
+                        manifest=manifest, max_bp=max_bp, min_length=min_length)
     except InputError as exc:
         if status is None:
             raise
@@ -124,12 +140,14 @@ class _Writer:
             manifest.write(("\t".join(MANIFEST_COLUMNS) + "\n").encode())
 
 
-def _process(batch, size, writer, stats):
+def _process(batch, size, min_length, writer, stats):
+    """Fragments and kept frames of `batch`, written; a sequence shorter than `min_length` is not cut."""
     if not batch:
         return
     ids = [rid for rid, _ in batch]
     lengths = np.fromiter((len(s) for _, s in batch), dtype=np.int64, count=len(batch))
-    owner, number, start, length = fragment_layout(lengths, size)
+    short = lengths < min_length
+    owner, number, start, length = fragment_layout(np.where(short, 0, lengths), size)  # short: no fragment
     offsets = np.cumsum(lengths) - lengths
     joined = b"".join(s for _, s in batch)
     upper = joined.upper()
@@ -151,6 +169,7 @@ def _process(batch, size, writer, stats):
     stats.bases += int(lengths.sum())
     stats.fragments += owner.size
     stats.frames += int(kept.sum())
+    stats.shorter_than_min_length += int(short.sum())
 
 
 _SUFFIX = [name.encode() for name in FRAME_NAMES]

@@ -12,9 +12,12 @@ Definitions:
 - per sequence: `fragments_with_frames` counts fragments that kept at least one frame,
   `viral_fraction` = viral fragments / fragments with frames, `max_virus_score` and
   `mean_virus_score` are the maximum and the mean of its fragments' virus scores;
-- `status` is `classified`, or `no_stop_free_frame` when no fragment kept a frame; `call` is `viral`
-  when viral_fraction >= threshold, `not_viral` otherwise, and `no_call` for unclassified sequences;
-- viral regions: runs of viral fragments, `virnucpro.results.regions`.
+- `status` says why a sequence has a call or none: `shorter_than_min_length` when `prepare` did not cut
+  it (the manifest lists no fragment: shorter than the minimum length), `no_stop_free_frame` when no
+  fragment kept a frame, `classified` otherwise; `call` is `viral` when viral_fraction >= threshold and
+  at least one fragment is viral, `not_viral` otherwise, and `no_call` for unclassified sequences;
+- viral regions: runs of viral fragments, `virnucpro.results.regions`; every sequence called viral has at
+  least one, and only classified sequences have any.
 
 Outputs (all appear together or not at all; those given as None are not written):
 - `fragment_calls.tsv`: `Modified_ID` (the fragment id), `Is_Virus` (True/False), `max_score1`,
@@ -27,7 +30,10 @@ Outputs (all appear together or not at all; those given as None are not written)
 - the sequence summary and viral regions as HTML pages for the report (`virnucpro.results.views`).
 Scores, fractions and means in our tables have the same fixed number of decimals (`virnucpro.io.tables`).
 Every frame must belong to a manifest sequence and fragment, and the number of frames of each sequence
-must equal its `kept_frames`; anything else is an error.
+must equal its `kept_frames`; a sequence's fragments are those of the fragment size, or none, and the
+sequences without any must all be shorter than those with fragments; anything else is an error.
+Sequences without a call appear only in `sequence_summary.tsv` (and its view): never in the fragment
+calls, regions, tracks, viral FASTA or plots.
 """
 
 import logging
@@ -77,7 +83,8 @@ def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, vi
     frames = read_predictions(predictions)
     frag = fragment_scores(frames, seqs, predictions, manifest)
     table = sequence_table(seqs, frag, float(threshold))
-    regions = call_regions(seqs, frag, fragment_size, max_gap_fragments, min_viral_fragments)
+    regions = call_regions(seqs, frag, fragment_size, max_gap_fragments, min_viral_fragments,
+                           called=table["call"] == "viral")
     if (sequences_view or regions_view) and not (sequences_view and regions_view and viral_regions):
         raise VirNucProError("the HTML views need both view paths and the viral region table")
     outputs = (fragment_calls, sequence_summary, viral_fasta, histogram, along, viral_regions, score_track,
@@ -105,11 +112,13 @@ def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, vi
         plot_histogram(t_hist, frames, sample)
         plot_along(t_along, table, frag, regions, top_by_mean_score(table, int(top_sequences)), fragment_size,
                    sample)
+    status = table["status"]
     log.info(
-        "%d sequences: %d classified, %d called viral (viral fraction >= %s); %d viral region(s); "
-        "%d fragments with frames, %d frames",
-        len(table["sequence_id"]), int((table["status"] == "classified").sum()), n_viral, threshold,
-        len(regions["owner"]), len(frag["owner"]), len(frames["id"]),
+        "%d sequences: %d classified, %d shorter than min_length, %d without a stop-free frame; %d called viral "
+        "(viral fraction >= %s); %d viral region(s); %d fragments with frames, %d frames",
+        len(status), int((status == "classified").sum()), int((status == "shorter_than_min_length").sum()),
+        int((status == "no_stop_free_frame").sum()), n_viral, threshold, len(regions["owner"]),
+        len(frag["owner"]), len(frames["id"]),
     )
     return table
 
@@ -138,12 +147,28 @@ def read_manifest(path, fragment_size):
         dup = df["sequence_id"][df["sequence_id"].duplicated()].iloc[0]
         raise VirNucProError(f"{path}: sequence '{dup}' is listed twice")
     expected = -(-seqs["length"] // int(fragment_size))
-    _fail_at_first(expected != seqs["fragments"], lambda i: (
+    _fail_at_first((expected != seqs["fragments"]) & (seqs["fragments"] != 0), lambda i: (
         f"{path}: sequence '{seqs['sequence_id'][i]}' of {seqs['length'][i]} bp has {seqs['fragments'][i]} "
         f"fragments, not the {expected[i]} of {fragment_size} bp fragments "
         "(manifest from another fragment size?)"
     ))
+    _check_uncut(path, seqs)
     return seqs
+
+
+def _check_uncut(path, seqs):
+    """Sequences left uncut (no fragment: shorter than min_length) must all be shorter than those cut."""
+    uncut, lengths = seqs["fragments"] == 0, seqs["length"]
+    if not uncut.any() or uncut.all():
+        return
+    longest = np.flatnonzero(uncut)[np.argmax(lengths[uncut])]
+    shortest = np.flatnonzero(~uncut)[np.argmin(lengths[~uncut])]
+    if lengths[longest] >= lengths[shortest]:
+        raise VirNucProError(
+            f"{path}: sequence '{seqs['sequence_id'][longest]}' of {lengths[longest]} bp has no fragment, but "
+            f"'{seqs['sequence_id'][shortest]}' of {lengths[shortest]} bp was cut: no one min_length gives this "
+            "manifest"
+        )
 
 
 def read_predictions(path):
@@ -238,7 +263,10 @@ def sequence_table(seqs, frag, threshold):
     classified = with_frames > 0
     safe = np.maximum(with_frames, 1)
     fraction = np.where(classified, viral / safe, np.nan)
-    call = np.where(~classified, "no_call", np.where(fraction >= threshold, "viral", "not_viral"))
+    is_viral = (fraction >= threshold) & (viral > 0)
+    call = np.where(~classified, "no_call", np.where(is_viral, "viral", "not_viral"))
+    status = np.select([seqs["fragments"] == 0, ~classified], ["shorter_than_min_length", "no_stop_free_frame"],
+                       "classified")
     return {
         "sequence_id": seqs["sequence_id"],
         "length": seqs["length"],
@@ -248,7 +276,7 @@ def sequence_table(seqs, frag, threshold):
         "viral_fraction": fraction,
         "max_virus_score": max_score,
         "mean_virus_score": np.where(classified, score_sum / safe, np.nan),
-        "status": np.where(classified, "classified", "no_stop_free_frame"),
+        "status": status,
         "call": call,
     }
 

@@ -1,5 +1,6 @@
-# Front end, per sample: fragments and stop-free six-frame translations. A sample whose input is bad
-# gets empty outputs and its error in status.json, so that the run's other samples go on.
+# Front end, per sample: fragments and stop-free six-frame translations; a sequence shorter than
+# min_length is not cut. A sample whose input is bad gets empty outputs and its error in status.json,
+# so that the run's other samples go on.
 
 
 rule prepare:
@@ -18,5 +19,6 @@ rule prepare:
     params:
         fragment_size=FRAGMENT_SIZE,
         max_bp=config["max_record_bp"],
+        min_length=config["min_length"],
     script:
         "../../scripts/prepare.py"
