@@ -9,5 +9,5 @@ from virnucpro.logs import run_step
 note = Path(snakemake.output[0])  # {models.dir}/notes/{kind}-{id}.json
 run_step(
     snakemake.log[0], write_note, snakemake.params.kind, snakemake.input[0], note.parent.parent, note,
-    threads=snakemake.threads,
+    float8=snakemake.params.float8, threads=snakemake.threads,
 )

@@ -16,5 +16,6 @@ run_step(
     device=snakemake.params.device,
     tokens_per_shard=snakemake.params.tokens_per_shard,
     statuses=statuses,
+    float8_decision=snakemake.input.float8_decision or None,  # the float8 guard's, when float8 was asked for
     threads=snakemake.threads,
 )

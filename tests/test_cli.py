@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from virnucpro.cli import build_parser, default, main
+from virnucpro.steps.precision import check_float8
 from virnucpro.io.checksums import SUFFIX, record_path
 from virnucpro.io.seqio import MAX_RECORD_BP
 
@@ -43,8 +44,8 @@ def test_help_page_describes_the_step_and_every_option(name, capsys):
 
 def test_every_rule_script_has_a_subcommand():
     scripts = {p.stem for p in (ROOT / "scripts").glob("*.py")}
-    names = {"note_model": "convert-model", "download_model": "download-model"}
-    assert {names.get(s, s) for s in scripts} <= set(subcommands())
+    names = {"note_model": "convert-model"}  # the others: the script's name with dashes
+    assert {names.get(s, s.replace("_", "-")) for s in scripts} <= set(subcommands())
 
 
 def test_the_config_holds_the_package_defaults():
@@ -66,6 +67,9 @@ def test_the_config_holds_the_package_defaults():
         assert config["regions"][name] == default(summarize, name)
     assert config["report"]["max_table_rows"] == default(summarize, "max_table_rows")
     assert config["shards"]["tokens_per_shard"] == default(plan_run, "tokens_per_shard")
+    assert config["embed"]["float8_check"] == {"frames": default(check_float8, "frames"),
+                                               "min_call_agreement": default(check_float8, "min_call_agreement"),
+                                               "min_cosine": default(check_float8, "min_cosine")}
     assert config["max_record_bp"] == MAX_RECORD_BP
     # min_length: null (the fragment size) in the config, the package and the CLI
     assert config["min_length"] is default(prepare_sample, "min_length") is default(prepare, "min_length") is None
@@ -89,7 +93,7 @@ def test_convert_model_writes_the_note_and_checksum_records_of_the_rules_script(
     snapshot, _, _ = build_tiny_dnabert(tmp_path / "DNABERT-S")
     rule_note = tmp_path / "models" / "notes" / "dnabert_s-rule.json"
     snakemake = SimpleNamespace(output=[str(rule_note)], input=[str(snapshot)], log=[str(tmp_path / "rule.log")],
-                                params=SimpleNamespace(kind="dnabert_s"), threads=1)
+                                params=SimpleNamespace(kind="dnabert_s", float8=False), threads=1)
     runpy.run_path(str(ROOT / "scripts" / "note_model.py"), init_globals={"snakemake": snakemake})
     records = list(Path(snapshot).glob(f"*{SUFFIX}"))
     assert records

@@ -104,3 +104,18 @@ def test_jobs_on_a_one_gpu_machine_take_turns(claims_in_this_process, monkeypatc
     )
     assert probe.returncode != 0 and "BlockingIOError" in probe.stderr
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"  # until the fixture restores it
+
+
+def test_float8_is_refused_where_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(gpus, "visible_devices", lambda: [])
+    monkeypatch.setattr(gpus, "compute_capabilities", lambda: [])
+    assert "embed.device is cpu" in gpus.float8_problem("cpu")
+    assert "no GPU is visible here" in gpus.float8_problem("auto")
+    assert gpus.float8_problem("auto", local=False) is None  # a cluster's nodes: the job checks its GPU
+    assert gpus.float8_problem("cuda") is None
+    monkeypatch.setattr(gpus, "visible_devices", lambda: ["0", "1"])
+    monkeypatch.setattr(gpus, "compute_capabilities", lambda: [(8, 0), (8, 6)])
+    assert "compute capability 8.9 or newer" in gpus.float8_problem("auto")
+    assert "have 8.6" in gpus.float8_problem("cuda")
+    monkeypatch.setattr(gpus, "compute_capabilities", lambda: [(9, 0)])
+    assert gpus.float8_problem("auto") is None

@@ -1,5 +1,6 @@
 """The Snakemake workflow: formatting, lint, the full DAG, config validation and real runs."""
 
+import re
 import subprocess
 import sys
 
@@ -62,12 +63,29 @@ def test_front_end_then_full_dag(tmp_path, tiny_models):
     assert "convert_esm2" not in full and "check_dnabert_s" not in full
 
 
+def test_a_float8_run_checks_float8_before_its_plan(tmp_path, tiny_models):
+    """With embed.precision float8 the plan of the samples waits for the float8 check, whose table is a
+    result of the run; the models step makes the float8 file (its note rule has the setting)."""
+    models = {**tiny_models, "models.dir": str(tmp_path / "models"), "embed.device": "cuda"}
+    work = make_workdir(tmp_path, **models, **{"embed.precision": "float8"})
+    proc = snakemake(work, "-n", "--quiet", "rules")
+    assert {"check_float8": 1, "plan": 1, "convert_esm2": 1}.items() <= job_counts(proc).items()
+    graph = snakemake(work, "--rulegraph").stdout
+    ids = {name: i for i, name in re.findall(r'(\d+)\[label = "(\w+)"', graph)}
+    assert f"{ids['check_float8']} -> {ids['plan']}" in graph
+    plain = make_workdir(tmp_path / "plain", **models)
+    assert "check_float8" not in job_counts(snakemake(plain, "-n", "--quiet", "rules"))
+
+
 @pytest.mark.parametrize(
     "change,expected",
     [
         ({"fragment_size": 400}, "fragment_size: 400 is not one of [300, 500]"),
         ({"min_length": -1}, "min_length: -1 is less than the minimum of 0"),
         ({"embed.device": "tpu"}, "embed.device: 'tpu' is not one of"),
+        ({"embed.precision": "float8", "embed.device": "cpu"},
+         "embed.precision float8 runs on CUDA GPUs only, but embed.device is cpu"),
+        ({"embed.precision": "bfloat16"}, "embed.precision: 'bfloat16' is not one of ['float16', 'float8']"),
         ({"samples": "config/absent.tsv"}, "sample sheet config/absent.tsv does not exist"),
         ({"models.esm2": "/absent/esm2_t36_3B_UR50D.pt"},
          "config: models.esm2: /absent/esm2_t36_3B_UR50D.pt does not exist, and it is not a model that the models "

@@ -55,10 +55,10 @@ def _members(pairs):
     return members
 
 
-def _encoder_notes(args):
+def _encoder_notes(args, float8=False):
     from virnucpro.io.converted import model_note
 
-    return {"esm2": model_note("esm2", args.esm2, args.models_dir),
+    return {"esm2": model_note("esm2", args.esm2, args.models_dir, float8=float8),
             "dnabert_s": model_note("dnabert_s", args.dnabert_s)}
 
 
@@ -68,13 +68,26 @@ def _plan(args):
     members, statuses = _members(args.sample), dict(args.status or [])
     if unknown := sorted(set(statuses) - set(members)):
         raise VirNucProError(f"--status {unknown[0]}: no --sample of that name")
-    plan_run(members, args.out, args.store, _encoder_notes(args), args.device, args.tokens_per_shard, statuses)
+    plan_run(members, args.out, args.store, _encoder_notes(args), args.device, args.tokens_per_shard, statuses,
+             float8_decision=args.float8_decision)
+
+
+def _check_float8(args):
+    from virnucpro.io.converted import model_note
+    from virnucpro.steps.precision import check_float8
+
+    members, statuses = _members(args.sample), dict(args.status or [])
+    notes = {**_encoder_notes(args, float8=True), "classifier": model_note("classifier", args.model, args.models_dir)}
+    check_float8(members, notes, args.store, args.out_decision, args.out_table, frames=args.frames,
+                 min_call_agreement=args.min_call_agreement, min_cosine=args.min_cosine, device=args.device,
+                 statuses=statuses)
 
 
 def _embed(args):
-    from virnucpro.steps.embed import embed_shard
+    from virnucpro.steps.embed import embed_shard, read_plan
 
-    embed_shard(args.plan, args.shard, _encoder_notes(args), args.out,
+    float8 = read_plan(args.plan).get("esm2_precision") == "float8"
+    embed_shard(args.plan, args.shard, _encoder_notes(args, float8), args.out,
                 esm2_tokens_per_batch=args.esm2_tokens_per_batch,
                 dnabert_tokens_per_batch=args.dnabert_tokens_per_batch)
 
@@ -96,7 +109,7 @@ def _features(args):
 def _note_model(args):
     from virnucpro.io.converted import write_note
 
-    print(write_note(args.kind, args.source, args.models_dir, args.out)["file"])
+    print(write_note(args.kind, args.source, args.models_dir, args.out, float8=args.float8)["file"])
 
 
 def _summarize(args):
@@ -233,7 +246,31 @@ def _add_front(sub):
                    help="where the embedding jobs will run; auto: cuda when a GPU is visible here")
     per_shard = default(plan_run, "tokens_per_shard")
     p.add_argument("--tokens-per-shard", type=int, default=per_shard, help=f"ESM-2 tokens per shard (default {per_shard:_})")
+    p.add_argument("--float8-decision", help="the decision of `check-float8`: ESM-2 planned in the precision it names")
     p.add_argument("--out", required=True, help="the plan directory to write")
+    _add_check_float8(sub)
+
+
+def _add_check_float8(sub):
+    from virnucpro.steps.precision import check_float8
+
+    p = _command(sub, "check-float8", _check_float8, "check float8 ESM-2 embeddings on a run's own frames",
+                 "Embed a calibration subset of the samples' frames with ESM-2 in float16 and in float8, score "
+                 "both with the classifier, write the per-frame table and the decision the plan follows.")
+    p.add_argument("--sample", nargs=3, action="append", required=True, metavar=("NAME", "FRAMES_FNA", "FRAMES_FAA"),
+                   help="a sample and its frames from `prepare` (repeat for each sample)")
+    p.add_argument("--status", nargs=2, action="append", metavar=("NAME", "STATUS_JSON"),
+                   help="a sample's status from `prepare --status`: a sample whose input was bad is left out")
+    _encoders(p)
+    p.add_argument("--model", required=True, help="the classifier (original 300/500_model.pth or .safetensors)")
+    p.add_argument("--store", required=True, help="embedding store directory (the measurement is kept there)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to embed (float8 needs CUDA)")
+    for name, what in (("frames", "calibration frames"), ("min_call_agreement", "least call agreement"),
+                       ("min_cosine", "least cosine")):
+        value = default(check_float8, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"{what} (default {value})")
+    p.add_argument("--out-decision", required=True, help="the decision to write (JSON)")
+    p.add_argument("--out-table", required=True, help="the per-frame table to write (TSV)")
 
 
 def _add_embed(sub):
@@ -267,6 +304,7 @@ def _add_embed(sub):
     p.add_argument("kind", choices=["esm2", "dnabert_s", "classifier"], help="which model the file is")
     p.add_argument("source", help="the fair-esm .pt, the DNABERT-S folder or the original 300/500_model.pth")
     _models_dir(p)
+    p.add_argument("--float8", action="store_true", help="ESM-2: also make the float8 file (embed.precision float8)")
     p.add_argument("--out", required=True, help="the model's note to write (JSON; the steps read models from it)")
 
 

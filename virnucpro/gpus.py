@@ -40,6 +40,41 @@ def visible_devices():
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+FLOAT8_CAPABILITY = (8, 9)  # e4m3 matrix units: Ada Lovelace, Hopper and newer
+
+
+def compute_capabilities():
+    """(major, minor) of every GPU nvidia-smi lists here, without starting CUDA ([] without nvidia-smi)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    caps = []
+    for line in out.split():
+        major, _, minor = line.strip().partition(".")
+        if major.isdigit() and minor.isdigit():
+            caps.append((int(major), int(minor)))
+    return caps
+
+
+def float8_problem(device, local=True):
+    """Why `embed.precision: float8` cannot run with `embed.device` `device`, as far as this machine tells
+    (one line), or None. `local`: the jobs run here (not on a cluster's nodes, whose GPUs the float8
+    check's job tests itself)."""
+    need = ".".join(map(str, FLOAT8_CAPABILITY))
+    if device == "cpu":
+        return "embed.precision float8 runs on CUDA GPUs only, but embed.device is cpu"
+    if device == "auto" and local and not visible_devices():
+        return ("embed.precision float8 runs on CUDA GPUs only, and no GPU is visible here (embed.device auto "
+                "would embed on the CPU)")
+    caps = compute_capabilities() if local else []
+    if caps and max(caps) < FLOAT8_CAPABILITY:
+        return (f"embed.precision float8 needs a GPU of compute capability {need} or newer (e4m3 matrix units); "
+                f"the GPUs here have {max(caps)[0]}.{max(caps)[1]}: use float16")
+    return None
+
+
 def planned_device(device):
     """The device type ("cuda" or "cpu") that an embedding plan is made for: `device` when it names one;
     for "auto", cuda when a GPU is visible here (by CUDA_VISIBLE_DEVICES or nvidia-smi, without starting

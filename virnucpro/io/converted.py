@@ -118,8 +118,25 @@ def _source_files(kind, source):
     raise VirNucProError(f"unknown model kind '{kind}' (expected esm2, dnabert_s or classifier)")
 
 
-def model_note(kind, source, models_dir=None):
-    """The note of the model `source` (converting it into `models_dir` when its kind needs that)."""
+def ensure_float8(converted, source_sha256):
+    """The float8 file made from our float16 ESM-2 file `converted` (`esm2.convert_float8`), beside it and
+    named after it (so after its source's checksum), made on first use as `ensure_converted` makes files."""
+    from virnucpro.models.esm2 import convert_float8
+
+    converted = Path(converted)
+    out = converted.with_name(f"{converted.stem}-float8.safetensors")
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.is_file():
+            with atomic_outputs(out, record_path(out)) as (tmp, tmp_record):
+                convert_float8(converted, tmp, source_sha256)
+                write_record(tmp, verified=f"quantised from {converted.name}", record=tmp_record)
+    return out
+
+
+def model_note(kind, source, models_dir=None, float8=False):
+    """The note of the model `source` (converting it into `models_dir` when its kind needs that); with
+    `float8`, an ESM-2 note also names the float8 file (`float8_file`, `ensure_float8`)."""
     files = _source_files(kind, source)
     checksums = {p.name: checked_sha256(p) for p in files}
     noted = loaded = Path(source) if kind == "dnabert_s" else files[0]  # a model name resolved to its file
@@ -127,12 +144,15 @@ def model_note(kind, source, models_dir=None):
         if models_dir is None:
             raise VirNucProError(f"{source}: a models folder is needed to convert it (--models-dir)")
         loaded, _ = ensure_converted(kind, files[0], models_dir)
-    return {"kind": kind, "source": str(noted.resolve()), "checksums": checksums, "file": str(Path(loaded).resolve())}
+    note = {"kind": kind, "source": str(noted.resolve()), "checksums": checksums, "file": str(Path(loaded).resolve())}
+    if float8 and kind == "esm2":
+        note["float8_file"] = str(ensure_float8(loaded, checksums[files[0].name]).resolve())
+    return note
 
 
-def write_note(kind, source, models_dir, out):
+def write_note(kind, source, models_dir, out, float8=False):
     """The `models` step for one model: make its note and write it to `out` (JSON), atomically."""
-    note = model_note(kind, source, models_dir)
+    note = model_note(kind, source, models_dir, float8)
     with atomic_outputs(out) as (tmp,):
         tmp.write_text(json.dumps(note, indent=1) + "\n")
     return note

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from virnucpro.gpus import FLOAT8_CAPABILITY
+
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
 TINY = 1e-12  # floor of a row's or channel's maximum: an all-zero row gets a finite scale
 FP8_LINEARS = ("qk", "fc1", "fc2")  # a float8 layer's e4m3 linears (qk: q and k fused)
-MIN_CAPABILITY = (8, 9)  # e4m3 matrix units: Ada Lovelace and Hopper onwards
+MIN_CAPABILITY = FLOAT8_CAPABILITY  # e4m3 matrix units: Ada Lovelace and Hopper onwards
 
 
 @dataclass

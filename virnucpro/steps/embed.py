@@ -19,6 +19,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from virnucpro.errors import VirNucProError
@@ -76,7 +77,7 @@ def _device(plan):
 
 def _check_namespaces(plan, notes, device_type):
     """The models must be the ones whose namespaces the plan checked the store against."""
-    now = namespaces(notes["esm2"], notes["dnabert_s"], device_type)
+    now = namespaces(notes["esm2"], notes["dnabert_s"], device_type, float8=_float8(plan))
     for encoder, namespace in now.items():
         planned = Namespace.from_json(plan["namespaces"][encoder])
         if planned != namespace:
@@ -87,19 +88,27 @@ def _check_namespaces(plan, notes, device_type):
     return now
 
 
-def _esm2_task(records, note, device, tokens_per_batch, seconds):
+def _float8(plan):
+    """Whether the plan embeds ESM-2 in float8 (the float8 guard let it)."""
+    return plan.get("esm2_precision") == "float8"
+
+
+def _esm2_task(records, note, device, tokens_per_batch, seconds, float8=False, label="esm2"):
+    """The ESM-2 task of `records`, its model loaded from the note's float16 file, or its float8 one."""
     started = time.monotonic()
     ids, seqs = [r[1] for r in records], [r[2] for r in records]
     tok = esm2.tokenizer()
     lengths = tok.lengths(ids, seqs)  # validates every residue before the model loads
-    converted = Path(note["file"])
+    converted = Path(note["float8_file"] if float8 else note["file"])
     model = esm2.load_converted(converted, source_sha256(note), device)
     _warm_up(model, tok(["MKTAYIAKQR"]), device)
-    seconds["load_esm2"] = round(time.monotonic() - started, 2)
+    stage = "load_esm2_float8" if float8 else "load_esm2"
+    seconds[stage] = round(time.monotonic() - started, 2)
+    precision = "float8 (e4m3 q, k, fc1, fc2)" if model.float8 else str(model.dtype).removeprefix("torch.")
     log.info("ESM-2 %s: %d layers, dim %d, %s on %s, attention %s%s, ready in %.1f s", converted.name,
-             model.num_layers, model.embed_dim, str(model.dtype).removeprefix("torch."), device,
-             model.attention_backend, ", compiled" if model.compiled else "", seconds["load_esm2"])
-    return Task("esm2", ids, seqs, tok, model.embed, model.embed_dim, tokens_per_batch, lengths), model
+             model.num_layers, model.embed_dim, precision, device, model.attention_backend,
+             ", compiled" if model.compiled else "", seconds[stage])
+    return Task(label, ids, seqs, tok, model.embed, model.embed_dim, tokens_per_batch, lengths), model
 
 
 def _dnabert_task(records, note, device, tokens_per_batch, seconds):
@@ -164,7 +173,8 @@ def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dna
     namespaces = _check_namespaces(plan, notes, device.type)
     seconds, tasks = {}, []
     if records["esm2"]:
-        tasks.append(_esm2_task(records["esm2"], notes["esm2"], device, esm2_tokens_per_batch, seconds))
+        tasks.append(_esm2_task(records["esm2"], notes["esm2"], device, esm2_tokens_per_batch, seconds,
+                                float8=_float8(plan)))
     if records["dnabert_s"]:
         tasks.append(_dnabert_task(records["dnabert_s"], notes["dnabert_s"], device, dnabert_tokens_per_batch,
                                    seconds))
@@ -197,3 +207,20 @@ def _provenance(device, task, model):
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"device": gpu, "torch": torch.__version__, "tokens_per_batch": task.tokens_per_batch,
             "attention": model.attention_backend, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def embed_calibration(frames, notes, device, esm2_tokens_per_batch=None, dnabert_tokens_per_batch=None):
+    """The float8 guard's embeddings of `frames` ([(label, key, nucleotide, protein)]) on `device`: (ESM-2
+    in float16, ESM-2 in float8, DNABERT-S), each (N, D) float32; notes: checked model notes, the ESM-2 one
+    naming its float8 file."""
+    proteins = [(key, label, prot) for label, key, _, prot in frames]
+    nucleotides = [(key, label, nuc) for label, key, nuc, _ in frames]
+    esm2_tokens_per_batch = _budget(esm2_tokens_per_batch, ESM2_TOKENS_PER_BATCH, device)
+    dnabert_tokens_per_batch = _budget(dnabert_tokens_per_batch, DNABERT_TOKENS_PER_BATCH, device)
+    seconds = {}
+    tasks = [_esm2_task(proteins, notes["esm2"], device, esm2_tokens_per_batch, seconds, float8=f, label=label)[0]
+             for f, label in ((False, "esm2 float16"), (True, "esm2 float8"))]
+    tasks.append(_dnabert_task(nucleotides, notes["dnabert_s"], device, dnabert_tokens_per_batch, seconds)[0])
+    if not frames:
+        return tuple(np.zeros((0, t.dim), dtype=np.float32) for t in tasks)
+    return tuple(run_packed(tasks, device))

@@ -38,7 +38,7 @@ from virnucpro.io.store import (
     store_files,
     verify_store_file,
 )
-from virnucpro.models.encoders import ESM2_TRUNCATION
+from virnucpro.models.encoders import ESM2_PRECISION, ESM2_TRUNCATION
 
 log = logging.getLogger("virnucpro")
 
@@ -113,12 +113,13 @@ class _Work:
 
 
 def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, device, device_setting=None,
-                    skipped=None):
+                    skipped=None, esm2_precision=None):
     """Write the plan directory; returns the plan (the contents of plan.json). See the module docstring.
 
     members: {name: (frames.fna, frames.faa)} in order; namespaces: {encoder: store.Namespace}; device:
     the device type the embedding jobs run on, as `device_setting` (embed.device) resolved; skipped:
-    {name: error} of members left out (their front end failed), whose records say why.
+    {name: error} of members left out (their front end failed), whose records say why; esm2_precision:
+    "float8" when the embedding jobs run ESM-2 in float8 (its namespace says so too), else None.
     """
     if tokens_per_shard < 1:
         raise VirNucProError(f"shards.tokens_per_shard must be positive, not {tokens_per_shard}")
@@ -134,6 +135,7 @@ def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, devic
     plan = {
         "device": device,
         "device_setting": device_setting or device,
+        "esm2_precision": esm2_precision or ESM2_PRECISION[device],
         "store": str(store),
         "namespaces": {e: namespaces[e].to_json() for e in ENCODERS},
         "shards": [
@@ -266,21 +268,36 @@ def _log(plan):
     )
 
 
-def plan_run(members, out_dir, store, notes, device, tokens_per_shard=50_000_000, statuses=None):
-    """The `plan` step: the namespaces of the models the notes name (`virnucpro.io.notes`, checked to be
-    current), on the device the embedding jobs will use (`gpus.planned_device`), then `plan_embeddings`.
-    notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file; statuses: {name:
-    prepare status file}: a member whose front end failed is left out (`prepare.prepare_sample`)."""
-    from virnucpro.gpus import planned_device
-    from virnucpro.io.notes import check_note
-    from virnucpro.models.encoders import namespaces
+def usable_members(members, statuses):
+    """(members whose front end went through, {name: error} of the others, each logged as left out);
+    statuses: {name: prepare status file} (`prepare.prepare_sample`), or None."""
     from virnucpro.steps.prepare import read_status
 
     skipped = {name: error for name, path in (statuses or {}).items() if (error := read_status(path))}
     for name, error in skipped.items():
-        log.warning("plan: %s is left out: its front end failed (%s)", name, error)
-    members = {name: frames for name, frames in members.items() if name not in skipped}
+        log.warning("%s is left out: its front end failed (%s)", name, error)
+    return {name: frames for name, frames in members.items() if name not in skipped}, skipped
 
+
+def plan_run(members, out_dir, store, notes, device, tokens_per_shard=50_000_000, statuses=None,
+             float8_decision=None):
+    """The `plan` step: the namespaces of the models the notes name (`virnucpro.io.notes`, checked to be
+    current), on the device the embedding jobs will use (`gpus.planned_device`), then `plan_embeddings`.
+    notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file; statuses: {name:
+    prepare status file}: a member whose front end failed is left out (`prepare.prepare_sample`);
+    float8_decision: the float8 guard's decision file (`precision.check_float8`), when the run asked for
+    float8: ESM-2 is planned in the precision it names."""
+    from virnucpro.gpus import planned_device
+    from virnucpro.io.notes import check_note
+    from virnucpro.models.encoders import namespaces
+    from virnucpro.steps.precision import read_decision
+
+    members, skipped = usable_members(members, statuses)
     planned = planned_device(device)
-    spaces = namespaces(check_note(notes["esm2"]), check_note(notes["dnabert_s"]), planned)
-    return plan_embeddings(members, out_dir, store, spaces, tokens_per_shard, planned, device, skipped)
+    float8 = float8_decision is not None and read_decision(float8_decision) == "float8"
+    if float8 and planned != "cuda":
+        raise VirNucProError("embed.precision float8 runs on CUDA GPUs only, but this plan is for the CPU "
+                             f"(embed.device {device}); set embed.device to cuda, or the precision to float16")
+    spaces = namespaces(check_note(notes["esm2"]), check_note(notes["dnabert_s"]), planned, float8=float8)
+    return plan_embeddings(members, out_dir, store, spaces, tokens_per_shard, planned, device, skipped,
+                           esm2_precision="float8" if float8 else None)

@@ -23,6 +23,7 @@ try:
         validate_config,
     )
     from virnucpro.errors import VirNucProError
+    from virnucpro.gpus import float8_problem
 except ModuleNotFoundError as exc:
     if exc.name != "virnucpro":
         raise
@@ -43,6 +44,10 @@ RESULTS = config["results"]
 FRAGMENT_SIZE = config["fragment_size"]
 MODELS = config["models"]["dir"]
 STORE = config["embed"]["store"]
+# ESM-2 in float8, where the run's own check lets it (rule check_float8)
+FLOAT8 = config["embed"]["precision"] == "float8"
+if FLOAT8 and config["embed"]["device"] == "cpu":
+    sys.exit(f"configuration error: {float8_problem('cpu')}")
 # the pooled embedding stage: {EMBEDDING}/{batch}/plan, done/, logs/, benchmarks/
 EMBEDDING = f"{RESULTS}/embedding"
 RUN_FILES = ["overview.tsv", "models.tsv", "parameters.tsv"]  # whole-run files
@@ -124,6 +129,13 @@ def embedded(name):
     return [f"{EMBEDDING}/{batch_of(name)}/done/{s}.json" for s in record["shards"]]
 
 
+def float8_decision(wildcards):
+    """Input function of the plan: the float8 guard's decision, for the samples of a float8 run."""
+    if FLOAT8 and wildcards.batch == "samples":
+        return f"{EMBEDDING}/samples/float8_check.json"
+    return []
+
+
 def all_results():
     names = [
         "prediction_results.tsv",
@@ -141,6 +153,7 @@ def all_results():
         "report/viral_regions.html",
     ]
     run = [f"{RESULTS}/{name}" for name in RUN_FILES]
+    run += [f"{RESULTS}/float8_check.tsv"] if FLOAT8 else []
     return [f"{RESULTS}/{s}/{name}" for s in SAMPLES for name in names] + run
 
 

@@ -2,6 +2,47 @@
 # all of them against the embedding store, then one GPU job per shard running both encoders.
 
 
+# embed.precision float8: the check on the samples' own frames whose decision the plan follows
+rule check_float8:
+    input:
+        dna=expand(f"{RESULTS}/{{sample}}/prepare/frames.fna", sample=SAMPLES),
+        protein=expand(f"{RESULTS}/{{sample}}/prepare/frames.faa", sample=SAMPLES),
+        status=expand(f"{RESULTS}/{{sample}}/prepare/status.json", sample=SAMPLES),
+        esm2=note("esm2"),
+        dnabert_s=note("dnabert_s"),
+        classifier=note("classifier"),
+    output:
+        decision=f"{EMBEDDING}/samples/float8_check.json",
+        table=report(
+            f"{RESULTS}/float8_check.tsv",
+            caption="../report/float8_check.rst",
+            category="Overview",
+            labels={"result": "float8 check"},
+        ),
+    log:
+        f"{EMBEDDING}/samples/logs/check_float8.log",
+    conda:
+        "../../envs/virnucpro.yaml"
+    threads: config["resources"]["gpu_cpus"]
+    resources:
+        gpu=1,
+        gpu_model=config["resources"]["gpu_model"],
+        mem_mb=lambda wildcards, attempt: config["resources"]["gpu_mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: config["resources"]["gpu_runtime_min"]
+        * attempt,
+    params:
+        members=list(SAMPLES),
+        store=STORE,
+        device=config["embed"]["device"],
+        frames=config["embed"]["float8_check"]["frames"],
+        min_call_agreement=config["embed"]["float8_check"]["min_call_agreement"],
+        min_cosine=config["embed"]["float8_check"]["min_cosine"],
+        esm2_tokens_per_batch=config["embed"]["esm2_tokens_per_batch"],
+        dnabert_tokens_per_batch=config["embed"]["dnabert_tokens_per_batch"],
+    script:
+        "../../scripts/check_float8.py"
+
+
 checkpoint plan:
     input:
         dna=batch_files("frames.fna"),
@@ -9,6 +50,7 @@ checkpoint plan:
         status=batch_files("status.json"),
         esm2=note("esm2"),
         dnabert_s=note("dnabert_s"),
+        float8_decision=float8_decision,
     output:
         directory(f"{EMBEDDING}/{{batch}}/plan"),
     log:

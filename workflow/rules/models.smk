@@ -77,6 +77,7 @@ for _kind, _rule in (
         params:
             kind=_kind,
             stamp=stamp(_kind),
+            float8=_kind == "esm2" and FLOAT8,  # ESM-2's float8 file too (embed.precision)
         script:
             "../../scripts/note_model.py"
 
