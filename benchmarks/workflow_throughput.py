@@ -11,6 +11,9 @@ converted files) through summarize and the overview:
 
     1 x 20 Mbp, 8 x 2.5 Mbp, 100 x 0.2 Mbp
 
+each in every precision of `--precisions` (`embed.precision`; float8 runs include the float8 check, whose
+span is reported apart).
+
 Then the last input again with one more sample added: the plan embeds only the new sample's frames.
 The kernel's rate is the packed ESM-2 path alone (`runner.embed_packed` on the converted model, the frames
 of the first input, warm) in the same process. Reported: wall time, Mbp/h, ESM-2 tokens/s over the run and
@@ -142,10 +145,11 @@ def receipts(work):
     return seconds, len(notes), embedded
 
 
-def install(root, models, device):
+def install(root, models, device, precision):
     """`snakemake models` once, into the models folder the runs share (root/installed): the one-time
-    conversions and notes of new models. Seconds."""
-    work = make_workdir(root / "install", **models, **{"models.dir": str(root / "installed"), "embed.device": device})
+    conversions and notes of new models (ESM-2's float8 file too, for float8). Seconds."""
+    work = make_workdir(root / "install", **models, **{"models.dir": str(root / "installed"), "embed.device": device,
+                                                       "embed.precision": precision})
     return snakemake(work, "models")
 
 
@@ -171,22 +175,25 @@ def rule_spans(work):
     return spans
 
 
-def run_input(root, models, n_samples, mbp, device, tokens_per_shard):
-    work = root / f"work_{n_samples}x{mbp}"
+def run_input(root, models, n_samples, mbp, device, tokens_per_shard, precision="float16"):
+    work = root / f"work_{n_samples}x{mbp}_{precision}"
     inputs = root / f"inputs_{n_samples}x{mbp}"
-    inputs.mkdir()
-    sheet = {}
-    for i in range(n_samples):
-        sheet[f"s{i}"] = inputs / f"s{i}.fa"
-        write_sample(sheet[f"s{i}"], mbp, seed=1000 * n_samples + i)
-    config = {"models.dir": str(root / "installed"), "embed.device": device, "shards.tokens_per_shard": tokens_per_shard}
+    sheet = {f"s{i}": inputs / f"s{i}.fa" for i in range(n_samples)}
+    if not inputs.is_dir():
+        inputs.mkdir()
+        for i, path in enumerate(sheet.values()):
+            write_sample(path, mbp, seed=1000 * n_samples + i)
+    config = {"models.dir": str(root / "installed"), "embed.device": device, "shards.tokens_per_shard": tokens_per_shard,
+              "embed.precision": precision}
     make_workdir(work, sheet=sheet, **models, **config)
     seconds = snakemake(work)
+    decision = work / "results" / "embedding" / "samples" / "float8_check.json"
+    float8 = json.loads(decision.read_text())["reason"] if decision.is_file() else None
     tokens, frames = esm_tokens(work)
     stages, jobs, embedded = receipts(work)
-    return work, sheet, {"input": f"{n_samples} x {mbp:g} Mbp", "mbp": n_samples * mbp, "wall_s": seconds,
+    return work, sheet, {"input": f"{n_samples} x {mbp:g} Mbp, {precision}", "mbp": n_samples * mbp, "wall_s": seconds,
                          "tokens": tokens, "frames": frames, "jobs": jobs, "embedded": embedded, "stages": stages,
-                         "spans": rule_spans(work)}
+                         "spans": rule_spans(work), "float8": float8}
 
 
 def add_a_sample(work, sheet, mbp):
@@ -242,7 +249,7 @@ def report(rows, added, rate, where, tiny, installed):
     ]
     for r in rows:
         st = r["stages"]
-        loads = st.get("load_esm2", 0) + st.get("load_dnabert_s", 0)
+        loads = st.get("load_esm2", 0) + st.get("load_esm2_float8", 0) + st.get("load_dnabert_s", 0)
         over = r["tokens"] / r["wall_s"]
         lines.append(
             f"| {r['input']} | {r['frames']:,} | {r['tokens']:,} | {r['wall_s']:.1f} | {r['mbp'] / r['wall_s'] * 3600:,.0f} "
@@ -250,10 +257,16 @@ def report(rows, added, rate, where, tiny, installed):
             f"| {st.get('write', 0):.1f} |"
         )
     lines += ["", "Where the wall time went (snakemake's log, whole seconds):", "", *span_table(rows)]
+    for r in rows:
+        if "check_float8" in r["spans"]:
+            n, a, b = r["spans"]["check_float8"]
+            lines.append(f"\nThe float8 check of {r['input']}: {b - a:.0f} s of {r['wall_s']:.1f} s "
+                         f"({100 * (b - a) / r['wall_s']:.1f} %), decision: {r['float8']}.")
     lines += ["", f"One-time models step (`snakemake models`: conversions and notes, into the models folder every run shares): {installed:.1f} s."]
-    lines += ["", f"Adding one sample to the last input: {added['added_frames']:,} frames in the new sample, "
-              f"{added['embedded']:,} embedded ({added['distinct_frames']:,} distinct frames in the run), "
-              f"{added['wall_s']:.1f} s."]
+    if added is not None:
+        lines += ["", f"Adding one sample to the last input: {added['added_frames']:,} frames in the new sample, "
+                  f"{added['embedded']:,} embedded ({added['distinct_frames']:,} distinct frames in the run), "
+                  f"{added['wall_s']:.1f} s."]
     return "\n".join(lines) + "\n"
 
 
@@ -266,6 +279,8 @@ def main():
     ap.add_argument("--workdir", help="make the working directories here (default: the system's temporary one)")
     ap.add_argument("--models-dir", help="build the models here, or reuse those an earlier run built here")
     ap.add_argument("--kernel-frames", type=int, default=30_000, help="frames timed for the kernel's rate")
+    ap.add_argument("--precisions", default="float16", help="embed.precision of the runs, comma-separated")
+    ap.add_argument("--no-added-sample", action="store_true", help="skip adding a sample to the last input")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -273,16 +288,18 @@ def main():
         t0 = time.perf_counter()
         models = build_models(Path(args.models_dir) if args.models_dir else root / "models", args.tiny)
         print(f"# models built in {time.perf_counter() - t0:.0f} s", flush=True)
-        installed = install(root, models, args.device)
+        precisions = args.precisions.split(",")
+        installed = install(root, models, args.device, "float8" if "float8" in precisions else "float16")
         print(f"# models converted in {installed:.0f} s", flush=True)
         rows, first = [], None
         inputs = [(int(n), float(mbp)) for n, mbp in (part.split("x") for part in args.inputs.split(","))]
         for n, mbp in inputs:
-            work, sheet, row = run_input(root, models, n, mbp, args.device, args.tokens_per_shard)
-            first = first or work
-            rows.append(row)
-            print(row, flush=True)
-        added = add_a_sample(work, sheet, inputs[-1][1])
+            for precision in precisions:
+                work, sheet, row = run_input(root, models, n, mbp, args.device, args.tokens_per_shard, precision)
+                first = first or work
+                rows.append(row)
+                print(row, flush=True)
+        added = None if args.no_added_sample else add_a_sample(work, sheet, inputs[-1][1])
         print(added, flush=True)
         rate, device, path = kernel_rate(first, models, args.device, args.kernel_frames)
     where = f"{torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'} ({path})"

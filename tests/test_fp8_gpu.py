@@ -64,3 +64,42 @@ def test_float8_embeddings_do_not_depend_on_the_batch(model):
     reversed_ = _embed(packed, others[::-1] + target[::-1], budget=16384)
     assert np.array_equal(mixed[len(others):], alone)
     assert np.array_equal(reversed_[len(others):][::-1], alone)
+
+
+def test_the_guard_decides_both_ways_and_the_plan_embeds_in_float8(tmp_path):
+    """On the GPU: the guard lets a random-weight model run in float8 and refuses it under a cosine bound no
+    real run meets; the plan then follows the decision, and the embedding job runs the float8 file."""
+    import json
+
+    from tests.original_classifier import make_original_classifier
+    from tests.stored_features import random_frames
+    from tests.tiny_dnabert import build_tiny_dnabert
+    from tests.tiny_esm2 import save_fair_esm_checkpoint
+    from virnucpro.io.converted import model_note
+    from virnucpro.steps.embed import embed_shard
+    from virnucpro.steps.plan import plan_run
+    from virnucpro.steps.precision import check_float8
+
+    d = tmp_path / "models"
+    esm = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=3, embed_dim=256, heads=4, seed=31), d)
+    dnabert, _, _ = build_tiny_dnabert(d / "DNABERT-S", hidden_size=96)
+    make_original_classifier(d / "500_model.pth", input_dim=96 + 256)
+    notes = {"esm2": model_note("esm2", esm, d, float8=True), "dnabert_s": model_note("dnabert_s", dnabert),
+             "classifier": model_note("classifier", d / "500_model.pth", d)}
+    frames = random_frames([f"f{i}" for i in range(300)], seed=32)
+    (tmp_path / "f.fna").write_text("".join(f">{i}\n{n}\n" for i, (n, _) in frames.items()))
+    (tmp_path / "f.faa").write_text("".join(f">{i}\n{p}\n" for i, (_, p) in frames.items()))
+    members, store = {"s": (tmp_path / "f.fna", tmp_path / "f.faa")}, tmp_path / "store"
+    passed = check_float8(members, notes, store, tmp_path / "ok.json", tmp_path / "ok.tsv", frames=256, device="cuda")
+    refused = check_float8(members, notes, store, tmp_path / "no.json", tmp_path / "no.tsv", frames=256,
+                           device="cuda", min_cosine=1.0)
+    print(f"\nguard on the GPU: {passed['reason']}")
+    assert passed["precision"] == "float8" and passed["min_cosine"] >= 0.999
+    assert refused["precision"] == "float16" and "smallest cosine" in refused["reason"]
+    plan = plan_run(members, tmp_path / "plan", store, notes, "cuda", float8_decision=tmp_path / "ok.json")
+    assert plan["esm2_precision"] == "float8"
+    for shard in plan["shards"]:
+        receipt = embed_shard(tmp_path / "plan", shard["name"], notes, tmp_path / f"{shard['name']}.json")
+        assert "load_esm2_float8" in receipt["seconds"]
+    spaces = [json.loads(p.read_text()) for p in store.glob("esm2-*/namespace.json")]
+    assert len(spaces) == 1 and "float8" in spaces[0]["fields"]["precision"]
