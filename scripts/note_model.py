@@ -1,5 +1,6 @@
-"""Snakemake adapter for the models step's note rules: a model checksummed, converted once where its kind
-needs it (into the models folder that holds the notes), and its note (virnucpro.io.notes) written."""
+"""Snakemake adapter for the models step's note rules: a model verified when placed by hand where its
+download would be, checksummed, converted once where its kind needs it (into the models folder that
+holds the notes), and its note (virnucpro.io.notes) written."""
 
 from pathlib import Path
 

@@ -4,6 +4,7 @@ report: tests/test_workflow_e2e.py."""
 
 import hashlib
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -115,12 +116,15 @@ def test_run_files_list_samples_models_with_their_sha256_and_parameters(tables, 
     assert out["overview"].read_text().splitlines() == [
         "sample\tsequences\tbp\tviral_sequences\tviral_regions\tviral_bp", "a\t5\t3130\t2\t3\t1800"]
     lines = [line.split("\t") for line in out["models"].read_text().splitlines()]
-    assert lines[0] == ["model", "file", "sha256"]
-    for name, path, digest in lines[1:]:  # every file named, with its own checksum
+    assert lines[0] == ["model", "file", "sha256", "verified"]
+    for name, path, digest, _ in lines[1:]:  # every file named, with its own checksum
         assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest, (name, path)
-    names = [name for name, _, _ in lines[1:]]
+    names = [name for name, _, _, _ in lines[1:]]
     assert names.count("ESM-2 (protein embeddings)") == 1 and names.count("DNABERT-S (nucleotide embeddings)") == 3
     assert "ESM-2 (protein embeddings), converted" in names and "VirNucPro classifier, converted" in names
-    files = [path for _, path, _ in lines[1:]]
+    for name, path, _, verified in lines[1:]:  # the tiny models lie outside models.dir: nothing compared them
+        expected = f"converted from {Path(path).name.split('-')[0]}" if name.endswith("converted") else "unverified"
+        assert verified.startswith(expected), (name, path, verified)
+    files = [path for _, path, _, _ in lines[1:]]
     assert tiny_models["models.classifier"] in files and tiny_models["models.esm2"] in files
     assert out["parameters"].read_text() == "setting\tvalue\nfragment_size\t500\nregions.max_gap_fragments\t1\n"

@@ -148,5 +148,6 @@ def test_a_bad_value_on_the_command_line_is_one_line(tmp_path, setting, expected
 def test_nested_numbers_on_the_command_line_are_numbers(tmp_path):
     """Snakemake reads nested `--config` values as text; the workflow takes the schema's types."""
     proc = snakemake(make_workdir(tmp_path), "-n", "--config",
-                     "summary={viral_fraction_threshold: 0.7, plot_top_sequences: 5}", "fragment_size=300")
+                     "summary={viral_fraction_threshold: 0.7, plot_top_sequences: 5}", "fragment_size=300",
+                     "models={classifier: 300_model.pth}")  # the classifier must be for that size
     assert "configuration error" not in proc.stderr

@@ -4,13 +4,21 @@ Every function raises `VirNucProError` with one line naming the file, the settin
 the problem, so that the workflow can stop with that line alone. Config values that Snakemake's
 `--config` hands over as text (it reads nested values, `--config 'embed={device: cpu}'`, as strings) are
 turned into the number or boolean the schema asks for before the config is checked.
+
+The model settings are checked without torch and without reading large files: that each names a model
+on disk or one the models step downloads (`check_models`), and that the classifier is for the
+configured fragment size and, placed by hand where its download would be, the published file
+(`check_classifier`). `check_device` needs to know whether jobs run on this machine, which Snakemake
+tells only once the run starts (`workflow.local_exec`, in an `onstart` handler, before any job).
 """
 
 import csv
-import re
 from pathlib import Path
 
 from virnucpro.errors import VirNucProError
+from virnucpro.io.checksums import is_verified
+from virnucpro.io.converted import is_safetensors, safetensors_metadata
+from virnucpro.steps.fetch import DOWNLOAD_NAMES, at_download_name, classifier_blob_problem
 
 
 def _validator(schema_path):
@@ -100,14 +108,6 @@ def _not_a_file(path):
     return None
 
 
-# model files the workflow's `models` step downloads when they are missing from models.dir
-DOWNLOADS = {
-    "esm2": (re.compile(r"esm2_t[0-9]+_[0-9]+[MB]_UR50D\.pt"), "a fair-esm name such as esm2_t36_3B_UR50D.pt"),
-    "dnabert_s": (re.compile(r"DNABERT-S"), "DNABERT-S"),
-    "classifier": (re.compile(r"(300|500)_model\.pth"), "300_model.pth or 500_model.pth"),
-}
-
-
 def check_models(paths, models_dir, made_here=()):
     """Every model setting (`paths`: {"esm2": path, ...} as the workflow resolves them) must name an
     existing file (a folder for dnabert_s), one that the models step downloads into `models_dir`, or one
@@ -122,12 +122,67 @@ def check_models(paths, models_dir, made_here=()):
                 what = "a folder" if want_dir else "a file"
                 raise VirNucProError(f"config: models.{key}: {path} is not {what}")
             continue
-        pattern, names = DOWNLOADS[key]
+        pattern, names = DOWNLOAD_NAMES[key]
         if path.parent == Path(models_dir) and pattern.fullmatch(path.name):
             continue
         raise VirNucProError(
             f"config: models.{key}: {path} does not exist, and it is not a model that the models step "
             f"downloads into models.dir ({names})"
+        )
+
+
+def classifier_fragment_size(path):
+    """(fragment size or None, where it was read) of the classifier file `path`, without torch: from the
+    metadata of our safetensors files (converted or trained), else from an original's name."""
+    path = Path(path)
+    if path.is_file() and is_safetensors(path):
+        size = safetensors_metadata(path).get("fragment_size", "")
+        if not size.isdigit():
+            return None, "its safetensors metadata records no fragment_size: not a VirNucPro classifier"
+        return int(size), "its metadata"
+    match = DOWNLOAD_NAMES["classifier"][0].fullmatch(path.name)
+    if match:
+        return int(match.group(1)), "its file name"
+    return None, "an original classifier file is named 300_model.pth or 500_model.pth"
+
+
+def check_classifier(path, fragment_size, models_dir, trained):
+    """models.classifier (`path`, as the workflow resolves it) must be a classifier for `fragment_size`
+    bp fragments and, at the name the models step downloads into `models_dir`, the published file (its
+    git blob id; not read again while its checksum record holds a verification for it). `trained`: the
+    classifier `snakemake train` writes, for `fragment_size` by construction."""
+    path = Path(path)
+    if path == Path(trained) and not path.exists():
+        return
+    size, source = classifier_fragment_size(path)
+    if size is None:
+        raise VirNucProError(f"config: models.classifier: {path}: cannot tell which fragment size it is for ({source})")
+    if size != int(fragment_size):
+        raise VirNucProError(
+            f"config: fragment_size is {fragment_size}, but models.classifier {path} is a classifier for {size} "
+            f"bp fragments ({source}): set fragment_size to {size}, or models.classifier to a {fragment_size} bp "
+            f"classifier ({fragment_size}_model.pth, or {trained}, which `snakemake train` makes)"
+        )
+    if path.is_file() and at_download_name("classifier", path, models_dir) and not is_verified(path):
+        problem = classifier_blob_problem(path)
+        if problem:
+            raise VirNucProError(
+                f"config: models.classifier: {path} is not the published {path.name} ({problem}): delete it to "
+                "download the published one, or move it out of models.dir and point models.classifier at it "
+                "to use it unverified"
+            )
+
+
+def check_device(device, local_exec):
+    """`embed.device: auto` is decided where snakemake runs (by the embedding plan, a local rule). With
+    jobs run on other machines (`local_exec` False: the SLURM executor) and no GPU here, the plan would
+    be made for the CPU and every GPU job would refuse it."""
+    from virnucpro.gpus import planned_device  # the one place `auto` is resolved (no torch)
+
+    if device == "auto" and not local_exec and planned_device(device) == "cpu":
+        raise VirNucProError(
+            "config: embed.device: auto is decided on this machine, which has no GPU, while the jobs run on "
+            "other machines: set embed.device: cuda (or cpu to embed on their CPUs)"
         )
 
 

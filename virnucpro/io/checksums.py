@@ -2,8 +2,9 @@
 
 One mechanism, one record format. The record of a file `F` is the JSON file `F.checksum.json`:
 {"sha256", "size", "mtime_ns", "verified"}. `verified` says how the content was verified when the record
-was written (a download checked against a published id, a conversion checked against its source), or is
-null for a file that was only hashed. The record lives beside F; where F's folder is not writable, the
+was written (a download, or a file placed by hand where the download would be, checked against a
+published id; a conversion checked against its source), or is null for a file that was only hashed:
+an unverified file (`verification` reads it as "unverified"). The record lives beside F; where F's folder is not writable, the
 same record lives in the user's cache instead (`$XDG_CACHE_HOME/virnucpro/checksums/`, named after F's
 absolute path). Where neither can be written, the sha256 is kept for the rest of the process.
 
@@ -112,3 +113,17 @@ def checked_sha256(path):
         _HASHED[state] = digest
         log.warning("cannot record the checksum of %s (%s); this process hashes it only once", path, exc)
     return digest
+
+
+def is_verified(path):
+    """True when `path` has a verified record for its size and modification time now."""
+    st = Path(path).stat()
+    record = read_record(path)
+    return bool(record and record.get("verified") and record["size"] == st.st_size
+                and record["mtime_ns"] == st.st_mtime_ns)
+
+
+def verification(path):
+    """How `path` was verified, as its record says, or "unverified" (call `checked_sha256` first: it
+    keeps the record current)."""
+    return (read_record(path) or {}).get("verified") or "unverified"

@@ -13,7 +13,10 @@ Kinds: "esm2" (a fair-esm checkpoint -> `virnucpro.models.esm2.convert_checkpoin
 VirNucPro `{300|500}_model.pth` -> `virnucpro.models.classifier.convert_original`).
 
 `model_note(kind, source, models_dir)` makes a model's note (`virnucpro.io.notes`), converting it first
-where its kind needs that; `write_note` is the workflow's `models` step for one model.
+where its kind needs that, after verifying a model placed by hand where the models step downloads it
+(`fetch.verify_placed`); `write_note` is the workflow's `models` step for one model.
+`safetensors_metadata` reads a safetensors file's metadata without torch (the classifier's fragment
+size, at parse time).
 """
 
 import fcntl
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
-from virnucpro.io.checksums import checked_sha256, record_path, write_record
+from virnucpro.io.checksums import checked_sha256, record_path, verification, write_record
 
 log = logging.getLogger("virnucpro")
 
@@ -69,6 +72,21 @@ def is_safetensors(path):
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < (1 << 27)
+
+
+def safetensors_metadata(path):
+    """The metadata ({str: str}) in the header of the safetensors file `path`, read without torch; {}
+    when it has none."""
+    if not is_safetensors(path):
+        raise VirNucProError(f"{path}: not a safetensors file")
+    try:
+        with open(path, "rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(size))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VirNucProError(f"{path}: unreadable safetensors header ({exc})") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def save_safetensors(state, path, metadata):
@@ -135,16 +153,23 @@ def ensure_float8(converted, source_sha256):
 
 
 def model_note(kind, source, models_dir=None, float8=False):
-    """The note of the model `source` (converting it into `models_dir` when its kind needs that); with
-    `float8`, an ESM-2 note also names the float8 file (`float8_file`, `ensure_float8`)."""
+    """The note of the model `source` (converting it into `models_dir` when its kind needs that); a
+    model at the name the models step downloads into `models_dir` is verified first as a download is;
+    with `float8`, an ESM-2 note also names the float8 file (`float8_file`, `ensure_float8`)."""
+    from virnucpro.steps.fetch import at_download_name, verify_placed
+
     files = _source_files(kind, source)
+    if at_download_name(kind, source, models_dir):
+        verify_placed(kind, source)
     checksums = {p.name: checked_sha256(p) for p in files}
+    verified = {p.name: verification(p) for p in files}
     noted = loaded = Path(source) if kind == "dnabert_s" else files[0]  # a model name resolved to its file
     if kind == "esm2" or (kind == "classifier" and not is_safetensors(files[0])):
         if models_dir is None:
             raise VirNucProError(f"{source}: a models folder is needed to convert it (--models-dir)")
         loaded, _ = ensure_converted(kind, files[0], models_dir)
-    note = {"kind": kind, "source": str(noted.resolve()), "checksums": checksums, "file": str(Path(loaded).resolve())}
+    note = {"kind": kind, "source": str(noted.resolve()), "checksums": checksums, "verified": verified,
+            "file": str(Path(loaded).resolve())}
     if float8 and kind == "esm2":
         note["float8_file"] = str(ensure_float8(loaded, checksums[files[0].name]).resolve())
     return note

@@ -3,12 +3,16 @@
 `converted.model_note(kind, source, models_dir)` makes the note of one model, a dict
 
     {"kind", "source": the file or folder the config names, "checksums": {file name: sha256} of the
-     source's files, "file": what the steps load}
+     source's files, "verified": {file name: how it was verified, as its checksum record says, or
+     "unverified"}, "file": what the steps load}
 
 for kind "esm2" (a fair-esm checkpoint; "file" is its float16 conversion, `converted.ensure_converted`),
 "dnabert_s" (a snapshot folder, loaded as it is; its config.json, tokenizer.json and weights are
 checksummed) or "classifier" (an original `{300|500}_model.pth`, converted once, or our `.safetensors`,
-used as it is). The workflow's `models` step writes each note as `{models.dir}/notes/{kind}-{id}.json`,
+used as it is). A model downloaded by the models step is verified; so is one placed by hand where the
+download would be (models.dir, the download's name), checked as the download is before it is noted;
+a model anywhere else is "unverified" unless its record says otherwise (a verified download moved with
+its record). The workflow's `models` step writes each note as `{models.dir}/notes/{kind}-{id}.json`,
 id naming the source's path; the steps read their models from the notes only. `check_note(note)`, which
 every step calls first, stops with one line when a source no longer has the noted checksums (checked by
 size and modification time against its checksum records, by content otherwise): a model that changed

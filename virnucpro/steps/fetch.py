@@ -22,12 +22,19 @@ What is verified, and how (stated plainly, as far as public sources let us pin t
   CRC-32 check; the sha256 is logged.
 Every verified file gets a verified checksum record `<file>.checksum.json` (virnucpro.io.checksums),
 written with it; the steps that load a model check the file against its record first.
+
+A model placed by hand where the models step would download it (`at_download_name`: in models.dir,
+under a name of `DOWNLOAD_NAMES`) is verified as its download would be, once, by `verify_placed`
+(the models step's note of it calls it): the classifier by its git blob id, DNABERT-S by the sha256 of
+its weights and the content of its config and tokenizer, ESM-2 by the CRC-32 of every archive member.
 """
 
 import hashlib
 import http.client
 import json
 import logging
+import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +43,7 @@ from pathlib import Path
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
-from virnucpro.io.checksums import record_path, sha256_of, write_record
+from virnucpro.io.checksums import checked_sha256, is_verified, record_path, sha256_of, write_record
 
 log = logging.getLogger("virnucpro")
 
@@ -56,6 +63,12 @@ CLASSIFIER_LFS_URL = "https://media.githubusercontent.com/media/Li-Jing-1997/Vir
 CLASSIFIER_BLOB_IDS = {
     "300_model.pth": "a0b5b85e7c1e44f00cde146d091beb82b2c8e855",
     "500_model.pth": "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d",
+}
+# model files the models step downloads into models.dir when they are missing: name pattern, names
+DOWNLOAD_NAMES = {
+    "esm2": (re.compile(r"esm2_t[0-9]+_[0-9]+[MB]_UR50D\.pt"), "a fair-esm name such as esm2_t36_3B_UR50D.pt"),
+    "dnabert_s": (re.compile(r"DNABERT-S"), "DNABERT-S"),
+    "classifier": (re.compile(r"(300|500)_model\.pth"), "300_model.pth or 500_model.pth"),
 }
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
 TIMEOUT_S = 60
@@ -294,3 +307,74 @@ _DNABERT_CHECKS = {  # file -> check(path, its sha256): the problem, or None
     "tokenizer.json": _check_tokenizer,
     "pytorch_model.bin": _check_weights,
 }
+
+
+# ------------------------------------------------------------------------------ placed by hand
+
+
+def at_download_name(kind, path, models_dir):
+    """True when `path` is where the models step downloads `kind` into `models_dir` (symbolic links are
+    not followed: a link of that name in models.dir is a file placed there)."""
+    if models_dir is None:
+        return False
+    path = Path(os.path.abspath(path))
+    pattern, _ = DOWNLOAD_NAMES[kind]
+    return path.parent == Path(os.path.abspath(models_dir)) and pattern.fullmatch(path.name) is not None
+
+
+def classifier_blob_problem(path):
+    """How the classifier file `path` (named 300_model.pth or 500_model.pth) differs from the published
+    one (its git blob id), or None."""
+    path = Path(path)
+    expected = CLASSIFIER_BLOB_IDS[path.name]
+    blob = git_blob_id(path.read_bytes())  # a few MB
+    return None if blob == expected else f"git blob id {blob}, published {expected}"
+
+
+def _placed_checks(kind, path):
+    """[(file, check(file, its sha256) -> problem or None, how it is verified)] for a model placed at its
+    download name `path`: what its download is verified by."""
+    path = Path(path)
+    if kind == "classifier":
+        how = f"git blob id {CLASSIFIER_BLOB_IDS[path.name]} of the original repository"
+        return [(path, lambda f, digest: classifier_blob_problem(f), how)]
+    if kind == "esm2":
+        return [(path, lambda f, digest: _torch_zip_problem(f), "complete PyTorch zip archive, CRC-32 of every member")]
+    if kind == "dnabert_s":
+        from virnucpro.models.encoders import DNABERT_WEIGHT_FILES  # torch-free
+
+        other = [n for n in DNABERT_WEIGHT_FILES if n not in DNABERT_S_FILES and (path / n).exists()]
+        if other:  # read in preference to pytorch_model.bin, and never published
+            raise _placed_error(kind, path / other[0], "the published DNABERT-S has no such file")
+        return [(path / name, _DNABERT_CHECKS[name], f"{DNABERT_S_REPO} at {DNABERT_S_REVISION}, {_VERIFIED[name]}")
+                for name in DNABERT_S_FILES]
+    raise VirNucProError(f"unknown model kind '{kind}' (expected esm2, dnabert_s or classifier)")
+
+
+def _placed_error(kind, file, problem):
+    return VirNucProError(
+        f"{file}: placed where the models step downloads the published file, but {problem}: delete it to "
+        f"download the published one, or move it out of models.dir and point models.{kind} at it to use it "
+        "unverified"
+    )
+
+
+def verify_placed(kind, path):
+    """Verify the model `path` at its download name (`at_download_name`) as its download would be; each
+    file gets a verified checksum record saying how, so that this happens once per file (a file whose
+    record already holds a verification for its content is not checked again). A file that fails stops
+    with one line naming it and what differs."""
+    for file, check, how in _placed_checks(kind, path):
+        if not file.is_file():
+            raise _placed_error(kind, file, "it does not exist")
+        digest = checked_sha256(file)  # refuses a verified file whose content changed since
+        if is_verified(file):
+            continue
+        problem = check(file, digest)
+        if problem:
+            raise _placed_error(kind, file, problem)
+        try:
+            write_record(file, digest, verified=f"{how}; placed by hand")
+        except OSError as exc:
+            log.warning("cannot record the verification of %s (%s); it is verified again next time", file, exc)
+        log.info("%s verified (%s)", file, how)

@@ -2,8 +2,9 @@
 none):
 - `overview.tsv`: one row per sample: `sample, sequences, bp, viral_sequences, viral_regions, viral_bp`
   (`viral_bp`: bases inside viral regions), read from each sample's tables;
-- `models.tsv`: `model, file, sha256` of every model file the run used, as the models step noted them
-  (`virnucpro.io.notes`): each source file, and the conversion the steps loaded, where there is one;
+- `models.tsv`: `model, file, sha256, verified` of every model file the run used, as the models step
+  noted them (`virnucpro.io.notes`): each source file, and the conversion the steps loaded, where there
+  is one; `verified` says how the file was verified (its checksum record), or "unverified";
 - `parameters.tsv`: `setting, value`.
 """
 
@@ -44,9 +45,13 @@ NAMES = {"esm2": "ESM-2 (protein embeddings)", "dnabert_s": "DNABERT-S (nucleoti
          "classifier": "VirNucPro classifier"}
 
 
+MODEL_COLUMNS = ["model", "file", "sha256", "verified"]
+
+
 def model_rows(notes):
-    """The rows of `models.tsv` from the model notes (each a note or the path of one), in the order given."""
-    from virnucpro.io.checksums import checked_sha256
+    """The rows of `models.tsv` from the model notes (each a note or the path of one), in the order given:
+    every file with its sha256 and how it was verified (the note's word, else its checksum record's)."""
+    from virnucpro.io.checksums import checked_sha256, verification
     from virnucpro.io.notes import check_note
 
     rows = []
@@ -55,9 +60,12 @@ def model_rows(notes):
         name = NAMES[note["kind"]]
         source = Path(note["source"])
         for file, digest in note["checksums"].items():
-            rows.append((name, str(source if source.name == file else source / file), digest))
+            path = source if source.name == file else source / file
+            verified = note.get("verified", {}).get(file) or verification(path)  # a note without the field
+            rows.append((name, str(path), digest, verified))
         if note["file"] != note["source"]:
-            rows.append((f"{name}, converted", note["file"], checked_sha256(note["file"])))
+            digest = checked_sha256(note["file"])
+            rows.append((f"{name}, converted", note["file"], digest, verification(note["file"])))
     return rows
 
 
@@ -68,5 +76,5 @@ def write_run_files(samples, sequence_summaries, viral_regions, notes, settings,
     used = model_rows(notes)
     with atomic_outputs(overview, models, parameters) as (t_overview, t_models, t_params):
         write_tsv(t_overview, OVERVIEW_COLUMNS, runs)
-        write_tsv(t_models, ["model", "file", "sha256"], used)
+        write_tsv(t_models, MODEL_COLUMNS, used)
         write_tsv(t_params, ["setting", "value"], settings.items())

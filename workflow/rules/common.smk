@@ -17,6 +17,8 @@ if (SOURCE_TREE / "virnucpro" / "__init__.py").is_file():
 try:
     from virnucpro.io.checksums import SUFFIX as CHECKSUM_RECORD
     from virnucpro.config import (
+        check_classifier,
+        check_device,
         check_models,
         read_samples,
         training_sets,
@@ -73,8 +75,19 @@ try:
         MODELS,
         made_here=[TRAINED],
     )
+    check_classifier(model_path("classifier"), FRAGMENT_SIZE, MODELS, TRAINED)
 except VirNucProError as exc:
     sys.exit(f"configuration error: {exc}")
+
+
+# Whether jobs run on this machine is known once the run starts, before any job (not in a dry run).
+onstart:
+    try:
+        check_device(config["embed"]["device"], workflow.local_exec)
+    except VirNucProError as exc:
+        sys.exit(f"configuration error: {exc}")
+    if FLOAT8 and (problem := float8_problem(config["embed"]["device"], workflow.local_exec)):
+        sys.exit(f"configuration error: {problem}")
 
 
 def note(kind):

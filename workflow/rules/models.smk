@@ -1,7 +1,8 @@
 # Model files: downloaded and verified into models.dir, unless the config points at files on disk; then
-# noted (models.dir/notes/): checksummed, and ESM-2 and the original classifier converted once into the
-# form the steps load fast (models.dir/converted/, named by the source's sha256). Steps read models from
-# the notes only.
+# noted (models.dir/notes/): verified first when placed by hand where the download would be, checksummed,
+# and ESM-2 and the original classifier converted once into the form the steps load fast
+# (models.dir/converted/, named by the source's sha256). Steps read models from the notes only; the
+# embedding plan and the GPU jobs need the encoders' notes, so a model that fails stops the run before them.
 
 
 rule download_esm2:
