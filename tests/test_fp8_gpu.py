@@ -84,7 +84,8 @@ def test_the_guard_decides_both_ways_and_the_plan_embeds_in_float8(tmp_path):
     esm = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=3, embed_dim=256, heads=4, seed=31), d)
     dnabert, _, _ = build_tiny_dnabert(d / "DNABERT-S", hidden_size=96)
     make_original_classifier(d / "500_model.pth", input_dim=96 + 256)
-    notes = {"esm2": model_note("esm2", esm, d / "models", float8=True), "dnabert_s": model_note("dnabert_s", dnabert),
+    notes = {"esm2": model_note("esm2", esm, d / "models", float8=True),
+             "dnabert_s": model_note("dnabert_s", dnabert),
              "classifier": model_note("classifier", d / "500_model.pth", d / "models")}
     frames = random_frames([f"f{i}" for i in range(300)], seed=32)
     (tmp_path / "f.fna").write_text("".join(f">{i}\n{n}\n" for i, (n, _) in frames.items()))

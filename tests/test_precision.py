@@ -40,8 +40,10 @@ def notes(tmp_path_factory):
     esm = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=2, embed_dim=ESM_DIM, heads=4), d)
     dnabert, _, _ = build_tiny_dnabert(d / "DNABERT-S-tiny", hidden_size=DNA_DIM)
     make_original_classifier(d / "500_model.pth", input_dim=DNA_DIM + ESM_DIM)
-    return {"esm2": model_note("esm2", esm, d, float8=True), "dnabert_s": model_note("dnabert_s", dnabert, d),
-            "classifier": model_note("classifier", d / "500_model.pth", d)}
+    models_dir = d / "models"  # not where the files are: they are the user's own, not placed downloads
+    return {"esm2": model_note("esm2", esm, models_dir, float8=True),
+            "dnabert_s": model_note("dnabert_s", dnabert, models_dir),
+            "classifier": model_note("classifier", d / "500_model.pth", models_dir)}
 
 
 def test_calibration_frames_are_chosen_by_content_and_spread_over_members(tmp_path):
