@@ -82,7 +82,8 @@ def kill_when(proc, moment, timeout=240, sig=signal.SIGKILL):
             seen = moment()
             if seen:
                 os.killpg(proc.pid, sig)
-                os.killpg(proc.pid, signal.SIGCONT)
+                if sig != signal.SIGKILL:
+                    os.killpg(proc.pid, signal.SIGCONT)  # the group handles the signal it was sent
                 proc.wait(timeout)
                 return seen
             os.killpg(proc.pid, signal.SIGCONT)
