@@ -4,6 +4,7 @@ torch and the tokenizers pool, without importing torch into steps that do not us
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -86,3 +87,37 @@ def test_cpu_steps_do_not_import_torch_for_their_threads(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("sig,status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupted_step_ends_in_one_line_and_leaves_no_output(tmp_path, sig, status):
+    """SIGINT or SIGTERM while a step writes its outputs: one error line `<step>: interrupted (SIG...)` in
+    the log and on stderr, no traceback, exit status 128 + the signal's number, nothing under the final
+    name and no temporary file left."""
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from virnucpro.io.atomic import atomic_outputs
+        from virnucpro.logs import run_step
+        def write_table(out):
+            with atomic_outputs(out) as (tmp,):
+                tmp.write_text("half a table")
+                os.kill(os.getpid(), signal.{sig})
+                signal.pause()  # the handler raises before this returns
+        run_step({str(tmp_path / "step.log")!r}, write_table, {str(tmp_path / "table.tsv")!r}, threads=1)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == status, proc.stderr
+    line = f"virnucpro ERROR write_table: interrupted ({sig})"
+    assert proc.stderr.strip().endswith(line) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert (tmp_path / "step.log").read_text().strip().endswith(line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step.log"]
+
+
+def test_run_step_gives_the_signal_handlers_back(tmp_path):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    during = run_step(tmp_path / "step.log", lambda: (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)),
+                      threads=1)
+    assert during != before and (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

@@ -8,6 +8,7 @@ finished work.
 """
 
 import filecmp
+import html
 import json
 import shutil
 import subprocess
@@ -110,7 +111,8 @@ def bad_data_run(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("bad_data")
     files = {**{name: BAD / name for name in DATA_CASES}, **_generated(root / "generated")}
     sheet = {_sample_name(name): path for name, path in files.items()}
-    work = workdir(root / "work", tiny_models, sheet={**sheet, "good": METACHAR}, max_record_bp=MAX_RECORD_BP)
+    sheet = {**sheet, "good": METACHAR, "good_a": REPO / "example" / "sample_a.fa"}
+    work = workdir(root / "work", tiny_models, sheet=sheet, max_record_bp=MAX_RECORD_BP)
     proc = snakemake(work, "--cores", "2", check=False)
     return work, proc, files
 
@@ -140,9 +142,41 @@ def test_bad_sequence_file_stops_its_sample_with_one_line(bad_data_run, name):
 def test_the_run_ends_with_the_list_of_samples_that_failed(bad_data_run):
     work, proc, files = bad_data_run
     n = len(files)
-    assert f"{n} of {n + 1} sample(s) did not finish:" in proc.stderr
-    for table in TABLES:  # the good sample went all the way
-        assert (work / "results" / "good" / table).is_file(), table
+    assert f"{n} of {n + 2} sample(s) did not finish:" in proc.stderr
+    for table in TABLES:  # the good samples went all the way
+        for good in ("good", "good_a"):
+            assert (work / "results" / good / table).is_file(), (good, table)
+
+
+def test_the_samples_that_finished_get_the_overview_and_the_report_lists_the_others(bad_data_run):
+    """The run files are made for the samples that finished, beside the bad ones: overview.tsv counts the
+    good samples from their own tables and gives each bad one the error its front end recorded, and so
+    does unfinished.tsv; `snakemake --report` succeeds and its page names every bad sample and why."""
+    from virnucpro.steps.report import sample_counts
+
+    work, proc, files = bad_data_run
+    results = work / "results"
+    assert proc.returncode != 0
+    reasons = {_sample_name(name): json.loads((results / _sample_name(name) / "prepare" / "status.json").read_text())
+               ["error"] for name in files}
+    overview = [line.split("\t") for line in (results / "overview.tsv").read_text().splitlines()]
+    assert overview[0][:2] == ["sample", "status"] and len(overview) == 1 + len(files) + 2
+    by_sample = {row[0]: row[1:] for row in overview[1:]}
+    for good in ("good", "good_a"):
+        counts = sample_counts(results / good / "sequence_summary.tsv", results / good / "viral_regions.tsv")
+        assert by_sample[good] == ["finished", *map(str, counts)], good
+    assert by_sample["good_a"][1:3] == ["12", "32296"]  # sequences and bp of example/sample_a.fa
+    for sample, reason in reasons.items():
+        assert by_sample[sample] == [reason] + [""] * 8, sample
+    unfinished = (results / "unfinished.tsv").read_text().splitlines()
+    assert unfinished[0] == "sample\treason" and sorted(unfinished[1:]) == sorted(f"{s}\t{r}" for s, r in reasons.items())
+    report = snakemake(work, "--report", "report.html", check=False)
+    assert report.returncode == 0, report.stdout + report.stderr
+    page = (work / "report.html").read_text()
+    assert "Samples that did not finish" in page
+    for sample, reason in reasons.items():  # on the front page and in the list's caption, as text
+        cells = json.dumps(f"<td>{sample}</td><td>{html.escape(reason)}</td>")[1:-1]  # as the page embeds it
+        assert page.count(cells) >= 2, (sample, reason)
 
 
 def test_good_sample_beside_bad_ones_finishes_its_front_end(bad_data_run):

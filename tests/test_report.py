@@ -1,8 +1,12 @@
 """What the report shows besides the plots: the per-sample HTML tables (virnucpro.results.views), the overview of
-all samples, the models (with checksums) and parameters of the run (virnucpro.steps.report). The rendered
-report: tests/test_workflow_e2e.py."""
+all samples (those that did not finish with why: virnucpro.steps.outcome), the models (with checksums) and
+parameters of the run (virnucpro.steps.report), and the `virnucpro overview` command. The rendered report:
+tests/test_workflow_e2e.py, tests/test_reliability_inputs.py (a run with a sample that did not finish)."""
 
 import hashlib
+import json
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -12,7 +16,8 @@ from virnucpro.errors import VirNucProError
 from virnucpro.io.tables import write_tsv
 from virnucpro.results.regions import REGION_COLUMNS
 from virnucpro.results.views import write_table_views
-from virnucpro.steps.report import overview_rows, write_run_files
+from virnucpro.steps.outcome import sample_reason, unfinished
+from virnucpro.steps.report import OVERVIEW_COLUMNS, overview_rows, sample_outcomes, write_run_files
 from virnucpro.steps.summarize import SEQUENCE_COLUMNS
 
 
@@ -92,15 +97,93 @@ def test_table_views_stop_at_max_rows(tables):
     assert not (d / "a.html").exists()
 
 
-def test_overview_counts_sequences_viral_calls_regions_and_bases(tables):
+def status(path, error=None):
+    """A prepare status file: the counts of a front end that went through, or the error that stopped it."""
+    record = {"ok": True, "sequences": 1} if error is None else {"ok": False, "error": error}
+    path.write_text(json.dumps(record) + "\n")
+    return path
+
+
+def test_overview_counts_sequences_calls_viral_bases_and_region_bases(tables):
+    """Sample a: 5 sequences (3130 bp), 4 classified, 1 without a call, 2 viral (1000 + 500 bp), 3 regions
+    (1000 + 500 + 300 bp, one inside a sequence not called viral). Sample c: one viral sequence whose
+    fragments make no region (600 viral bp, 0 region bp), one too short to call."""
     d, _, _ = tables
     write_tsv(d / "ss2.tsv", SEQUENCE_COLUMNS, [summary_row("x", 300, "not_viral", "0.1")])
     write_tsv(d / "vr2.tsv", REGION_COLUMNS, [])
-    rows = overview_rows(["a", "b"], [d / "ss.tsv", d / "ss2.tsv"], [d / "vr.tsv", d / "vr2.tsv"])
-    assert rows == [("a", 5, 3130, 2, 3, 1800), ("b", 1, 300, 0, 0, 0)]
+    write_tsv(d / "ss3.tsv", SEQUENCE_COLUMNS, [summary_row("v", 600, "viral", "0.6"),
+                                                ["t", 90, 1, 0, 0, "NA", "NA", "NA", "shorter_than_min_length",
+                                                 "no_call"]])
+    tables_of = {"a": (d / "ss.tsv", d / "vr.tsv"), "b": (d / "ss2.tsv", d / "vr2.tsv"), "c": (d / "ss3.tsv", d / "vr2.tsv")}
+    rows = overview_rows(["a", "b", "c"], tables_of, {})
+    assert rows == [("a", "finished", 5, 3130, 4, 1, 2, 1500, 3, 1800), ("b", "finished", 1, 300, 1, 0, 0, 0, 0, 0),
+                    ("c", "finished", 2, 690, 1, 1, 1, 600, 0, 0)]
+    for row in rows:  # every sequence is classified or has no call
+        named = dict(zip(OVERVIEW_COLUMNS, row))
+        assert named["classified"] + named["no_call"] == named["sequences"]
     (d / "bad.tsv").write_text("id\tscore\n")
     with pytest.raises(VirNucProError, match=r"bad.tsv: columns are \['id', 'score'\]"):
-        overview_rows(["a"], [d / "bad.tsv"], [d / "vr.tsv"])
+        overview_rows(["a"], {"a": (d / "bad.tsv", d / "vr.tsv")}, {})
+
+
+def test_overview_lists_a_sample_whose_front_end_failed_with_its_error_and_no_counts(tables):
+    d, _, _ = tables
+    statuses = [status(d / "a.json"), status(d / "bad.json", "in.fa: no sequences (empty input)")]
+    tables_of, reasons = sample_outcomes(["a", "bad"], statuses, [d / "ss.tsv"], [d / "vr.tsv"])
+    assert tables_of == {"a": (d / "ss.tsv", d / "vr.tsv")} and reasons == {"bad": "in.fa: no sequences (empty input)"}
+    assert overview_rows(["a", "bad"], tables_of, reasons)[1] == ("bad", "in.fa: no sequences (empty input)", *[""] * 8)
+    with pytest.raises(VirNucProError, match="1 samples whose front end went through, but 2 sequence summaries"):
+        sample_outcomes(["a", "bad"], statuses, [d / "ss.tsv", d / "ss.tsv"], [d / "vr.tsv", d / "vr.tsv"])
+    for samples, given, why, message in [
+        (["a"], {}, {}, "sample a: give either its tables or why it did not finish"),
+        (["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {"a": "x"}, "sample a: give either"),
+        (["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {"z": "x"}, "sample z: not one of the run's samples"),
+        (["a", "a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, "sample a is given twice"),
+    ]:
+        with pytest.raises(VirNucProError, match=message):
+            overview_rows(samples, given, why)
+
+
+def test_the_report_views_show_a_reason_as_text_not_markup(tables):
+    """A reason holds file names and record ids: in the HTML views it is escaped text (reStructuredText
+    would eat the backslash and read the backticks)."""
+    d, _, _ = tables
+    reason = "in.fa: record '`touch <x>': not FASTA or FASTQ (starts with b'\\x00')"
+    out = {name: d / f"{name}.tsv" for name in ("overview", "unfinished", "models", "parameters")}
+    views = {"overview_view": d / "overview.html", "unfinished_view": d / "unfinished.html"}
+    write_run_files(["bad"], {}, {"bad": reason}, [], {}, **out, **views)
+    assert Cells(views["unfinished_view"].read_text()).rows == [["sample", "reason"], ["bad", reason]]
+    assert Cells(views["overview_view"].read_text()).rows[1] == ["bad", reason] + [""] * 8
+    assert "&lt;x&gt;" in views["unfinished_view"].read_text()
+    assert out["unfinished"].read_text() == f"sample\treason\nbad\t{reason}\n"
+
+
+def test_why_a_sample_did_not_finish(tmp_path):
+    """One place says why, in this order: the front end's error, the last error line of the sample's logs
+    (an interrupted step among them), and otherwise not reached, because of a signal or other errors."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "classify.log").write_text("2026-01-01 00:00:00 virnucpro INFO reading\n"
+                                      "2026-01-01 00:00:01 virnucpro ERROR classify: interrupted (SIGINT)\n")
+    bad = status(tmp_path / "bad.json", "in.fa: binary data")
+    assert sample_reason(bad, logs.glob("*.log"), "SIGINT") == "in.fa: binary data"
+    assert sample_reason(status(tmp_path / "ok.json"), logs.glob("*.log")) == "classify: interrupted (SIGINT)"
+    assert sample_reason(tmp_path / "absent.json", [], "SIGTERM") == "not reached: the run was interrupted (SIGTERM)"
+    assert sample_reason(None, []) == "not reached (see the errors above)"
+
+
+def test_closing_summary_names_the_interrupt_and_counts_a_stale_summary_of_a_failed_sample(tmp_path):
+    for sample in ("done", "stale", "waiting"):
+        (tmp_path / sample / "prepare").mkdir(parents=True)
+        status(tmp_path / sample / "prepare" / "status.json", "in.fa: binary data" if sample == "stale" else None)
+    for sample in ("done", "stale"):  # stale: a summary left from before its input went bad
+        write_tsv(tmp_path / sample / "sequence_summary.tsv", SEQUENCE_COLUMNS, [])
+    assert unfinished(tmp_path, ["done", "stale", "waiting"], "SIGINT") == [
+        "the run was interrupted (SIGINT); 2 of 3 sample(s) did not finish:",
+        "  stale: in.fa: binary data",
+        "  waiting: not reached: the run was interrupted (SIGINT)",
+    ]
+    assert unfinished(tmp_path, ["done"]) == []
 
 
 def test_run_files_list_samples_models_with_their_sha256_and_parameters(tables, tiny_models):
@@ -111,10 +194,15 @@ def test_run_files_list_samples_models_with_their_sha256_and_parameters(tables, 
              model_note("dnabert_s", tiny_models["models.dnabert_s"]),
              model_note("classifier", tiny_models["models.classifier"], d / "models")]
     settings = {"fragment_size": "500", "regions.max_gap_fragments": "1"}
-    out = {name: d / f"{name}.tsv" for name in ("overview", "models", "parameters")}
-    write_run_files(["a"], [d / "ss.tsv"], [d / "vr.tsv"], notes, settings, **out)
+    out = {name: d / f"{name}.tsv" for name in ("overview", "unfinished", "models", "parameters")}
+    views = {"overview_view": d / "overview.html", "unfinished_view": d / "unfinished.html"}
+    write_run_files(["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, notes, settings, **out, **views)
+    assert Cells(views["overview_view"].read_text()).rows == [line.split("\t") for line in
+                                                             out["overview"].read_text().splitlines()]
     assert out["overview"].read_text().splitlines() == [
-        "sample\tsequences\tbp\tviral_sequences\tviral_regions\tviral_bp", "a\t5\t3130\t2\t3\t1800"]
+        "sample\tstatus\tsequences\tbp\tclassified\tno_call\tviral_sequences\tviral_sequence_bp\tviral_regions"
+        "\tviral_region_bp", "a\tfinished\t5\t3130\t4\t1\t2\t1500\t3\t1800"]
+    assert out["unfinished"].read_text() == "sample\treason\n"  # every sample finished
     lines = [line.split("\t") for line in out["models"].read_text().splitlines()]
     assert lines[0] == ["model", "file", "sha256", "verified"]
     for name, path, digest, _ in lines[1:]:  # every file named, with its own checksum
@@ -128,3 +216,25 @@ def test_run_files_list_samples_models_with_their_sha256_and_parameters(tables, 
     files = [path for _, path, _, _ in lines[1:]]
     assert tiny_models["models.classifier"] in files and tiny_models["models.esm2"] in files
     assert out["parameters"].read_text() == "setting\tvalue\nfragment_size\t500\nregions.max_gap_fragments\t1\n"
+
+
+def test_overview_command_keeps_the_order_given_and_lists_unfinished_samples(tables, tiny_models):
+    """`virnucpro overview --sample ... --unfinished NAME STATUS`: rows in the order given, the unfinished
+    sample with the error its status records; a status without an error is refused."""
+    from virnucpro.io.converted import write_note
+
+    d, _, _ = tables
+    note = d / "classifier.json"
+    write_note("classifier", tiny_models["models.classifier"], d / "models", note)
+    bad = status(d / "bad.json", "in.fa: no sequences (empty input)")
+    command = [sys.executable, "-m", "virnucpro.cli", "overview", "--unfinished", "bad", str(bad),
+               "--sample", "a", str(d / "ss.tsv"), str(d / "vr.tsv"), "--note", str(note), "--out-dir", str(d / "out")]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("\t") for line in (d / "out" / "overview.tsv").read_text().splitlines()]
+    assert [r[:3] for r in rows[1:]] == [["bad", "in.fa: no sequences (empty input)", ""], ["a", "finished", "5"]]
+    assert (d / "out" / "unfinished.tsv").read_text() == "sample\treason\nbad\tin.fa: no sequences (empty input)\n"
+    command[6] = str(status(d / "ok.json"))
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip().endswith(
+        f"--unfinished bad: {d / 'ok.json'} records no error: give its tables with --sample"), proc.stderr

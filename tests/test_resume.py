@@ -9,7 +9,9 @@ cannot slip while the test looks), checks that the moment is the one it wanted, 
 2. in the middle of writing the results: `summarize` holds its outputs under temporary `.tmp-*` names.
 After each kill a dry run shows what a rerun would do (only the unfinished jobs, each because its output
 is missing), the rerun finishes, finished files keep their inode and mtime, and the final tables equal an
-uninterrupted run's byte for byte. No product code knows about the test: the moments are found from the
+uninterrupted run's byte for byte. Ctrl-C (SIGINT to the whole process group) in the middle of `summarize`
+ends in one line, an "interrupted" closing summary and no output of the sample; the plain rerun gives the
+same tables. No product code knows about the test: the moments are found from the
 outside, by polling the files every job writes anyway.
 
 Determinism: a second run on the same input and config gives byte-identical tables, and a sample whose
@@ -68,9 +70,10 @@ def start(work, *args):
     )
 
 
-def kill_when(proc, moment, timeout=240):
-    """SIGKILL `proc`'s process group at the first poll where `moment()` holds (checked again while the
-    group is stopped); returns what `moment()` returned then."""
+def kill_when(proc, moment, timeout=240, sig=signal.SIGKILL):
+    """Send `sig` (SIGKILL unless told) to `proc`'s process group at the first poll where `moment()`
+    holds (checked again while the group is stopped), let the group go on (a signal it can handle) and
+    wait for it to end; returns what `moment()` returned then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "snakemake finished before the moment came"
@@ -78,8 +81,10 @@ def kill_when(proc, moment, timeout=240):
             os.killpg(proc.pid, signal.SIGSTOP)
             seen = moment()
             if seen:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                os.killpg(proc.pid, sig)
+                if sig != signal.SIGKILL:
+                    os.killpg(proc.pid, signal.SIGCONT)  # the group handles the signal it was sent
+                proc.wait(timeout)
                 return seen
             os.killpg(proc.pid, signal.SIGCONT)
         time.sleep(0.01)
@@ -190,6 +195,34 @@ def test_killed_in_embedding_and_in_summarize_resumes_to_the_same_results(tmp_pa
     # leftovers of the killed writes keep their temporary names and are never read as results
     leftovers = [p.name for p in work.rglob(".tmp-*") if ".snakemake" not in p.parts]
     assert all(re.fullmatch(r"\.tmp-[0-9a-f]{8}-.+", n) for n in leftovers), leftovers
+
+
+def test_ctrl_c_inside_a_step_gives_one_line_and_the_rerun_the_same_results(tmp_path, tiny_models, baseline):
+    """SIGINT to the whole run (Ctrl-C in a terminal) while `summarize` runs: the step ends with one line
+    and no traceback, the closing summary says the sample was interrupted, none of its results exists
+    under a final or a temporary name, and the plain rerun (no --unlock) gives the uninterrupted tables."""
+    work = workdir(tmp_path, tiny_models, sheet={"sample_a": SAMPLE_A}, **SHARDS)
+    out = work / "results" / "sample_a"
+
+    def summarize_running():  # its log exists once run_step has set its signal handlers
+        return (out / "logs" / "summarize.log").is_file() and not (out / "sequence_summary.tsv").exists()
+
+    proc = start(work)
+    kill_when(proc, summarize_running, sig=signal.SIGINT)
+    assert proc.returncode != 0
+    text = (work / "snakemake.out").read_text()
+    assert "Traceback" not in text, text
+    line = "virnucpro ERROR summarize: interrupted (SIGINT)"
+    errors = [l for l in text.splitlines() if " ERROR " in l]  # the steps' error lines (one job ran)
+    assert len(errors) == 1 and errors[0].endswith(line), errors
+    assert (out / "logs" / "summarize.log").read_text().strip().splitlines()[-1].endswith(line)
+    assert "the run was interrupted (SIGINT); 1 of 1 sample(s) did not finish:\n  sample_a: summarize: interrupted (SIGINT)\n" in text
+    for table in [t for t in TABLES if t != "prediction_results.tsv"]:
+        assert not (out / table).exists(), f"{table} exists after the interrupted summarize"
+    assert [p for p in work.rglob(".tmp-*") if ".snakemake" not in p.parts] == []
+
+    snakemake(work, "--cores", "1")
+    assert_same_tables(work, baseline)
 
 
 # ---------------------------------------------------------------------------------- determinism

@@ -239,6 +239,30 @@ def test_region_boundaries_fall_within_one_fragment_of_the_junctions(trained_run
     assert headers and all(h.split()[1] == "chimera:" and "bp" in h for h in headers)  # full input headers
 
 
+def test_overview_counts_agree_with_the_sample_tables(trained_run):
+    """The overview row of the chimeras: every count from the sample's own tables; the viral sequences'
+    bases (their whole length) and the bases inside viral regions are both there, and differ."""
+    work, truth = trained_run
+    sample = work / "results" / "chimeras"
+    header, row = rows(work / "results" / "overview.tsv")
+    got = {k: v if k in ("sample", "status") else int(v) for k, v in zip(header, row)}
+    summary = [dict(zip(rows(sample / "sequence_summary.tsv")[0], r)) for r in rows(sample / "sequence_summary.tsv")[1:]]
+    regions = [dict(zip(rows(sample / "viral_regions.tsv")[0], r)) for r in rows(sample / "viral_regions.tsv")[1:]]
+    viral = [int(r["length"]) for r in summary if r["call"] == "viral"]
+    assert got == {
+        "sample": "chimeras", "status": "finished", "sequences": len(truth),
+        "bp": sum(int(r["length"]) for r in summary), "classified": sum(r["status"] == "classified" for r in summary),
+        "no_call": sum(r["status"] != "classified" for r in summary), "viral_sequences": len(viral),
+        "viral_sequence_bp": sum(viral), "viral_regions": len(regions),
+        "viral_region_bp": sum(int(r["length"]) for r in regions),
+    }
+    assert got["viral_sequences"] >= 1 and got["viral_sequence_bp"] >= 900  # all_viral (900 bp) at least
+    assert got["viral_region_bp"] > 0 and got["classified"] + got["no_call"] == got["sequences"]
+    assert rows(work / "results" / "unfinished.tsv") == [["sample", "reason"]]
+    page = (work / "report.html").read_text()
+    assert "Every sample of this run finished" in page and "Samples that did not finish" not in page
+
+
 # ----------------------------------------------------------------------------- the report in a browser
 
 TABLES_JS = "return [...document.querySelectorAll(arguments[0])].map(t => [...t.querySelectorAll('tr')]" \

@@ -132,13 +132,23 @@ def _summarize(args):
 
 
 def _overview(args):
+    from virnucpro.steps.outcome import sample_reason
+    from virnucpro.steps.prepare import read_status
     from virnucpro.steps.report import write_run_files
 
     out = Path(args.out_dir)
     settings = dict(s.partition("=")[::2] for s in args.setting or [])
-    write_run_files(samples=[s[0] for s in args.sample], sequence_summaries=[s[1] for s in args.sample],
-                    viral_regions=[s[2] for s in args.sample], notes=args.note, settings=settings,
-                    overview=out / "overview.tsv", models=out / "models.tsv", parameters=out / "parameters.tsv")
+    if not args.samples:
+        raise VirNucProError("overview: give every sample, with --sample or --unfinished")
+    tables = {s[0]: (s[1], s[2]) for s in args.samples if len(s) == 3}
+    failed = {s[0]: s[1] for s in args.samples if len(s) == 2}
+    for name, status in failed.items():
+        if not read_status(status):
+            raise VirNucProError(f"--unfinished {name}: {status} records no error: give its tables with --sample")
+    write_run_files([s[0] for s in args.samples], tables, {n: sample_reason(st) for n, st in failed.items()},
+                    notes=args.note, settings=settings, overview=out / "overview.tsv",
+                    unfinished=out / "unfinished.tsv", models=out / "models.tsv", parameters=out / "parameters.tsv",
+                    overview_view=out / "overview.html", unfinished_view=out / "unfinished.html")
 
 
 def _train(args):
@@ -330,14 +340,17 @@ def _add_results(sub):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=f"{text} (default {value})")
 
     p = _command(sub, "overview", _overview, "the run's overview of all samples, the models and the settings",
-                 "Write overview.tsv (one row per sample), models.tsv (every model file with its sha256, from "
-                 "the notes) and parameters.tsv.")
-    p.add_argument("--sample", nargs=3, action="append", required=True,
+                 "Write overview.tsv (one row per sample, in the order given), unfinished.tsv (the samples "
+                 "that did not finish, and why), models.tsv (every model file with its sha256, from the notes), "
+                 "parameters.tsv, and the first two as HTML tables for a report (overview.html, unfinished.html).")
+    p.add_argument("--sample", nargs=3, action="append", dest="samples", default=[],
                    metavar=("NAME", "SEQUENCE_SUMMARY", "VIRAL_REGIONS"),
                    help="a sample and its sequence_summary.tsv and viral_regions.tsv (repeat for each sample)")
+    p.add_argument("--unfinished", nargs=2, action="append", dest="samples", metavar=("NAME", "STATUS_JSON"),
+                   help="a sample whose front end failed, and its status from `prepare --status` (repeatable)")
     p.add_argument("--note", action="append", required=True, help="a model note (repeat for each model)")
     p.add_argument("--setting", action="append", metavar="NAME=VALUE", help="a setting for parameters.tsv (repeatable)")
-    p.add_argument("--out-dir", required=True, help="folder for overview.tsv, models.tsv and parameters.tsv")
+    p.add_argument("--out-dir", required=True, help="folder for the run files (overview.tsv, ...)")
 
     p = _command(sub, "train", _train, "train the classifier on labelled training sets",
                  "The original recipe on the features of labelled training sets, read from the embedding store.")

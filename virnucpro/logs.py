@@ -1,8 +1,11 @@
-"""Logging and thread limits for workflow steps run by Snakemake's `script:` adapters."""
+"""Logging, thread limits and interrupts for workflow steps run by Snakemake's `script:` adapters."""
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from virnucpro.errors import VirNucProError
@@ -11,6 +14,7 @@ from virnucpro.io.atomic import is_disk_full
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
+INTERRUPT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report
 
 
 def limit_threads(threads):
@@ -39,14 +43,41 @@ class _LogFile(logging.FileHandler):
         pass
 
 
-def run_step(log_path, fn, /, *args, threads, **kwargs):
-    """Run `fn(*args, **kwargs)` as one workflow step on `threads` threads (`limit_threads`), logging to
-    `log_path` and to stderr.
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived while a step ran; `signum` is the signal. A KeyboardInterrupt, so that
+    whatever cleans up after Ctrl-C (atomic outputs among them) cleans up after SIGTERM too."""
 
-    A `VirNucProError` ends the step with exit status 1 and its one-line message (prefixed by the step
-    name) in the log and on stderr; any other exception is written to the log with its traceback and
-    re-raised, except a full disk, which also ends in one line and exit status 1.
-    """
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    for sig in INTERRUPT_STATUS:  # a second signal, while the step cleans up after the first, ends it now
+        signal.signal(sig, _exit_now)
+    raise Interrupted(signum)
+
+
+def _exit_now(signum, frame):
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def _interrupts():
+    """While the block runs, SIGINT and SIGTERM raise `Interrupted` (in the main thread, where signals
+    arrive; elsewhere nothing changes); the previous handlers are back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _interrupt) for sig in INTERRUPT_STATUS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _start_log(log_path):
     handlers = [logging.StreamHandler(sys.stderr)]
     try:
         handlers.insert(0, _LogFile(log_path, mode="w"))
@@ -59,17 +90,36 @@ def run_step(log_path, fn, /, *args, threads, **kwargs):
         handlers=handlers,
         force=True,
     )
+
+
+def run_step(log_path, fn, /, *args, threads, **kwargs):
+    """Run `fn(*args, **kwargs)` as one workflow step on `threads` threads (`limit_threads`), logging to
+    `log_path` and to stderr.
+
+    A `VirNucProError` ends the step with exit status 1 and its one-line message (prefixed by the step
+    name) in the log and on stderr; SIGINT or SIGTERM (Ctrl-C, a cluster's cancel) ends it with the
+    error line `<step>: interrupted (SIGINT)` (or SIGTERM) and exit status 130 (143), after the step's
+    atomic outputs have removed their temporary files; any other exception is written to the log with
+    its traceback and re-raised, except a full disk, which also ends in one line and exit status 1.
+    The signal handlers are in place before the log file is created.
+    """
     log = logging.getLogger("virnucpro")
-    limit_threads(threads)
-    try:
-        return fn(*args, **kwargs)
-    except VirNucProError as exc:
-        log.error("%s: %s", fn.__name__, exc)
-        sys.exit(1)
-    except Exception as exc:
-        if is_disk_full(exc):
-            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-            log.error("%s: no space left on device (ENOSPC)%s: %s", fn.__name__, where, exc)
+    with _interrupts():
+        try:
+            _start_log(log_path)
+            limit_threads(threads)
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            log.error("%s: interrupted (%s)", fn.__name__, signal.Signals(signum).name)
+            sys.exit(INTERRUPT_STATUS[signum])
+        except VirNucProError as exc:
+            log.error("%s: %s", fn.__name__, exc)
             sys.exit(1)
-        log.error("%s failed:\n%s", fn.__name__, traceback.format_exc())
-        raise
+        except Exception as exc:
+            if is_disk_full(exc):
+                where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+                log.error("%s: no space left on device (ENOSPC)%s: %s", fn.__name__, where, exc)
+                sys.exit(1)
+            log.error("%s failed:\n%s", fn.__name__, traceback.format_exc())
+            raise

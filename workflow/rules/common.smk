@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ try:
     )
     from virnucpro.errors import VirNucProError
     from virnucpro.gpus import float8_problem
+    from virnucpro.steps.prepare import read_status
 except ModuleNotFoundError as exc:
     if exc.name != "virnucpro":
         raise
@@ -52,7 +54,8 @@ if FLOAT8 and config["embed"]["device"] == "cpu":
     sys.exit(f"configuration error: {float8_problem('cpu')}")
 # the pooled embedding stage: {EMBEDDING}/{batch}/plan, done/, logs/, benchmarks/
 EMBEDDING = f"{RESULTS}/embedding"
-RUN_FILES = ["overview.tsv", "models.tsv", "parameters.tsv"]  # whole-run files
+# whole-run files
+RUN_FILES = ["overview.tsv", "unfinished.tsv", "models.tsv", "parameters.tsv"]
 
 
 # the classifier `snakemake train` writes; models.classifier may name it before it exists
@@ -149,25 +152,67 @@ def float8_decision(wildcards):
     return []
 
 
-def all_results():
-    names = [
-        "prediction_results.tsv",
-        "fragment_calls.tsv",
-        "sequence_summary.tsv",
-        "viral_regions.tsv",
-        "viral.fna",
-        "tracks/virus_score.bedGraph",
-        "tracks/viral_regions.bed",
-        "prediction_results.txt",
-        "prediction_results_highestscore.csv",
-        "plots/score_histogram.png",
-        "plots/score_along_sequences.png",
-        "report/sequence_summary.html",
-        "report/viral_regions.html",
-    ]
-    run = [f"{RESULTS}/{name}" for name in RUN_FILES]
-    run += [f"{RESULTS}/float8_check.tsv"] if FLOAT8 else []
-    return [f"{RESULTS}/{s}/{name}" for s in SAMPLES for name in names] + run
+SAMPLE_RESULTS = [
+    "prediction_results.tsv",
+    "fragment_calls.tsv",
+    "sequence_summary.tsv",
+    "viral_regions.tsv",
+    "viral.fna",
+    "tracks/virus_score.bedGraph",
+    "tracks/viral_regions.bed",
+    "prediction_results.txt",
+    "prediction_results_highestscore.csv",
+    "plots/score_histogram.png",
+    "plots/score_along_sequences.png",
+    "report/sequence_summary.html",
+    "report/viral_regions.html",
+]
+
+
+def status_file(sample):
+    return f"{RESULTS}/{sample}/prepare/status.json"
+
+
+def recorded_failure(sample):
+    """The error the sample's prepare status records now, if it has one (None otherwise)."""
+    status = Path(status_file(sample))
+    return read_status(status) if status.is_file() else None
+
+
+def front_end_failed():
+    """{sample: error} of the samples whose front end failed, from their prepare status. Raises
+    Snakemake's IncompleteCheckpointException until the samples' plan checkpoint is complete and up to
+    date: the plan reads every status, so then each one is current (a fixed input has been prepared
+    again)."""
+    checkpoints.plan.get(batch="samples")
+    statuses = {s: read_status(status_file(s)) for s in SAMPLES}
+    return {s: error for s, error in statuses.items() if error}
+
+
+def finished(name):
+    """Input function: the file `name` of every sample whose front end went through (after the plan)."""
+
+    def files(wildcards):
+        failed = front_end_failed()
+        return [f"{RESULTS}/{s}/{name}" for s in SAMPLES if s not in failed]
+
+    return files
+
+
+def all_results(wildcards):
+    """Input of `all`: every sample's results and the run files. A sample whose prepare status records
+    an error as the run starts is asked only for its classification, which fails with that error (the
+    run ends non-zero), not for the summary outputs it cannot have (`snakemake --report` would wait
+    for them). Read before this run's prepare jobs, such a status may be stale; a sample whose input
+    was fixed still gets all its results in this run, through the overview, which waits for the plan
+    and then asks for the summary of every sample whose front end went through (`finished`).
+    """
+    files = [f"{RESULTS}/{name}" for name in RUN_FILES]
+    files += [f"{RESULTS}/float8_check.tsv"] if FLOAT8 else []
+    for s in SAMPLES:
+        names = ["prediction_results.tsv"] if recorded_failure(s) else SAMPLE_RESULTS
+        files += [f"{RESULTS}/{s}/{name}" for name in names]
+    return files
 
 
 def run_settings():
@@ -198,13 +243,36 @@ def training(label, part):
     return inputs
 
 
+INTERRUPTED = []  # the signals that reached Snakemake during the run (note_interrupts)
+
+
+def note_interrupts():
+    """At the start of the run (onstart, once Snakemake has set its own handlers): note SIGINT and
+    SIGTERM in INTERRUPTED, then hand each to the handler it had, so Snakemake stops as it would.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+
+        def noted(signum, frame, previous=previous):
+            INTERRUPTED.append(signal.Signals(signum).name)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:  # the default action: end by the signal
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+
+        signal.signal(sig, noted)
+
+
 def run_summary():
-    """After a failed run: the samples that did not finish and why, and the models still missing (URL,
-    destination, setting), in one block at the end of the output."""
+    """After a failed run: the samples that did not finish and why (interrupted, when a signal stopped
+    the run), and the models still missing (URL, destination, setting), in one block at the end.
+    """
     from virnucpro.steps.fetch import missing_models
     from virnucpro.steps.outcome import unfinished
 
-    lines = unfinished(RESULTS, list(SAMPLES))
+    interrupted = INTERRUPTED[0] if INTERRUPTED else None
+    lines = unfinished(RESULTS, list(SAMPLES), interrupted)
     lines += missing_models(
         {k: model_path(k) for k in ("esm2", "dnabert_s", "classifier")}
     )

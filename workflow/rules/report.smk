@@ -1,5 +1,6 @@
 # Per-sample results (tables, viral regions, tracks, viral sequences, the original's files, plots, the
-# tables as pages for the report), then the run's overview of all samples, models and parameters.
+# tables as pages for the report), then the run's overview of all samples, models and parameters. The
+# overview waits only for the samples whose front end went through: the others are listed, with why.
 
 
 rule summarize:
@@ -93,8 +94,9 @@ rule summarize:
 
 rule overview:
     input:
-        sequences=expand(f"{RESULTS}/{{sample}}/sequence_summary.tsv", sample=SAMPLES),
-        regions=expand(f"{RESULTS}/{{sample}}/viral_regions.tsv", sample=SAMPLES),
+        status=[status_file(s) for s in SAMPLES],
+        sequences=finished("sequence_summary.tsv"),
+        regions=finished("viral_regions.tsv"),
         esm2=note("esm2"),
         dnabert_s=note("dnabert_s"),
         classifier=note("classifier"),
@@ -104,6 +106,12 @@ rule overview:
             caption="../report/overview.rst",
             category="Overview",
             labels={"result": "all samples"},
+        ),
+        unfinished=report(
+            f"{RESULTS}/unfinished.tsv",
+            caption="../report/unfinished.rst",
+            category="Overview",
+            labels={"result": "samples that did not finish"},
         ),
         models=report(
             f"{RESULTS}/models.tsv",
@@ -117,6 +125,9 @@ rule overview:
             category="Overview",
             labels={"result": "run parameters"},
         ),
+        # the first two as HTML tables, for the report's pages (reasons are not markup)
+        overview_view=f"{RESULTS}/report/overview.html",
+        unfinished_view=f"{RESULTS}/report/unfinished.html",
     log:
         f"{RESULTS}/logs/overview.log",
     localrule: True
@@ -125,6 +136,7 @@ rule overview:
     threads: 1
     params:
         samples=list(SAMPLES),
+        unfinished=lambda wildcards: list(front_end_failed()),
         settings=run_settings(),
     script:
         "../../scripts/overview.py"
