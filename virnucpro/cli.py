@@ -133,7 +133,7 @@ def _summarize(args):
 
 def _overview(args):
     from virnucpro.steps.outcome import sample_reason
-    from virnucpro.steps.prepare import read_status
+    from virnucpro.io.status import read_status
     from virnucpro.steps.report import write_run_files
 
     out = Path(args.out_dir)

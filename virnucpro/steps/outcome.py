@@ -10,7 +10,7 @@ which concern several samples at once, get a line of their own.
 
 from pathlib import Path
 
-from virnucpro.steps.prepare import read_status
+from virnucpro.io.status import read_status
 
 FINAL = "sequence_summary.tsv"  # a sample is finished when its summary is there
 NOT_REACHED = "not reached (see the errors above)"

@@ -271,7 +271,7 @@ def _log(plan):
 def usable_members(members, statuses):
     """(members whose front end went through, {name: error} of the others, each logged as left out);
     statuses: {name: prepare status file} (`prepare.prepare_sample`), or None."""
-    from virnucpro.steps.prepare import read_status
+    from virnucpro.io.status import read_status
 
     skipped = {name: error for name, path in (statuses or {}).items() if (error := read_status(path))}
     for name, error in skipped.items():

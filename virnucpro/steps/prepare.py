@@ -114,15 +114,6 @@ def prepare_sample(input_path, fragment_size, out_dna, out_protein, manifest=Non
     return stats
 
 
-def read_status(path):
-    """The error a prepare status records, or None for a sample whose front end went through."""
-    try:
-        status = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable prepare status ({exc})") from None
-    return None if status.get("ok") else status.get("error", "the front end failed")
-
-
 def _progress(stats, started, last_report, every_s=10.0):
     """Log a progress line at most every `every_s` seconds; returns the time of the last line."""
     now = time.monotonic()

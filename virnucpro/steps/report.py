@@ -23,7 +23,7 @@ from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.tables import read_tsv, write_tsv
 from virnucpro.results.regions import REGION_COLUMNS
 from virnucpro.steps.outcome import sample_reason
-from virnucpro.steps.prepare import read_status
+from virnucpro.io.status import read_status
 from virnucpro.steps.summarize import SEQUENCE_COLUMNS
 
 OVERVIEW_COLUMNS = ["sample", "status", "sequences", "bp", "classified", "no_call", "viral_sequences",

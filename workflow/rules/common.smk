@@ -27,7 +27,7 @@ try:
     )
     from virnucpro.errors import VirNucProError
     from virnucpro.gpus import float8_problem
-    from virnucpro.steps.prepare import read_status
+    from virnucpro.io.status import read_status
 except ModuleNotFoundError as exc:
     if exc.name != "virnucpro":
         raise
