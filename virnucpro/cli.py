@@ -203,6 +203,13 @@ def _member_frames(p):
     p.add_argument("--member", required=True, help="the sample's record of the embedding plan (members/NAME.json)")
 
 
+def _samples(p):
+    p.add_argument("--sample", nargs=3, action="append", required=True, metavar=("NAME", "FRAMES_FNA", "FRAMES_FAA"),
+                   help="a sample and its frames from `prepare` (repeat for each sample)")
+    p.add_argument("--status", nargs=2, action="append", metavar=("NAME", "STATUS_JSON"),
+                   help="a sample's status from `prepare --status`: a sample whose input was bad is left out")
+
+
 def _tokens_per_batch(p, encoder, name, budgets):
     p.add_argument(f"--{encoder}-tokens-per-batch", type=int,
                    help=f"token budget of one packed {name} batch (default: {budgets['cuda']} on GPU, "
@@ -246,10 +253,7 @@ def _add_front(sub):
     p = _command(sub, "plan", _plan, "plan the embeddings of several samples into pooled shards",
                  "Key every frame of every sample by content, leave out what the embedding store holds, "
                  "and cut the rest into shards balanced by ESM-2 tokens.")
-    p.add_argument("--sample", nargs=3, action="append", required=True, metavar=("NAME", "FRAMES_FNA", "FRAMES_FAA"),
-                   help="a sample and its frames from `prepare` (repeat for each sample)")
-    p.add_argument("--status", nargs=2, action="append", metavar=("NAME", "STATUS_JSON"),
-                   help="a sample's status from `prepare --status`: a sample whose input was bad is left out")
+    _samples(p)
     _encoders(p)
     p.add_argument("--store", required=True, help="embedding store directory (shared between runs)")
     p.add_argument("--device", default="auto", choices=DEVICES,
@@ -267,10 +271,7 @@ def _add_check_float8(sub):
     p = _command(sub, "check-float8", _check_float8, "check float8 ESM-2 embeddings on a run's own frames",
                  "Embed a calibration subset of the samples' frames with ESM-2 in float16 and in float8, score "
                  "both with the classifier, write the per-frame table and the decision the plan follows.")
-    p.add_argument("--sample", nargs=3, action="append", required=True, metavar=("NAME", "FRAMES_FNA", "FRAMES_FAA"),
-                   help="a sample and its frames from `prepare` (repeat for each sample)")
-    p.add_argument("--status", nargs=2, action="append", metavar=("NAME", "STATUS_JSON"),
-                   help="a sample's status from `prepare --status`: a sample whose input was bad is left out")
+    _samples(p)
     _encoders(p)
     p.add_argument("--model", required=True, help="the classifier (original 300/500_model.pth or .safetensors)")
     p.add_argument("--store", required=True, help="embedding store directory (the measurement is kept there)")
