@@ -77,6 +77,20 @@ def test_a_float8_run_checks_float8_before_its_plan(tmp_path, tiny_models):
     assert "check_float8" not in job_counts(snakemake(plain, "-n", "--quiet", "rules"))
 
 
+def test_a_float8_run_without_a_gpu_here_stops_before_any_job(tmp_path, tiny_models, monkeypatch):
+    """embed.device auto on a machine that sees no GPU would embed on the CPU, where float8 cannot run:
+    the run stops when it starts (onstart), before any job, with one line."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    models = {**tiny_models, "models.dir": str(tmp_path / "models"), "embed.device": "auto"}
+    work = make_workdir(tmp_path, **models, **{"embed.precision": "float8"})
+    proc = snakemake(work, "--cores", "1", check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["configuration error: embed.precision float8 runs on CUDA GPUs only, and no GPU is visible "
+                      "here (embed.device auto would embed on the CPU)"], proc.stderr
+    assert not (work / "results").exists() and not (tmp_path / "models").exists()
+
+
 @pytest.mark.parametrize(
     "change,expected",
     [

@@ -83,13 +83,16 @@ except VirNucProError as exc:
     sys.exit(f"configuration error: {exc}")
 
 
-# Whether jobs run on this machine is known once the run starts, before any job (not in a dry run).
-onstart:
+def check_devices():
+    """At the start of the run (onstart), before any job: whether jobs run on this machine is known only
+    then (not in a dry run). embed.device auto needs a GPU here or on the cluster's nodes; float8 needs
+    GPUs that have e4m3 units."""
     try:
         check_device(config["embed"]["device"], workflow.local_exec)
     except VirNucProError as exc:
         sys.exit(f"configuration error: {exc}")
-    if FLOAT8 and (problem := float8_problem(config["embed"]["device"], workflow.local_exec)):
+    device = config["embed"]["device"]
+    if FLOAT8 and (problem := float8_problem(device, workflow.local_exec)):
         sys.exit(f"configuration error: {problem}")
 
 
