@@ -16,6 +16,12 @@ Definitions:
   it (the manifest lists no fragment: shorter than the minimum length), `no_stop_free_frame` when no
   fragment kept a frame, `classified` otherwise; `call` is `viral` when viral_fraction >= threshold and
   at least one fragment is viral, `not_viral` otherwise, and `no_call` for unclassified sequences;
+- the evidence of a call: `fragments_with_frames` is the number of fragments scored and
+  `viral_fraction` the score the call compares with the threshold; `confidence` is the share of the
+  scored fragments whose own call agrees with the sequence's (viral_fraction for a viral call,
+  1 - viral_fraction for not_viral) and `fragments_to_flip` the fewest fragment calls that, changed,
+  would change the sequence's call (a margin counted in fragments: 1 means one fragment decides); both
+  `NA` for `no_call`;
 - viral regions: runs of viral fragments, `virnucpro.results.regions`; every sequence called viral has at
   least one, and only classified sequences have any.
 
@@ -61,7 +67,7 @@ PREDICTION_COLUMNS = ["Sequence_ID", "Prediction", "score1", "score2"]
 FRAGMENT_COLUMNS = ["Modified_ID", "Is_Virus", "max_score1", "max_score2"]
 SEQUENCE_COLUMNS = [
     "sequence_id", "length", "fragments", "fragments_with_frames", "viral_fragments", "viral_fraction",
-    "max_virus_score", "mean_virus_score", "status", "call",
+    "max_virus_score", "mean_virus_score", "status", "call", "confidence", "fragments_to_flip",
 ]
 FRAME_ID = r"^(?P<seq>.+)_chunk_(?P<num>[0-9]+)(?P<frame>[FR][123])$"
 
@@ -278,7 +284,20 @@ def sequence_table(seqs, frag, threshold):
         "mean_virus_score": np.where(classified, score_sum / safe, np.nan),
         "status": status,
         "call": call,
+        "confidence": np.where(classified, np.where(is_viral, fraction, 1.0 - fraction), np.nan),
+        "fragments_to_flip": np.where(classified, _fragments_to_flip(viral, with_frames, is_viral, threshold), -1),
     }
+
+
+def _fragments_to_flip(viral, scored, is_viral, threshold):
+    """Per sequence with `scored` > 0: the fewest fragment calls to change for the sequence's call to change.
+    `need` is the fewest viral fragments a viral call takes (m >= 1 with m / scored >= threshold, the
+    same float comparison as the call); a viral call flips when its viral count falls below it."""
+    n = np.maximum(scored, 1)
+    need = np.clip(np.ceil(threshold * n), 1, n).astype(np.int64)
+    need = np.where((need > 1) & ((need - 1) / n >= threshold), need - 1, need)  # ceil rounded up
+    need = np.where(need / n < threshold, need + 1, need)  # ceil rounded down
+    return np.where(is_viral, viral - need + 1, need - viral)
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -301,6 +320,7 @@ def sequence_rows(t):
     rows = zip(
         t["sequence_id"], t["length"].tolist(), t["fragments"].tolist(), t["fragments_with_frames"].tolist(),
         t["viral_fragments"].tolist(), map(score_text, t["viral_fraction"]), map(score_text, t["max_virus_score"]),
-        map(score_text, t["mean_virus_score"]), t["status"], t["call"],
+        map(score_text, t["mean_virus_score"]), t["status"], t["call"], map(score_text, t["confidence"]),
+        [str(k) if k >= 0 else "NA" for k in t["fragments_to_flip"].tolist()],
     )
     return [[str(x) for x in row] for row in rows]
