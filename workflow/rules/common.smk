@@ -89,7 +89,9 @@ onstart:
         check_device(config["embed"]["device"], workflow.local_exec)
     except VirNucProError as exc:
         sys.exit(f"configuration error: {exc}")
-    if FLOAT8 and (problem := float8_problem(config["embed"]["device"], workflow.local_exec)):
+    if FLOAT8 and (
+        problem := float8_problem(config["embed"]["device"], workflow.local_exec)
+    ):
         sys.exit(f"configuration error: {problem}")
 
 
