@@ -106,8 +106,8 @@ def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, vi
                region_track, original_predictions, original_calls, sequences_view, regions_view, regions_fasta,
                regions_gff)
     with atomic_outputs(*outputs) as tmp:
-        t_frag, t_seq, t_fasta, t_hist, t_along, t_regions, t_score, t_bed, t_orig, t_calls, t_vseq, t_vreg = tmp[:12]
-        t_rfasta, t_gff = tmp[12:]
+        (t_frag, t_seq, t_fasta, t_hist, t_along, t_regions, t_score, t_bed, t_orig, t_calls, t_vseq, t_vreg,
+         t_rfasta, t_gff) = tmp
         _write_fragment_calls(t_frag, seqs, frag)
         summary_rows = sequence_rows(table)
         write_tsv(t_seq, SEQUENCE_COLUMNS, summary_rows)
