@@ -21,6 +21,8 @@ run_step(
     original_calls=snakemake.output.original_calls,
     sequences_view=snakemake.output.sequences_view,
     regions_view=snakemake.output.regions_view,
+    regions_fasta=snakemake.output.regions_fasta,
+    regions_gff=snakemake.output.regions_gff,
     threshold=snakemake.params.threshold,
     top_sequences=snakemake.params.top_sequences,
     fragment_size=snakemake.params.fragment_size,

@@ -173,3 +173,30 @@ def test_plan_leaves_out_a_sample_whose_status_says_its_input_was_bad(tmp_path, 
     good = json.loads((tmp_path / "plan" / "members" / "good.json").read_text())
     assert bad["skipped"] == json.loads((tmp_path / "bad.json").read_text())["error"] and bad["frames"] == 0
     assert good["frames"] > 0 and "skipped" not in good
+
+
+def test_summarize_writes_every_per_sample_file_of_the_workflow_under_its_name(tmp_path, capsys):
+    """`virnucpro summarize` writes, under the workflow's names (SAMPLE_RESULTS of common.smk), every
+    per-sample result the summarize rule makes; the region FASTA and GFF3 name the same regions."""
+    import numpy as np
+
+    from virnucpro.io.seqio import read_fasta
+    from virnucpro.steps.prepare import prepare
+
+    sense = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
+    seq = "".join(np.random.default_rng(3).choice(sense, 700))
+    (tmp_path / "in.fa").write_text(f">c1 a contig\n{seq}\n")
+    prepare(tmp_path / "in.fa", 500, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
+    rows = [f"{fid}\tvirus\t0.2\t0.8\n" for fid, _ in read_fasta(tmp_path / "f.faa")]
+    (tmp_path / "p.tsv").write_text("Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(rows))
+    rc, _, err = run_cli(capsys, "summarize", "--predictions", tmp_path / "p.tsv", "--manifest", tmp_path / "m.tsv",
+                         "--fasta", tmp_path / "in.fa", "--fragment-size", "500", "--out-dir", tmp_path / "out",
+                         "--sample", "s")
+    assert rc == 0, err
+    listed = re.search(r"SAMPLE_RESULTS = \[(.*?)\]", (ROOT / "workflow/rules/common.smk").read_text(), re.S).group(1)
+    names = set(re.findall(r'"([^"]+)"', listed)) - {"prediction_results.tsv"}  # classify's, not summarize's
+    assert {"viral_regions.fna", "viral_regions.gff3"} <= names
+    assert {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()} == names
+    assert dict(read_fasta(tmp_path / "out" / "viral_regions.fna")) == {"c1|viral_region_1_2100": seq}
+    assert "\tviral_sequence\t1\t2100\t0.800000\t.\t.\tID=c1|viral_region_1_2100;" in (
+        tmp_path / "out" / "viral_regions.gff3").read_text()

@@ -97,6 +97,7 @@ def test_original_files_equal_what_the_original_writes(scored):
         original_calls=out / "prediction_results_highestscore.csv",
     )
     assert (out / "prediction_results.txt").read_bytes() == ref_txt.read_bytes()
+    assert (out / "prediction_results.txt").read_bytes() == (d / "predictions.tsv").read_bytes()  # a drop-in copy
     assert (out / "prediction_results_highestscore.csv").read_bytes() == ref_csv.read_bytes()
     text = ref_csv.read_text()
     assert text.index("contig_10_chunk_10\t") < text.index("contig_10_chunk_2\t")  # string order, as pandas

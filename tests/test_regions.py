@@ -59,7 +59,8 @@ def sample(tmp_path):
 
 def run(d, max_gap=1, min_viral=2, top=3, threshold=0.5):
     out = d / f"out_{max_gap}_{min_viral}_{threshold}"
-    names = dict(viral_regions="regions.tsv", score_track="score.bedGraph", region_track="regions.bed")
+    names = dict(viral_regions="regions.tsv", score_track="score.bedGraph", region_track="regions.bed",
+                 regions_fasta="regions.fna", regions_gff="regions.gff3")
     summarize(
         d / "p.tsv", d / "m.tsv", d / "in.fa", out / "fc.tsv", out / "ss.tsv", out / "v.fna", out / "h.png",
         out / "a.png", threshold, top, fragment_size=SIZE, sample="s1", max_gap_fragments=max_gap,
@@ -158,6 +159,9 @@ def test_tracks_are_sorted_half_open_with_a_track_line(sample):
     assert sorted((f[0], int(f[1]) + 1, int(f[2])) for f in features) == sorted(
         (r[0], int(r[1]), int(r[2])) for r in regions)  # 0-based start, same end
     assert all(f[6:8] == f[1:3] and f[8] == "200,0,0" for f in features)
+    names = [f[3] for f in features]
+    assert len(set(names)) == len(names) and sorted(names) == sorted(f"{r[0]}|viral_region_{r[1]}_{r[2]}" for r in regions)
+    assert "contig_2|viral_region_1_2500" in names and "contig_2|viral_region_4001_5500" in names
 
     graph = out["score_track"].read_text().splitlines()
     assert graph[0].startswith('track type=bedGraph name="s1 virus score"')
@@ -220,3 +224,63 @@ def _rgb(colour):
     from matplotlib.colors import to_rgb
 
     return to_rgb(colour)
+
+
+def test_region_fasta_holds_each_region_bases_named_by_sequence_and_coordinates(sample):
+    d, records, _, _ = sample
+    out = run(d)
+    _, regions = table(out["viral_regions"])
+    text = out["regions_fasta"].read_text()
+    headers = [line[1:] for line in text.splitlines() if line.startswith(">")]
+    got = dict(read_fasta(out["regions_fasta"]))
+    assert list(got) == [f"{r[0]}|viral_region_{r[1]}_{r[2]}" for r in regions]  # the table's order
+    for r in regions:
+        assert got[f"{r[0]}|viral_region_{r[1]}_{r[2]}"] == records[r[0]][int(r[1]) - 1:int(r[2])]  # 1-based, inclusive
+    count = {sid: sum(r[0] == sid for r in regions) for sid in records}
+    seen = {}
+    for h, r in zip(headers, regions):
+        seen[r[0]] = seen.get(r[0], 0) + 1
+        assert h.split(" ")[1:] == ["sample=s1", f"region={seen[r[0]]}/{count[r[0]]}", f"length={r[3]}",
+                                    f"mean_virus_score={r[6]}"]
+    assert headers[0] == "contig_2|viral_region_1_2500 sample=s1 region=1/2 length=2500 mean_virus_score=" + regions[0][6]
+    assert max(len(line) for line in text.splitlines() if not line.startswith(">")) == 60
+
+
+def test_gff3_is_read_by_gffutils_with_the_table_s_regions(sample):
+    import gffutils
+
+    d, records, _, _ = sample
+    out = run(d)
+    _, regions = table(out["viral_regions"])
+    db = gffutils.create_db(str(out["regions_gff"]), ":memory:")  # duplicate IDs would raise
+    features = list(db.all_features(order_by=None))
+    assert [(f.seqid, f.start, f.end, float(f.score), f.featuretype, f.source, f.strand) for f in features] == [
+        (r[0], int(r[1]), int(r[2]), float(r[6]), "viral_sequence", "VirNucPro", ".") for r in regions]
+    for f, r in zip(features, regions):
+        assert f.id == f.attributes["Name"][0] == f"{r[0]}|viral_region_{r[1]}_{r[2]}"
+        assert (f.attributes["fragments"], f.attributes["viral_fragments"], f.attributes["max_virus_score"],
+                f.attributes["whole_sequence"]) == ([r[4]], [r[5]], [r[7]], [r[8].lower()])
+    lines = out["regions_gff"].read_text().splitlines()
+    assert lines[0] == "##gff-version 3"
+    with_regions = list(dict.fromkeys(r[0] for r in regions))
+    assert lines[1:1 + len(with_regions)] == [f"##sequence-region {s} 1 {len(records[s])}" for s in with_regions]
+    assert all(len(line.split("\t")) == 9 for line in lines[1 + len(with_regions):])
+
+
+def test_gff3_escapes_reserved_characters_and_gffutils_reads_them_back(tmp_path):
+    import gffutils
+
+    from virnucpro.results.gff import seqid_text, value_text
+
+    assert seqid_text("NODE_1|x.y:z") == "NODE_1|x.y:z" and seqid_text("a;b=c d/e") == "a%3Bb%3Dc%20d%2Fe"
+    assert value_text("a;b=c,d&e%f|g h") == "a%3Bb%3Dc%2Cd%26e%25f|g h"
+    rng = np.random.default_rng(8)
+    sid = "odd;id=1,x&y"
+    (tmp_path / "in.fa").write_text(f">{sid}\n" + "".join(rng.choice(SENSE, 400)) + "\n")
+    prepare(tmp_path / "in.fa", SIZE, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
+    rows = [f"{fid}\tvirus\t0.1\t0.9\n" for fid, _ in read_fasta(tmp_path / "f.faa")]
+    (tmp_path / "p.tsv").write_text("Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(rows))
+    out = run(tmp_path)
+    (feature,) = gffutils.create_db(str(out["regions_gff"]), ":memory:").all_features()
+    assert (feature.seqid, feature.start, feature.end) == ("odd%3Bid%3D1%2Cx%26y", 1, 1200)
+    assert feature.attributes["Name"] == [f"{sid}|viral_region_1_1200"]  # unescaped by the parser

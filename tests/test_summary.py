@@ -111,6 +111,8 @@ def test_every_sequence_once_with_status_and_call(sample):
     assert by_id["gcc_rich"]["call"] == "viral"  # 1 of 2 fragments: fraction 0.5 >= threshold 0.5
     assert by_id["low_1"]["call"] == "not_viral"
     assert table(run(d, threshold=0.6)["sequence_summary"])[3]["call"] == "not_viral"
+    assert (by_id["gcc_rich"]["confidence"], by_id["gcc_rich"]["fragments_to_flip"]) == ("0.500000", "1")
+    assert (by_id["all_n"]["confidence"], by_id["all_n"]["fragments_to_flip"]) == ("NA", "NA")
 
 
 def test_fragment_calls_are_the_original_rule(sample):
@@ -242,7 +244,7 @@ def test_scores_have_the_same_number_of_decimals_in_every_table(sample):
     d, _, _, _ = sample
     out = run(d)
     for name, columns in (("fragment_calls", ["max_score1", "max_score2"]),
-                          ("sequence_summary", ["viral_fraction", "max_virus_score", "mean_virus_score"])):
+                          ("sequence_summary", ["viral_fraction", "max_virus_score", "mean_virus_score", "confidence"])):
         for r in table(out[name]):
             for c in columns:
                 assert r[c] == "NA" or (len(r[c].split(".")[1]) == 6 and float(r[c]) <= 1), (name, c, r[c])
@@ -348,3 +350,50 @@ def test_a_manifest_no_single_min_length_explains_is_refused(sample):
     (d / "uncut.tsv").write_text("".join(lines))
     with pytest.raises(VirNucProError, match="'low_1' of 900 bp has no fragment, but 'short_read' of 150 bp was cut"):
         run(d, manifest=d / "uncut.tsv")
+
+
+def call_of(viral, scored, threshold):
+    """The sequence call rule, written out: viral when at least one fragment is viral and the viral
+    share of the scored fragments reaches the threshold."""
+    return viral > 0 and viral / scored >= threshold
+
+
+def flips(viral, scored, threshold):
+    """The fewest fragment calls whose change changes the sequence call, by trying each count in turn."""
+    called = call_of(viral, scored, threshold)
+    step = -1 if called else 1
+    return next(k for k in range(1, scored + 1) if call_of(viral + step * k, scored, threshold) != called)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0])
+def test_confidence_and_fragments_to_flip_state_the_evidence_of_each_call(sample, threshold):
+    d, records, _, scores = sample
+    frags = expected_fragments(scores)
+    for r in table(run(d, threshold=threshold)["sequence_summary"]):
+        mine = [v for f, (v, _, _) in frags.items() if f.rpartition("_chunk_")[0] == r["sequence_id"]]
+        if not mine:
+            assert (r["confidence"], r["fragments_to_flip"]) == ("NA", "NA")
+            continue
+        viral, scored = sum(mine), len(mine)
+        assert int(r["fragments_with_frames"]) == scored  # the fragments scored
+        agree = viral if r["call"] == "viral" else scored - viral
+        assert r["confidence"] == f"{agree / scored:.6f}"
+        assert int(r["fragments_to_flip"]) == flips(viral, scored, threshold), r
+
+
+def test_fragments_to_flip_at_thresholds_that_floats_round():
+    """Thresholds whose product with the fragment count lands on or next to a whole number: 0.55 * 100 is
+    55.00000000000001 in floats, yet 55 / 100 >= 0.55, so 55 viral fragments of 100 make a viral call."""
+    from virnucpro.steps.summarize import _fragments_to_flip
+
+    cases = [(v, n, t) for n in (1, 2, 3, 5, 7, 10, 49, 100) for v in range(n + 1)
+             for t in (0.0, 0.1, 0.2, 0.3, 1 / 3, 0.5, 0.55, 0.6, 0.7, 0.9, 1.0)]
+    viral, scored, thr = (np.array(x) for x in zip(*cases))
+    for t in np.unique(thr):
+        pick = thr == t
+        called = np.array([call_of(v, n, t) for v, n in zip(viral[pick], scored[pick])])
+        got = _fragments_to_flip(viral[pick], scored[pick], called, float(t))
+        assert got.tolist() == [flips(v, n, t) for v, n in zip(viral[pick], scored[pick])], t
+    above = float(np.nextafter(1 / 3, 1))  # 3 * above rounds to 1.0, yet 1 / 3 < above: 2 of 3 are needed
+    assert _fragments_to_flip(np.array([1, 2]), np.array([3, 3]), np.array([False, True]), above).tolist() == [1, 1]
+    assert call_of(55, 100, 0.55) and _fragments_to_flip(np.array([55]), np.array([100]), True, 0.55)[0] == 1

@@ -19,7 +19,7 @@ SAMPLES = {"sample_a": REPO / "example" / "sample_a.fa", "sample_b": REPO / "exa
 TABLES = [
     "prediction_results.tsv", "fragment_calls.tsv", "sequence_summary.tsv", "viral.fna", "viral_regions.tsv",
     "tracks/virus_score.bedGraph", "tracks/viral_regions.bed", "prediction_results.txt",
-    "prediction_results_highestscore.csv",
+    "prediction_results_highestscore.csv", "viral_regions.fna", "viral_regions.gff3",
 ]
 
 

@@ -126,7 +126,7 @@ def _summarize(args):
         region_track=out / "tracks" / "viral_regions.bed", original_predictions=out / "prediction_results.txt",
         original_calls=out / "prediction_results_highestscore.csv",
         sequences_view=out / "report" / "sequence_summary.html", regions_view=out / "report" / "viral_regions.html",
-        max_gap_fragments=args.max_gap_fragments, min_viral_fragments=args.min_viral_fragments,
+        regions_fasta=out / "viral_regions.fna", regions_gff=out / "viral_regions.gff3", max_gap_fragments=args.max_gap_fragments, min_viral_fragments=args.min_viral_fragments,
         max_table_rows=args.max_table_rows,
     )
 
@@ -329,7 +329,8 @@ def _add_results(sub):
     p.add_argument("--manifest", required=True, help="sequences.tsv from `prepare`")
     p.add_argument("--fasta", required=True, help="the sample's input sequences")
     _fragment_size(p)
-    p.add_argument("--out-dir", required=True, help="folder for the tables, viral.fna and plots/")
+    p.add_argument("--out-dir", required=True,
+                   help="folder for the tables, viral.fna, viral_regions.fna and .gff3, tracks/, plots/ and report/")
     threshold, top = default(summarize, "threshold"), default(summarize, "top_sequences")
     p.add_argument("--threshold", type=float, default=threshold, help=f"viral fraction for a viral call (default {threshold})")
     p.add_argument("--top-sequences", type=int, default=top, help=f"sequences in the along-sequence plot (default {top})")

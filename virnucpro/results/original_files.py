@@ -11,6 +11,9 @@ Its `prediction.py` writes, from the classifier's float32 probabilities:
 Here both are written from the scores of our prediction table; rows of the first keep its frame order
 (the original's order for up to 10,000 frames, past which its own order depends on the file system).
 A sample without frames gives both headers alone.
+The first holds the bytes of our `prediction_results.tsv` (the same table, under the original's name) and
+the second the calls of `fragment_calls.tsv` in the original's order and format: both are kept for
+drop-in use, since scripts written for the original open these names.
 """
 
 import numpy as np

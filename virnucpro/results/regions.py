@@ -18,6 +18,10 @@ to the last viral one, `viral_fragments` the viral ones among them; `mean_virus_
 `max_virus_score` are the mean and maximum of the fragment virus scores (max score2) of the region's
 fragments that have frames; `whole_sequence` is True when the region runs from base 1 to the end.
 Regions are listed sequence by sequence in input order, then by position.
+
+Every region is named `{sequence_id}|viral_region_{start}_{end}` (`region_names`), with its 1-based
+inclusive coordinates as in geNomad's `{sequence}|provirus_{start}_{end}`: unique in a sample, since a
+sequence's regions never overlap, and the same in the region FASTA, the GFF3 file and the BED track.
 """
 
 import numpy as np
@@ -103,3 +107,17 @@ def region_rows(seqs, regions):
         map(score_text, r["mean"]), map(score_text, r["max"]), r["whole"].tolist(),
     )
     return [[str(x) for x in row] for row in rows]
+
+
+def region_names(seqs, regions):
+    """`{sequence_id}|viral_region_{start}_{end}` of every region, in the order of `regions`."""
+    ids = seqs["sequence_id"]
+    return [f"{ids[o]}|viral_region_{s}_{e}"
+            for o, s, e in zip(regions["owner"].tolist(), regions["start"].tolist(), regions["end"].tolist())]
+
+
+def region_numbers(regions):
+    """(k, n) per region: it is the k-th (from 1) of the n regions of its sequence (regions sorted by owner)."""
+    owner = regions["owner"]
+    first = np.searchsorted(owner, owner, side="left")
+    return np.arange(owner.size) - first + 1, np.searchsorted(owner, owner, side="right") - first

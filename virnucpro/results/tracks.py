@@ -8,14 +8,16 @@ then by start.
   sequence whose length is not a multiple of the fragment size), a fragment's interval ends where the
   next one starts, so that intervals never overlap (bedGraph forbids it); fragments without a frame
   leave a gap.
-- `viral_regions.bed`: the viral regions (`virnucpro.results.regions`) as BED9: name `viral_region_{k}` (the
-  k-th region of that sequence), score 0-1000 from the mean virus score, strand `.`, drawn in red.
+- `viral_regions.bed`: the viral regions (`virnucpro.results.regions`) as BED9: name
+  `{sequence_id}|viral_region_{start}_{end}` (`region_names`: unique, 1-based inclusive coordinates as in
+  the region FASTA and GFF3, while the BED columns are 0-based), score 0-1000 from the mean virus score,
+  strand `.`, drawn in red.
 """
 
 import numpy as np
 
 from virnucpro.io.tables import score_text
-from virnucpro.results.regions import fragment_index, sample_layout
+from virnucpro.results.regions import fragment_index, region_names, sample_layout
 
 REGION_RGB = "200,0,0"
 
@@ -55,7 +57,7 @@ def write_score_track(path, seqs, frag, fragment_size, sample):
 def write_region_track(path, seqs, regions, sample):
     """The BED9 file of viral regions; see the module docstring."""
     r = regions
-    k = np.arange(r["owner"].size) - np.searchsorted(r["owner"], r["owner"])  # regions come sorted by owner
+    names = region_names(seqs, regions)
     order = np.lexsort((r["start"], _id_rank(seqs["sequence_id"])[r["owner"]]))
     ids = seqs["sequence_id"]
     score = np.rint(np.nan_to_num(r["mean"]) * 1000).astype(np.int64)
@@ -66,5 +68,4 @@ def write_region_track(path, seqs, regions, sample):
         )
         for i in order.tolist():
             s, e = int(r["start"][i]) - 1, int(r["end"][i])
-            name = f"viral_region_{k[i] + 1}"
-            fh.write(f"{ids[r['owner'][i]]}\t{s}\t{e}\t{name}\t{score[i]}\t.\t{s}\t{e}\t{REGION_RGB}\n")
+            fh.write(f"{ids[r['owner'][i]]}\t{s}\t{e}\t{names[i]}\t{score[i]}\t.\t{s}\t{e}\t{REGION_RGB}\n")

@@ -16,6 +16,12 @@ Definitions:
   it (the manifest lists no fragment: shorter than the minimum length), `no_stop_free_frame` when no
   fragment kept a frame, `classified` otherwise; `call` is `viral` when viral_fraction >= threshold and
   at least one fragment is viral, `not_viral` otherwise, and `no_call` for unclassified sequences;
+- the evidence of a call: `fragments_with_frames` is the number of fragments scored and
+  `viral_fraction` the score the call compares with the threshold; `confidence` is the share of the
+  scored fragments whose own call agrees with the sequence's (viral_fraction for a viral call,
+  1 - viral_fraction for not_viral) and `fragments_to_flip` the fewest fragment calls that, changed,
+  would change the sequence's call (a margin counted in fragments: 1 means one fragment decides); both
+  `NA` for `no_call`;
 - viral regions: runs of viral fragments, `virnucpro.results.regions`; every sequence called viral has at
   least one, and only classified sequences have any.
 
@@ -24,7 +30,9 @@ Outputs (all appear together or not at all; those given as None are not written)
   `max_score2`, one row per fragment with frames, in input order;
 - `sequence_summary.tsv`: one row for every sequence of the manifest, in input order;
 - `viral_regions.tsv` and the tracks `virus_score.bedGraph`, `viral_regions.bed` (`virnucpro.results.tracks`);
-- `viral.fna`: the input sequences called viral with their full headers (`virnucpro.results.viral_fasta`);
+- `viral.fna`: the input sequences called viral with their full headers, and `viral_regions.fna`: the
+  bases of every viral region (`virnucpro.results.viral_fasta`);
+- `viral_regions.gff3`: the viral regions as GFF3 features (`virnucpro.results.gff`);
 - `prediction_results.txt`, `prediction_results_highestscore.csv` (`virnucpro.results.original_files`);
 - the histogram and the along-sequence plot (`virnucpro.results.plots`);
 - the sequence summary and viral regions as HTML pages for the report (`virnucpro.results.views`).
@@ -44,15 +52,22 @@ from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.seqio import MAX_RECORD_BP
 from virnucpro.io.tables import score_text, write_tsv
+from virnucpro.results.gff import write_region_gff
 from virnucpro.results.original_files import (
     write_highest_scores,
     write_prediction_results,
 )
 from virnucpro.results.plots import plot_along, plot_histogram, top_by_mean_score
-from virnucpro.results.regions import REGION_COLUMNS, call_regions, check_region_settings, region_rows
+from virnucpro.results.regions import (
+    REGION_COLUMNS,
+    call_regions,
+    check_region_settings,
+    region_names,
+    region_rows,
+)
 from virnucpro.results.tracks import write_region_track, write_score_track
 from virnucpro.results.views import write_table_views
-from virnucpro.results.viral_fasta import write_viral_fasta
+from virnucpro.results.viral_fasta import region_headers, write_viral_fasta
 from virnucpro.steps.prepare import MANIFEST_COLUMNS
 
 log = logging.getLogger("virnucpro")
@@ -61,7 +76,7 @@ PREDICTION_COLUMNS = ["Sequence_ID", "Prediction", "score1", "score2"]
 FRAGMENT_COLUMNS = ["Modified_ID", "Is_Virus", "max_score1", "max_score2"]
 SEQUENCE_COLUMNS = [
     "sequence_id", "length", "fragments", "fragments_with_frames", "viral_fragments", "viral_fraction",
-    "max_virus_score", "mean_virus_score", "status", "call",
+    "max_virus_score", "mean_virus_score", "status", "call", "confidence", "fragments_to_flip",
 ]
 FRAME_ID = r"^(?P<seq>.+)_chunk_(?P<num>[0-9]+)(?P<frame>[FR][123])$"
 
@@ -69,8 +84,8 @@ FRAME_ID = r"^(?P<seq>.+)_chunk_(?P<num>[0-9]+)(?P<frame>[FR][123])$"
 def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, viral_fasta, histogram,
               along, threshold=0.5, top_sequences=20, *, fragment_size, sample="", viral_regions=None,
               score_track=None, region_track=None, original_predictions=None, original_calls=None,
-              sequences_view=None, regions_view=None, max_gap_fragments=1, min_viral_fragments=2,
-              max_table_rows=1000, max_bp=MAX_RECORD_BP):
+              sequences_view=None, regions_view=None, regions_fasta=None, regions_gff=None, max_gap_fragments=1,
+              min_viral_fragments=2, max_table_rows=1000, max_bp=MAX_RECORD_BP):
     """Write the sample's tables, regions, tracks, viral FASTA, original files, plots and HTML views; see
     the module docstring. `sample` names the sample in plot titles, track names and views. Returns the
     per-sequence table."""
@@ -88,13 +103,18 @@ def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, vi
     if (sequences_view or regions_view) and not (sequences_view and regions_view and viral_regions):
         raise VirNucProError("the HTML views need both view paths and the viral region table")
     outputs = (fragment_calls, sequence_summary, viral_fasta, histogram, along, viral_regions, score_track,
-               region_track, original_predictions, original_calls, sequences_view, regions_view)
+               region_track, original_predictions, original_calls, sequences_view, regions_view, regions_fasta,
+               regions_gff)
     with atomic_outputs(*outputs) as tmp:
-        t_frag, t_seq, t_fasta, t_hist, t_along, t_regions, t_score, t_bed, t_orig, t_calls, t_vseq, t_vreg = tmp
+        (t_frag, t_seq, t_fasta, t_hist, t_along, t_regions, t_score, t_bed, t_orig, t_calls, t_vseq, t_vreg,
+         t_rfasta, t_gff) = tmp
         _write_fragment_calls(t_frag, seqs, frag)
         summary_rows = sequence_rows(table)
         write_tsv(t_seq, SEQUENCE_COLUMNS, summary_rows)
-        n_viral = write_viral_fasta(t_fasta, fasta, table, max_bp)
+        n_viral = write_viral_fasta(t_fasta, fasta, table, max_bp, t_rfasta, regions,
+                                    region_headers(regions, region_names(seqs, regions), sample))
+        if t_gff is not None:
+            write_region_gff(t_gff, seqs, regions)
         regions_rows = region_rows(seqs, regions)
         if t_regions is not None:
             write_tsv(t_regions, REGION_COLUMNS, regions_rows)
@@ -112,6 +132,11 @@ def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, vi
         plot_histogram(t_hist, frames, sample)
         plot_along(t_along, table, frag, regions, top_by_mean_score(table, int(top_sequences)), fragment_size,
                    sample)
+    _log_counts(table, n_viral, threshold, regions, frag, frames)
+    return table
+
+
+def _log_counts(table, n_viral, threshold, regions, frag, frames):
     status = table["status"]
     log.info(
         "%d sequences: %d classified, %d shorter than min_length, %d without a stop-free frame; %d called viral "
@@ -120,7 +145,6 @@ def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, vi
         int((status == "no_stop_free_frame").sum()), n_viral, threshold, len(regions["owner"]),
         len(frag["owner"]), len(frames["id"]),
     )
-    return table
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -278,7 +302,20 @@ def sequence_table(seqs, frag, threshold):
         "mean_virus_score": np.where(classified, score_sum / safe, np.nan),
         "status": status,
         "call": call,
+        "confidence": np.where(classified, np.where(is_viral, fraction, 1.0 - fraction), np.nan),
+        "fragments_to_flip": np.where(classified, _fragments_to_flip(viral, with_frames, is_viral, threshold), -1),
     }
+
+
+def _fragments_to_flip(viral, scored, is_viral, threshold):
+    """Per sequence with `scored` > 0: the fewest fragment calls to change for the sequence's call to change.
+    `need` is the fewest viral fragments a viral call takes (m >= 1 with m / scored >= threshold, the
+    same float comparison as the call); a viral call flips when its viral count falls below it."""
+    n = np.maximum(scored, 1)
+    need = np.clip(np.ceil(threshold * n), 1, n).astype(np.int64)
+    need = np.where((need > 1) & ((need - 1) / n >= threshold), need - 1, need)  # ceil rounded up
+    need = np.where(need / n < threshold, need + 1, need)  # ceil rounded down
+    return np.where(is_viral, viral - need + 1, need - viral)
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -301,6 +338,7 @@ def sequence_rows(t):
     rows = zip(
         t["sequence_id"], t["length"].tolist(), t["fragments"].tolist(), t["fragments_with_frames"].tolist(),
         t["viral_fragments"].tolist(), map(score_text, t["viral_fraction"]), map(score_text, t["max_virus_score"]),
-        map(score_text, t["mean_virus_score"]), t["status"], t["call"],
+        map(score_text, t["mean_virus_score"]), t["status"], t["call"], map(score_text, t["confidence"]),
+        [str(k) if k >= 0 else "NA" for k in t["fragments_to_flip"].tolist()],
     )
     return [[str(x) for x in row] for row in rows]

@@ -161,6 +161,8 @@ SAMPLE_RESULTS = [
     "sequence_summary.tsv",
     "viral_regions.tsv",
     "viral.fna",
+    "viral_regions.fna",
+    "viral_regions.gff3",
     "tracks/virus_score.bedGraph",
     "tracks/viral_regions.bed",
     "prediction_results.txt",

@@ -31,6 +31,20 @@ rule summarize:
             labels={"result": "viral regions", "form": "TSV (download)"},
         ),
         viral=f"{RESULTS}/{{sample}}/viral.fna",
+        regions_fasta=report(
+            f"{RESULTS}/{{sample}}/viral_regions.fna",
+            caption="../report/viral_regions_fna.rst",
+            category="Samples",
+            subcategory="{sample}",
+            labels={"result": "viral region sequences", "form": "FASTA (download)"},
+        ),
+        regions_gff=report(
+            f"{RESULTS}/{{sample}}/viral_regions.gff3",
+            caption="../report/viral_regions_gff.rst",
+            category="Samples",
+            subcategory="{sample}",
+            labels={"result": "viral regions", "form": "GFF3 (download)"},
+        ),
         score_track=report(
             f"{RESULTS}/{{sample}}/tracks/virus_score.bedGraph",
             caption="../report/virus_score_track.rst",
