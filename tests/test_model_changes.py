@@ -45,7 +45,7 @@ def swap_in_place(path, new):
 
 
 def jobs(proc, rule):
-    return len(re.findall(rf"^(?:local)?rule {rule}:$", proc.stdout + proc.stderr, re.M))
+    return len(re.findall(rf"^(?:local)?(?:rule|checkpoint) {rule}:$", proc.stdout + proc.stderr, re.M))
 
 
 def plan_counts(work):
