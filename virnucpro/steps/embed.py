@@ -10,6 +10,14 @@ encoder (`{store}/{namespace}/{shard}.h5`) and finally the receipt, a JSON note 
 tokens, seconds per stage, the GPU, start and end times, store files). The models must still be the ones
 the plan's namespaces name. Nothing is written before every embedding is computed and checked; the
 receipt comes last, so a killed job has no receipt and runs again.
+
+Concurrent runs on one store: the whole job holds the shard's lock in the store,
+`{store}/{esm2 namespace}/.lock-{shard}` (`virnucpro.io.locks`: waited for while another run holds it,
+taken over when its holder died). A shard is named by its content, so two runs planning the same work
+name the same shard and take the same lock. Once the lock is held, an encoder whose store file of the
+shard is complete (exactly the shard's keys, and it passes its full check) is not embedded again:
+another run finished it after this run's plan was made. The receipt names those files in
+`already_stored`; when every encoder's file is there, no model is loaded and no device claimed.
 """
 
 import json
