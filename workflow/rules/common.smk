@@ -158,10 +158,12 @@ def embedded(name, output=None):
     it is plain input, so that Snakemake runs the step (an ancient input whose producer runs hides the
     step's own reasons to run)."""
     plan = checkpoints.plan.get(batch=batch_of(name)).output[0]
-    receipts = f"{EMBEDDING}/{batch_of(name)}/embedded.json"
+    receipts = f"{EMBEDDING}/{batch_of(name)}/embedded.txt"
     pending = json.loads(Path(plan, "plan.json").read_text())["member_shards"].get(name)
     record, out = Path(member_record(name)), Path(output or "")
-    current = output and out.is_file() and record.stat().st_mtime_ns <= out.stat().st_mtime_ns
+    current = (
+        output and out.is_file() and record.stat().st_mtime_ns <= out.stat().st_mtime_ns
+    )
     return [ancient(receipts)] if current and pending == [] else [receipts]
 
 

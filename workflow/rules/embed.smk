@@ -106,12 +106,12 @@ rule embedded:
     input:
         receipts=plan_receipts,
     output:
-        f"{EMBEDDING}/{{batch}}/embedded.json",
+        f"{EMBEDDING}/{{batch}}/embedded.txt",
     log:
         f"{EMBEDDING}/{{batch}}/logs/embedded.log",
     localrule: True
     conda:
         "../../envs/virnucpro.yaml"
     threads: 1
-    script:
-        "../../scripts/embedded.py"
+    shell:
+        "(printf '%s\\n' {input.receipts:q} > {output:q}.tmp && mv {output:q}.tmp {output:q}) 2> {log:q}"
