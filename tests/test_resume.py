@@ -329,3 +329,22 @@ def test_an_added_sample_runs_only_its_own_jobs(tmp_path, tiny_models):
     assert plan["frames_to_embed"] <= plan["members"]["sample_c"]
 
     assert planned_jobs(work) == {}
+
+
+def test_a_changed_record_with_nothing_to_embed_still_reruns_classify(tmp_path, tiny_models):
+    """The store moved (embed.store set to a full copy): every record changes (it names the store) but
+    nothing is to embed. Classify runs again for the sample (its record is newer than its table), while
+    the batch's receipt list is remade: its ancient input must not hide the record's change."""
+    work = workdir(tmp_path / "work", tiny_models, sheet={"sample_a": SAMPLE_A})
+    snakemake(work, "--cores", "2")
+    import shutil
+
+    shutil.copytree(work / "resources" / "embeddings", tmp_path / "moved")
+    config = work / "config" / "config.yaml"
+    config.write_text(config.read_text().replace("store: resources/embeddings", f"store: {tmp_path / 'moved'}"))
+    proc = snakemake(work, "--cores", "1")
+    jobs = jobs_run(proc.stdout + proc.stderr)
+    assert ("classify", "sample=sample_a") in jobs and not any(rule == "embed" for rule, _ in jobs), jobs
+    record = json.loads((work / "results" / "embedding" / "samples" / "members" / "sample_a.json").read_text())
+    assert record["store"] == str(tmp_path / "moved")
+    assert planned_jobs(work) == {}
