@@ -13,5 +13,6 @@ run_step(
     receipt=snakemake.output[0],
     esm2_tokens_per_batch=snakemake.params.esm2_tokens_per_batch,
     dnabert_tokens_per_batch=snakemake.params.dnabert_tokens_per_batch,
+    lock_options={"stale_after_s": snakemake.params.lock_stale_s},  # the shard's lock in the store
     threads=snakemake.threads,
 )

@@ -16,6 +16,7 @@ run_step(
     device=snakemake.params.device,
     tokens_per_shard=snakemake.params.tokens_per_shard,
     statuses=statuses,
+    records_dir=snakemake.params.records,  # beside the plan: unchanged records keep their mtime
     float8_decision=snakemake.input.float8_decision or None,  # the float8 guard's, when float8 was asked for
     threads=snakemake.threads,
 )

@@ -2,6 +2,7 @@
 out per encoder, token-balanced contiguous shards named by their content, and a record per member."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -64,7 +65,8 @@ def test_frames_of_all_members_are_pooled_and_embedded_once(pool):
     assert sequences[order[0]] == frames["f0"][1]
     record = json.loads((tmp_path / "plan" / "members" / "b.json").read_text())
     assert record["frames"] == 14 and record["store"] == str((tmp_path / "store").resolve())
-    assert record["shards"] == sorted({contents[0][0], contents[2][0]})  # f3..f5 in the first, f20.. in the last
+    assert "shards" not in record  # what is still to embed is the plan's, not the record's
+    assert plan["member_shards"]["b"] == sorted({contents[0][0], contents[2][0]})  # f3..f5 in the first, f20.. in the last
     assert record["files"]["esm2"] == sorted(f"{contents[i][0]}.h5" for i in (0, 2))
 
 
@@ -96,7 +98,7 @@ def test_nothing_to_embed_gives_no_shard_and_names_repeat(pool):
         write_store_file(store, ns, "all", keys, np.zeros((30, 3)), {})
     done = plan_embeddings(members, tmp_path / "plan", store, NAMESPACES, 500, "cpu")
     assert done["shards"] == [] and list((tmp_path / "plan" / "shards").iterdir()) == []
-    assert json.loads((tmp_path / "plan" / "members" / "a.json").read_text())["shards"] == []
+    assert done["member_shards"] == {"a": [], "b": []}
 
 
 def test_mismatched_frame_files_leave_no_plan(pool):
@@ -132,3 +134,29 @@ def test_a_plan_replaces_the_old_one_whole_and_a_failed_one_leaves_it(pool):
     assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(
         f"{s['name']}{ext}" for s in plan["shards"] for ext in (".faa", ".fna"))
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_records_outside_the_plan_change_only_where_their_content_does(pool):
+    """With records_dir, a member's record is rewritten only when its content changes: after its frames
+    were embedded (the next plan has nothing of it to embed) it keeps its bytes and its mtime."""
+    tmp_path, frames, members = pool
+    records = tmp_path / "records"
+    first = plan_embeddings({"a": members["a"]}, tmp_path / "plan", tmp_path / "store", NAMESPACES, 500, "cpu",
+                            records_dir=records)
+    assert not (tmp_path / "plan" / "members" / "a.json").exists()
+    record = records / "a.json"
+    before = record.read_bytes()
+    os.utime(record, ns=(1_000_000_000, 1_000_000_000))
+    for ns in NAMESPACES.values():  # a's frames embedded into the shards the plan named
+        for shard in first["shards"]:
+            names = [k for k, _ in read_fasta(tmp_path / "plan" / "shards" / f"{shard['name']}.faa")]
+            write_store_file(tmp_path / "store", ns, shard["name"], names, np.zeros((len(names), 3)), {})
+    second = plan_embeddings(members, tmp_path / "plan", tmp_path / "store", NAMESPACES, 500, "cpu",
+                             records_dir=records)
+    assert second["member_shards"]["a"] == [] and second["member_shards"]["b"]
+    assert record.read_bytes() == before and record.stat().st_mtime_ns == 1_000_000_000
+    b = json.loads((records / "b.json").read_text())
+    assert b["files"]["esm2"][0] in {f"{s['name']}.h5" for s in first["shards"]}  # b's f3..f5 are a's
+    whole = {**NAMESPACES, "esm2": Namespace.of("esm2", model_sha256="f" * 64)}  # another model
+    plan_embeddings(members, tmp_path / "plan", tmp_path / "store", whole, 500, "cpu", records_dir=records)
+    assert record.read_bytes() != before and record.stat().st_mtime_ns != 1_000_000_000

@@ -321,7 +321,7 @@ MODEL_CASES = [
     (_text_classifier, "models/logs/convert_classifier.log", "models/notes/classifier-*.json",
      ["500_model.pth: not a readable classifier file (not a torch.save file"]),
     (_full_size_classifier, "results/s/logs/classify.log", "results/s/prediction_results.tsv",
-     ["results/embedding/samples/plan/members/s.json: features have 160 values per frame", "expects 3328"]),
+     ["results/embedding/samples/members/s.json: features have 160 values per frame", "expects 3328"]),
 ]
 
 

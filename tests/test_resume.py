@@ -261,3 +261,90 @@ def test_input_order_does_not_change_any_call(baseline):
         assert keyed(forward / table) == keyed(backward / table), table
     viral = [dict(read_sequences(d / "viral.fna", allow_empty=True)) for d in (forward, backward)]
     assert viral[0] == viral[1]
+
+
+# ------------------------------------------------------------------------------- an added sample
+
+
+def rotated_fasta(src, dest, by=37):
+    """The records of `src`, each sequence rotated by `by` bases: new fragments, so new frames."""
+    dest.write_text("".join(f">{rid}_r\n{seq.decode()[by:]}{seq.decode()[:by]}\n" for rid, seq in read_sequences(src)))
+
+
+def store_keys(work):
+    """{store file name: number of keys} of every store file of the run's store, per namespace folder."""
+    import h5py
+
+    held = {}
+    for path in sorted((work / "resources" / "embeddings").rglob("*.h5")):
+        with h5py.File(path, "r") as fh:
+            held[f"{path.parent.name}/{path.name}"] = len(fh["keys"])
+    return held
+
+
+def jobs_run(text):
+    """{(rule, wildcards text)} of the jobs a snakemake run's log shows."""
+    jobs = set()
+    for block in re.split(r"\n(?=\[|(?:local)?rule |(?:local)?checkpoint )", text):
+        m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block.strip())
+        if m:
+            w = re.search(r"wildcards: (.*)", block)
+            jobs.add((m.group(1), w.group(1) if w else ""))
+    return jobs
+
+
+def test_an_added_sample_runs_only_its_own_jobs(tmp_path, tiny_models):
+    """Two samples finished; a third is added to the sheet. The rerun runs only the new sample's jobs,
+    the plan, the new shards and the run files; the old samples' outputs keep their inode and mtime; the store gets one
+    new file per encoder, holding only the new sample's frames; a rerun after that runs nothing."""
+    rotated_fasta(SAMPLE_A, tmp_path / "sample_c.fa")
+    sheet = {"sample_a": SAMPLE_A, "sample_b": REPO / "example" / "sample_b.fa.gz"}
+    work = workdir(tmp_path / "work", tiny_models, sheet=sheet)
+    snakemake(work, "--cores", "2")
+    old = {p: s for p, s in snapshot(work).items() if "/embedding/" not in p}
+    old_results = {str(p.relative_to(work)): p.stat().st_mtime_ns for s in sheet
+                   for p in (work / "results" / s).rglob("*") if p.is_file() and "logs" not in p.parts}
+    stored = store_keys(work)
+    sheet["sample_c"] = tmp_path / "sample_c.fa"
+    (work / "config" / "samples.tsv").write_text("sample\tpath\n" + "".join(f"{s}\t{p}\n" for s, p in sheet.items()))
+
+    proc = snakemake(work, "--cores", "1")
+    jobs = jobs_run(proc.stdout + proc.stderr)
+    ran_rules = {rule for rule, _ in jobs}
+    per_sample = [(rule, w) for rule, w in jobs if "sample=" in w]
+    assert per_sample and all(w == "sample=sample_c" for _, w in per_sample), jobs
+    assert {r for r, _ in per_sample} == {"prepare", "classify", "summarize"}, jobs
+    assert ran_rules - {"prepare", "classify", "summarize"} <= {"plan", "embed", "embedded", "overview", "all"}, jobs
+    now = snapshot(work)
+    for path, stamp in old.items():
+        assert now[path] == stamp, f"{path} was rewritten although its sample did not change"
+    for path, mtime in old_results.items():
+        assert (work / path).stat().st_mtime_ns == mtime, f"{path} was rewritten"
+    grown = store_keys(work)
+    assert {k: v for k, v in grown.items() if k in stored} == stored
+    new_files = {k: v for k, v in grown.items() if k not in stored}
+    plan = json.loads((work / "results" / "embedding" / "samples" / "plan" / "plan.json").read_text())
+    assert len(new_files) == 2 * len(plan["shards"]) and plan["shards"], new_files
+    assert sum(new_files.values()) == sum(s["esm2"] + s["dnabert_s"] for s in plan["shards"])
+    assert plan["frames_to_embed"] <= plan["members"]["sample_c"]
+
+    assert planned_jobs(work) == {}
+
+
+def test_a_changed_record_with_nothing_to_embed_still_reruns_classify(tmp_path, tiny_models):
+    """The store moved (embed.store set to a full copy): every record changes (it names the store) but
+    nothing is to embed. Classify runs again for the sample (its record is newer than its table), while
+    the batch's receipt list is remade: its ancient input must not hide the record's change."""
+    work = workdir(tmp_path / "work", tiny_models, sheet={"sample_a": SAMPLE_A})
+    snakemake(work, "--cores", "2")
+    import shutil
+
+    shutil.copytree(work / "resources" / "embeddings", tmp_path / "moved")
+    config = work / "config" / "config.yaml"
+    config.write_text(config.read_text().replace("store: resources/embeddings", f"store: {tmp_path / 'moved'}"))
+    proc = snakemake(work, "--cores", "1")
+    jobs = jobs_run(proc.stdout + proc.stderr)
+    assert ("classify", "sample=sample_a") in jobs and not any(rule == "embed" for rule, _ in jobs), jobs
+    record = json.loads((work / "results" / "embedding" / "samples" / "members" / "sample_a.json").read_text())
+    assert record["store"] == str(tmp_path / "moved")
+    assert planned_jobs(work) == {}

@@ -275,7 +275,7 @@ def test_a_damaged_store_copy_gives_the_clean_runs_tables(tmp_path, tiny_models)
     store = tmp_path / "copy"
     shutil.copytree(clean / "resources" / "embeddings", store)
     work = workdir(tmp_path / "work", tiny_models, sheet=sheet, **shards, **{"embed.store": str(store)})
-    member = json.loads((clean / "results" / "embedding" / "samples" / "plan" / "members" / "sample_a.json").read_text())
+    member = json.loads((clean / "results" / "embedding" / "samples" / "members" / "sample_a.json").read_text())
     first, _ = store_files(store, Namespace.from_json(member["namespaces"]["esm2"]))
     flip(first, data_offset(first, "embeddings"))
     snakemake(work, "--cores", "2")

@@ -244,10 +244,10 @@ def test_tricky_sample_name_and_path_run_without_executing_anything(tmp_path, ti
     snakemake(work, "--cores", "1", "results/embedding/samples/plan")
     out = work / "results" / sample
     assert (out / "prepare" / "frames.faa").stat().st_size > 0
-    assert (work / "results" / "embedding" / "samples" / "plan" / "members" / f"{sample}.json").is_file()
+    assert (work / "results" / "embedding" / "samples" / "members" / f"{sample}.json").is_file()
     assert str(fasta) in (out / "logs" / "prepare.log").read_text()
     for where in (tmp_path, work, folder, REPO, Path.cwd()):
         assert not list(where.glob("PWNED*")), where
-    assert json.loads((work / "results" / "embedding" / "samples" / "plan" / "members" / f"{sample}.json")
+    assert json.loads((work / "results" / "embedding" / "samples" / "members" / f"{sample}.json")
                       .read_text())["member"] == sample  # the name reached the steps as it is
     assert os.path.exists(fasta)

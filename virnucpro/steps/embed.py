@@ -10,6 +10,14 @@ encoder (`{store}/{namespace}/{shard}.h5`) and finally the receipt, a JSON note 
 tokens, seconds per stage, the GPU, start and end times, store files). The models must still be the ones
 the plan's namespaces name. Nothing is written before every embedding is computed and checked; the
 receipt comes last, so a killed job has no receipt and runs again.
+
+Concurrent runs on one store: the whole job holds the shard's lock in the store,
+`{store}/{esm2 namespace}/.lock-{shard}` (`virnucpro.io.locks`: waited for while another run holds it,
+taken over when its holder died). A shard is named by its content, so two runs planning the same work
+name the same shard and take the same lock. Once the lock is held, an encoder whose store file of the
+shard is complete (exactly the shard's keys, and it passes its full check) is not embedded again:
+another run finished it after this run's plan was made. The receipt names those files in
+`already_stored`; when every encoder's file is there, no model is loaded and no device claimed.
 """
 
 import json
@@ -26,7 +34,8 @@ from virnucpro.errors import VirNucProError
 from virnucpro.gpus import visible_devices
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.notes import check_note, source_sha256
-from virnucpro.io.store import Namespace, write_store_file
+from virnucpro.io.locks import hold_lock
+from virnucpro.io.store import Namespace, StoreFileError, read_keys, verify_store_file, write_store_file
 from virnucpro.models import dnabert, esm2
 from virnucpro.models.encoders import (
     DNABERT_PRECISION,
@@ -152,12 +161,14 @@ def _identity(tokens):
     return tokens
 
 
-def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dnabert_tokens_per_batch=None):
+def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dnabert_tokens_per_batch=None,
+                lock_options=None):
     """Embed one shard into the store and write its receipt; see the module docstring.
 
     notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file (`virnucpro.io.notes`).
     The token budgets are numbers or {device type: number} (config's `embed.*_tokens_per_batch`);
-    None takes each encoder's default for the device.
+    None takes each encoder's default for the device. lock_options: keyword arguments of
+    `locks.hold_lock` (stale_after_s, poll_s; tests inject sleep, clock, alive).
     """
     started_at = time.time()
     plan_dir = Path(plan_dir)
@@ -166,16 +177,64 @@ def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dna
         raise VirNucProError(f"{plan_dir}: the plan has no shard {shard}")
     frames = {"esm2": plan_dir / "shards" / f"{shard}.faa", "dnabert_s": plan_dir / "shards" / f"{shard}.fna"}
     records = {e: read_shard(path) for e, path in frames.items()}
+    planned = {e: Namespace.from_json(plan["namespaces"][e]) for e in records}
+    lock = planned["esm2"].directory(plan["store"]) / f".lock-{shard}"
+    with hold_lock(lock, f"shard {shard}", **(lock_options or {})):
+        stored = _already_stored(plan["store"], planned, shard, records)
+        todo = {e: r for e, r in records.items() if r and e not in stored}
+        if todo:
+            note = _embed(plan, shard, todo, notes, esm2_tokens_per_batch, dnabert_tokens_per_batch, frames)
+        else:
+            note = {"device": None, "gpu": None, "tokens": {}, "seconds": {}, "store_files": {}}
+        note = {"shard": shard, **note, "frames": {e: len(r) for e, r in records.items()},
+                "already_stored": {e: str(p) for e, p in stored.items()}, "started": started_at,
+                "finished": time.time()}
+        note["store_files"] = {**note["store_files"], **note["already_stored"]}
+        with atomic_outputs(receipt) as (tmp,):
+            tmp.write_text(json.dumps(note, indent=1) + "\n")
+    if todo:
+        log.info("shard %s: %s in %.1f s (embedding %.1f s)", shard,
+                 ", ".join(f"{len(r)} {e}" for e, r in todo.items()), sum(note["seconds"].values()),
+                 note["seconds"]["embed"])
+    if stored:
+        log.info("shard %s: %s already in the store (another run embedded them): %s", shard,
+                 ", ".join(f"{len(records[e])} {e}" for e in stored), ", ".join(map(str, stored.values())))
+    return note
+
+
+def _already_stored(root, planned, shard, records):
+    """{encoder: store file} of the encoders whose frames of this shard the store holds now, in the
+    shard's own file `{shard}.h5` (another run planned the same work and finished it): that file must
+    hold exactly the shard's keys and pass its full check (`verify_store_file`); one that does not is
+    embedded again (and replaced)."""
+    held = {}
+    for e, recs in records.items():
+        path = planned[e].directory(root) / f"{shard}.h5"
+        if not recs or not path.is_file():
+            continue
+        try:
+            same = read_keys(path).tolist() == [r[0].encode("ascii") for r in recs]
+            verify_store_file(path, planned[e])
+        except StoreFileError as exc:
+            log.warning("shard %s: store file %s: %s; it is embedded again", shard, path, exc.problem)
+            continue
+        if same:
+            held[e] = path
+    return held
+
+
+def _embed(plan, shard, records, notes, esm2_tokens_per_batch, dnabert_tokens_per_batch, frames):
+    """Embed `records` ({encoder: shard records}, none empty) into the store; the receipt's fields."""
     device = _device(plan)
     esm2_tokens_per_batch = _budget(esm2_tokens_per_batch, ESM2_TOKENS_PER_BATCH, device)
     dnabert_tokens_per_batch = _budget(dnabert_tokens_per_batch, DNABERT_TOKENS_PER_BATCH, device)
     notes = {e: check_note(n) for e, n in notes.items()}
     namespaces = _check_namespaces(plan, notes, device.type)
     seconds, tasks = {}, []
-    if records["esm2"]:
+    if "esm2" in records:
         tasks.append(_esm2_task(records["esm2"], notes["esm2"], device, esm2_tokens_per_batch, seconds,
                                 float8=_float8(plan)))
-    if records["dnabert_s"]:
+    if "dnabert_s" in records:
         tasks.append(_dnabert_task(records["dnabert_s"], notes["dnabert_s"], device, dnabert_tokens_per_batch,
                                    seconds))
     started = time.monotonic()
@@ -192,15 +251,9 @@ def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dna
         path = write_store_file(plan["store"], namespaces[task.label], shard, keys, embeddings, provenance)
         written[task.label] = str(path)
     seconds["write"] = round(time.monotonic() - started, 2)
-    note = {"shard": shard, "device": str(device), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "frames": {e: len(r) for e, r in records.items()},
+    return {"device": str(device), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "tokens": {task.label: int(task.lengths.sum()) for task, _ in tasks}, "seconds": seconds,
-            "started": started_at, "finished": time.time(), "store_files": written}
-    with atomic_outputs(receipt) as (tmp,):
-        tmp.write_text(json.dumps(note, indent=1) + "\n")
-    log.info("shard %s: %s in %.1f s (embedding %.1f s)", shard,
-             ", ".join(f"{n} {e}" for e, n in note["frames"].items()), sum(seconds.values()), seconds["embed"])
-    return note
+            "store_files": written}
 
 
 def _provenance(device, task, model):

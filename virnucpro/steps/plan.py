@@ -14,8 +14,16 @@ over the namespaces and its keys), so the same work always gets the same name. T
     plan.json               device, store, namespaces, shards and counts
     shards/{shard}.faa      proteins to embed with ESM-2, `>{key} {member}:{frame id}` (its first appearance)
     shards/{shard}.fna      nucleotide slices to embed with DNABERT-S, headed the same way
-    members/{member}.json   per member: its frame count, the shards holding its new frames, and the
-                            store files (relative to each namespace's folder) that hold all its frames
+    members/{member}.json   per member: its frame count, the store and namespaces, and the store
+                            files (relative to each namespace's folder) that hold all its frames
+
+plan.json's `member_shards` names, per member, the shards of this plan holding its new frames: what must
+be embedded before the member's features can be read. That list changes once the shards are embedded
+(the next plan has none for the member), so it is kept out of the member's record, whose content depends
+only on the member's frames, the store, the namespaces and the store files holding its frames. Given
+`records_dir`, the records are written there instead (outside the plan directory, which the workflow
+replaces whole), each one only where its content changed: an unchanged member's record keeps its bytes
+and its modification time, so nothing that reads it runs again.
 """
 
 import hashlib
@@ -113,13 +121,14 @@ class _Work:
 
 
 def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, device, device_setting=None,
-                    skipped=None, esm2_precision=None):
+                    skipped=None, esm2_precision=None, records_dir=None):
     """Write the plan directory; returns the plan (the contents of plan.json). See the module docstring.
 
     members: {name: (frames.fna, frames.faa)} in order; namespaces: {encoder: store.Namespace}; device:
     the device type the embedding jobs run on, as `device_setting` (embed.device) resolved; skipped:
     {name: error} of members left out (their front end failed), whose records say why; esm2_precision:
-    "float8" when the embedding jobs run ESM-2 in float8 (its namespace says so too), else None.
+    "float8" when the embedding jobs run ESM-2 in float8 (its namespace says so too), else None;
+    records_dir: where the member records go (see the module docstring), else `out_dir/members`.
     """
     if tokens_per_shard < 1:
         raise VirNucProError(f"shards.tokens_per_shard must be positive, not {tokens_per_shard}")
@@ -144,12 +153,21 @@ def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, devic
             for n, lo, hi in zip(names, bounds[:-1], bounds[1:])
         ],
         "members": {name: int(work.positions[name].size) for name in members},
+        "member_shards": {name: _new_shards(work.positions[name], shard_of, names) for name in members},
         "skipped": dict(skipped or {}),
         "frames": int(sum(p.size for p in work.positions.values())),
         "distinct_frames": len(work.distinct),
         "frames_to_embed": len(keys),
     }
-    _write(out_dir, plan, members, work, keys, shard_of, names, files)
+    records = {name: _member_record(name, plan, work, shard_of, names, files) for name in members}
+    for name, error in plan["skipped"].items():
+        records[name] = {"member": name, "skipped": error, "frames": 0, "store": plan["store"],
+                         "namespaces": plan["namespaces"], "files": {e: [] for e in ENCODERS}}
+    if records_dir is not None:
+        for name, record in records.items():
+            _write_if_changed(Path(records_dir) / f"{name}.json", record)
+        records = {}
+    _write(out_dir, plan, members, work, keys, shard_of, names, records)
     _log(plan)
     return plan
 
@@ -194,12 +212,18 @@ def _shard_name(namespaces, keys, needs):
     return h.hexdigest()[:16]
 
 
+def _new_shards(at, shard_of, names):
+    """The shards holding a member's new frames (`at`: its frames' positions in the work list)."""
+    return sorted({names[s] for s in shard_of[at[at >= 0]].tolist()})
+
+
 def _member_record(name, plan, work, shard_of, names, files):
-    """members/{name}.json: the member's new shards and, per encoder, the store files holding its frames."""
+    """members/{name}.json: per encoder, the store files holding the member's frames (see the module
+    docstring: nothing in it changes once its frames are embedded)."""
     at = work.positions[name]
     new = at[at >= 0]
     record = {"member": name, "frames": int(at.size), "store": plan["store"], "namespaces": plan["namespaces"],
-              "shards": sorted({names[s] for s in shard_of[new].tolist()}), "files": {}}
+              "files": {}}
     for i, e in enumerate(ENCODERS):
         held = {files[e][f].name for f in work.stored_in[name][e]}
         held |= {f"{names[shard_of[a]]}.h5" for a in new.tolist() if work.needs[a][i]}
@@ -207,19 +231,28 @@ def _member_record(name, plan, work, shard_of, names, files):
     return record
 
 
-def _write(out_dir, plan, members, work, keys, shard_of, names, files):
-    """The plan directory, written complete or not at all (`atomic_outputs`)."""
+def _write(out_dir, plan, members, work, keys, shard_of, names, records):
+    """The plan directory, written complete or not at all (`atomic_outputs`); `records`: {member: record}
+    to write into its members/ folder."""
     with atomic_outputs(out_dir) as (tmp,):
         (tmp / "shards").mkdir(parents=True)
         (tmp / "members").mkdir()
         _write_shards(tmp / "shards", members, work, keys, shard_of, names)
-        for name in members:
-            _write_json(tmp / "members" / f"{name}.json", _member_record(name, plan, work, shard_of, names, files))
-        for name, error in plan["skipped"].items():
-            record = {"member": name, "skipped": error, "frames": 0, "store": plan["store"],
-                      "namespaces": plan["namespaces"], "shards": [], "files": {e: [] for e in ENCODERS}}
+        for name, record in records.items():
             _write_json(tmp / "members" / f"{name}.json", record)
         _write_json(tmp / "plan.json", plan)
+
+
+def _write_if_changed(path, data):
+    """`data` as JSON into `path` (atomically), unless the file holds exactly that already."""
+    text = json.dumps(data, indent=1) + "\n"
+    try:
+        if path.read_text() == text:
+            return
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    with atomic_outputs(path) as (tmp,):
+        tmp.write_text(text)
 
 
 def _write_json(path, data):
@@ -280,13 +313,13 @@ def usable_members(members, statuses):
 
 
 def plan_run(members, out_dir, store, notes, device, tokens_per_shard=50_000_000, statuses=None,
-             float8_decision=None):
+             float8_decision=None, records_dir=None):
     """The `plan` step: the namespaces of the models the notes name (`virnucpro.io.notes`, checked to be
     current), on the device the embedding jobs will use (`gpus.planned_device`), then `plan_embeddings`.
     notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file; statuses: {name:
     prepare status file}: a member whose front end failed is left out (`prepare.prepare_sample`);
     float8_decision: the float8 guard's decision file (`precision.check_float8`), when the run asked for
-    float8: ESM-2 is planned in the precision it names."""
+    float8: ESM-2 is planned in the precision it names; records_dir: as `plan_embeddings`'s."""
     from virnucpro.gpus import planned_device
     from virnucpro.io.notes import check_note
     from virnucpro.models.encoders import namespaces
@@ -300,4 +333,4 @@ def plan_run(members, out_dir, store, notes, device, tokens_per_shard=50_000_000
                              f"(embed.device {device}); set embed.device to cuda, or the precision to float16")
     spaces = namespaces(check_note(notes["esm2"]), check_note(notes["dnabert_s"]), planned, float8=float8)
     return plan_embeddings(members, out_dir, store, spaces, tokens_per_shard, planned, device, skipped,
-                           esm2_precision="float8" if float8 else None)
+                           esm2_precision="float8" if float8 else None, records_dir=records_dir)

@@ -6,7 +6,9 @@ rule classify:
         dna=rules.prepare.output.dna,
         protein=rules.prepare.output.protein,
         member=lambda wildcards: member_record(wildcards.sample),
-        embedded=lambda wildcards: embedded(wildcards.sample),
+        embedded=lambda wildcards: embedded(
+            wildcards.sample, f"{RESULTS}/{wildcards.sample}/prediction_results.tsv"
+        ),
         classifier=note("classifier"),
     output:
         f"{RESULTS}/{{sample}}/prediction_results.tsv",

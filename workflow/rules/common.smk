@@ -137,15 +137,35 @@ def batch_files(name):
 
 
 def member_record(name):
-    """The plan's record of a member (after the plan checkpoint has run)."""
+    """The plan's record of a member (after the plan checkpoint has run). It lies outside the plan
+    directory, and the plan rewrites it only where its content changed (virnucpro.steps.plan).
+    """
+    checkpoints.plan.get(batch=batch_of(name))
+    return f"{EMBEDDING}/{batch_of(name)}/members/{name}.json"
+
+
+def plan_receipts(wildcards):
+    """Input of `embedded`: the receipts of every shard of the batch's plan (after the plan has run)."""
+    plan = checkpoints.plan.get(batch=wildcards.batch).output[0]
+    shards = json.loads(Path(plan, "plan.json").read_text())["shards"]
+    return [f"{EMBEDDING}/{wildcards.batch}/done/{s['name']}.json" for s in shards]
+
+
+def embedded(name, output=None):
+    """Input: the batch's list of receipts (rule `embedded`); after the plan checkpoint has run. A step
+    reading a member's features (making `output`) waits for every shard of the plan. The list is
+    ancient input when nothing of the member is to embed and its record is not newer than `output`:
+    then shards embedded for other members (an added sample) do not make the step run again. Otherwise
+    it is plain input, so that Snakemake runs the step (an ancient input whose producer runs hides the
+    step's own reasons to run)."""
     plan = checkpoints.plan.get(batch=batch_of(name)).output[0]
-    return f"{plan}/members/{name}.json"
-
-
-def embedded(name):
-    """Receipts of the shards that hold a member's new frames (after the plan checkpoint has run)."""
-    record = json.loads(Path(member_record(name)).read_text())
-    return [f"{EMBEDDING}/{batch_of(name)}/done/{s}.json" for s in record["shards"]]
+    receipts = f"{EMBEDDING}/{batch_of(name)}/embedded.txt"
+    pending = json.loads(Path(plan, "plan.json").read_text())["member_shards"].get(name)
+    record, out = Path(member_record(name)), Path(output or "")
+    current = (
+        output and out.is_file() and record.stat().st_mtime_ns <= out.stat().st_mtime_ns
+    )
+    return [ancient(receipts)] if current and pending == [] else [receipts]
 
 
 def float8_decision(wildcards):
@@ -242,7 +262,7 @@ def training(label, part):
         if part == "member":
             return [member_record(n) for n in names]
         if part == "embedded":
-            return [r for n in names for r in embedded(n)]
+            return embedded(names[0]) if names else []  # plain input: no output given
         return [f"{RESULTS}/{n}/prepare/frames.{part}" for n in names]
 
     return inputs

@@ -64,6 +64,7 @@ checkpoint plan:
         store=STORE,
         device=config["embed"]["device"],
         tokens_per_shard=config["shards"]["tokens_per_shard"],
+        records=lambda wildcards: f"{EMBEDDING}/{wildcards.batch}/members",
     script:
         "../../scripts/plan.py"
 
@@ -91,7 +92,26 @@ rule embed:
         * attempt,
     params:
         plan=lambda wildcards: f"{EMBEDDING}/{wildcards.batch}/plan",
+        lock_stale_s=60 * config["embed"].get("lock_stale_minutes", 10),
         esm2_tokens_per_batch=config["embed"]["esm2_tokens_per_batch"],
         dnabert_tokens_per_batch=config["embed"]["dnabert_tokens_per_batch"],
     script:
         "../../scripts/embed.py"
+
+
+# Every shard of the batch's plan embedded: the list of their receipts. Steps that read the store take it
+# as ancient input (common.smk `embedded`): they wait for it, but a shard embedded for another member
+# (an added sample) does not make them run again.
+rule embedded:
+    input:
+        receipts=plan_receipts,
+    output:
+        f"{EMBEDDING}/{{batch}}/embedded.txt",
+    log:
+        f"{EMBEDDING}/{{batch}}/logs/embedded.log",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    threads: 1
+    shell:
+        "(printf '%s\\n' {input.receipts:q} > {output:q}.tmp && mv {output:q}.tmp {output:q}) 2> {log:q}"
