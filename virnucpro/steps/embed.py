@@ -277,3 +277,12 @@ def embed_calibration(frames, notes, device, esm2_tokens_per_batch=None, dnabert
     if not frames:
         return tuple(np.zeros((0, t.dim), dtype=np.float32) for t in tasks)
     return tuple(run_packed(tasks, device))
+
+
+def write_receipt_list(receipts, out):
+    """Write the paths of a plan's shard receipts, one per line, to `out` (rule `embedded`): the one file
+    the steps that read the store wait for, so that their inputs stay the same files from run to run."""
+    with atomic_outputs(out) as (tmp,):
+        tmp.write_text("".join(f"{r}\n" for r in receipts))
+    log.info("%d shard receipt(s) -> %s", len(receipts), out)
+    return out

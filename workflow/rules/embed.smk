@@ -113,5 +113,5 @@ rule embedded:
     conda:
         "../../envs/virnucpro.yaml"
     threads: 1
-    shell:
-        "(printf '%s\\n' {input.receipts:q} > {output:q}.tmp && mv {output:q}.tmp {output:q}) 2> {log:q}"
+    script:
+        "../../scripts/embedded.py"
