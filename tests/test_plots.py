@@ -7,7 +7,7 @@ import pytest
 from virnucpro.frames import fragment_layout
 from virnucpro.results.plots import PIXEL_COLUMNS, per_column, plot_along
 
-RED, BLUE = (1.0, 0.0, 0.0), (0.0, 0.0, 0.545)
+RED, BLUE, BAND = (1.0, 0.0, 0.0), (0.0, 0.0, 0.545), (0xFC / 255, 0xD2 / 255, 0xD2 / 255)
 
 
 def along_png(path, length, viral_span, fragment_size=500, regions=()):
@@ -48,7 +48,7 @@ def test_a_viral_stretch_is_drawn_at_its_place_at_the_virus_score(tmp_path, leng
     """30 Mbp (60,000 fragments, 40 of them viral: 1/1500 of the length, under one pixel each) and a
     short record (40 fragments, drawn one by one): red pixels where the stretch lies, above the blue
     line of the others: the plotted height is score2 (0.95 viral, 0.1 others), not score1 (0.05, 0.9)."""
-    image, n_viral = along_png(tmp_path / "along.png", length, span)
+    image, n_viral = along_png(tmp_path / "along.png", length, span, regions=[(span[0] + 1, span[1])])
     assert n_viral == (span[1] - span[0]) // 500
     blue_row, left, right = data_line(image)
     assert right - left > 0.8 * PIXEL_COLUMNS  # the line spans the panel
@@ -60,6 +60,9 @@ def test_a_viral_stretch_is_drawn_at_its_place_at_the_virus_score(tmp_path, leng
     assert where[0] - 2 <= cols.min() and cols.max() <= where[1] + 2, (cols.min(), cols.max(), where)
     height = blue_row - rows.mean()  # 0.95 - 0.1 of the y range 1.07 of a panel ~150 px high
     assert height > 60, height
+    band_rows, band = pixels_of(image, BAND, tol=0.02)  # the region's band, at least 3 pixel columns wide
+    band = band[band_rows < blue_row]  # not the legend's patch
+    assert band.max() - band.min() + 1 >= 3 and where[0] - 3 <= band.min() and band.max() <= where[1] + 3
 
 
 def test_per_column_keeps_each_columns_highest_score_and_any_viral_call():

@@ -11,7 +11,7 @@
   a little narrower, so a pixel shows one or two columns), each drawn at the highest virus score of the
   fragments whose middle lies in it, red when any of them is called viral, and drawn two columns wide
   (half a column beyond each side, viral ones over the others) so that it covers most of a pixel
-  wherever it falls; a region band is at least one column wide. So a 20 kb prophage in a 30 Mbp record stays visible.
+  wherever it falls; a region band is at least `REGION_COLUMNS` columns wide. So a 20 kb prophage in a 30 Mbp record stays visible.
 Both carry the sample name in the title and a colour legend; ids longer than `MAX_ID_CHARS` are
 shortened with an ellipsis in the middle.
 """
@@ -24,6 +24,7 @@ VIRAL_COLOUR, OTHER_COLOUR, REGION_COLOUR = "red", "darkblue", "#fcd2d2"
 MAX_ID_CHARS = 60
 ALONG_WIDTH, DPI = 14, 100  # inches, pixels per inch: the along-sequence figure
 PIXEL_COLUMNS = ALONG_WIDTH * DPI
+REGION_COLUMNS = 3  # the narrowest region band, in pixel columns
 ELLIPSIS = "\u2026"
 
 
@@ -123,7 +124,7 @@ def per_column(start, length, score, viral, seq_length, columns=PIXEL_COLUMNS):
 def _panel(ax, t, i, segments, viral, regions):
     from matplotlib.collections import LineCollection
 
-    least = int(t["length"][i]) / PIXEL_COLUMNS  # a band narrower than a column would not show
+    least = REGION_COLUMNS * int(t["length"][i]) / PIXEL_COLUMNS  # a band narrower would hardly show
     for start, end in regions:
         middle, half = (start - 1 + end) / 2, max(end - start + 1, least) / 2
         ax.axvspan(middle - half, middle + half, color=REGION_COLOUR, linewidth=0, zorder=0)
