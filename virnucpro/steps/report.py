@@ -22,7 +22,8 @@ none):
 - `parameters.tsv`: `setting, value`;
 - `provenance.json` (`virnucpro.steps.provenance`), `provenance.html` (it as an HTML fragment, models
   and settings left to their own tables), and each sample's `provenance.txt`, which points to it.
-The HTML fragments are tables in a box that scrolls sideways when a table is wider than the page.
+The HTML fragments are tables in a box that the report's style scrolls sideways when a table is wider
+than the page.
 """
 
 import html
@@ -203,8 +204,9 @@ def provenance_rows(record):
 
 
 def _scrolling(table):
-    """An HTML table in a box that scrolls sideways when the table is wider than the page."""
-    return f'<div class="virnucpro-table" style="overflow-x: auto; max-width: 100%;">\n{table}</div>\n'
+    """An HTML table in a box (class virnucpro-table) that the report's style (workflow/report/workflow.rst)
+    scrolls sideways when the table is wider than the page."""
+    return f'<div class="virnucpro-table">\n{table}</div>\n'
 
 
 def overview(samples, statuses, sequence_summaries, viral_regions, **run_files):
