@@ -1,5 +1,5 @@
-"""Snakemake adapter for rule `overview`: all samples (those that did not finish, with why), the models
-(with checksums) and the parameters."""
+"""Snakemake adapter for rule `overview`: all samples (those that did not finish, with why), their tables
+together, the models (with checksums), the parameters and the run's provenance."""
 
 from virnucpro.logs import run_step
 from virnucpro.steps.report import overview
@@ -19,5 +19,13 @@ run_step(
     parameters=snakemake.output.parameters,
     overview_view=snakemake.output.overview_view,
     unfinished_view=snakemake.output.unfinished_view,
+    all_sequences=snakemake.output.all_sequences,
+    all_regions=snakemake.output.all_regions,
+    provenance_file=snakemake.output.provenance,
+    models_view=snakemake.output.models_view,
+    provenance_view=snakemake.output.provenance_view,
+    pointers=dict(zip(snakemake.params.samples, snakemake.output.pointers)),
+    receipts=list(snakemake.input.receipts),
+    float8_check=snakemake.input.float8_check or None,
     threads=snakemake.threads,
 )

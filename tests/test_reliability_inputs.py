@@ -167,7 +167,7 @@ def test_the_samples_that_finished_get_the_overview_and_the_report_lists_the_oth
         assert by_sample[good] == ["finished", *map(str, counts)], good
     assert by_sample["good_a"][1:3] == ["12", "32296"]  # sequences and bp of example/sample_a.fa
     for sample, reason in reasons.items():
-        assert by_sample[sample] == [reason] + [""] * 8, sample
+        assert by_sample[sample] == [reason] + [""] * 9, sample
     unfinished = (results / "unfinished.tsv").read_text().splitlines()
     assert unfinished[0] == "sample\treason" and sorted(unfinished[1:]) == sorted(f"{s}\t{r}" for s, r in reasons.items())
     report = snakemake(work, "--report", "report.html", check=False)

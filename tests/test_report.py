@@ -97,6 +97,14 @@ def test_table_views_stop_at_max_rows(tables):
     assert not (d / "a.html").exists()
 
 
+def run_outputs(d):
+    """The output arguments of `write_run_files`, under `d`: (tables, views)."""
+    names = ("overview", "unfinished", "models", "parameters", "all_sequences", "all_regions")
+    out = {name: d / f"{name}.tsv" for name in names} | {"provenance_file": d / "provenance.json"}
+    views = {f"{name}_view": d / f"{name}.html" for name in ("overview", "unfinished", "models", "provenance")}
+    return out, views
+
+
 def status(path, error=None):
     """A prepare status file: the counts of a front end that went through, or the error that stopped it."""
     record = {"ok": True, "sequences": 1} if error is None else {"ok": False, "error": error}
@@ -116,8 +124,9 @@ def test_overview_counts_sequences_calls_viral_bases_and_region_bases(tables):
                                                  "no_call"]])
     tables_of = {"a": (d / "ss.tsv", d / "vr.tsv"), "b": (d / "ss2.tsv", d / "vr2.tsv"), "c": (d / "ss3.tsv", d / "vr2.tsv")}
     rows = overview_rows(["a", "b", "c"], tables_of, {})
-    assert rows == [("a", "finished", 5, 3130, 4, 1, 2, 1500, 3, 1800), ("b", "finished", 1, 300, 1, 0, 0, 0, 0, 0),
-                    ("c", "finished", 2, 690, 1, 1, 1, 600, 0, 0)]
+    assert rows == [("a", "finished", 5, 3130, 4, 1, 2, 1500, 3, 1800, "0.550000"),  # median of 0.1 0.3 0.8 0.95
+                    ("b", "finished", 1, 300, 1, 0, 0, 0, 0, 0, "0.100000"),
+                    ("c", "finished", 2, 690, 1, 1, 1, 600, 0, 0, "0.600000")]  # the unclassified one left out
     for row in rows:  # every sequence is classified or has no call
         named = dict(zip(OVERVIEW_COLUMNS, row))
         assert named["classified"] + named["no_call"] == named["sequences"]
@@ -131,7 +140,7 @@ def test_overview_lists_a_sample_whose_front_end_failed_with_its_error_and_no_co
     statuses = [status(d / "a.json"), status(d / "bad.json", "in.fa: no sequences (empty input)")]
     tables_of, reasons = sample_outcomes(["a", "bad"], statuses, [d / "ss.tsv"], [d / "vr.tsv"])
     assert tables_of == {"a": (d / "ss.tsv", d / "vr.tsv")} and reasons == {"bad": "in.fa: no sequences (empty input)"}
-    assert overview_rows(["a", "bad"], tables_of, reasons)[1] == ("bad", "in.fa: no sequences (empty input)", *[""] * 8)
+    assert overview_rows(["a", "bad"], tables_of, reasons)[1] == ("bad", "in.fa: no sequences (empty input)", *[""] * 9)
     with pytest.raises(VirNucProError, match="1 samples whose front end went through, but 2 sequence summaries"):
         sample_outcomes(["a", "bad"], statuses, [d / "ss.tsv", d / "ss.tsv"], [d / "vr.tsv", d / "vr.tsv"])
     for samples, given, why, message in [
@@ -149,11 +158,10 @@ def test_the_report_views_show_a_reason_as_text_not_markup(tables):
     would eat the backslash and read the backticks)."""
     d, _, _ = tables
     reason = "in.fa: record '`touch <x>': not FASTA or FASTQ (starts with b'\\x00')"
-    out = {name: d / f"{name}.tsv" for name in ("overview", "unfinished", "models", "parameters")}
-    views = {"overview_view": d / "overview.html", "unfinished_view": d / "unfinished.html"}
+    out, views = run_outputs(d)
     write_run_files(["bad"], {}, {"bad": reason}, [], {}, **out, **views)
     assert Cells(views["unfinished_view"].read_text()).rows == [["sample", "reason"], ["bad", reason]]
-    assert Cells(views["overview_view"].read_text()).rows[1] == ["bad", reason] + [""] * 8
+    assert Cells(views["overview_view"].read_text()).rows[1] == ["bad", reason] + [""] * 9
     assert "&lt;x&gt;" in views["unfinished_view"].read_text()
     assert out["unfinished"].read_text() == f"sample\treason\nbad\t{reason}\n"
 
@@ -194,14 +202,13 @@ def test_run_files_list_samples_models_with_their_sha256_and_parameters(tables, 
              model_note("dnabert_s", tiny_models["models.dnabert_s"]),
              model_note("classifier", tiny_models["models.classifier"], d / "models")]
     settings = {"fragment_size": "500", "regions.max_gap_fragments": "1"}
-    out = {name: d / f"{name}.tsv" for name in ("overview", "unfinished", "models", "parameters")}
-    views = {"overview_view": d / "overview.html", "unfinished_view": d / "unfinished.html"}
+    out, views = run_outputs(d)
     write_run_files(["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, notes, settings, **out, **views)
     assert Cells(views["overview_view"].read_text()).rows == [line.split("\t") for line in
                                                              out["overview"].read_text().splitlines()]
     assert out["overview"].read_text().splitlines() == [
         "sample\tstatus\tsequences\tbp\tclassified\tno_call\tviral_sequences\tviral_sequence_bp\tviral_regions"
-        "\tviral_region_bp", "a\tfinished\t5\t3130\t4\t1\t2\t1500\t3\t1800"]
+        "\tviral_region_bp\tmedian_virus_score", "a\tfinished\t5\t3130\t4\t1\t2\t1500\t3\t1800\t0.550000"]
     assert out["unfinished"].read_text() == "sample\treason\n"  # every sample finished
     lines = [line.split("\t") for line in out["models"].read_text().splitlines()]
     assert lines[0] == ["model", "file", "sha256", "verified"]
@@ -234,7 +241,135 @@ def test_overview_command_keeps_the_order_given_and_lists_unfinished_samples(tab
     rows = [line.split("\t") for line in (d / "out" / "overview.tsv").read_text().splitlines()]
     assert [r[:3] for r in rows[1:]] == [["bad", "in.fa: no sequences (empty input)", ""], ["a", "finished", "5"]]
     assert (d / "out" / "unfinished.tsv").read_text() == "sample\treason\nbad\tin.fa: no sequences (empty input)\n"
+    assert [r[:2] for r in tsv_rows(d / "out" / "all_sequences.tsv")[1:]] == [["a", "s1"], ["a", "s<2>&"], ["a", "s3"],
+                                                                           ["a", "n4"], ["a", "s5"]]
+    record = json.loads((d / "out" / "provenance.json").read_text())
+    assert [m["file"] for m in record["models"]] == [r[1] for r in tsv_rows(d / "out" / "models.tsv")[1:]]
     command[6] = str(status(d / "ok.json"))
     proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip().endswith(
         f"--unfinished bad: {d / 'ok.json'} records no error: give its tables with --sample"), proc.stderr
+
+
+def test_all_sequences_and_all_regions_hold_every_finished_sample_rows_under_its_name(tables):
+    """Two finished samples (c, a) around one that did not finish (bad): their rows in the order given,
+    each as its sample's table holds it, under a leading `sample` column; bad has none."""
+    d, seqs, regions = tables
+    write_tsv(d / "ss3.tsv", SEQUENCE_COLUMNS, [summary_row("v", 600, "viral", "0.600000")])
+    write_tsv(d / "vr3.tsv", REGION_COLUMNS, [["v", 1, 600, 600, 1, 1, "0.600000", "0.600000", True]])
+    out, views = run_outputs(d)
+    given = {"a": (d / "ss.tsv", d / "vr.tsv"), "c": (d / "ss3.tsv", d / "vr3.tsv")}
+    write_run_files(["c", "bad", "a"], given, {"bad": "in.fa: binary data"}, [], {}, **out, **views)
+    text = [[str(x) for x in r] for r in seqs]
+    assert tsv_rows(out["all_sequences"]) == [["sample", *SEQUENCE_COLUMNS], ["c", "v", "600", "1", "1", "1",
+                                              "0.600000", "0.600000", "0.600000", "classified", "viral"],
+                                              *[["a", *r] for r in text]]
+    assert tsv_rows(out["all_regions"]) == [["sample", *REGION_COLUMNS], ["c", "v", "1", "600", "600", "1", "1",
+                                            "0.600000", "0.600000", "True"], *[["a", *map(str, r)] for r in regions]]
+    write_run_files(["bad"], {}, {"bad": "in.fa: binary data"}, [], {}, **out, **views)
+    assert tsv_rows(out["all_sequences"]) == [["sample", *SEQUENCE_COLUMNS]]  # none finished: the header alone
+
+
+def tsv_rows(path):
+    return [line.split("\t") for line in Path(path).read_text().splitlines()]
+
+
+def git(tree, *args):
+    subprocess.run(["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                   capture_output=True)
+
+
+def test_provenance_names_version_commit_dirty_tree_and_nothing_outside_git(tmp_path):
+    import virnucpro
+    from virnucpro.steps.provenance import workflow_source
+
+    assert workflow_source(tmp_path) == {"version": virnucpro.__version__, "commit": None, "dirty": None}
+    tree = tmp_path / "tree"
+    (tree / "virnucpro").mkdir(parents=True)
+    (tree / "virnucpro" / "__init__.py").write_text("")
+    git(tree, "init", "-q")
+    git(tree, "add", ".")
+    git(tree, "commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert workflow_source(tree) == {"version": virnucpro.__version__, "commit": head, "dirty": False}
+    (tree / "virnucpro" / "__init__.py").write_text("x = 1\n")
+    assert workflow_source(tree)["dirty"] is True
+    assert workflow_source(tree / "virnucpro")["commit"] is None  # inside a work tree, but not its top
+
+
+def test_provenance_file_names_software_devices_precision_models_and_settings(tables, tiny_models):
+    """The run's provenance.json: the source tree's commit, installed versions, the GPU model each store
+    file records (else the receipt's device), the float8 decision, models.tsv's rows, the settings; the
+    report's table of it; every sample folder's pointer to it."""
+    import h5py
+    from importlib import metadata
+
+    import virnucpro
+    from virnucpro.io.converted import model_note
+
+    d, _, _ = tables
+    with h5py.File(d / "shard0.h5", "w") as f:
+        f.attrs["device"] = "NVIDIA H200"
+    receipts = [d / "r0.json", d / "r1.json"]
+    receipts[0].write_text(json.dumps({"device": "cuda:0", "store_files": {"esm2": str(d / "shard0.h5")}}))
+    receipts[1].write_text(json.dumps({"device": "cuda:1", "store_files": {"esm2": str(d / "gone.h5")}}))
+    decision = d / "float8_check.json"
+    decision.write_text(json.dumps({"precision": "float16", "reason": "float8 refused: calls differ"}))
+    notes = [model_note("classifier", tiny_models["models.classifier"], d / "models")]
+    settings = {"embed.precision": "float8", "fragment_size": "500"}
+    out, views = run_outputs(d)
+    pointers = {"a": d / "a" / "provenance.txt"}
+    (d / "a").mkdir()
+    write_run_files(["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, notes, settings, **out, **views,
+                    pointers=pointers, receipts=receipts, float8_check=decision)
+    record = json.loads(out["provenance_file"].read_text())
+    tree = Path(virnucpro.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert record["workflow"]["version"] == virnucpro.__version__ and record["workflow"]["commit"] == (head or None)
+    assert record["software"]["torch"] == metadata.version("torch")
+    assert record["software"]["snakemake"] == metadata.version("snakemake")
+    assert record["embedding"] == {"devices": ["NVIDIA H200", "cuda:1"], "shards": 2, "precision": "float8",
+                                   "float8_check": {"precision": "float16", "reason": "float8 refused: calls differ"}}
+    assert [list(m.values()) for m in record["models"]] == tsv_rows(out["models"])[1:]
+    assert record["settings"] == settings
+    shown = dict(Cells(views["provenance_view"].read_text()).rows[1:])
+    assert shown["embedding devices"] == "NVIDIA H200, cuda:1" and shown["float8 check"].startswith("float16: ")
+    assert shown["git commit"] == (head or "none (not a git work tree)")
+    pointer = pointers["a"].read_text()
+    assert "../provenance.json" in pointer and f"workflow {virnucpro.__version__}, commit {head or 'none'}" in pointer
+    receipts[1].write_text("{")
+    with pytest.raises(VirNucProError, match=r"r1.json: not a readable embedding receipt"):
+        write_run_files(["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, notes, settings, **out, **views,
+                        receipts=receipts)
+
+
+def test_models_view_shortens_each_sha256_with_the_full_value_in_its_tooltip():
+    from virnucpro.steps.report import models_html
+
+    digest = "0123456789abcdef" * 4
+    page = models_html([("VirNucPro classifier", "/m/c.pth", digest, "unverified")])
+    assert Cells(page).rows[1] == ["VirNucPro classifier", "/m/c.pth", "0123456789ab\u2026", "unverified"]
+    assert f'<abbr title="{digest}">0123456789ab\u2026</abbr>' in page
+
+
+@pytest.mark.browser
+def test_a_table_wider_than_the_window_scrolls_in_its_box_not_the_page(tables, browser):
+    """A sequence summary of 30 columns in a 1280 px window (headless Chromium): the page is no wider
+    than the window, the table's box ends inside it and scrolls sideways, and scrolled to its end the
+    box shows the last column."""
+    d, seqs, regions = tables
+    header = SEQUENCE_COLUMNS + [f"extra_column_{i}" for i in range(20)]
+    wide = [[str(x) for x in r] + ["0.123456789"] * 20 for r in seqs]
+    write_table_views((header, wide), views(seqs, regions)[1], d / "ss.html", d / "vr.html", "wide", 100)
+    browser.set_window_size(1280, 900)
+    browser.get((d / "ss.html").as_uri())
+    width, window = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width <= window <= 1280
+    left, right, inner, outer = browser.execute_script(
+        "const b = document.querySelector('table').parentElement, r = b.getBoundingClientRect();"
+        "return [r.left, r.right, b.scrollWidth, b.clientWidth]")
+    assert right <= window and inner > outer > 0.8 * window  # the table is wider than its box, which scrolls
+    last = browser.execute_script(
+        "const b = document.querySelector('table').parentElement; b.scrollLeft = b.scrollWidth;"
+        "const c = [...document.querySelectorAll('th')].pop().getBoundingClientRect(); return [c.left, c.right]")
+    assert left <= last[0] and last[1] <= right + 1, (left, right, last)

@@ -245,7 +245,7 @@ def test_overview_counts_agree_with_the_sample_tables(trained_run):
     work, truth = trained_run
     sample = work / "results" / "chimeras"
     header, row = rows(work / "results" / "overview.tsv")
-    got = {k: v if k in ("sample", "status") else int(v) for k, v in zip(header, row)}
+    got = {k: v if k in ("sample", "status", "median_virus_score") else int(v) for k, v in zip(header, row)}
     summary = [dict(zip(rows(sample / "sequence_summary.tsv")[0], r)) for r in rows(sample / "sequence_summary.tsv")[1:]]
     regions = [dict(zip(rows(sample / "viral_regions.tsv")[0], r)) for r in rows(sample / "viral_regions.tsv")[1:]]
     viral = [int(r["length"]) for r in summary if r["call"] == "viral"]
@@ -255,16 +255,52 @@ def test_overview_counts_agree_with_the_sample_tables(trained_run):
         "no_call": sum(r["status"] != "classified" for r in summary), "viral_sequences": len(viral),
         "viral_sequence_bp": sum(viral), "viral_regions": len(regions),
         "viral_region_bp": sum(int(r["length"]) for r in regions),
+        "median_virus_score": f"{np.median([float(r['max_virus_score']) for r in summary if r['status'] == 'classified']):.6f}",
     }
     assert got["viral_sequences"] >= 1 and got["viral_sequence_bp"] >= 900  # all_viral (900 bp) at least
     assert got["viral_region_bp"] > 0 and got["classified"] + got["no_call"] == got["sequences"]
     assert rows(work / "results" / "unfinished.tsv") == [["sample", "reason"]]
     page = (work / "report.html").read_text()
     assert "Every sample of this run finished" in page and "Samples that did not finish" not in page
+    every = rows(work / "results" / "all_sequences.tsv")  # one sample: its table under its name
+    assert every == [["sample", *rows(sample / "sequence_summary.tsv")[0]],
+                     *[["chimeras", *r] for r in rows(sample / "sequence_summary.tsv")[1:]]]
+    assert rows(work / "results" / "all_viral_regions.tsv")[1:] == [["chimeras", *r] for r in
+                                                                   rows(sample / "viral_regions.tsv")[1:]]
+
+
+def test_provenance_names_the_commit_devices_models_and_settings(trained_run):
+    """provenance.json of a CPU run from this source tree, and the sample folder's pointer to it."""
+    import subprocess
+
+    import virnucpro
+
+    work, _ = trained_run
+    record = json.loads((work / "results" / "provenance.json").read_text())
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert record["workflow"]["version"] == virnucpro.__version__ and record["workflow"]["commit"] == (head or None)
+    assert record["embedding"]["shards"] >= 1 and record["embedding"]["devices"]  # what the store files record
+    assert record["embedding"]["precision"] == "float16" and record["embedding"]["float8_check"] is None
+    assert [[m[k] for k in ("model", "file", "sha256", "verified")] for m in record["models"]] == \
+        rows(work / "results" / "models.tsv")[1:]
+    assert record["settings"]["fragment_size"] == "300"
+    pointer = (work / "results" / "chimeras" / "provenance.txt").read_text()
+    assert pointer.endswith("../provenance.json\n") and virnucpro.__version__ in pointer
 
 
 # ----------------------------------------------------------------------------- the report in a browser
 
+WIDTH = 1280  # the window the layout must fit
+# each table as [the right edge of its content, of its box (the element that scrolls: the table itself,
+# or the box around it), whether that box scrolls sideways, of the text column holding it (the report's
+# div.prose, else the page)]
+BOXES_JS = "return [...document.querySelectorAll('table')].map(t => {" \
+           "const b = getComputedStyle(t).display === 'block' ? t : t.parentElement;" \
+           "const c = (t.closest('div.prose') || document.body).getBoundingClientRect();" \
+           "const scrolls = ['auto', 'scroll'].includes(getComputedStyle(b).overflowX);" \
+           "const content = b.getBoundingClientRect().left + b.scrollWidth;" \
+           "return [content, b.getBoundingClientRect().right, scrolls, c.right]; })"
+PAGE_WIDTH_JS = "return [document.documentElement.scrollWidth, window.innerWidth]"
 TABLES_JS = "return [...document.querySelectorAll(arguments[0])].map(t => [...t.querySelectorAll('tr')]" \
             ".map(r => [...r.querySelectorAll('th, td')].map(c => c.innerText.trim())))"
 
@@ -280,14 +316,31 @@ def item_row(driver, result, form):
     raise AssertionError(f"no report item {result!r} ({form})")
 
 
-def view_in_page(driver, wait, result, form):
-    """Open an item's view (the eye button); returns the text tables of the HTML page it shows."""
+def fits_in_window(driver, where, right=WIDTH):
+    """The page is no wider than its window; every table's box ends inside `right` (px) and inside the
+    text column that holds it, and a table wider than that fits by scrolling in its box."""
+    width, window = driver.execute_script(PAGE_WIDTH_JS)
+    assert width <= window, f"{where}: the page is {width} px wide in a {window} px window"
+    boxes = driver.execute_script(BOXES_JS)
+    assert boxes, where
+    for content, box, scrolls, column in boxes:
+        assert box <= min(right, column + 1) and (content <= box + 1 or scrolls), (where, boxes)
+    return boxes
+
+
+def view_in_page(driver, wait, result, form, check=None):
+    """Open an item's view (the eye button); returns the text tables of the HTML page it shows, after
+    `check(driver, where, right)` in it (right: where the frame ends in the window)."""
     from selenium.webdriver.common.by import By
 
     item_row(driver, result, form).find_element(By.CSS_SELECTOR, "a[iconname=eye]").click()
     frame = wait.until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))[0]
+    frame_box = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.left, r.right]", frame)
+    assert frame_box[1] <= WIDTH, (result, frame_box)
     driver.switch_to.frame(frame)
     tables = wait.until(lambda d: d.execute_script(TABLES_JS, "table"))
+    if check:
+        check(driver, result, frame_box[1] - frame_box[0])
     driver.switch_to.default_content()
     return tables
 
@@ -313,14 +366,21 @@ def test_report_reads_in_a_browser(trained_run, browser, tmp_path):
 
     work, _ = trained_run
     results = work / "results"
+    browser.set_window_size(WIDTH, 1000)
     browser.get((work / "report.html").as_uri())
     wait = WebDriverWait(browser, 30)
     wait.until(lambda d: "Samples overview" in d.find_element(By.TAG_NAME, "body").text)
     front = browser.find_element(By.TAG_NAME, "body").text
-    assert "which parts of them, are viral" in front and "How to read it" in front
+    assert "which parts of them, are viral" in front and "How to read it" in front and "Provenance" in front
     shown = browser.execute_script(TABLES_JS, "div.prose table")
-    for name in ("overview.tsv", "models.tsv", "parameters.tsv"):
+    for name in ("overview.tsv", "parameters.tsv"):
         assert rows(results / name) in shown, (name, shown)
+    models = rows(results / "models.tsv")
+    shown_models = [r for r in shown if r and r[0] == models[0]][0]  # each sha256 shortened, in full in its tooltip
+    assert [r[2] for r in shown_models[1:]] == [r[2][:12] + "\u2026" for r in models[1:]]
+    tips = browser.execute_script("return [...document.querySelectorAll('div.prose abbr')].map(a => a.title)")
+    assert tips == [r[2] for r in models[1:]]
+    fits_in_window(browser, "front page")
     browser.save_screenshot(tmp_path / "front_page.png")
 
     items = browser.execute_script("return Object.values(results).map(r => [r.name, r.caption])")
@@ -332,7 +392,7 @@ def test_report_reads_in_a_browser(trained_run, browser, tmp_path):
     assert regions == [rows(sample / "viral_regions.tsv")]
     browser.save_screenshot(tmp_path / "viral_regions.png")
     assert "Viral regions of sample chimeras" in caption_of(browser, wait, "viral regions", "table")
-    summary = view_in_page(browser, wait, "sequence summary", "table")[0]
+    summary = view_in_page(browser, wait, "sequence summary", "table", fits_in_window)[0]
     expected = rows(sample / "sequence_summary.tsv")
     assert summary[0] == expected[0] and sorted(summary[1:]) == sorted(expected[1:])
     assert [r[-1] for r in summary[1:3]] == ["viral", "viral"]  # viral calls first

@@ -148,7 +148,11 @@ def _overview(args):
     write_run_files([s[0] for s in args.samples], tables, {n: sample_reason(st) for n, st in failed.items()},
                     notes=args.note, settings=settings, overview=out / "overview.tsv",
                     unfinished=out / "unfinished.tsv", models=out / "models.tsv", parameters=out / "parameters.tsv",
-                    overview_view=out / "overview.html", unfinished_view=out / "unfinished.html")
+                    overview_view=out / "overview.html", unfinished_view=out / "unfinished.html",
+                    all_sequences=out / "all_sequences.tsv", all_regions=out / "all_viral_regions.tsv",
+                    provenance_file=out / "provenance.json", models_view=out / "models.html",
+                    provenance_view=out / "provenance.html", receipts=args.receipt or [],
+                    float8_check=args.float8_check)
 
 
 def _train(args):
@@ -344,7 +348,9 @@ def _add_results(sub):
     p = _command(sub, "overview", _overview, "the run's overview of all samples, the models and the settings",
                  "Write overview.tsv (one row per sample, in the order given), unfinished.tsv (the samples "
                  "that did not finish, and why), models.tsv (every model file with its sha256, from the notes), "
-                 "parameters.tsv, and the first two as HTML tables for a report (overview.html, unfinished.html).")
+                 "parameters.tsv, all_sequences.tsv and all_viral_regions.tsv (every finished sample's rows under a "
+                 "sample column), provenance.json (versions, git commit, devices, precision, models, settings), "
+                 "and HTML tables for a report (overview.html, unfinished.html, models.html, provenance.html).")
     p.add_argument("--sample", nargs=3, action="append", dest="samples", default=[],
                    metavar=("NAME", "SEQUENCE_SUMMARY", "VIRAL_REGIONS"),
                    help="a sample and its sequence_summary.tsv and viral_regions.tsv (repeat for each sample)")
@@ -352,6 +358,9 @@ def _add_results(sub):
                    help="a sample whose front end failed, and its status from `prepare --status` (repeatable)")
     p.add_argument("--note", action="append", required=True, help="a model note (repeat for each model)")
     p.add_argument("--setting", action="append", metavar="NAME=VALUE", help="a setting for parameters.tsv (repeatable)")
+    p.add_argument("--receipt", action="append", help="an embedding shard's receipt, for the devices in "
+                   "provenance.json (repeatable)")
+    p.add_argument("--float8-check", help="the float8 check's decision (float8_check.json), for provenance.json")
     p.add_argument("--out-dir", required=True, help="folder for the run files (overview.tsv, ...)")
 
     p = _command(sub, "train", _train, "train the classifier on labelled training sets",

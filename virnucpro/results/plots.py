@@ -6,6 +6,12 @@
   order on ties), one panel each: every fragment with frames is a segment at its position and at the
   height of its virus score (max score2 over its frames), red when the fragment is called viral and dark
   blue otherwise (the colours of the original's `drew_fig.py`); viral regions are light red bands.
+  A sequence longer than `PIXEL_COLUMNS` fragments is drawn per pixel column instead (`per_column`):
+  its length cut into `PIXEL_COLUMNS` equal columns (one per pixel of the figure's width; the axes are
+  a little narrower, so a pixel shows one or two columns), each drawn at the highest virus score of the
+  fragments whose middle lies in it, red when any of them is called viral, and drawn two columns wide
+  (half a column beyond each side, viral ones over the others) so that it covers most of a pixel
+  wherever it falls; a region band is at least `REGION_COLUMNS` columns wide. So a 20 kb prophage in a 30 Mbp record stays visible.
 Both carry the sample name in the title and a colour legend; ids longer than `MAX_ID_CHARS` are
 shortened with an ellipsis in the middle.
 """
@@ -16,6 +22,9 @@ from virnucpro.frames import fragment_layout
 
 VIRAL_COLOUR, OTHER_COLOUR, REGION_COLOUR = "red", "darkblue", "#fcd2d2"
 MAX_ID_CHARS = 60
+ALONG_WIDTH, DPI = 14, 100  # inches, pixels per inch: the along-sequence figure
+PIXEL_COLUMNS = ALONG_WIDTH * DPI
+REGION_COLUMNS = 3  # the narrowest region band, in pixel columns
 ELLIPSIS = "\u2026"
 
 
@@ -31,7 +40,7 @@ def shorten(text, width=MAX_ID_CHARS):
 def _figure(width, height):
     from matplotlib.figure import Figure  # heavy: only the summary step draws
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
 def _style(ax):
@@ -94,12 +103,33 @@ def _legend(fig):
     fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=10)
 
 
+def per_column(start, length, score, viral, seq_length, columns=PIXEL_COLUMNS):
+    """(segments, viral) to draw for fragments at 0-based `start` with `length`, virus `score` and
+    `viral` call in a sequence of `seq_length` bp: one segment per fragment while the sequence has at
+    most `columns` fragments, otherwise one per column holding fragments (see the module docstring)."""
+    score = np.asarray(score, dtype=np.float64)
+    if len(score) <= columns:
+        return np.stack([np.column_stack([start, score]), np.column_stack([start + length, score])], axis=1), viral
+    width = seq_length / columns
+    col = np.minimum(((start + length / 2) / width).astype(np.int64), columns - 1)
+    best = np.full(columns, -np.inf)
+    np.fmax.at(best, col, score)
+    any_viral = np.bincount(col, weights=np.asarray(viral, dtype=np.float64), minlength=columns) > 0
+    used = np.flatnonzero(np.isfinite(best))
+    y = best[used]
+    left, right = (used - 0.5) * width, (used + 1.5) * width  # two columns wide: no column falls between pixels
+    return np.stack([np.column_stack([left, y]), np.column_stack([right, y])], axis=1), any_viral[used]
+
+
 def _panel(ax, t, i, segments, viral, regions):
     from matplotlib.collections import LineCollection
 
+    least = REGION_COLUMNS * int(t["length"][i]) / PIXEL_COLUMNS  # a band narrower would hardly show
     for start, end in regions:
-        ax.axvspan(start - 1, end, color=REGION_COLOUR, linewidth=0, zorder=0)
-    colours = np.where(viral, VIRAL_COLOUR, OTHER_COLOUR)
+        middle, half = (start - 1 + end) / 2, max(end - start + 1, least) / 2
+        ax.axvspan(middle - half, middle + half, color=REGION_COLOUR, linewidth=0, zorder=0)
+    order = np.argsort(viral, kind="stable")  # viral ones drawn last, over their neighbours
+    segments, colours = segments[order], np.where(viral, VIRAL_COLOUR, OTHER_COLOUR)[order]
     ax.add_collection(LineCollection(segments, colors=colours, linewidths=2.5, capstyle="butt", zorder=2))
     _threshold(ax, vertical=False)
     ax.set_xlim(0, int(t["length"][i]))
@@ -115,7 +145,7 @@ def _panel(ax, t, i, segments, viral, regions):
 def plot_along(path, t, frag, regions, top, fragment_size, sample):
     """Virus score of each fragment along the sequences `top`, one panel per sequence."""
     n = max(len(top), 1)
-    fig = _figure(14, 1.9 * n + 1.0)
+    fig = _figure(ALONG_WIDTH, 1.9 * n + 1.0)
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     if not len(top):
         fig.suptitle(f"{shorten(sample)}: virus score along sequences", x=0.01, ha="left", fontweight="bold")
@@ -130,9 +160,8 @@ def plot_along(path, t, frag, regions, top, fragment_size, sample):
         mine = frag["owner"] == i
         _, _, start, length = fragment_layout(t["length"][i : i + 1], fragment_size)
         k = frag["num"][mine] - 1
-        y = frag["max2"][mine].astype(np.float64)
-        segments = np.stack([np.column_stack([start[k], y]), np.column_stack([start[k] + length[k], y])], axis=1)
+        segments, viral = per_column(start[k], length[k], frag["max2"][mine], frag["viral"][mine], int(t["length"][i]))
         own = regions["owner"] == i
-        _panel(ax, t, i, segments, frag["viral"][mine], list(zip(regions["start"][own], regions["end"][own])))
+        _panel(ax, t, i, segments, viral, list(zip(regions["start"][own], regions["end"][own])))
     axes[-1].set_xlabel("position (bp)")
     fig.savefig(path, format="png")

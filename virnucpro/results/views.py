@@ -1,7 +1,9 @@
 """A sample's sequence summary and viral regions as self-contained HTML pages, for the report to show
 in the page (no script, no outside resource). The sequence summary lists viral calls first, then by mean
 virus score (highest first); the regions keep their table's order; at most `max_rows` rows each, the
-TSV files staying the complete tables.
+TSV files staying the complete tables. The table lies in a box that scrolls (sideways where the table is
+wider than the window, down where it is taller), its header row staying at the top of the box: the page
+itself never gets wider than the window.
 """
 
 import html
@@ -12,6 +14,7 @@ from virnucpro.errors import VirNucProError
 STYLE = """
 body { font-family: system-ui, sans-serif; font-size: 13px; margin: 1em; color: #222; }
 h1 { font-size: 17px; } p { max-width: 60em; }
+div.scroll { overflow: auto; max-width: 100%; max-height: 85vh; }
 table { border-collapse: collapse; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-space: nowrap; }
 th { background: #eee; position: sticky; top: 0; }
@@ -32,7 +35,8 @@ def _page(title, intro, header, rows, highlight, total):
     return (
         f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n<p>{intro} {count}</p>\n"
-        f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table></body></html>\n"
+        f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table></div>"
+        "</body></html>\n"
     )
 
 

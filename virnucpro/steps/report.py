@@ -4,7 +4,12 @@ none):
   sample did not finish (`outcome.sample_reason`), the counts then empty; `sequences` and `bp` (their
   total length); `classified` (sequences with status `classified`) and `no_call` (every other status:
   no call was made); `viral_sequences` (called viral) and `viral_sequence_bp` (their total length);
-  `viral_regions` and `viral_region_bp` (the bases inside them), read from each sample's tables;
+  `viral_regions` and `viral_region_bp` (the bases inside them); `median_virus_score`, the median of
+  `max_virus_score` over the classified sequences (6 decimals; NA when none was classified), read from
+  each sample's tables;
+- `all_sequences.tsv`, `all_viral_regions.tsv`: every finished sample's `sequence_summary.tsv` and
+  `viral_regions.tsv` rows, as they are, under a leading `sample` column, samples in the order given
+  (the header alone when none finished); the samples that did not finish are in `unfinished.tsv`;
 - `unfinished.tsv`: `sample, reason` of each sample that did not finish (the header alone when all did);
 - `overview.html`, `unfinished.html`: those two tables as HTML fragments (every cell escaped), which the
   report's pages include as they are: a reason holds file names and record ids, which reStructuredText
@@ -12,10 +17,18 @@ none):
 - `models.tsv`: `model, file, sha256, verified` of every model file the run used, as the models step
   noted them (`virnucpro.io.notes`): each source file, and the conversion the steps loaded, where there
   is one; `verified` says how the file was verified (its checksum record), or "unverified";
-- `parameters.tsv`: `setting, value`.
+- `models.html`: models.tsv as an HTML fragment, each sha256 shortened with the full value in its
+  tooltip (`models_html`);
+- `parameters.tsv`: `setting, value`;
+- `provenance.json` (`virnucpro.steps.provenance`), `provenance.html` (it as an HTML fragment, models
+  and settings left to their own tables), and each sample's `provenance.txt`, which points to it.
+The HTML fragments are tables in a box that the report's style scrolls sideways when a table is wider
+than the page.
 """
 
 import html
+import json
+import statistics
 from pathlib import Path
 
 from virnucpro.errors import VirNucProError
@@ -27,7 +40,10 @@ from virnucpro.io.status import read_status
 from virnucpro.steps.summarize import SEQUENCE_COLUMNS
 
 OVERVIEW_COLUMNS = ["sample", "status", "sequences", "bp", "classified", "no_call", "viral_sequences",
-                    "viral_sequence_bp", "viral_regions", "viral_region_bp"]
+                    "viral_sequence_bp", "viral_regions", "viral_region_bp", "median_virus_score"]
+COUNTS = len(OVERVIEW_COLUMNS) - 2  # the columns after `sample` and `status`
+ALL_SEQUENCE_COLUMNS = ["sample", *SEQUENCE_COLUMNS]
+ALL_REGION_COLUMNS = ["sample", *REGION_COLUMNS]
 UNFINISHED_COLUMNS = ["sample", "reason"]
 FINISHED = "finished"
 
@@ -40,14 +56,25 @@ def _table(path, columns):
 
 
 def sample_counts(sequence_summary, viral_regions):
-    """The overview's counts of one finished sample, `sequences` to `viral_region_bp`, from its tables."""
+    """The overview's counts of one finished sample, `sequences` to `median_virus_score`, from its tables."""
     seqs, regions = _table(sequence_summary, SEQUENCE_COLUMNS), _table(viral_regions, REGION_COLUMNS)
-    length, status, call = (SEQUENCE_COLUMNS.index(c) for c in ("length", "status", "call"))
-    classified = sum(r[status] == "classified" for r in seqs)
+    length, status, call, score = (SEQUENCE_COLUMNS.index(c) for c in ("length", "status", "call", "max_virus_score"))
+    classified = [float(r[score]) for r in seqs if r[status] == "classified"]
     viral = [int(r[length]) for r in seqs if r[call] == "viral"]
     region_bp = sum(int(r[REGION_COLUMNS.index("length")]) for r in regions)
-    return (len(seqs), sum(int(r[length]) for r in seqs), classified, len(seqs) - classified,
-            len(viral), sum(viral), len(regions), region_bp)
+    median = f"{statistics.median(classified):.6f}" if classified else "NA"
+    return (len(seqs), sum(int(r[length]) for r in seqs), len(classified), len(seqs) - len(classified),
+            len(viral), sum(viral), len(regions), region_bp, median)
+
+
+def all_sample_rows(samples, tables):
+    """The rows of `all_sequences.tsv` and `all_viral_regions.tsv`: each finished sample's (of `samples`,
+    in order; `tables` as `overview_rows` takes it) table rows under its name."""
+    seqs, regions = [], []
+    for s in (s for s in samples if s in tables):
+        seqs += [(s, *r) for r in _table(tables[s][0], SEQUENCE_COLUMNS)]
+        regions += [(s, *r) for r in _table(tables[s][1], REGION_COLUMNS)]
+    return seqs, regions
 
 
 def sample_outcomes(samples, statuses, sequence_summaries, viral_regions):
@@ -74,7 +101,7 @@ def overview_rows(samples, tables, reasons):
             raise VirNucProError(f"sample {sample}: give either its tables or why it did not finish")
     if extra := sorted((set(tables) | set(reasons)) - set(samples)):
         raise VirNucProError(f"sample {extra[0]}: not one of the run's samples")
-    return [(s, FINISHED, *sample_counts(*tables[s])) if s in tables else (s, _one_line(reasons[s]), *[""] * 8)
+    return [(s, FINISHED, *sample_counts(*tables[s])) if s in tables else (s, _one_line(reasons[s]), *[""] * COUNTS)
             for s in samples]
 
 
@@ -94,6 +121,7 @@ NAMES = {"esm2": "ESM-2 (protein embeddings)", "dnabert_s": "DNABERT-S (nucleoti
 
 
 MODEL_COLUMNS = ["model", "file", "sha256", "verified"]
+SHORT_HASH = 12
 
 
 def model_rows(notes):
@@ -117,21 +145,68 @@ def model_rows(notes):
     return rows
 
 
+def models_html(rows):
+    """models.tsv as an HTML table for the report: each sha256 shortened to its first `SHORT_HASH`
+    characters and an ellipsis, the full value in the cell's tooltip (an `abbr` title) and in the TSV."""
+    table = html_table(MODEL_COLUMNS, rows)
+    for digest in {r[MODEL_COLUMNS.index("sha256")] for r in rows}:
+        if len(digest) > SHORT_HASH:
+            short = f'<abbr title="{html.escape(digest)}">{html.escape(digest[:SHORT_HASH])}\u2026</abbr>'
+            table = table.replace(f"<td>{html.escape(digest)}</td>", f"<td>{short}</td>")
+    return table
+
+
 def write_run_files(samples, tables, reasons, notes, settings, overview, unfinished, models, parameters,
-                    overview_view, unfinished_view):
+                    overview_view, unfinished_view, all_sequences, all_regions, provenance_file, models_view,
+                    provenance_view, pointers=None, receipts=(), float8_check=None):
     """The files of the module docstring: `samples`, `tables` and `reasons` as `overview_rows` takes
-    them, `notes` the model notes (or their paths), `settings` maps setting -> value."""
+    them, `notes` the model notes (or their paths), `settings` maps setting -> value; the provenance
+    (`virnucpro.steps.provenance`, from `receipts` and `float8_check`) as JSON, as an HTML table
+    (`provenance_view`), and `pointers` maps a sample to the path of its `provenance.txt`."""
+    from virnucpro.steps.provenance import pointer_text, provenance
+
     runs = overview_rows(samples, tables, reasons)
     left = [(s, _one_line(reasons[s])) for s in samples if s in reasons]
     used = model_rows(notes)
-    outputs = overview, unfinished, models, parameters, overview_view, unfinished_view
-    with atomic_outputs(*outputs) as (t_overview, t_left, t_models, t_params, v_overview, v_left):
+    every_seq, every_region = all_sample_rows(samples, tables)
+    record = provenance(used, settings, receipts, float8_check)
+    pointers = dict(pointers or {})
+    outputs = (overview, unfinished, models, parameters, overview_view, unfinished_view, all_sequences,
+               all_regions, provenance_file, models_view, provenance_view, *pointers.values())
+    with atomic_outputs(*outputs) as (t_overview, t_left, t_models, t_params, v_overview, v_left, t_seqs,
+                                      t_regions, t_prov, v_models, v_prov, *t_pointers):
         write_tsv(t_overview, OVERVIEW_COLUMNS, runs)
         write_tsv(t_left, UNFINISHED_COLUMNS, left)
         write_tsv(t_models, MODEL_COLUMNS, used)
         write_tsv(t_params, ["setting", "value"], settings.items())
-        v_overview.write_text(html_table(OVERVIEW_COLUMNS, runs), encoding="utf-8")
-        v_left.write_text(html_table(UNFINISHED_COLUMNS, left), encoding="utf-8")
+        write_tsv(t_seqs, ALL_SEQUENCE_COLUMNS, every_seq)
+        write_tsv(t_regions, ALL_REGION_COLUMNS, every_region)
+        t_prov.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        v_overview.write_text(_scrolling(html_table(OVERVIEW_COLUMNS, runs)), encoding="utf-8")
+        v_left.write_text(_scrolling(html_table(UNFINISHED_COLUMNS, left)), encoding="utf-8")
+        v_models.write_text(_scrolling(models_html(used)), encoding="utf-8")
+        v_prov.write_text(_scrolling(html_table(["item", "value"], provenance_rows(record))), encoding="utf-8")
+        for tmp in t_pointers:
+            tmp.write_text(pointer_text(record), encoding="utf-8")
+
+
+def provenance_rows(record):
+    """The provenance as (item, value) rows for the report (models and settings have their own tables)."""
+    w, e = record["workflow"], record["embedding"]
+    check = e["float8_check"]
+    rows = [("workflow version", w["version"]), ("git commit", w["commit"] or "none (not a git work tree)"),
+            ("uncommitted changes", {None: "unknown", True: "yes", False: "no"}[w["dirty"]])]
+    rows += [(name, version or "not installed") for name, version in record["software"].items()]
+    rows += [("embedding devices", ", ".join(e["devices"]) or "none this run (every frame was in the store)"),
+             ("embedding precision", e["precision"] or "unknown"),
+             ("float8 check", f"{check['precision']}: {check['reason']}" if check else "not run")]
+    return rows
+
+
+def _scrolling(table):
+    """An HTML table in a box (class virnucpro-table) that the report's style (workflow/report/workflow.rst)
+    scrolls sideways when the table is wider than the page."""
+    return f'<div class="virnucpro-table">\n{table}</div>\n'
 
 
 def overview(samples, statuses, sequence_summaries, viral_regions, **run_files):

@@ -55,7 +55,15 @@ if FLOAT8 and config["embed"]["device"] == "cpu":
 # the pooled embedding stage: {EMBEDDING}/{batch}/plan, done/, logs/, benchmarks/
 EMBEDDING = f"{RESULTS}/embedding"
 # whole-run files
-RUN_FILES = ["overview.tsv", "unfinished.tsv", "models.tsv", "parameters.tsv"]
+RUN_FILES = [
+    "overview.tsv",
+    "unfinished.tsv",
+    "models.tsv",
+    "parameters.tsv",
+    "all_sequences.tsv",
+    "all_viral_regions.tsv",
+    "provenance.json",
+]
 
 
 # the classifier `snakemake train` writes; models.classifier may name it before it exists
@@ -238,6 +246,13 @@ def all_results(wildcards):
         names = ["prediction_results.tsv"] if recorded_failure(s) else SAMPLE_RESULTS
         files += [f"{RESULTS}/{s}/{name}" for name in names]
     return files
+
+
+def finished_receipts(wildcards):
+    """Input function: the embedding receipts of the shards that hold the new frames of every sample
+    whose front end went through (after the plan), for the run's provenance."""
+    failed = front_end_failed()
+    return [r for s in SAMPLES if s not in failed for r in embedded(s)]
 
 
 def run_settings():

@@ -114,6 +114,8 @@ rule overview:
         esm2=note("esm2"),
         dnabert_s=note("dnabert_s"),
         classifier=note("classifier"),
+        receipts=finished_receipts,
+        float8_check=[f"{EMBEDDING}/samples/float8_check.json"] if FLOAT8 else [],
     output:
         overview=report(
             f"{RESULTS}/overview.tsv",
@@ -139,9 +141,31 @@ rule overview:
             category="Overview",
             labels={"result": "run parameters"},
         ),
-        # the first two as HTML tables, for the report's pages (reasons are not markup)
+        all_sequences=report(
+            f"{RESULTS}/all_sequences.tsv",
+            caption="../report/all_sequences.rst",
+            category="Overview",
+            labels={"result": "sequences of all samples"},
+        ),
+        all_regions=report(
+            f"{RESULTS}/all_viral_regions.tsv",
+            caption="../report/all_viral_regions.rst",
+            category="Overview",
+            labels={"result": "viral regions of all samples"},
+        ),
+        provenance=report(
+            f"{RESULTS}/provenance.json",
+            caption="../report/provenance.rst",
+            category="Overview",
+            labels={"result": "provenance"},
+        ),
+        # every sample's folder names the run's provenance (rewritten here: no sample step reruns)
+        pointers=expand(f"{RESULTS}/{{sample}}/provenance.txt", sample=list(SAMPLES)),
+        # HTML tables for the report's pages (reasons are not markup; hashes shortened)
         overview_view=f"{RESULTS}/report/overview.html",
         unfinished_view=f"{RESULTS}/report/unfinished.html",
+        models_view=f"{RESULTS}/report/models.html",
+        provenance_view=f"{RESULTS}/report/provenance.html",
     log:
         f"{RESULTS}/logs/overview.log",
     localrule: True
