@@ -310,6 +310,7 @@ def test_provenance_file_names_software_devices_precision_models_and_settings(ta
     d, _, _ = tables
     with h5py.File(d / "shard0.h5", "w") as f:
         f.attrs["device"] = "NVIDIA H200"
+        f.attrs["precision"] = "float16"
     receipts = [d / "r0.json", d / "r1.json"]
     receipts[0].write_text(json.dumps({"device": "cuda:0", "store_files": {"esm2": str(d / "shard0.h5")}}))
     receipts[1].write_text(json.dumps({"device": "cuda:1", "store_files": {"esm2": str(d / "gone.h5")}}))
@@ -329,6 +330,7 @@ def test_provenance_file_names_software_devices_precision_models_and_settings(ta
     assert record["software"]["torch"] == metadata.version("torch")
     assert record["software"]["snakemake"] == metadata.version("snakemake")
     assert record["embedding"] == {"devices": ["NVIDIA H200", "cuda:1"], "shards": 2, "precision": "float8",
+                                   "store_precisions": {"esm2": ["float16"]},
                                    "float8_check": {"precision": "float16", "reason": "float8 refused: calls differ"}}
     assert [list(m.values()) for m in record["models"]] == tsv_rows(out["models"])[1:]
     assert record["settings"] == settings

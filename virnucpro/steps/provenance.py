@@ -8,8 +8,10 @@
 - `embedding`: `devices`, the distinct devices the embedding shards of the finished samples were
   computed on (the GPU model each store file records, else the receipt's device; empty when every frame
   was already in the store from an earlier run: then the store files' own attributes say it),
-  `shards` (receipts read), `precision` (the `embed.precision` setting) and `float8_check` (the float8
-  guard's decision, precision and reason, where the run made one);
+  `shards` (receipts read), `precision` (the `embed.precision` setting), `store_precisions` (per
+  encoder, the distinct precisions those store files record: what the matrix products ran in, e.g.
+  float32 on the CPU whatever the setting) and `float8_check` (the float8 guard's decision, precision and
+  reason, where the run made one);
 - `models`: the rows of `models.tsv` (model, file, sha256, verified);
 - `settings`: the settings of `parameters.tsv`.
 
@@ -53,16 +55,31 @@ def _installed(name):
         return None
 
 
-def _store_device(path):
-    """The device a store file records (its `device` attribute), None when it cannot be read."""
+def _store_attribute(path, name):
+    """An attribute of a store file (`device`, `precision`) as text, None when it cannot be read."""
     try:
         import h5py
 
         with h5py.File(path, "r") as f:
-            value = f.attrs.get("device")
+            value = f.attrs.get(name)
     except (OSError, ImportError):
         return None
     return None if value is None else str(value.decode() if isinstance(value, bytes) else value)
+
+
+def _store_device(path):
+    return _store_attribute(path, "device")
+
+
+def store_precisions(receipts):
+    """{encoder: sorted distinct precisions} that the store files of the receipts record."""
+    found = {}
+    for receipt in receipts:
+        files = json.loads(Path(receipt).read_text()).get("store_files", {})  # readable: embedding_devices
+        for encoder, path in files.items():
+            if (value := _store_attribute(path, "precision")) is not None:
+                found.setdefault(encoder, set()).add(value)
+    return {encoder: sorted(values) for encoder, values in sorted(found.items())}
 
 
 def embedding_devices(receipts):
@@ -93,7 +110,8 @@ def provenance(models, settings, receipts=(), float8_check=None, tree=None):
         "workflow": workflow_source(tree),
         "software": {"python": platform.python_version(), **{n: _installed(n) for n in SOFTWARE}},
         "embedding": {"devices": embedding_devices(receipts), "shards": len(receipts),
-                      "precision": settings.get("embed.precision"), "float8_check": check},
+                      "precision": settings.get("embed.precision"), "store_precisions": store_precisions(receipts),
+                      "float8_check": check},
         "models": [dict(zip(("model", "file", "sha256", "verified"), row)) for row in models],
         "settings": dict(settings),
     }

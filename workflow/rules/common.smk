@@ -250,9 +250,15 @@ def all_results(wildcards):
 
 def finished_receipts(wildcards):
     """Input function: the embedding receipts of the shards that hold the new frames of every sample
-    whose front end went through (after the plan), for the run's provenance."""
+    whose front end went through (after the plan: plan.json's member_shards), for the run's provenance.
+    """
     failed = front_end_failed()
-    return [r for s in SAMPLES if s not in failed for r in embedded(s)]
+    plan = checkpoints.plan.get(batch="samples").output[0]
+    pending = json.loads(Path(plan, "plan.json").read_text())["member_shards"]
+    shards = dict.fromkeys(
+        s for m in SAMPLES if m not in failed for s in pending.get(m, [])
+    )
+    return [f"{EMBEDDING}/samples/done/{s}.json" for s in shards]
 
 
 def run_settings():
