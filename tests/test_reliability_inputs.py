@@ -356,7 +356,7 @@ def _copy_run(finished, dst):
 
 def _drop_from_store(work, frame):
     """Rewrite the ESM-2 store file that holds `frame` (a frame id of sample s) without it."""
-    member = json.loads((work / "results" / "embedding" / "samples" / "plan" / "members" / f"{SAMPLE}.json").read_text())
+    member = json.loads((work / "results" / "embedding" / "samples" / "members" / f"{SAMPLE}.json").read_text())
     nucleotides = dict(read_fasta(work / "results" / SAMPLE / "prepare" / "frames.fna"))
     proteins = dict(read_fasta(work / "results" / SAMPLE / "prepare" / "frames.faa"))
     key = frame_key(nucleotides[frame], proteins[frame]).encode()
@@ -379,7 +379,7 @@ def test_frame_missing_from_the_store_fails_the_classification(finished, tmp_pat
     frame, the encoder and the store, says how to plan again, and writes no table of the sample."""
     work = _copy_run(finished, tmp_path / "work")
     store = work / "resources" / "embeddings"
-    member = work / "results" / "embedding" / "samples" / "plan" / "members" / f"{SAMPLE}.json"
+    member = work / "results" / "embedding" / "samples" / "members" / f"{SAMPLE}.json"
     member.write_text(member.read_text().replace(str(finished / "resources"), str(work / "resources")))
     out = work / "results" / SAMPLE
     frame = [i for i, _ in read_fasta(out / "prepare" / "frames.faa")][3]
