@@ -24,7 +24,7 @@ run_step(
     provenance_file=snakemake.output.provenance,
     models_view=snakemake.output.models_view,
     provenance_view=snakemake.output.provenance_view,
-    pointers=dict(zip(snakemake.params.samples, snakemake.output.pointers)),
+    pointers=dict(zip(snakemake.params.samples, snakemake.params.pointers)),
     receipts=list(snakemake.input.receipts),
     float8_check=snakemake.input.float8_check or None,
     threads=snakemake.threads,

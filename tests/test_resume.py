@@ -94,12 +94,14 @@ def kill_when(proc, moment, timeout=240, sig=signal.SIGKILL):
 
 
 def snapshot(work):
-    """{relative path: (inode, mtime_ns)} of every file under the step-output folders of `work` (logs
-    and Snakemake's own timestamps aside)."""
+    """{relative path: (inode, mtime_ns)} of every file under the step-output folders of `work` (logs,
+    Snakemake's own timestamps and the store's shard locks aside: a killed job's lock is taken over, and
+    released, by the job that redoes its shard)."""
     files = {}
     for folder in STEP_OUTPUTS:
         for p in (work / folder).rglob("*") if (work / folder).exists() else []:
-            if p.is_file() and "logs" not in p.parts and p.name != ".snakemake_timestamp":
+            if p.is_file() and "logs" not in p.parts and p.name != ".snakemake_timestamp" \
+                    and not p.name.startswith(".lock-"):
                 st = p.stat()
                 files[str(p.relative_to(work))] = (st.st_ino, st.st_mtime_ns)
     return files
@@ -195,6 +197,8 @@ def test_killed_in_embedding_and_in_summarize_resumes_to_the_same_results(tmp_pa
     # leftovers of the killed writes keep their temporary names and are never read as results
     leftovers = [p.name for p in work.rglob(".tmp-*") if ".snakemake" not in p.parts]
     assert all(re.fullmatch(r"\.tmp-[0-9a-f]{8}-.+", n) for n in leftovers), leftovers
+    # the killed embedding job's shard lock was taken over by the job that redid the shard, and released
+    assert not [p for p in work.rglob(".lock-*") if ".snakemake" not in p.parts]
 
 
 def test_ctrl_c_inside_a_step_gives_one_line_and_the_rerun_the_same_results(tmp_path, tiny_models, baseline):

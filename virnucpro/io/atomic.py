@@ -112,3 +112,18 @@ def iter_with_none(paths, temps):
     """Map `paths` (which may hold None for an optional output) onto temporary paths, keeping None."""
     it = iter(temps)
     return [None if p is None else next(it) for p in paths]
+
+
+def write_text_if_changed(path, text):
+    """Write `text` to `path` (atomically, `atomic_outputs`) unless the file holds exactly that already, so
+    that an unchanged file keeps its modification time (and what depends on it does not run again).
+    Returns whether it wrote."""
+    path = Path(path)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    with atomic_outputs(path) as (tmp,):
+        tmp.write_text(text, encoding="utf-8")
+    return True

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.errors import VirNucProError
-from virnucpro.io.atomic import atomic_outputs
+from virnucpro.io.atomic import atomic_outputs, write_text_if_changed
 from virnucpro.io.seqio import read_fasta
 from virnucpro.io.store import (
     StoreFileError,
@@ -245,14 +245,7 @@ def _write(out_dir, plan, members, work, keys, shard_of, names, records):
 
 def _write_if_changed(path, data):
     """`data` as JSON into `path` (atomically), unless the file holds exactly that already."""
-    text = json.dumps(data, indent=1) + "\n"
-    try:
-        if path.read_text() == text:
-            return
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
-    with atomic_outputs(path) as (tmp,):
-        tmp.write_text(text)
+    write_text_if_changed(path, json.dumps(data, indent=1) + "\n")
 
 
 def _write_json(path, data):

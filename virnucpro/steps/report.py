@@ -32,7 +32,7 @@ import statistics
 from pathlib import Path
 
 from virnucpro.errors import VirNucProError
-from virnucpro.io.atomic import atomic_outputs
+from virnucpro.io.atomic import atomic_outputs, write_text_if_changed
 from virnucpro.io.tables import read_tsv, write_tsv
 from virnucpro.results.regions import REGION_COLUMNS
 from virnucpro.steps.outcome import sample_reason
@@ -162,7 +162,9 @@ def write_run_files(samples, tables, reasons, notes, settings, overview, unfinis
     """The files of the module docstring: `samples`, `tables` and `reasons` as `overview_rows` takes
     them, `notes` the model notes (or their paths), `settings` maps setting -> value; the provenance
     (`virnucpro.steps.provenance`, from `receipts` and `float8_check`) as JSON, as an HTML table
-    (`provenance_view`), and `pointers` maps a sample to the path of its `provenance.txt`."""
+    (`provenance_view`), and `pointers` maps a sample to the path of its `provenance.txt`, written after
+    the run files and only where its text changed: a sample folder is touched only when what it names
+    changed (an added sample leaves the others' folders as they are)."""
     from virnucpro.steps.provenance import pointer_text, provenance
 
     runs = overview_rows(samples, tables, reasons)
@@ -172,9 +174,9 @@ def write_run_files(samples, tables, reasons, notes, settings, overview, unfinis
     record = provenance(used, settings, receipts, float8_check)
     pointers = dict(pointers or {})
     outputs = (overview, unfinished, models, parameters, overview_view, unfinished_view, all_sequences,
-               all_regions, provenance_file, models_view, provenance_view, *pointers.values())
+               all_regions, provenance_file, models_view, provenance_view)
     with atomic_outputs(*outputs) as (t_overview, t_left, t_models, t_params, v_overview, v_left, t_seqs,
-                                      t_regions, t_prov, v_models, v_prov, *t_pointers):
+                                      t_regions, t_prov, v_models, v_prov):
         write_tsv(t_overview, OVERVIEW_COLUMNS, runs)
         write_tsv(t_left, UNFINISHED_COLUMNS, left)
         write_tsv(t_models, MODEL_COLUMNS, used)
@@ -186,8 +188,8 @@ def write_run_files(samples, tables, reasons, notes, settings, overview, unfinis
         v_left.write_text(_scrolling(html_table(UNFINISHED_COLUMNS, left)), encoding="utf-8")
         v_models.write_text(_scrolling(models_html(used)), encoding="utf-8")
         v_prov.write_text(_scrolling(html_table(["item", "value"], provenance_rows(record))), encoding="utf-8")
-        for tmp in t_pointers:
-            tmp.write_text(pointer_text(record), encoding="utf-8")
+    for path in pointers.values():
+        write_text_if_changed(path, pointer_text(record))
 
 
 def provenance_rows(record):

@@ -159,8 +159,6 @@ rule overview:
             category="Overview",
             labels={"result": "provenance"},
         ),
-        # every sample's folder names the run's provenance (rewritten here: no sample step reruns)
-        pointers=expand(f"{RESULTS}/{{sample}}/provenance.txt", sample=list(SAMPLES)),
         # HTML tables for the report's pages (reasons are not markup; hashes shortened)
         overview_view=f"{RESULTS}/report/overview.html",
         unfinished_view=f"{RESULTS}/report/unfinished.html",
@@ -174,6 +172,9 @@ rule overview:
     threads: 1
     params:
         samples=list(SAMPLES),
+        # every sample's folder names the run's provenance: written by this step where its text changed,
+        # not an output (Snakemake would remove and rewrite it, touching every sample's folder)
+        pointers=expand(f"{RESULTS}/{{sample}}/provenance.txt", sample=list(SAMPLES)),
         unfinished=lambda wildcards: list(front_end_failed()),
         settings=run_settings(),
     script:
