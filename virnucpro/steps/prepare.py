@@ -21,7 +21,6 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
