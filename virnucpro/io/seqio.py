@@ -15,7 +15,9 @@ quality line of the wrong length, an unreadable compressed stream, a record or h
 binary or non-FASTA content.
 
 `read_fasta(path)` is the light reader for the project's own FASTA files (frames written by `prepare`):
-same parsing, no nucleotide check, empty files allowed, sequences returned as `str`.
+same parsing, no nucleotide check, empty files allowed, sequences returned as `str`. `read_frames(path)`
+reads the project's own two-line records (`>header` and the sequence on one line: the frames `prepare`
+writes, the shards the plan writes) at the speed of plain line reading; any other layout is an error.
 """
 
 import bz2
@@ -24,7 +26,7 @@ import io
 import lzma
 import zlib
 
-from virnucpro.errors import InputError
+from virnucpro.errors import InputError, VirNucProError
 
 COMPRESSIONS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}  # magic -> opener
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -82,6 +84,19 @@ def read_fasta(path):
     """
     for rid, seq in read_sequences(path, check_nucleotides=False, allow_empty=True, max_bp=None):
         yield rid, seq.decode("ascii")
+
+
+def read_frames(path):
+    """Yield `(header, sequence)` (both `str`, without '>' and line ends) of a file of two-line records, as
+    `prepare` and the plan write them; a file that holds anything else is a one-line error."""
+    with open(path) as fh:
+        lines = iter(fh)
+        for number, header in enumerate(lines, start=1):
+            seq = next(lines, "")
+            if header[:1] != ">" or seq[:1] in ("", ">", "\n") or not seq.endswith("\n"):
+                raise VirNucProError(f"{path}: record {number} is not '>id' and one line of sequence (not a file "
+                                     "of frames written by this workflow?)")
+            yield header[1:-1], seq[:-1]
 
 
 def check_nucleotide_codes(path, rid, seq):

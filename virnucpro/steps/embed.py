@@ -34,6 +34,7 @@ from virnucpro.errors import VirNucProError
 from virnucpro.gpus import visible_devices
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.notes import check_note, source_sha256
+from virnucpro.io.seqio import read_frames
 from virnucpro.io.locks import hold_lock
 from virnucpro.io.store import Namespace, StoreFileError, read_keys, verify_store_file, write_store_file
 from virnucpro.models import dnabert, esm2
@@ -53,10 +54,9 @@ def read_shard(path):
     """[(key, label, sequence)] of a shard file the plan wrote (`>{key} {member}:{frame id}`, one line of
     sequence); the label names the frame in messages."""
     records = []
-    with open(path) as fh:
-        for header, seq in zip(fh, fh):
-            key, _, label = header[1:].rstrip("\n").partition(" ")
-            records.append((key, label or key, seq.rstrip("\n")))
+    for header, seq in read_frames(path):
+        key, _, label = header.partition(" ")
+        records.append((key, label or key, seq))
     return records
 
 
@@ -277,12 +277,3 @@ def embed_calibration(frames, notes, device, esm2_tokens_per_batch=None, dnabert
     if not frames:
         return tuple(np.zeros((0, t.dim), dtype=np.float32) for t in tasks)
     return tuple(run_packed(tasks, device))
-
-
-def write_receipt_list(receipts, out):
-    """Write the paths of a plan's shard receipts, one per line, to `out` (rule `embedded`): the one file
-    the steps that read the store wait for, so that their inputs stay the same files from run to run."""
-    with atomic_outputs(out) as (tmp,):
-        tmp.write_text("".join(f"{r}\n" for r in receipts))
-    log.info("%d shard receipt(s) -> %s", len(receipts), out)
-    return out

@@ -36,7 +36,7 @@ import numpy as np
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs, write_text_if_changed
-from virnucpro.io.seqio import read_fasta
+from virnucpro.io.seqio import read_frames
 from virnucpro.io.store import (
     StoreFileError,
     StoreIndex,
@@ -74,8 +74,8 @@ def member_frames(name, dna, protein):
 
 def _paired(name, dna, protein):
     """Yield (frame id, nucleotide, protein) of one member, checking that both files hold the same ids."""
-    proteins = read_fasta(protein)
-    for rid, nucleotide in read_fasta(dna):
+    proteins = read_frames(protein)
+    for rid, nucleotide in read_frames(dna):
         pid, prot = next(proteins, (None, None))
         if pid != rid:
             raise VirNucProError(f"{dna} and {protein} of '{name}' do not hold the same frames in the same order")
@@ -327,3 +327,12 @@ def plan_run(members, out_dir, store, notes, device, tokens_per_shard=50_000_000
     spaces = namespaces(check_note(notes["esm2"]), check_note(notes["dnabert_s"]), planned, float8=float8)
     return plan_embeddings(members, out_dir, store, spaces, tokens_per_shard, planned, device, skipped,
                            esm2_precision="float8" if float8 else None, records_dir=records_dir)
+
+
+def write_receipt_list(receipts, out):
+    """Write the paths of a plan's shard receipts, one per line, to `out` (rule `embedded`): the one file
+    the steps that read the store wait for, so that their inputs stay the same files from run to run."""
+    with atomic_outputs(out) as (tmp,):
+        tmp.write_text("".join(f"{r}\n" for r in receipts))
+    log.info("%d shard receipt(s) -> %s", len(receipts), out)
+    return out
