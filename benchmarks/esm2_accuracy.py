@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from esm.model.esm2 import ESM2  # noqa: E402
 from tiny_esm2 import LENGTHS, padded_reference, random_proteins  # noqa: E402
 
-from virnucpro.models.classifier import MLPClassifier  # noqa: E402
+from virnucpro.models.mlp import MLPClassifier  # noqa: E402
 from virnucpro.models.esm2 import PackedESM2, tokenizer  # noqa: E402
 from virnucpro.models.runner import embed_packed  # noqa: E402
 

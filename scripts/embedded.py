@@ -2,7 +2,7 @@
 reading the store wait for (common.smk `embedded`)."""
 
 from virnucpro.logs import run_step
-from virnucpro.steps.embed import write_receipt_list
+from virnucpro.steps.plan import write_receipt_list
 
 run_step(snakemake.log[0], write_receipt_list, list(snakemake.input.receipts), snakemake.output[0],
          threads=snakemake.threads)

@@ -19,13 +19,8 @@ from tests.original_classifier import make_original_classifier
 from tests.stored_features import stored_features
 from virnucpro.errors import VirNucProError
 from virnucpro.io.converted import model_note
-from virnucpro.models.classifier import (
-    MLPClassifier,
-    convert_original,
-    load_classifier,
-    predict,
-    write_classifier_file,
-)
+from virnucpro.models.classifier import PARAMETERS, Classifier, read_classifier
+from virnucpro.models.mlp import MLPClassifier, convert_original, load_classifier, write_classifier_file
 from virnucpro.steps.classify import HEADER, classify
 
 
@@ -88,16 +83,65 @@ def test_conversion_reproduces_the_original_table(original, tmp_path):
     assert len(list((tmp_path / "models" / "converted").glob("500_model-*.safetensors"))) == 1
 
 
+def numpy_classifier(model):
+    """The classify step's classifier holding the parameters of the torch module `model`."""
+    state = model.state_dict()
+    return Classifier({name: state[name].numpy() for name in PARAMETERS}, 500, "test", "")
+
+
+def trained_like(seed):
+    """An MLPClassifier with non-trivial BatchNorm statistics and affine parameters, in eval mode."""
+    torch.manual_seed(seed)
+    model = MLPClassifier(input_dim=3328)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(64, 3328) * 3 + 0.5)
+        model.bn1.weight.normal_(1.0, 0.3)
+        model.bn1.bias.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def test_numpy_scores_agree_with_the_torch_forward():
+    """The classify step's NumPy arithmetic against the torch module's eval forward and softmax, in float32:
+    the sums of 3328 products round differently in the two, by a few float32 steps of a score near 1."""
+    model = trained_like(2)
+    x = (np.random.default_rng(6).normal(size=(700, 3328)) * 2).astype(np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))
+        model.output_layer.bias[1] -= (logits[:, 1] - logits[:, 0]).median()  # as many virus calls as others
+        want = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+    got = numpy_classifier(model).scores(x)
+    assert got.dtype == np.float32 and got.shape == (700, 2)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert 0.05 < (got[:, 1] > got[:, 0]).mean() < 0.95  # both calls occur
+
+
 def test_a_frame_scores_the_same_beside_any_other_frames():
     """Blocks of one shape: the same rows in another order, or alone, get the same bits."""
-    torch.manual_seed(1)
-    model = MLPClassifier(input_dim=3328).eval()
+    clf = numpy_classifier(trained_like(1))
     x = np.random.default_rng(4).normal(size=(300, 3328)).astype(np.float32)
-    whole = predict(model, x)
+    whole = clf.scores(x)
     order = np.random.default_rng(5).permutation(300)
-    assert np.array_equal(predict(model, x[order]), whole[order])
+    assert np.array_equal(clf.scores(x[order]), whole[order])
     for i in (0, 7, 299):
-        assert np.array_equal(predict(model, x[i : i + 1]), whole[i : i + 1])
+        assert np.array_equal(clf.scores(x[i : i + 1]), whole[i : i + 1])
+
+
+def test_scores_do_not_depend_on_the_blas_threads(tmp_path):
+    """A job's threads set OPENBLAS_NUM_THREADS (Snakemake does): 1 and 2 threads, constructed here in fresh
+    processes, give the same bits."""
+    write_classifier_file(trained_like(3), tmp_path / "m.safetensors", 500, "test", "0" * 64)
+    np.save(tmp_path / "x.npy", np.random.default_rng(7).normal(size=(600, 3328)).astype(np.float32))
+    code = textwrap.dedent("""
+        import sys, numpy as np
+        from virnucpro.models.classifier import from_file
+        np.save(sys.argv[2], from_file(sys.argv[1]).scores(np.load(sys.argv[3])))
+    """)
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.safetensors"), str(tmp_path / f"s{threads}.npy"),
+                        str(tmp_path / "x.npy")], check=True, env=env)
+    assert np.load(tmp_path / "s1.npy").tobytes() == np.load(tmp_path / "s2.npy").tobytes()
 
 
 def test_output_format(original, tmp_path):
@@ -207,8 +251,9 @@ def test_converted_metadata_is_checked(tmp_path):
     save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 300, "test", "abc")
     state = load_file(tmp_path / "m.safetensors")
     save_file(state, tmp_path / "bare.safetensors", metadata={"format": "something else"})
-    with pytest.raises(VirNucProError, match="not a converted VirNucPro classifier"):
-        load_classifier(tmp_path / "bare.safetensors")
+    for read in (load_classifier, read_classifier):
+        with pytest.raises(VirNucProError, match="not a converted VirNucPro classifier"):
+            read(tmp_path / "bare.safetensors")
 
 
 def test_sample_without_frames(tmp_path):
@@ -224,7 +269,7 @@ def test_a_classifier_file_has_the_same_bytes_in_every_process(tmp_path):
     sha256: safetensors' metadata order would otherwise differ from process to process."""
     code = textwrap.dedent("""
         import sys, torch
-        from virnucpro.models.classifier import MLPClassifier, write_classifier_file
+        from virnucpro.models.mlp import MLPClassifier, write_classifier_file
         torch.manual_seed(0)
         write_classifier_file(MLPClassifier(input_dim=24, hidden_dim=8), sys.argv[1], 500, "test", "0" * 64)
     """)

@@ -80,7 +80,7 @@ def test_the_guard_decides_both_ways_and_the_plan_embeds_in_float8(tmp_path):
     from tests.tiny_dnabert import build_tiny_dnabert
     from tests.tiny_esm2 import save_fair_esm_checkpoint
     from virnucpro.io.converted import model_note
-    from virnucpro.models.classifier import MLPClassifier, write_classifier_file
+    from virnucpro.models.mlp import MLPClassifier, write_classifier_file
     from virnucpro.steps.embed import embed_shard
     from virnucpro.steps.plan import plan_run
     from virnucpro.steps.precision import check_float8

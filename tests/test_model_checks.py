@@ -19,7 +19,7 @@ from virnucpro.config import check_classifier, check_device, classifier_fragment
 from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import read_record
 from virnucpro.io.converted import model_note
-from virnucpro.models.classifier import MLPClassifier, write_classifier_file
+from virnucpro.models.mlp import MLPClassifier, write_classifier_file
 from virnucpro.steps import fetch
 from virnucpro.steps.report import model_rows
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from virnucpro.io.seqio import read_fasta
-from virnucpro.steps.classify import format_rows
+from virnucpro.models.classifier import prediction_lines
 from virnucpro.steps.prepare import prepare
 from virnucpro.steps.summarize import summarize
 
@@ -80,7 +80,7 @@ def scored(tmp_path):
     frames = [fid for fid, _ in read_fasta(tmp_path / "f.faa")]
     probabilities, near = probabilities_for(frames, rng)
     (tmp_path / "predictions.tsv").write_text(
-        "Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(format_rows(frames, probabilities))
+        "Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(prediction_lines(frames, probabilities))
     )
     return tmp_path, frames, probabilities, near
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from tests.stored_features import stored_features
 from virnucpro.errors import VirNucProError
 from virnucpro.io.converted import model_note
-from virnucpro.models.classifier import load_classifier
+from virnucpro.models.classifier import read_classifier
 from virnucpro.steps.classify import classify
 from virnucpro.steps.train import auroc, binary_metrics, train_classifier
 
@@ -55,7 +55,7 @@ def test_learns_two_classes_and_is_reproducible(data):
     assert {"accuracy", "precision", "recall", "f1", "auroc"} <= metrics.keys()
     assert int(metrics["heldout_frames"]) == 50 and int(metrics["train_frames"]) == 450
 
-    clf = load_classifier(d / "a.safetensors")  # our converted format, usable by classify
+    clf = read_classifier(d / "a.safetensors")  # our converted format, usable by classify
     assert clf.fragment_size == 300 and clf.input_dim == 3328
     classify(*features[0][:3], model_note("classifier", d / "a.safetensors"), fragment_size=300, out=d / "pred.tsv")
     calls = [line.split("\t")[1] for line in (d / "pred.tsv").read_text().splitlines()[1:]]

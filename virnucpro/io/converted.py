@@ -10,7 +10,7 @@ another converted file: a stale conversion can never be picked up. Concurrent jo
 source wait for each other (an exclusive lock per file).
 
 Kinds: "esm2" (a fair-esm checkpoint -> `virnucpro.models.esm2.convert_checkpoint`) and "classifier" (an original
-VirNucPro `{300|500}_model.pth` -> `virnucpro.models.classifier.convert_original`).
+VirNucPro `{300|500}_model.pth` -> `virnucpro.models.mlp.convert_original`).
 
 `model_note(kind, source, models_dir)` makes a model's note (`virnucpro.io.notes`), converting it first
 where its kind needs that, after verifying a model placed by hand where the models step downloads it
@@ -39,7 +39,7 @@ def _converter(kind):
 
         return convert_checkpoint
     if kind == "classifier":
-        from virnucpro.models.classifier import convert_original
+        from virnucpro.models.mlp import convert_original
 
         return convert_original
     raise VirNucProError(f"unknown model kind '{kind}' to convert (expected esm2 or classifier)")

@@ -1,8 +1,9 @@
-"""The VirNucPro MLP classifier: the model, loading, one-time conversion, and scoring.
+"""The VirNucPro classifier as a torch module: the original's files read, converted once, and retraining.
 
 Model: Linear(input_dim, 512) -> BatchNorm1d -> ReLU -> Dropout(0.5) -> Linear(512, 2), run in eval mode
 with a softmax; column 0 is score1 (others), column 1 is score2 (virus). Attribute names are the
-original's (`hidden_layer`, `bn1`, `output_layer`, `dropout`), so state-dict keys match its files.
+original's (`hidden_layer`, `bn1`, `output_layer`, `dropout`), so state-dict keys match its files. The
+classify step scores with `virnucpro.models.classifier` (NumPy, no torch) from the file written here.
 
 Two file forms are read by `load_classifier`:
 - ours: a safetensors state dict whose metadata (all strings) holds `format`, `fragment_size`,
@@ -14,10 +15,7 @@ Two file forms are read by `load_classifier`:
   The fragment size comes from the file name.
 
 An original file is converted once (`converted.ensure_converted`, addressed by its sha256), so a
-changed classifier file always reaches the results. `predict` scores rows in blocks of exactly `BATCH`
-rows (the last one padded with zeros): every matrix product has one shape, so a frame's scores do not
-depend on which other frames are scored with it (BLAS libraries round a row differently for different
-row counts).
+changed classifier file always reaches the results.
 """
 
 import logging
@@ -25,7 +23,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,12 +31,11 @@ from virnucpro.errors import VirNucProError, first_line
 from virnucpro.io.checksums import checked_sha256
 from virnucpro.io.converted import is_safetensors
 from virnucpro.io.torchfile import load_torch_file
+from virnucpro.models.classifier import BN_EPS, FORMAT, HIDDEN_DIM, INPUT_DIM, NUM_CLASS, from_file
 
 log = logging.getLogger("virnucpro")
 
-FORMAT = "virnucpro-mlp-classifier/1"
-INPUT_DIM, HIDDEN_DIM, NUM_CLASS = 3328, 512, 2
-BATCH = 256  # rows per forward pass, as the original's DataLoader
+SCORE_TOLERANCE = 1e-5  # the classify step's NumPy scores against torch's: float32 rounding of 3328-term sums
 N_CHECK = 512  # random inputs on which a conversion must reproduce the original's logits
 _ORIGINAL_NAME = re.compile(r"^(300|500)_model\.pth$")
 
@@ -50,7 +46,7 @@ class MLPClassifier(nn.Module):
     def __init__(self, input_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM, num_class=NUM_CLASS):
         super().__init__()
         self.hidden_layer = nn.Linear(input_dim, hidden_dim)
-        self.bn1 = nn.BatchNorm1d(hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim, eps=BN_EPS)
         self.output_layer = nn.Linear(hidden_dim, num_class)
         self.dropout = nn.Dropout(0.5)
         nn.init.xavier_uniform_(self.hidden_layer.weight)
@@ -184,35 +180,8 @@ def convert_original(pth, out, source_sha256):
     converted = _load_converted(out)
     with torch.no_grad():
         same = torch.equal(original.model(x), converted.model(x))
-    if not same or converted.fragment_size != original.fragment_size:
+        want = F.softmax(original.model(x), dim=1).numpy()
+    close = abs(from_file(out).scores(x.numpy()) - want).max() <= SCORE_TOLERANCE
+    if not (same and close) or converted.fragment_size != original.fragment_size:
         raise VirNucProError(f"{pth}: the converted classifier does not reproduce the original's outputs")
     log.info("converted %s (%d bp fragments, sha256 %s)", pth, original.fragment_size, source_sha256)
-
-
-def classifier_of(note):
-    """The classifier a checked model note names (`virnucpro.io.notes.check_note`): the note's file, which
-    must be the conversion of the noted source (or the noted source itself, for our own safetensors files)."""
-    from virnucpro.io.notes import source_sha256
-
-    clf = load_classifier(note["file"])
-    digest = source_sha256(note)
-    if note["file"] != note["source"] and clf.source_sha256 != digest:
-        raise VirNucProError(f"{note['file']}: converted from another file than {note['source']}; delete it")
-    return clf
-
-
-def predict(model, features, batch=BATCH):
-    """Softmax probabilities (N, num_class) float32 of `features` (N, input_dim), in eval mode, scored in
-    blocks of exactly `batch` rows (the last block padded with zeros)."""
-    model.eval()
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    n = x.shape[0]
-    out = np.empty((n, model.output_layer.out_features), dtype=np.float32)
-    block = torch.zeros(batch, model.hidden_layer.in_features)
-    with torch.no_grad():
-        for lo in range(0, n, batch):
-            rows = min(batch, n - lo)
-            block.zero_()
-            block[:rows] = x[lo : lo + rows]
-            out[lo : lo + rows] = F.softmax(model(block), dim=1)[:rows].numpy()
-    return out

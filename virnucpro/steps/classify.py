@@ -7,27 +7,14 @@ one row per frame in the order of the sample's frames, scores printed as the ori
 
 import logging
 
-import torch
-
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.notes import check_note
-from virnucpro.models.classifier import classifier_of, predict
+from virnucpro.models.classifier import classifier_of, prediction_lines
 from virnucpro.results.original_files import PREDICTION_HEADER as HEADER
 from virnucpro.steps.merge import iter_features
 
 log = logging.getLogger("virnucpro")
-
-LABELS = ("others", "virus")
-
-
-def format_rows(ids, probabilities):
-    """Lines of the original's prediction table (without header) for `ids` and float32 `probabilities`."""
-    predicted = torch.max(torch.from_numpy(probabilities), 1).indices.tolist() if len(ids) else []
-    return [
-        f"{i}\t{LABELS[p]}\t" + "\t".join(map(str, row)) + "\n"
-        for i, p, row in zip(ids, predicted, probabilities)
-    ]
 
 
 def classify(dna, protein, member, note, fragment_size, out):
@@ -53,8 +40,8 @@ def classify(dna, protein, member, note, fragment_size, out):
             fh.write(HEADER)
             for ids, features in iter_features(dna, protein, member, width=clf.input_dim,
                                                wanted_by=f"the classifier {model}"):
-                probabilities = predict(clf.model, features)
-                fh.writelines(format_rows(ids, probabilities))
+                probabilities = clf.scores(features)
+                fh.writelines(prediction_lines(ids, probabilities))
                 n_frames += len(ids)
                 n_virus += int((probabilities[:, 1] > probabilities[:, 0]).sum())
     log.info("classified %d frames of %s (%d virus) with %s -> %s", n_frames, protein, n_virus, model, out)

@@ -74,16 +74,16 @@ def check_key(notes, device_type, keys):
 
 def measure(frames, notes, device, esm2_tokens_per_batch=None, dnabert_tokens_per_batch=None):
     """The table rows (`TABLE_COLUMNS`) of `frames` (`calibration_frames`) on `device` (a torch device)."""
-    from virnucpro.models.classifier import classifier_of, predict
+    from virnucpro.models.classifier import LABELS, classifier_of
     from virnucpro.steps.embed import embed_calibration
 
     esm16, esm8, dna = embed_calibration(frames, notes, device, esm2_tokens_per_batch, dnabert_tokens_per_batch)
     clf = classifier_of(notes["classifier"])
-    p16 = predict(clf.model, np.concatenate([dna, esm16], axis=1))
-    p8 = predict(clf.model, np.concatenate([dna, esm8], axis=1))
+    p16 = clf.scores(np.concatenate([dna, esm16], axis=1))
+    p8 = clf.scores(np.concatenate([dna, esm8], axis=1))
     cos = (esm16 * esm8).sum(1) / np.maximum(np.linalg.norm(esm16, axis=1) * np.linalg.norm(esm8, axis=1), 1e-30)
     call16, call8 = p16.argmax(1), p8.argmax(1)
-    labels = np.array(["others", "virus"])
+    labels = np.array(LABELS)
     return [(label, key, f"{c:.7f}", f"{a:.6f}", f"{b:.6f}", f"{b - a:.6f}", labels[x], labels[y],
              "yes" if x == y else "no")
             for (label, key, _, _), c, a, b, x, y in zip(frames, cos, p16[:, 1], p8[:, 1], call16, call8)]

@@ -11,7 +11,7 @@
   has not improved for `patience` epochs; the weights of the best epoch are restored (the original
   meant to; its copy kept references to the live tensors). A final training batch of a single row is
   skipped, as BatchNorm cannot train on one row;
-- outputs, both atomic: the classifier in our safetensors format (loadable by `load_classifier`, with
+- outputs, both atomic: the classifier in our safetensors format (loadable by `virnucpro.models.classifier.read_classifier`, with
   the fragment size in its metadata) and a metrics TSV (`metric`, `value`): accuracy, precision,
   recall, F1 (class 1 positive) and AUROC of the held-out rows, plus the held-out loss and counts.
 Runs on CPU in float32 and is deterministic for a seed (same inputs, same machine, same thread count).
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
-from virnucpro.models.classifier import MLPClassifier, write_classifier_file
+from virnucpro.models.mlp import MLPClassifier, write_classifier_file
 
 log = logging.getLogger("virnucpro")
 
