@@ -7,13 +7,14 @@
   height of its virus score (max score2 over its frames), red when the fragment is called viral and dark
   blue otherwise (the colours of the original's `drew_fig.py`); viral regions are light red bands.
   A sequence longer than `PIXEL_COLUMNS` fragments is drawn per pixel column instead (`per_column`):
-  its length cut into `PIXEL_COLUMNS` equal columns (one per pixel of the figure's width; the axes are
-  a little narrower, so a pixel shows one or two columns), each drawn at the highest virus score of the
-  fragments whose middle lies in it, red when any of them is called viral, and drawn two columns wide
-  (half a column beyond each side, viral ones over the others) so that it covers most of a pixel
-  wherever it falls; a region band is at least `REGION_COLUMNS` columns wide. So a 20 kb prophage in a 30 Mbp record stays visible.
+  its length cut into `PIXEL_COLUMNS` equal columns (one per pixel of the axes' width), each drawn at
+  the highest virus score of the fragments whose middle lies in it, red when any of them is called
+  viral, and drawn two columns wide (half a column beyond each side, viral ones over the others) so
+  that it covers a whole pixel wherever it falls; a region band is at least `REGION_COLUMNS` columns
+  wide. So a 20 kb prophage in a 30 Mbp record stays visible.
 Both carry the sample name in the title and a colour legend; ids longer than `MAX_ID_CHARS` are
-shortened with an ellipsis in the middle.
+shortened with an ellipsis in the middle. Margins are fixed (`_margins`), in inches, so each figure is
+drawn once, when it is saved: a layout engine would draw it a second time to measure it.
 """
 
 import numpy as np
@@ -23,7 +24,8 @@ from virnucpro.frames import fragment_layout
 VIRAL_COLOUR, OTHER_COLOUR, REGION_COLOUR = "red", "darkblue", "#fcd2d2"
 MAX_ID_CHARS = 60
 ALONG_WIDTH, DPI = 14, 100  # inches, pixels per inch: the along-sequence figure
-PIXEL_COLUMNS = ALONG_WIDTH * DPI
+ALONG_LEFT, ALONG_RIGHT = 0.8, 0.45  # inches beside the panels: y labels; the last x tick label's overhang
+PIXEL_COLUMNS = round((ALONG_WIDTH - ALONG_LEFT - ALONG_RIGHT) * DPI)  # the panels' width in pixels
 REGION_COLUMNS = 3  # the narrowest region band, in pixel columns
 ELLIPSIS = "\u2026"
 
@@ -40,7 +42,16 @@ def shorten(text, width=MAX_ID_CHARS):
 def _figure(width, height):
     from matplotlib.figure import Figure  # heavy: only the summary step draws
 
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    return Figure(figsize=(width, height), dpi=DPI)
+
+
+def _margins(fig, left, right, top, bottom, gap=0.0):
+    """Place the axes by margins in inches (and `gap` inches between stacked panels)."""
+    width, height = fig.get_size_inches()
+    rows = max(len(fig.axes), 1)
+    panel = (height - top - bottom - gap * (rows - 1)) / rows
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+                        hspace=gap / panel)
 
 
 def _style(ax):
@@ -78,8 +89,9 @@ def plot_histogram(path, frames, sample):
     ax.set_xlabel("virus score (score2) of each frame")
     ax.set_ylabel("frames")
     ax.set_title(f"{shorten(sample)}: virus scores of {len(s2)} frames", loc="left", fontweight="bold")
-    fig.legend(loc="outside lower center", ncols=3, fontsize=9, frameon=False)
+    fig.legend(loc="lower center", ncols=3, fontsize=9, frameon=False)
     _style(ax)
+    _margins(fig, left=0.8, right=0.25, top=0.4, bottom=1.0)
     fig.savefig(path, format="png")
 
 
@@ -100,7 +112,7 @@ def _legend(fig):
         Patch(color=REGION_COLOUR, label="viral region"),
         Line2D([], [], color="gray", linestyle="--", linewidth=1, label="virus score 0.5"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=10)
+    fig.legend(handles=handles, loc="lower center", ncols=4, frameon=False, fontsize=10)
 
 
 def per_column(start, length, score, viral, seq_length, columns=PIXEL_COLUMNS):
@@ -147,14 +159,15 @@ def plot_along(path, t, frag, regions, top, fragment_size, sample):
     n = max(len(top), 1)
     fig = _figure(ALONG_WIDTH, 1.9 * n + 1.0)
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    title = dict(x=0.01, y=1 - 0.1 / fig.get_figheight(), ha="left", va="top", fontweight="bold")
     if not len(top):
-        fig.suptitle(f"{shorten(sample)}: virus score along sequences", x=0.01, ha="left", fontweight="bold")
+        fig.suptitle(f"{shorten(sample)}: virus score along sequences", **title)
         axes[0].text(0.5, 0.5, "no sequence was classified", ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_axis_off()
         fig.savefig(path, format="png")
         return
     fig.suptitle(f"{shorten(sample)}: virus score along the {len(top)} sequence(s) with the highest mean "
-                 "virus score", x=0.01, ha="left", fontweight="bold", fontsize=13)
+                 "virus score", fontsize=13, **title)
     _legend(fig)
     for ax, i in zip(axes, top.tolist()):
         mine = frag["owner"] == i
@@ -164,4 +177,5 @@ def plot_along(path, t, frag, regions, top, fragment_size, sample):
         own = regions["owner"] == i
         _panel(ax, t, i, segments, viral, list(zip(regions["start"][own], regions["end"][own])))
     axes[-1].set_xlabel("position (bp)")
+    _margins(fig, left=ALONG_LEFT, right=ALONG_RIGHT, top=0.75, bottom=0.95, gap=0.55)
     fig.savefig(path, format="png")
