@@ -15,6 +15,12 @@ def score_text(x):
     return "NA" if np.isnan(x) else f"{x:.{SCORE_DECIMALS}f}"
 
 
+def score_texts(values):
+    """`score_text` of every value of a column (an array), as a list: one formatting call per value."""
+    text = f"{{:.{SCORE_DECIMALS}f}}".format
+    return ["NA" if x != x else text(x) for x in np.asarray(values, dtype=np.float64).tolist()]
+
+
 def read_tsv(path):
     """(header, rows) of a tab-separated table with a header line; every field is a string."""
     with open(path, encoding="utf-8") as fh:

@@ -28,7 +28,7 @@ import numpy as np
 
 from virnucpro.errors import VirNucProError
 from virnucpro.frames import fragment_layout
-from virnucpro.io.tables import score_text
+from virnucpro.io.tables import score_texts
 
 REGION_COLUMNS = [
     "sequence_id", "start", "end", "length", "fragments", "viral_fragments", "mean_virus_score",
@@ -104,7 +104,7 @@ def region_rows(seqs, regions):
     rows = zip(
         seqs["sequence_id"][r["owner"]], r["start"].tolist(), r["end"].tolist(),
         (r["end"] - r["start"] + 1).tolist(), r["fragments"].tolist(), r["viral_fragments"].tolist(),
-        map(score_text, r["mean"]), map(score_text, r["max"]), r["whole"].tolist(),
+        score_texts(r["mean"]), score_texts(r["max"]), r["whole"].tolist(),
     )
     return [[str(x) for x in row] for row in rows]
 

@@ -16,7 +16,7 @@ then by start.
 
 import numpy as np
 
-from virnucpro.io.tables import score_text
+from virnucpro.io.tables import score_texts
 from virnucpro.results.regions import fragment_index, region_names, sample_layout
 
 REGION_RGB = "200,0,0"
@@ -48,9 +48,9 @@ def write_score_track(path, seqs, frag, fragment_size, sample):
             "color=200,0,0 altColor=0,0,139 graphType=bar\n"
         )
         fh.writelines(
-            f"{ids[o]}\t{s}\t{e}\t{score_text(v)}\n"
+            f"{ids[o]}\t{s}\t{e}\t{v}\n"
             for o, s, e, v in zip(frag["owner"][order].tolist(), start[at[order]].tolist(),
-                                  stop[at[order]].tolist(), frag["max2"][order])
+                                  stop[at[order]].tolist(), score_texts(frag["max2"][order]))
         )
 
 

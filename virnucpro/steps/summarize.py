@@ -51,7 +51,7 @@ import numpy as np
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.seqio import MAX_RECORD_BP
-from virnucpro.io.tables import score_text, write_tsv
+from virnucpro.io.tables import score_texts, write_tsv
 from virnucpro.results.gff import write_region_gff
 from virnucpro.results.original_files import (
     write_highest_scores,
@@ -328,8 +328,8 @@ def fragment_ids(seqs, frag):
 
 
 def _write_fragment_calls(path, seqs, frag):
-    rows = zip(fragment_ids(seqs, frag), frag["viral"].tolist(), map(score_text, frag["max1"]),
-               map(score_text, frag["max2"]))
+    rows = zip(fragment_ids(seqs, frag), frag["viral"].tolist(), score_texts(frag["max1"]),
+               score_texts(frag["max2"]))
     write_tsv(path, FRAGMENT_COLUMNS, rows)
 
 
@@ -337,8 +337,8 @@ def sequence_rows(t):
     """The sequence summary's rows (SEQUENCE_COLUMNS) as text, from `sequence_table`'s arrays."""
     rows = zip(
         t["sequence_id"], t["length"].tolist(), t["fragments"].tolist(), t["fragments_with_frames"].tolist(),
-        t["viral_fragments"].tolist(), map(score_text, t["viral_fraction"]), map(score_text, t["max_virus_score"]),
-        map(score_text, t["mean_virus_score"]), t["status"], t["call"], map(score_text, t["confidence"]),
+        t["viral_fragments"].tolist(), score_texts(t["viral_fraction"]), score_texts(t["max_virus_score"]),
+        score_texts(t["mean_virus_score"]), t["status"], t["call"], score_texts(t["confidence"]),
         [str(k) if k >= 0 else "NA" for k in t["fragments_to_flip"].tolist()],
     )
     return [[str(x) for x in row] for row in rows]
