@@ -22,10 +22,31 @@ def _say(text):
     return text
 
 
-def test_step_log_lines_carry_the_date(tmp_path):
-    assert run_step(tmp_path / "step.log", _say, "hello", threads=1) == "hello"
+def test_step_log_lines_carry_the_date_and_the_last_one_time_and_memory(tmp_path):
+    assert run_step(tmp_path / "step.log", _say, "hello", threads=2) == "hello"
     lines = (tmp_path / "step.log").read_text().splitlines()
-    assert len(lines) == 1 and DATED.match(lines[0]) and lines[0].endswith("hello"), lines
+    assert len(lines) == 2 and all(DATED.match(line) for line in lines) and lines[0].endswith("hello"), lines
+    done = re.search(r"_say: done in ([0-9.]+) s, peak memory ([0-9]+) MB, 2 thread\(s\)$", lines[1])
+    assert done and float(done.group(1)) < 60, lines[1]
+
+
+def test_the_peak_memory_is_the_steps_own(tmp_path):
+    """A step that touches 300 MB reports at least that; the same process, before, reported less."""
+    code = textwrap.dedent("""
+        import sys
+        from virnucpro.logs import run_step
+
+        def hold(mb):
+            return len(b"x" * (mb << 20))
+
+        run_step(sys.argv[1], hold, int(sys.argv[2]), threads=1)
+    """)
+    peaks = []
+    for mb in (0, 300):
+        log = tmp_path / f"{mb}.log"
+        subprocess.run([sys.executable, "-c", code, str(log), str(mb)], check=True, capture_output=True)
+        peaks.append(int(re.search(r"peak memory ([0-9]+) MB", log.read_text()).group(1)))
+    assert peaks[1] >= 300 and peaks[1] - peaks[0] >= 280, peaks
 
 
 def test_cli_log_lines_carry_the_date(tmp_path):

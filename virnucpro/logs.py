@@ -3,9 +3,11 @@
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
+import time
 import traceback
 
 from virnucpro.errors import VirNucProError
@@ -14,6 +16,7 @@ from virnucpro.io.atomic import is_disk_full
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
+STEP_DONE = "%s: done in %.1f s, peak memory %.0f MB, %d thread(s)"  # the last line of a step's log
 INTERRUPT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report
 
 
@@ -92,9 +95,20 @@ def _start_log(log_path):
     )
 
 
+def peak_memory_mb():
+    """The largest resident memory of this process so far, in MB: Linux's VmHWM (getrusage's maxrss would
+    count the memory of the process that started this one, which Linux carries across fork and exec)."""
+    try:
+        with open("/proc/self/status") as fh:
+            kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; elsewhere a bound
+    return kib / 1024
+
+
 def run_step(log_path, fn, /, *args, threads, **kwargs):
     """Run `fn(*args, **kwargs)` as one workflow step on `threads` threads (`limit_threads`), logging to
-    `log_path` and to stderr.
+    `log_path` and to stderr. A step that returns logs its time and its peak memory (`STEP_DONE`).
 
     A `VirNucProError` ends the step with exit status 1 and its one-line message (prefixed by the step
     name) in the log and on stderr; SIGINT or SIGTERM (Ctrl-C, a cluster's cancel) ends it with the
@@ -104,11 +118,14 @@ def run_step(log_path, fn, /, *args, threads, **kwargs):
     The signal handlers are in place before the log file is created.
     """
     log = logging.getLogger("virnucpro")
+    started = time.monotonic()
     with _interrupts():
         try:
             _start_log(log_path)
             limit_threads(threads)
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            log.info(STEP_DONE, fn.__name__, time.monotonic() - started, peak_memory_mb(), threads)
+            return result
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
             log.error("%s: interrupted (%s)", fn.__name__, signal.Signals(signum).name)
