@@ -10,6 +10,7 @@ a constant offset leaves unchanged in exact arithmetic.
 """
 
 import hashlib
+import os
 
 import esm
 import numpy as np
@@ -75,6 +76,27 @@ def test_truncation_to_1022_residues():
     assert len(long) == 1024 and long[1022] == 15 and long[-1] == 2  # residue 1022 is the first K
     lengths = tok.lengths(["a", "b", "c"], ["A" * 1022, "A" * 1023, "A"])
     assert lengths.tolist() == [1024, 1024, 3]
+
+
+@pytest.mark.parametrize("extra", [[], ["AC<mask>DE", "AC DE"]])
+def test_token_counts_are_the_lengths_of_the_tokens(extra):
+    """Counted at once for plain residues, one by one where specials or whitespace change the count."""
+    tok = Esm2Tokenizer(esm.data.Alphabet.from_architecture("ESM-1b"))
+    seqs = random_proteins([1, 30, 1022, 1500, 7], seed=3) + extra
+    assert tok.lengths(list(map(str, range(len(seqs)))), seqs).tolist() == [len(t) for t in tok(seqs)]
+
+
+def test_kernels_are_cached_in_the_models_folder_where_it_can_be_written(tmp_path, monkeypatch):
+    from virnucpro.models.backend import KERNEL_CACHES, use_kernel_cache
+
+    for variable in KERNEL_CACHES:
+        monkeypatch.setenv(variable, "default")
+    (tmp_path / "a_file").write_text("")
+    assert not use_kernel_cache(tmp_path / "a_file" / "kernels")  # cannot be made: the defaults stay
+    assert all(os.environ[v] == "default" for v in KERNEL_CACHES)
+    assert use_kernel_cache(tmp_path / "kernels")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "kernels" / "triton")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "kernels" / "inductor")
 
 
 def test_bad_residue_names_the_record():

@@ -4,12 +4,16 @@
 calls `fall_back` with what that code raised: a build failure (Triton or Inductor failing to compile,
 a missing compiler or module) is logged once and the model goes on with plain torch ops; anything else
 (running out of memory, a device fault, a bug) is raised again, unchanged. `is_oom` and
-`is_device_failure` sort the errors of a forward pass for the batch runner.
+`is_device_failure` sort the errors of a forward pass for the batch runner. `use_kernel_cache(folder)`
+keeps what Triton and Inductor build in `folder` (the workflow's: beside the converted models), so a
+kernel is built once for every job and machine that shares the models folder, not in every job.
 """
 
 import logging
+import os
 import subprocess
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -22,6 +26,26 @@ _BUILD_ERROR_MODULES = ("triton.compiler", "torch._dynamo.exc", "torch._inductor
 _BUILD_ERRORS = {("triton.runtime.errors", "OutOfResources"), ("triton.runtime.errors", "PTXASError")}
 _DEVICE_FAILURE_MARKS = ("CUDA error", "CUDA driver error", "CUBLAS_STATUS", "CUDNN_STATUS", "device-side assert",
                          "NCCL error", "no CUDA-capable device", "CUDA-capable device(s) is/are busy")
+
+
+KERNEL_CACHES = {"TRITON_CACHE_DIR": "triton", "TORCHINDUCTOR_CACHE_DIR": "inductor"}  # variable -> subfolder
+
+
+def use_kernel_cache(folder):
+    """Point this process's Triton and Inductor caches (read when they first build) into `folder`; where
+    it cannot be written, keep their defaults (one warning line). Returns whether the folder is used."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        usable = os.access(folder, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        log.warning("kernel cache %s cannot be written: kernels are built into the default caches", folder)
+        return False
+    for variable, sub in KERNEL_CACHES.items():
+        os.environ[variable] = str(folder / sub)
+    return True
 
 
 def compiled(fn):

@@ -282,14 +282,16 @@ def _converted_meta(path, source_sha256, fmt):
 
 def load_converted(path, source_sha256, device, dtype=None, **options):
     """PackedESM2 from a converted file (float16, or float8 from `convert_float8`), its tensors read
-    straight onto `device`.
+    straight onto `device` (`virnucpro.io.tensors.load_safetensors`).
 
     The file must match its verified checksum record (size and mtime, or its content) and name
     `source_sha256` as its source. dtype: the compute dtype (default: float16 on CUDA, float32 on CPU). A
     float8 file needs e4m3 matrix units on CUDA (`fp8.supported`) or runs emulated on the CPU.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import safe_open
+
+    from virnucpro.io.tensors import load_safetensors
 
     path, device = Path(path), torch.device(device)
     checked_sha256(path)
@@ -297,7 +299,7 @@ def load_converted(path, source_sha256, device, dtype=None, **options):
         with safe_open(str(path), framework="pt") as f:
             fmt = (f.metadata() or {}).get("format")
         config, _ = _converted_meta(path, source_sha256, FLOAT8_FORMAT if fmt == FLOAT8_FORMAT else FORMAT)
-        state = load_file(str(path), device=str(device))
+        state = load_safetensors(path, device)
     except (SafetensorError, OSError) as exc:
         raise VirNucProError(f"{path}: unreadable converted ESM-2 file ({exc})") from None
     if dtype is None:
@@ -361,7 +363,12 @@ class Esm2Tokenizer:
         return out
 
     def lengths(self, ids, seqs):
-        """Tokens per sequence (specials included); a bad character is a one-line error naming the record."""
+        """Tokens per sequence (specials included); a bad character is a one-line error naming the record.
+        Sequences of one-character tokens only are counted at once; otherwise one by one."""
+        joined = "".join(seqs)
+        if joined.isascii() and (self.lut[np.frombuffer(joined.encode("ascii"), dtype=np.uint8)] >= 0).all():
+            counts = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+            return np.minimum(counts, self.truncation) + 2
         n = np.empty(len(seqs), dtype=np.int64)
         for i, (rid, seq) in enumerate(zip(ids, seqs)):
             try:
