@@ -5,23 +5,26 @@ float16 fair-esm checkpoint of 5.7 GB, DNABERT-S as a snapshot directory with a 
 `pytorch_model.bin`, an original-format `500_model.pth`), writes genome-like contigs (genes of 1.2-1.8 kb
 on both strands between 50-200 bp spacers: about 0.6 kept frames per 500 bp fragment, as real genomes
 give), converts the models once into a models folder the runs share, as an installation does (timed
-apart: the one-time cost of a new model), and for each input times `snakemake --cores all` in a fresh
-working directory with an empty embedding store, from the models step (its notes, checked against the
-converted files) through summarize and the overview:
+apart: the one-time cost of a new model; `--models-dir` keeps models and conversions for a later call),
+and for each input times `snakemake --cores all` in a fresh working directory with an empty embedding
+store, from the models step (its notes, checked against the converted files) through summarize and the
+overview:
 
-    1 x 20 Mbp, 8 x 2.5 Mbp, 100 x 0.2 Mbp
+    1 x 20 Mbp, 8 x 2.5 Mbp, 100 x 0.2 Mbp (and 1 x 100 Mbp, in a call of its own)
 
 each in every precision of `--precisions` (`embed.precision`; float8 runs include the float8 check, whose
-span is reported apart).
+span is reported apart), then once more with nothing changed (nothing runs).
 
-Then the last input again with one more sample added: the plan embeds only the new sample's frames.
-The kernel's rate is the packed ESM-2 path alone (`runner.embed_packed` on the converted model, the frames
-of the first input, warm) in the same process. Reported: wall time, Mbp/h, ESM-2 tokens/s over the run and
-its share of the kernel rate, from the jobs' receipts the seconds of model loads, embedding and writing,
-and from snakemake's log the span of every rule (start of its first job to end of its last), so that
-what limits each figure is measured.
+Then the last input again with one more sample added: the plan embeds only the new sample's frames, and
+the jobs that ran are listed. The kernel's rate is the packed ESM-2 path alone (`runner.embed_packed` on
+the converted model, the frames of the first input, warm) in the same process. Reported: wall time, Mbp/h,
+ESM-2 tokens/s over the run and its share of the kernel rate, from the jobs' receipts each job's seconds
+until ESM-2 and DNABERT-S are ready and the seconds of embedding and writing, from snakemake's log the
+span of every rule (start of its first job to end of its last), and from every job's log its peak memory
+and time (`logs.run_step`), so that what limits each figure is measured.
 
-    python benchmarks/workflow_throughput.py --out benchmarks/results/workflow_throughput_h200.md
+    python benchmarks/workflow_throughput.py --models-dir /tmp/m --out benchmarks/results/workflow_throughput_h200.md
+    python benchmarks/workflow_throughput.py --models-dir /tmp/m --inputs 1x100 --no-added-sample --out ...
     python benchmarks/workflow_throughput.py --tiny --inputs 1x0.05,3x0.01 --out /tmp/workflow.md  # CPU smoke test
 """
 
@@ -51,7 +54,7 @@ from virnucpro.models import esm2  # noqa: E402
 from virnucpro.models.encoders import ESM2_TOKENS_PER_BATCH, ESM2_TRUNCATION  # noqa: E402
 from virnucpro.models.runner import embed_packed  # noqa: E402
 
-INPUTS = "1x20,8x2.5,100x0.2"  # samples x Mbp each
+INPUTS = "1x20,8x2.5,100x0.2"  # samples x Mbp each (1x100 in a call of its own: a call may run 10 minutes)
 CONTIG_BP = 100_000
 STOPS = ("TAA", "TAG", "TGA")
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
@@ -135,20 +138,23 @@ def esm_tokens(work):
 
 
 def receipts(work):
-    """Sums of the embedding jobs' seconds per stage, their count and the frames they embedded."""
+    """Sums of the embedding jobs' seconds per stage (and, per stage, each job's seconds under
+    `per_job`), their count and the frames they embedded."""
     notes = [json.loads(p.read_text()) for p in (work / "results" / "embedding" / "samples" / "done").glob("*.json")]
-    seconds = {}
+    seconds, per_job = {}, {}
     for n in notes:
         for stage, s in n["seconds"].items():
             seconds[stage] = seconds.get(stage, 0.0) + s
+            per_job.setdefault(stage, []).append(s)
     embedded = sum(n["frames"]["esm2"] for n in notes)
-    return seconds, len(notes), embedded
+    return {**seconds, "per_job": per_job}, len(notes), embedded
 
 
-def install(root, models, device, precision):
-    """`snakemake models` once, into the models folder the runs share (root/installed): the one-time
-    conversions and notes of new models (ESM-2's float8 file too, for float8). Seconds."""
-    work = make_workdir(root / "install", **models, **{"models.dir": str(root / "installed"), "embed.device": device,
+def install(root, installed, models, device, precision):
+    """`snakemake models` once, into the models folder the runs share (`installed`): the one-time
+    conversions and notes of new models (ESM-2's float8 file too, for float8). Seconds (0 when a former
+    call installed them there already, with an empty kernel cache then)."""
+    work = make_workdir(root / "install", **models, **{"models.dir": str(installed), "embed.device": device,
                                                        "embed.precision": precision})
     return snakemake(work, "models")
 
@@ -175,7 +181,7 @@ def rule_spans(work):
     return spans
 
 
-def run_input(root, models, n_samples, mbp, device, tokens_per_shard, precision="float16"):
+def run_input(root, installed, models, n_samples, mbp, device, tokens_per_shard, precision="float16"):
     work = root / f"work_{n_samples}x{mbp}_{precision}"
     inputs = root / f"inputs_{n_samples}x{mbp}"
     sheet = {f"s{i}": inputs / f"s{i}.fa" for i in range(n_samples)}
@@ -183,7 +189,7 @@ def run_input(root, models, n_samples, mbp, device, tokens_per_shard, precision=
         inputs.mkdir()
         for i, path in enumerate(sheet.values()):
             write_sample(path, mbp, seed=1000 * n_samples + i)
-    config = {"models.dir": str(root / "installed"), "embed.device": device, "shards.tokens_per_shard": tokens_per_shard,
+    config = {"models.dir": str(installed), "embed.device": device, "shards.tokens_per_shard": tokens_per_shard,
               "embed.precision": precision}
     make_workdir(work, sheet=sheet, **models, **config)
     seconds = snakemake(work)
@@ -191,9 +197,11 @@ def run_input(root, models, n_samples, mbp, device, tokens_per_shard, precision=
     float8 = json.loads(decision.read_text())["reason"] if decision.is_file() else None
     tokens, frames = esm_tokens(work)
     stages, jobs, embedded = receipts(work)
+    spans = rule_spans(work)
+    again = snakemake(work)  # nothing changed: nothing runs
     return work, sheet, {"input": f"{n_samples} x {mbp:g} Mbp, {precision}", "mbp": n_samples * mbp, "wall_s": seconds,
                          "tokens": tokens, "frames": frames, "jobs": jobs, "embedded": embedded, "stages": stages,
-                         "spans": rule_spans(work), "float8": float8}
+                         "spans": spans, "float8": float8, "steps": step_peaks(work), "again_s": again}
 
 
 def add_a_sample(work, sheet, mbp):
@@ -204,15 +212,31 @@ def add_a_sample(work, sheet, mbp):
     seconds = snakemake(work)
     plan = json.loads((work / "results" / "embedding" / "samples" / "plan" / "plan.json").read_text())
     added = sum(1 for _ in read_fasta(work / "results" / "added" / "prepare" / "frames.faa"))
+    jobs = {rule: n for rule, (n, _, _) in rule_spans(work).items() if rule != "all"}
     return {"wall_s": seconds, "embedded": plan["frames_to_embed"], "added_frames": added,
-            "distinct_frames": plan["distinct_frames"]}
+            "distinct_frames": plan["distinct_frames"], "jobs": jobs}
 
 
-def kernel_rate(work, models, device, n_frames):
+DONE = re.compile(r"virnucpro INFO (\w+): done in ([0-9.]+) s, peak memory ([0-9]+) MB")
+
+
+def step_peaks(work):
+    """{step: (jobs, largest peak memory in MB, seconds summed)} from the last line of every job's log
+    (`logs.run_step`)."""
+    peaks = {}
+    for log in (work / "results").glob("**/logs/**/*.log"):
+        lines = log.read_text().splitlines()
+        if lines and (m := DONE.search(lines[-1])):
+            n, mb, s = peaks.get(m.group(1), (0, 0, 0.0))
+            peaks[m.group(1)] = (n + 1, max(mb, int(m.group(3))), s + float(m.group(2)))
+    return peaks
+
+
+def kernel_rate(work, installed, models, device, n_frames):
     """Tokens/s of the packed ESM-2 path alone on (the first `n_frames` of) the first input's frames, warm,
     from the converted model as the workflow loads it."""
     device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
-    converted, digest = ensure_converted("esm2", models["models.esm2"], work.parent / "installed")
+    converted, digest = ensure_converted("esm2", models["models.esm2"], installed)
     model = esm2.load_converted(converted, digest, device)
     seqs = [s for faa in sorted((work / "results").glob("*/prepare/frames.faa")) for _, s in read_fasta(faa)]
     seqs = seqs[:n_frames]
@@ -238,35 +262,53 @@ def span_table(rows):
     return lines
 
 
+def step_table(rows):
+    """Per input, each step's jobs, largest peak memory and seconds summed over its jobs (the steps' logs)."""
+    lines = ["| input | step: jobs, largest peak memory, seconds summed over the jobs |", "|---|---|"]
+    for r in rows:
+        cells = ", ".join(f"{name} {n}x {mb:,} MB {sec:.1f} s" for name, (n, mb, sec) in r["steps"].items())
+        lines.append(f"| {r['input']} | {cells} |")
+    return lines
+
+
+def _per_job(st, stage):
+    return ", ".join(f"{s:.1f}" for s in st["per_job"].get(stage, [])) or "-"
+
+
 def report(rows, added, rate, where, tiny, installed):
     lines = [
         f"# Whole workflow, {'tiny models' if tiny else 'ESM-2 3B + DNABERT-S (random weights, real formats)'}, "
         f"{where}; packed ESM-2 kernel alone: {rate:,.0f} tokens/s",
         "",
         "| input | frames | ESM-2 tokens | wall (s) | Mbp/h | ESM-2 tokens/s over the run | share of the kernel rate "
-        "| embed jobs | model loads (s) | embedding (s) | writing (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| embed jobs | ESM-2 ready, per job (s) | DNABERT-S ready, per job (s) | embedding (s) | writing (s) "
+        "| rerun, nothing changed (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         st = r["stages"]
-        loads = st.get("load_esm2", 0) + st.get("load_esm2_float8", 0) + st.get("load_dnabert_s", 0)
         over = r["tokens"] / r["wall_s"]
+        esm = _per_job(st, "load_esm2_float8") if "load_esm2_float8" in st else _per_job(st, "load_esm2")
         lines.append(
             f"| {r['input']} | {r['frames']:,} | {r['tokens']:,} | {r['wall_s']:.1f} | {r['mbp'] / r['wall_s'] * 3600:,.0f} "
-            f"| {over:,.0f} | {100 * over / rate:.0f} % | {r['jobs']} | {loads:.1f} | {st.get('embed', 0):.1f} "
-            f"| {st.get('write', 0):.1f} |"
+            f"| {over:,.0f} | {100 * over / rate:.0f} % | {r['jobs']} | {esm} | {_per_job(st, 'load_dnabert_s')} "
+            f"| {st.get('embed', 0):.1f} | {st.get('write', 0):.1f} | {r['again_s']:.1f} |"
         )
     lines += ["", "Where the wall time went (snakemake's log, whole seconds):", "", *span_table(rows)]
+    lines += ["", "Each step's peak memory (VmHWM of its process; the embedding job's is its host side) and time:",
+              "", *step_table(rows)]
     for r in rows:
         if "check_float8" in r["spans"]:
             n, a, b = r["spans"]["check_float8"]
             lines.append(f"\nThe float8 check of {r['input']}: {b - a:.0f} s of {r['wall_s']:.1f} s "
                          f"({100 * (b - a) / r['wall_s']:.1f} %), decision: {r['float8']}.")
-    lines += ["", f"One-time models step (`snakemake models`: conversions and notes, into the models folder every run shares): {installed:.1f} s."]
+    lines += ["", f"The models step (`snakemake models`: the one-time conversions and notes, into the models folder every "
+              f"run shares; a few seconds where an earlier call made them): {installed:.1f} s."]
     if added is not None:
+        jobs = ", ".join(f"{rule} {n}x" for rule, n in added["jobs"].items())
         lines += ["", f"Adding one sample to the last input: {added['added_frames']:,} frames in the new sample, "
                   f"{added['embedded']:,} embedded ({added['distinct_frames']:,} distinct frames in the run), "
-                  f"{added['wall_s']:.1f} s."]
+                  f"{added['wall_s']:.1f} s; jobs run: {jobs}."]
     return "\n".join(lines) + "\n"
 
 
@@ -286,24 +328,27 @@ def main():
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        models = build_models(Path(args.models_dir) if args.models_dir else root / "models", args.tiny)
+        built = Path(args.models_dir) if args.models_dir else root / "models"
+        models = build_models(built, args.tiny)
         print(f"# models built in {time.perf_counter() - t0:.0f} s", flush=True)
         precisions = args.precisions.split(",")
-        installed = install(root, models, args.device, "float8" if "float8" in precisions else "float16")
-        print(f"# models converted in {installed:.0f} s", flush=True)
+        installed = built / "installed"
+        seconds = install(root, installed, models, args.device, "float8" if "float8" in precisions else "float16")
+        print(f"# models step in {seconds:.0f} s", flush=True)
         rows, first = [], None
         inputs = [(int(n), float(mbp)) for n, mbp in (part.split("x") for part in args.inputs.split(","))]
         for n, mbp in inputs:
             for precision in precisions:
-                work, sheet, row = run_input(root, models, n, mbp, args.device, args.tokens_per_shard, precision)
+                work, sheet, row = run_input(root, installed, models, n, mbp, args.device, args.tokens_per_shard,
+                                             precision)
                 first = first or work
                 rows.append(row)
                 print(row, flush=True)
         added = None if args.no_added_sample else add_a_sample(work, sheet, inputs[-1][1])
         print(added, flush=True)
-        rate, device, path = kernel_rate(first, models, args.device, args.kernel_frames)
+        rate, device, path = kernel_rate(first, installed, models, args.device, args.kernel_frames)
     where = f"{torch.cuda.get_device_name() if device.startswith('cuda') else 'CPU'} ({path})"
-    text = report(rows, added, rate, where, args.tiny, installed)
+    text = report(rows, added, rate, where, args.tiny, seconds)
     print(text)
     Path(args.out).write_text(text)
 

@@ -67,14 +67,13 @@ def sample_counts(sequence_summary, viral_regions):
             len(viral), sum(viral), len(regions), region_bp, median)
 
 
-def all_sample_rows(samples, tables):
-    """The rows of `all_sequences.tsv` and `all_viral_regions.tsv`: each finished sample's (of `samples`,
-    in order; `tables` as `overview_rows` takes it) table rows under its name."""
-    seqs, regions = [], []
+def all_sample_rows(samples, tables, which):
+    """Yield the rows of `all_sequences.tsv` (`which` 0) or `all_viral_regions.tsv` (1): each finished
+    sample's (of `samples`, in order; `tables` as `overview_rows` takes it) table rows under its name,
+    one sample's table in memory at a time."""
+    columns = (SEQUENCE_COLUMNS, REGION_COLUMNS)[which]
     for s in (s for s in samples if s in tables):
-        seqs += [(s, *r) for r in _table(tables[s][0], SEQUENCE_COLUMNS)]
-        regions += [(s, *r) for r in _table(tables[s][1], REGION_COLUMNS)]
-    return seqs, regions
+        yield from ((s, *r) for r in _table(tables[s][which], columns))
 
 
 def sample_outcomes(samples, statuses, sequence_summaries, viral_regions):
@@ -170,7 +169,6 @@ def write_run_files(samples, tables, reasons, notes, settings, overview, unfinis
     runs = overview_rows(samples, tables, reasons)
     left = [(s, _one_line(reasons[s])) for s in samples if s in reasons]
     used = model_rows(notes)
-    every_seq, every_region = all_sample_rows(samples, tables)
     record = provenance(used, settings, receipts, float8_check)
     pointers = dict(pointers or {})
     outputs = (overview, unfinished, models, parameters, overview_view, unfinished_view, all_sequences,
@@ -181,8 +179,8 @@ def write_run_files(samples, tables, reasons, notes, settings, overview, unfinis
         write_tsv(t_left, UNFINISHED_COLUMNS, left)
         write_tsv(t_models, MODEL_COLUMNS, used)
         write_tsv(t_params, ["setting", "value"], settings.items())
-        write_tsv(t_seqs, ALL_SEQUENCE_COLUMNS, every_seq)
-        write_tsv(t_regions, ALL_REGION_COLUMNS, every_region)
+        write_tsv(t_seqs, ALL_SEQUENCE_COLUMNS, all_sample_rows(samples, tables, 0))
+        write_tsv(t_regions, ALL_REGION_COLUMNS, all_sample_rows(samples, tables, 1))
         t_prov.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         v_overview.write_text(_scrolling(html_table(OVERVIEW_COLUMNS, runs)), encoding="utf-8")
         v_left.write_text(_scrolling(html_table(UNFINISHED_COLUMNS, left)), encoding="utf-8")

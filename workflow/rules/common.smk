@@ -176,6 +176,13 @@ def embedded(name, output=None):
     return [ancient(receipts)] if current and pending == [] else [receipts]
 
 
+def threads_by_size(mb_per_thread, most):
+    """`threads:` of a per-sample step whose work grows with its input: one thread per `mb_per_thread` MB
+    of input, at least 1 and at most `most` (Snakemake also caps it at --cores). Small samples take one
+    core each and run side by side; a large one gets several (classify: its matrix products)."""
+    return lambda wildcards, input: max(1, min(most, int(input.size_mb // mb_per_thread)))
+
+
 def float8_decision(wildcards):
     """Input function of the plan: the float8 guard's decision, for the samples of a float8 run."""
     if FLOAT8 and wildcards.batch == "samples":
