@@ -16,7 +16,7 @@ rule classify:
         f"{RESULTS}/{{sample}}/logs/classify.log",
     conda:
         "../../envs/virnucpro.yaml"
-    threads: threads_by_size(mb_per_thread=8, most=8)
+    threads: threads_by_size(rules.prepare.output.protein, mb_per_thread=2, most=8)
     params:
         fragment_size=FRAGMENT_SIZE,
     script:

@@ -176,11 +176,18 @@ def embedded(name, output=None):
     return [ancient(receipts)] if current and pending == [] else [receipts]
 
 
-def threads_by_size(mb_per_thread, most):
-    """`threads:` of a per-sample step whose work grows with its input: one thread per `mb_per_thread` MB
-    of input, at least 1 and at most `most` (Snakemake also caps it at --cores). Small samples take one
-    core each and run side by side; a large one gets several (classify: its matrix products)."""
-    return lambda wildcards, input: max(1, min(most, int(input.size_mb // mb_per_thread)))
+def threads_by_size(path, mb_per_thread, most):
+    """`threads:` of a per-sample step whose work grows with the file `path` (a pattern of the rule's
+    wildcards): one thread per `mb_per_thread` MB of it, at least 1 and at most `most` (Snakemake also
+    caps it at --cores); 1 while the file is still to be made. Small samples take one core each and run
+    side by side; a large one gets several (classify: its matrix products)."""
+
+    def threads(wildcards):
+        file = Path(path.format(**wildcards))
+        mb = file.stat().st_size / 1e6 if file.is_file() else 0
+        return max(1, min(most, int(mb // mb_per_thread)))
+
+    return threads
 
 
 def float8_decision(wildcards):
