@@ -64,7 +64,7 @@ def call(step):
 
 def run(spec):
     """In the child: run one step through the workflow's harness."""
-    from virnucpro.logs import run_step
+    from virnucpro.harness import run_step
 
     run_step(spec["log"], call(spec["step"]), *spec.get("args", []), threads=spec["threads"], **spec["kwargs"])
 

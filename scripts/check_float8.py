@@ -1,6 +1,6 @@
 """Snakemake adapter for rule `check_float8`: the float8 guard on a calibration subset of the run's frames."""
 
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 from virnucpro.steps.precision import check_float8
 
 members = dict(zip(snakemake.params.members, zip(snakemake.input.dna, snakemake.input.protein)))

@@ -1,6 +1,6 @@
 """Snakemake adapter for rule `classify`: the VirNucPro MLP on every frame of a sample."""
 
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 from virnucpro.steps.classify import classify
 
 run_step(

@@ -1,6 +1,6 @@
 """Snakemake adapter for the download rules: fetch and verify one model into the models directory."""
 
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 from virnucpro.steps.fetch import download_model
 
 run_step(

@@ -1,6 +1,6 @@
 """Snakemake adapter for rule `embed`: one shard of the plan, ESM-2 and DNABERT-S, into the store."""
 
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 from virnucpro.steps.embed import embed_shard
 
 notes = {"esm2": snakemake.input.esm2, "dnabert_s": snakemake.input.dnabert_s}  # note files

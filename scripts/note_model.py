@@ -5,7 +5,7 @@ holds the notes), and its note (virnucpro.io.notes) written."""
 from pathlib import Path
 
 from virnucpro.io.converted import write_note
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 
 note = Path(snakemake.output[0])  # {models.dir}/notes/{kind}-{id}.json
 run_step(

@@ -1,7 +1,7 @@
 """Snakemake adapter for rule `overview`: all samples (those that did not finish, with why), their tables
 together, the models (with checksums), the parameters and the run's provenance."""
 
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 from virnucpro.steps.report import overview
 
 run_step(

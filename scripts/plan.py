@@ -1,6 +1,6 @@
 """Snakemake adapter for checkpoint `plan`: the pooled embedding plan of a batch of members."""
 
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 from virnucpro.steps.plan import plan_run
 
 members = dict(zip(snakemake.params.members, zip(snakemake.input.dna, snakemake.input.protein)))

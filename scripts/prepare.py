@@ -1,6 +1,6 @@
 """Snakemake adapter for rule `prepare`: virnucpro.steps.prepare.prepare_sample on one sample."""
 
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 from virnucpro.steps.prepare import prepare_sample
 
 run_step(

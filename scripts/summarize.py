@@ -1,6 +1,6 @@
 """Snakemake adapter for rule `summarize`: tables, regions, tracks, viral FASTA, original files, plots, views."""
 
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 from virnucpro.steps.summarize import summarize
 
 run_step(

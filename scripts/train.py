@@ -1,6 +1,6 @@
 """Snakemake adapter for rule `train_classifier`: the original recipe on the labelled training sets."""
 
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 from virnucpro.steps.train import train_classifier
 
 inputs = snakemake.input

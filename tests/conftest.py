@@ -86,7 +86,7 @@ def tiny_models(tmp_path_factory):
 def thread_settings():
     """`run_step` sets this process's thread variables and torch's thread count: every test gets them
     back as they were, so none leaks into the next."""
-    from virnucpro.logs import THREAD_VARIABLES
+    from virnucpro.harness import THREAD_VARIABLES
 
     saved, threads = {name: os.environ.get(name) for name in THREAD_VARIABLES}, torch.get_num_threads()
     yield

@@ -50,11 +50,8 @@ def test_every_rule_script_has_a_subcommand():
 
 
 def test_the_config_holds_the_package_defaults():
-    from virnucpro.frames import FRAGMENT_SIZES
-    from virnucpro.models.encoders import (
-        DNABERT_TOKENS_PER_BATCH,
-        ESM2_TOKENS_PER_BATCH,
-    )
+    """config.yaml sets what virnucpro.defaults sets, and the functions and the command take those."""
+    from virnucpro import defaults
     from virnucpro.steps.plan import plan_run
     from virnucpro.steps.prepare import prepare, prepare_sample
     from virnucpro.steps.summarize import summarize
@@ -62,25 +59,31 @@ def test_the_config_holds_the_package_defaults():
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert config["summary"] == {"viral_fraction_threshold": default(summarize, "threshold"),
-                                 "plot_top_sequences": default(summarize, "top_sequences")}
-    for name in ("max_gap_fragments", "min_viral_fragments"):
-        assert config["regions"][name] == default(summarize, name)
-    assert config["report"]["max_table_rows"] == default(summarize, "max_table_rows")
-    assert config["shards"]["tokens_per_shard"] == default(plan_run, "tokens_per_shard")
-    assert config["embed"]["float8_check"] == {"frames": default(check_float8, "frames"),
-                                               "min_call_agreement": default(check_float8, "min_call_agreement"),
-                                               "min_cosine": default(check_float8, "min_cosine")}
-    assert config["max_record_bp"] == MAX_RECORD_BP
+
+    def same(want, got, where=""):
+        for key, value in want.items():
+            if isinstance(value, dict):
+                same(value, got[key], f"{where}{key}.")
+            else:
+                assert got[key] == value, f"{where}{key}"
+
+    same(defaults.CONFIG, config)
+    assert (default(summarize, "threshold"), default(summarize, "top_sequences")) == (
+        defaults.VIRAL_FRACTION_THRESHOLD, defaults.PLOT_TOP_SEQUENCES)
+    for name in ("max_gap_fragments", "min_viral_fragments", "max_table_rows"):
+        assert default(summarize, name) == getattr(defaults, name.upper())
+    assert default(plan_run, "tokens_per_shard") == defaults.TOKENS_PER_SHARD
+    assert (default(check_float8, "frames"), default(check_float8, "min_call_agreement"),
+            default(check_float8, "min_cosine")) == (defaults.FLOAT8_CHECK_FRAMES, defaults.FLOAT8_MIN_CALL_AGREEMENT,
+                                                    defaults.FLOAT8_MIN_COSINE)
+    assert MAX_RECORD_BP == defaults.MAX_RECORD_BP
     # min_length: null (the fragment size) in the config, the package and the CLI
-    assert config["min_length"] is default(prepare_sample, "min_length") is default(prepare, "min_length") is None
+    assert default(prepare_sample, "min_length") is default(prepare, "min_length") is defaults.MIN_LENGTH is None
     assert schema["properties"]["min_length"]["type"] == ["integer", "null"] and "min_length" in schema["required"]
     assert build_parser().parse_args(["prepare", "in.fa", "--fragment-size", "300", "--out-dna", "d",
                                       "--out-protein", "p"]).min_length is config["min_length"]
-    assert config["train"]["seed"] == default(train_classifier, "seed")
-    assert config["embed"]["esm2_tokens_per_batch"] == ESM2_TOKENS_PER_BATCH
-    assert config["embed"]["dnabert_tokens_per_batch"] == DNABERT_TOKENS_PER_BATCH
-    assert schema["properties"]["fragment_size"]["enum"] == list(FRAGMENT_SIZES)
+    assert default(train_classifier, "seed") == defaults.TRAIN_SEED
+    assert schema["properties"]["fragment_size"]["enum"] == list(defaults.FRAGMENT_SIZES)
     args = build_parser().parse_args(["summarize", "--predictions", "p", "--manifest", "m", "--fasta", "f",
                                       "--fragment-size", "500", "--out-dir", "o"])
     assert (args.threshold, args.top_sequences, args.max_gap_fragments, args.min_viral_fragments) == (

@@ -19,7 +19,7 @@ from virnucpro.models import dnabert, esm2
 from virnucpro.errors import VirNucProError
 from virnucpro.io.converted import model_note
 from virnucpro.io.store import Namespace, store_files
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 from virnucpro.steps.embed import embed_shard
 from virnucpro.steps.plan import plan_run
 

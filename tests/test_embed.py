@@ -171,7 +171,7 @@ def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, models, 
 
     esm_path, dna_dir, _ = models
     frames = sample(tmp_path / "s", n=3)
-    monkeypatch.setattr("virnucpro.gpus.visible_devices", lambda: [])  # where snakemake runs: no GPU
+    monkeypatch.setattr("virnucpro.device.visible_devices", lambda: [])  # where snakemake runs: no GPU
     assert cli_main(["plan", "--sample", "s", str(frames[0]), str(frames[1]), "--esm2", str(esm_path),
                      "--dnabert-s", str(dna_dir), "--models-dir", str(tmp_path / "m"), "--store",
                      str(tmp_path / "store"), "--device", "auto", "--out", str(tmp_path / "plan")]) == 0

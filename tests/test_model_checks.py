@@ -15,7 +15,8 @@ from tests.test_reliability_inputs import one_error_line, workdir
 from tests.tiny_dnabert import build_tiny_dnabert
 from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint
 from tests.workflow_runs import REPO, make_workdir, snakemake
-from virnucpro.config import check_classifier, check_device, classifier_fragment_size
+from virnucpro.config import check_classifier, classifier_fragment_size
+from virnucpro.device import check_device
 from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import read_record
 from virnucpro.io.converted import model_note

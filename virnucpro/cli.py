@@ -13,10 +13,8 @@ from pathlib import Path
 
 from virnucpro import __version__
 from virnucpro.errors import VirNucProError
-from virnucpro.frames import FRAGMENT_SIZES
-from virnucpro.io.seqio import MAX_RECORD_BP
-from virnucpro.logs import DATE_FORMAT, LOG_FORMAT
-from virnucpro.models.encoders import DNABERT_TOKENS_PER_BATCH, ESM2_TOKENS_PER_BATCH
+from virnucpro.defaults import DNABERT_TOKENS_PER_BATCH, ESM2_TOKENS_PER_BATCH, FRAGMENT_SIZES, MAX_RECORD_BP
+from virnucpro.harness import DATE_FORMAT, LOG_FORMAT
 
 log = logging.getLogger("virnucpro")
 DEVICES = ["auto", "cpu", "cuda"]

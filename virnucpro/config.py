@@ -8,8 +8,7 @@ turned into the number or boolean the schema asks for before the config is check
 The model settings are checked without torch and without reading large files: that each names a model
 on disk or one the models step downloads (`check_models`), and that the classifier is for the
 configured fragment size and, placed by hand where its download would be, the published file
-(`check_classifier`). `check_device` needs to know whether jobs run on this machine, which Snakemake
-tells only once the run starts (`workflow.local_exec`, in an `onstart` handler, before any job).
+(`check_classifier`). The device setting is checked at the start of a run (`virnucpro.device`).
 """
 
 import csv
@@ -171,19 +170,6 @@ def check_classifier(path, fragment_size, models_dir, trained):
                 "download the published one, or move it out of models.dir and point models.classifier at it "
                 "to use it unverified"
             )
-
-
-def check_device(device, local_exec):
-    """`embed.device: auto` is decided where snakemake runs (by the embedding plan, a local rule). With
-    jobs run on other machines (`local_exec` False: the SLURM executor) and no GPU here, the plan would
-    be made for the CPU and every GPU job would refuse it."""
-    from virnucpro.gpus import planned_device  # the one place `auto` is resolved (no torch)
-
-    if device == "auto" and not local_exec and planned_device(device) == "cpu":
-        raise VirNucProError(
-            "config: embed.device: auto is decided on this machine, which has no GPU, while the jobs run on "
-            "other machines: set embed.device: cuda (or cpu to embed on their CPUs)"
-        )
 
 
 def training_sets(train):

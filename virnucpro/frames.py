@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-FRAGMENT_SIZES = (300, 500)  # the fragment lengths the original classifiers were trained on
 BASES = b"TCAG"
 AMINO = b"FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
 

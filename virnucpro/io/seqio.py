@@ -32,7 +32,7 @@ COMPRESSIONS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 NUCLEOTIDE_CODES = b"ACGTUNRYSWKMBDHVacgtunryswkmbdhv"
 BLANKS = b" \t\r\n\v\f"
-MAX_RECORD_BP = 100_000_000  # the longest record accepted by default (bases, blanks aside)
+from virnucpro.defaults import MAX_RECORD_BP  # noqa: E402 (re-exported: the readers' default bound)
 MAX_HEADER = 1 << 20  # bytes of one header line
 PIECE = 1 << 20  # bytes read at once from a line
 _READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)

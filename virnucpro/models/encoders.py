@@ -19,8 +19,6 @@ DNABERT_POOLING = "mean of the last hidden state over all tokens, [CLS] and [SEP
 DNABERT_DTYPE = {"cuda": "bfloat16", "cpu": "float32"}  # of the linear layers, by device type
 DNABERT_PRECISION = {"cuda": f"{DNABERT_DTYPE['cuda']} matmuls; float32 embeddings, LayerNorm, GELU and residual stream",
                      "cpu": DNABERT_DTYPE["cpu"]}
-ESM2_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 4096}  # default token budget of a packed batch
-DNABERT_TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 8192}
 DNABERT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
 
 

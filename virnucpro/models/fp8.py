@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from virnucpro.gpus import FLOAT8_CAPABILITY
+from virnucpro.device import FLOAT8_CAPABILITY
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0

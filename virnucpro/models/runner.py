@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from virnucpro.errors import VirNucProError, first_line
-from virnucpro.gpus import claim_gpu
 from virnucpro.models.backend import is_device_failure, is_oom
 from virnucpro.models.packing import pack, plan_batches
 
@@ -36,25 +35,6 @@ log = logging.getLogger("virnucpro")
 PREFETCH_BATCHES = 4
 LOG_EVERY_S = 5.0
 _DONE = object()
-
-
-def resolve_device(device):
-    """The torch device for `device` in {"auto", "cpu", "cuda"}.
-
-    For "auto" and "cuda" the process first claims one GPU of its own (`virnucpro.gpus.claim_gpu`),
-    before CUDA is initialised, so that jobs running side by side use different GPUs.
-    """
-    if device == "cpu":
-        return torch.device("cpu")
-    if device not in (None, "auto", "cuda"):
-        raise VirNucProError(f"unknown device '{device}' (choose auto, cpu or cuda)")
-    claim_gpu()
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if device == "cuda":
-        raise VirNucProError("device cuda was asked for (embed.device, or a GPU seen where the embedding plan "
-                             "was made) but this job sees no CUDA GPU")
-    return torch.device("cpu")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 `embed_shard(plan_dir, shard, notes, receipt)` reads the shard's proteins (`shards/{shard}.faa`) and
 nucleotide slices (`shards/{shard}.fna`) from the plan directory, claims the device the plan was made for
-(`runner.resolve_device`: a GPU of its own), loads the models the notes name (`virnucpro.io.notes`): ESM-2
+(`device.resolve_device`: a GPU of its own), loads the models the notes name (`virnucpro.io.notes`): ESM-2
 from its converted float16 file straight onto the device (`esm2.load_converted`) and DNABERT-S from its
 snapshot (each warmed up on a tiny batch, so that its kernels are built while it loads), runs both
 encoders' batches interleaved through one packed runner, writes one store file per
@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from virnucpro.defaults import DNABERT_TOKENS_PER_BATCH, ESM2_TOKENS_PER_BATCH
 from virnucpro.errors import VirNucProError
-from virnucpro.gpus import visible_devices
+from virnucpro.device import resolve_device, visible_devices
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.notes import check_note, source_sha256
 from virnucpro.io.seqio import read_frames
@@ -39,14 +40,9 @@ from virnucpro.io.locks import hold_lock
 from virnucpro.io.store import Namespace, StoreFileError, read_keys, verify_store_file, write_store_file
 from virnucpro.models import dnabert, esm2
 from virnucpro.models.backend import use_kernel_cache
-from virnucpro.models.encoders import (
-    DNABERT_PRECISION,
-    DNABERT_TOKENS_PER_BATCH,
-    ESM2_TOKENS_PER_BATCH,
-    namespaces,
-)
+from virnucpro.models.encoders import DNABERT_PRECISION, namespaces
 from virnucpro.models.packing import pack
-from virnucpro.models.runner import Task, resolve_device, run_packed
+from virnucpro.models.runner import Task, run_packed
 
 log = logging.getLogger("virnucpro")
 KERNELS = "kernels"  # beside the converted models: the kernel cache every job and machine shares

@@ -3,7 +3,7 @@ and for the run's overview and report (`sample_reason`), so that both say the sa
 
 A sample's reason is, in this order: the error its front end recorded (`prepare/status.json`); the last
 error line of its steps' logs (a step's one-line error, or `<step>: interrupted (SIGINT)` from
-`virnucpro.logs.run_step`); otherwise it was not reached, because the run was interrupted (a signal
+`virnucpro.harness.run_step`); otherwise it was not reached, because the run was interrupted (a signal
 the workflow noted) or because of the errors printed above. The errors of the pooled embedding stage,
 which concern several samples at once, get a line of their own.
 """

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virnucpro.defaults import TOKENS_PER_SHARD
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs, write_text_if_changed
 from virnucpro.io.seqio import read_frames
@@ -305,15 +306,15 @@ def usable_members(members, statuses):
     return {name: frames for name, frames in members.items() if name not in skipped}, skipped
 
 
-def plan_run(members, out_dir, store, notes, device, tokens_per_shard=50_000_000, statuses=None,
+def plan_run(members, out_dir, store, notes, device, tokens_per_shard=TOKENS_PER_SHARD, statuses=None,
              float8_decision=None, records_dir=None):
     """The `plan` step: the namespaces of the models the notes name (`virnucpro.io.notes`, checked to be
-    current), on the device the embedding jobs will use (`gpus.planned_device`), then `plan_embeddings`.
+    current), on the device the embedding jobs will use (`device.planned_device`), then `plan_embeddings`.
     notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file; statuses: {name:
     prepare status file}: a member whose front end failed is left out (`prepare.prepare_sample`);
     float8_decision: the float8 guard's decision file (`precision.check_float8`), when the run asked for
     float8: ESM-2 is planned in the precision it names; records_dir: as `plan_embeddings`'s."""
-    from virnucpro.gpus import planned_device
+    from virnucpro.device import planned_device
     from virnucpro.io.notes import check_note
     from virnucpro.models.encoders import namespaces
     from virnucpro.steps.precision import read_decision

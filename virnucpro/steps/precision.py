@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virnucpro.defaults import FLOAT8_CHECK_FRAMES, FLOAT8_MIN_CALL_AGREEMENT, FLOAT8_MIN_COSINE
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.notes import check_note, source_sha256
@@ -39,9 +40,7 @@ log = logging.getLogger("virnucpro")
 TABLE_COLUMNS = ["frame", "key", "cosine", "virus_score_float16", "virus_score_float8", "score_difference",
                  "call_float16", "call_float8", "agree"]
 CHECKS_FOLDER = "float8-checks"
-FRAMES = 2048  # calibration frames, by default
-MIN_CALL_AGREEMENT = 0.999
-MIN_COSINE = 0.999
+FRAMES, MIN_CALL_AGREEMENT, MIN_COSINE = FLOAT8_CHECK_FRAMES, FLOAT8_MIN_CALL_AGREEMENT, FLOAT8_MIN_COSINE
 
 
 def calibration_frames(members, frames=FRAMES):
@@ -121,7 +120,7 @@ def check_float8(members, notes, store, decision, table, frames=FRAMES, min_call
     prepare status file} (a member whose front end failed is left out, as the plan leaves it out); notes:
     {"esm2", "dnabert_s", "classifier"}, notes or their paths, the ESM-2 note naming a float8 file (the
     models step with embed.precision float8)."""
-    from virnucpro.models.runner import resolve_device
+    from virnucpro.device import resolve_device
     from virnucpro.steps.plan import usable_members
 
     members, _ = usable_members(members, statuses)

@@ -50,7 +50,14 @@ import numpy as np
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
-from virnucpro.io.seqio import MAX_RECORD_BP
+from virnucpro.defaults import (
+    MAX_GAP_FRAGMENTS,
+    MAX_RECORD_BP,
+    MAX_TABLE_ROWS,
+    MIN_VIRAL_FRAGMENTS,
+    PLOT_TOP_SEQUENCES,
+    VIRAL_FRACTION_THRESHOLD,
+)
 from virnucpro.io.tables import score_texts, write_tsv
 from virnucpro.results.gff import write_region_gff
 from virnucpro.results.original_files import (
@@ -82,10 +89,11 @@ FRAME_ID = r"^(?P<seq>.+)_chunk_(?P<num>[0-9]+)(?P<frame>[FR][123])$"
 
 
 def summarize(predictions, manifest, fasta, fragment_calls, sequence_summary, viral_fasta, histogram,
-              along, threshold=0.5, top_sequences=20, *, fragment_size, sample="", viral_regions=None,
+              along, threshold=VIRAL_FRACTION_THRESHOLD, top_sequences=PLOT_TOP_SEQUENCES, *, fragment_size, sample="",
+              viral_regions=None,
               score_track=None, region_track=None, original_predictions=None, original_calls=None,
-              sequences_view=None, regions_view=None, regions_fasta=None, regions_gff=None, max_gap_fragments=1,
-              min_viral_fragments=2, max_table_rows=1000, max_bp=MAX_RECORD_BP):
+              sequences_view=None, regions_view=None, regions_fasta=None, regions_gff=None, max_gap_fragments=MAX_GAP_FRAGMENTS,
+              min_viral_fragments=MIN_VIRAL_FRAGMENTS, max_table_rows=MAX_TABLE_ROWS, max_bp=MAX_RECORD_BP):
     """Write the sample's tables, regions, tracks, viral FASTA, original files, plots and HTML views; see
     the module docstring. `sample` names the sample in plot titles, track names and views. Returns the
     per-sequence table."""

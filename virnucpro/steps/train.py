@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from virnucpro.defaults import TRAIN_MAX_EPOCHS, TRAIN_PATIENCE, TRAIN_SEED
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.models.mlp import MLPClassifier, write_classifier_file
@@ -111,7 +112,8 @@ def _evaluate(model, x, y):
     return float(np.mean(losses)), torch.cat(predicted).numpy(), torch.cat(virus).numpy()
 
 
-def train_classifier(members, out_model, metrics_tsv, fragment_size, seed=42, max_epochs=200, patience=5):
+def train_classifier(members, out_model, metrics_tsv, fragment_size, seed=TRAIN_SEED, max_epochs=TRAIN_MAX_EPOCHS,
+                     patience=TRAIN_PATIENCE):
     """Train, write the classifier and the metrics table; returns the metrics dict. See the module docstring."""
     x_all, y_all, inputs_sha256 = load_training_set(members)
     (x_train, y_train), (x_held, y_held) = _split(x_all, y_all, seed)

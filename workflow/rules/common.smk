@@ -19,14 +19,13 @@ try:
     from virnucpro.io.checksums import SUFFIX as CHECKSUM_RECORD
     from virnucpro.config import (
         check_classifier,
-        check_device,
         check_models,
         read_samples,
         training_sets,
         validate_config,
     )
     from virnucpro.errors import VirNucProError
-    from virnucpro.gpus import float8_problem
+    from virnucpro.device import check_device, float8_problem
     from virnucpro.io.status import read_status
 except ModuleNotFoundError as exc:
     if exc.name != "virnucpro":

@@ -92,7 +92,7 @@ rule embed:
         * attempt,
     params:
         plan=lambda wildcards: f"{EMBEDDING}/{wildcards.batch}/plan",
-        lock_stale_s=60 * config["embed"].get("lock_stale_minutes", 10),
+        lock_stale_s=60 * config["embed"]["lock_stale_minutes"],
         esm2_tokens_per_batch=config["embed"]["esm2_tokens_per_batch"],
         dnabert_tokens_per_batch=config["embed"]["dnabert_tokens_per_batch"],
     script:

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from virnucpro.logs import run_step
+from virnucpro.harness import run_step
 
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} virnucpro INFO ")
 
@@ -34,7 +34,7 @@ def test_the_peak_memory_is_the_steps_own(tmp_path):
     """A step that touches 300 MB reports at least that; the same process, before, reported less."""
     code = textwrap.dedent("""
         import sys
-        from virnucpro.logs import run_step
+        from virnucpro.harness import run_step
 
         def hold(mb):
             return len(b"x" * (mb << 20))
@@ -79,7 +79,7 @@ def test_threads_hold_for_torch_imported_by_the_step(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys
-        from virnucpro.logs import run_step
+        from virnucpro.harness import run_step
         assert "torch" not in sys.modules
         def step():
             import torch
@@ -97,7 +97,7 @@ def test_cpu_steps_do_not_import_torch_for_their_threads(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys
-        from virnucpro.logs import run_step
+        from virnucpro.harness import run_step
         from virnucpro.steps.prepare import prepare
         d = {str(tmp_path)!r}
         with open(d + "/in.fa", "w") as fh:
@@ -120,7 +120,7 @@ def test_an_interrupted_step_ends_in_one_line_and_leaves_no_output(tmp_path, sig
         import os, signal
         from pathlib import Path
         from virnucpro.io.atomic import atomic_outputs
-        from virnucpro.logs import run_step
+        from virnucpro.harness import run_step
         def write_table(out):
             with atomic_outputs(out) as (tmp,):
                 tmp.write_text("half a table")

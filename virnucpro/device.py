@@ -1,4 +1,9 @@
-"""One GPU per job on a machine with several.
+"""Where embeddings run: the `embed.device` setting (auto, cuda, cpu) resolved, one GPU per job.
+
+`planned_device(setting)` is the device type a plan is made for, decided where snakemake runs (auto:
+cuda when a GPU is visible, without starting CUDA); `check_device` refuses, at the start of a run, an
+auto that would plan for the CPU while the jobs run on a cluster's GPU nodes; `float8_problem` says why
+float8 cannot run here; `resolve_device(setting)` is the torch device of a job, its GPU claimed first.
 
 Snakemake runs local jobs side by side (`--resources gpu=N`) but does not tell them which device to
 use. `claim_gpu()` gives the calling process one device of its own, before CUDA is initialised:
@@ -75,15 +80,49 @@ def float8_problem(device, local=True):
     return None
 
 
+SETTINGS = ("auto", "cuda", "cpu")  # embed.device
+
+
+def _checked(device):
+    if device not in (None, *SETTINGS):
+        raise VirNucProError(f"unknown device '{device}' (choose {', '.join(SETTINGS)})")
+    return device or "auto"
+
+
 def planned_device(device):
     """The device type ("cuda" or "cpu") that an embedding plan is made for: `device` when it names one;
     for "auto", cuda when a GPU is visible here (by CUDA_VISIBLE_DEVICES or nvidia-smi, without starting
     CUDA), else cpu."""
-    if device in ("cpu", "cuda"):
+    if _checked(device) != "auto":
         return device
-    if device not in (None, "auto"):
-        raise VirNucProError(f"unknown device '{device}' (choose auto, cpu or cuda)")
     return "cuda" if visible_devices() else "cpu"
+
+
+def check_device(device, local_exec):
+    """`embed.device: auto` is decided where snakemake runs (by the embedding plan, a local rule). With
+    jobs run on other machines (`local_exec` False: the SLURM executor) and no GPU here, the plan would
+    be made for the CPU and every GPU job would refuse it."""
+    if device == "auto" and not local_exec and planned_device(device) == "cpu":
+        raise VirNucProError(
+            "config: embed.device: auto is decided on this machine, which has no GPU, while the jobs run on "
+            "other machines: set embed.device: cuda (or cpu to embed on their CPUs)"
+        )
+
+
+def resolve_device(device):
+    """The torch device of a job for `device` (a setting). For auto and cuda the process first claims one
+    GPU of its own (`claim_gpu`), before CUDA is initialised, so that jobs side by side use different GPUs."""
+    import torch  # only the jobs that embed need it
+
+    if _checked(device) == "cpu":
+        return torch.device("cpu")
+    claim_gpu()
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if device == "cuda":
+        raise VirNucProError("device cuda was asked for (embed.device, or a GPU seen where the embedding plan "
+                             "was made) but this job sees no CUDA GPU")
+    return torch.device("cpu")
 
 
 def claim_gpu(poll_seconds=5.0, lock_dir=LOCK_DIR):

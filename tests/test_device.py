@@ -8,15 +8,15 @@ import threading
 
 import pytest
 
-from virnucpro import gpus
-from virnucpro.gpus import claim_gpu
+from virnucpro import device as gpus
+from virnucpro.device import claim_gpu
 
 # claims a device, says so on stdout, and holds it until its stdin is closed; logs on stdout too, so
 # the order of its lines is the order of events
 CLAIM = """
 import logging, os, sys
 from pathlib import Path
-from virnucpro.gpus import claim_gpu
+from virnucpro.device import claim_gpu
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 device = claim_gpu(poll_seconds=0.05, lock_dir=Path(sys.argv[1]))
 print("claimed", device, os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
@@ -95,7 +95,7 @@ def test_jobs_on_a_one_gpu_machine_take_turns(claims_in_this_process, monkeypatc
     """With CUDA_VISIBLE_DEVICES unset and one GPU, the device is still locked for the job's life."""
     tmp_path = claims_in_this_process
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr("virnucpro.gpus.visible_devices", lambda: ["0"])
+    monkeypatch.setattr("virnucpro.device.visible_devices", lambda: ["0"])
     assert claim_gpu(lock_dir=tmp_path) == "0"
     assert [p.name for p in tmp_path.iterdir()] == ["gpu-0.lock"]
     probe = subprocess.run(
