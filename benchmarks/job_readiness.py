@@ -33,7 +33,7 @@ def build(root):
 
     from tests.tiny_dnabert import build_tiny_dnabert, train_tokenizer
     from virnucpro.io.checksums import write_record
-    from virnucpro.io.converted import save_safetensors
+    from virnucpro.io.tensors import save_safetensors
     from virnucpro.models import esm2
 
     layers, d, heads = 36, 2560, 40

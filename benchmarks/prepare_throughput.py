@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.reference_frontend import CODON_TABLE, front_end  # noqa: E402
-from virnucpro.steps.prepare import prepare  # noqa: E402
+from virnucpro.steps.prepare import cut_and_translate  # noqa: E402
 
 SENSE = [c for c, aa in CODON_TABLE.items() if aa != "*"]
 
@@ -76,7 +76,7 @@ def main():
             out.writelines(f">{rid}\n{seq}\n" for rid, seq in prefix)
 
         ref, t_ref = timed(lambda: front_end(prefix, args.size))
-        run = lambda src, tag: prepare(src, args.size, tmp / f"{tag}.fna", tmp / f"{tag}.faa")
+        run = lambda src, tag: cut_and_translate(src, args.size, tmp / f"{tag}.fna", tmp / f"{tag}.faa")
         _, t_pre = timed(lambda: run(tmp / "prefix.fa", "prefix"))
         same = (tmp / "prefix.faa").read_text() == "".join(f">{i}\n{p}\n" for i, _, p in ref) and (
             tmp / "prefix.fna"

@@ -35,7 +35,7 @@ def models(root):
     from tests.original_classifier import make_original_classifier
     from tests.tiny_dnabert import build_tiny_dnabert
     from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint
-    from virnucpro.io.converted import write_note
+    from virnucpro.steps.models import note_model
 
     files = root / "files"
     files.mkdir()
@@ -46,7 +46,7 @@ def models(root):
     for kind, source in sources.items():
         notes[kind] = root / "notes" / f"{kind}.json"
         notes[kind].parent.mkdir(exist_ok=True)
-        write_note(kind, source, root / "models", notes[kind])
+        note_model(kind, source, root / "models", notes[kind])
     return {k: str(v) for k, v in notes.items()}
 
 
@@ -54,11 +54,11 @@ def call(step):
     """The step's function and arguments, for the child process (`run`)."""
     from virnucpro.steps.classify import classify
     from virnucpro.steps.plan import plan_run
-    from virnucpro.steps.prepare import prepare_sample
-    from virnucpro.steps.report import overview
+    from virnucpro.steps.prepare import prepare
+    from virnucpro.steps.overview import overview
     from virnucpro.steps.summarize import summarize
 
-    return {"prepare": prepare_sample, "plan": plan_run, "classify": classify, "summarize": summarize,
+    return {"prepare": prepare, "plan": plan_run, "classify": classify, "summarize": summarize,
             "overview": overview}[step]
 
 

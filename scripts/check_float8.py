@@ -1,7 +1,7 @@
 """Snakemake adapter for rule `check_float8`: the float8 guard on a calibration subset of the run's frames."""
 
 from virnucpro.harness import run_step
-from virnucpro.steps.precision import check_float8
+from virnucpro.steps.check_float8 import check_float8
 
 members = dict(zip(snakemake.params.members, zip(snakemake.input.dna, snakemake.input.protein)))
 statuses = dict(zip(snakemake.params.members, snakemake.input.status))  # as the plan, bad samples left out
@@ -12,14 +12,10 @@ run_step(
     members,
     notes,
     snakemake.params.store,
-    decision=snakemake.output.decision,
-    table=snakemake.output.table,
-    frames=snakemake.params.frames,
-    min_call_agreement=snakemake.params.min_call_agreement,
-    min_cosine=snakemake.params.min_cosine,
+    outputs={"decision": snakemake.output.decision, "table": snakemake.output.table},
+    check=snakemake.params.check,  # frames, min_call_agreement, min_cosine
     device=snakemake.params.device,
     statuses=statuses,
-    esm2_tokens_per_batch=snakemake.params.esm2_tokens_per_batch,
-    dnabert_tokens_per_batch=snakemake.params.dnabert_tokens_per_batch,
+    tokens_per_batch=snakemake.params.tokens_per_batch,
     threads=snakemake.threads,
 )

@@ -6,8 +6,6 @@ from virnucpro.steps.classify import classify
 run_step(
     snakemake.log[0],
     classify,
-    snakemake.input.dna,
-    snakemake.input.protein,
     snakemake.input.member,
     note=snakemake.input.classifier,
     fragment_size=snakemake.params.fragment_size,

@@ -1,7 +1,7 @@
 """Snakemake adapter for the download rules: fetch and verify one model into the models directory."""
 
 from virnucpro.harness import run_step
-from virnucpro.steps.fetch import download_model
+from virnucpro.steps.models import download_model
 
 run_step(
     snakemake.log[0],

@@ -1,11 +1,11 @@
-"""Snakemake adapter for rule `prepare`: virnucpro.steps.prepare.prepare_sample on one sample."""
+"""Snakemake adapter for rule `prepare`: virnucpro.steps.prepare.prepare on one sample."""
 
 from virnucpro.harness import run_step
-from virnucpro.steps.prepare import prepare_sample
+from virnucpro.steps.prepare import prepare
 
 run_step(
     snakemake.log[0],
-    prepare_sample,
+    prepare,
     snakemake.input.fasta,
     fragment_size=snakemake.params.fragment_size,
     out_dna=snakemake.output.dna,

@@ -1,17 +1,12 @@
-"""Snakemake adapter for rule `train_classifier`: the original recipe on the labelled training sets."""
+"""Snakemake adapter for rule `train`: the original recipe on the labelled training sets."""
 
 from virnucpro.harness import run_step
-from virnucpro.steps.train import train_classifier
+from virnucpro.steps.train import train
 
-inputs = snakemake.input
-labelled = [
-    (dna, protein, member, label)
-    for label, part in ((1, "viral"), (0, "other"))
-    for dna, protein, member in zip(inputs[f"{part}_dna"], inputs[f"{part}_protein"], inputs[f"{part}_member"])
-]
+labelled = [(member, 1) for member in snakemake.input.viral] + [(member, 0) for member in snakemake.input.other]
 run_step(
     snakemake.log[0],
-    train_classifier,
+    train,
     labelled,
     out_model=snakemake.output.model,
     metrics_tsv=snakemake.output.metrics,

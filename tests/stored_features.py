@@ -3,7 +3,7 @@
 `stored_features(directory, ids, features, dna_dim)` writes a sample's frames (`frames.fna`, `frames.faa`,
 one random frame per id, distinct contents), stores `features[:, :dna_dim]` as its DNABERT-S embeddings and
 the rest as its ESM-2 embeddings (two store files each, so reads cross files), and plans the sample with
-the real `plan_embeddings`, which finds every frame stored; returns (frames.fna, frames.faa, plan record).
+the real `plan_embeddings`, which finds every frame stored; returns the sample's member plan.
 """
 
 from pathlib import Path
@@ -43,5 +43,5 @@ def stored_features(directory, ids, features, dna_dim, name="s", seed=0):
     for part, rows in (("a", slice(0, half)), ("b", slice(half, None))):
         write_store_file(store, NAMESPACES["dnabert_s"], part, keys[rows], features[rows, :dna_dim], {})
         write_store_file(store, NAMESPACES["esm2"], part, keys[rows], features[rows, dna_dim:], {})
-    plan_embeddings({name: (dna, protein)}, directory / "plan", store, NAMESPACES, 10**9, "cpu")
-    return dna, protein, directory / "plan" / "members" / f"{name}.json"
+    plan_embeddings({name: (dna, protein)}, directory / "plan", directory / "members", store, NAMESPACES, 10**9, "cpu")
+    return directory / "members" / f"{name}.json"

@@ -18,7 +18,7 @@ import torch
 from tests.original_classifier import make_original_classifier
 from tests.stored_features import stored_features
 from virnucpro.errors import VirNucProError
-from virnucpro.io.converted import model_note
+from virnucpro.steps.models import make_note
 from virnucpro.models.classifier import PARAMETERS, Classifier, read_classifier
 from virnucpro.models.mlp import MLPClassifier, convert_original, load_classifier, write_classifier_file
 from virnucpro.steps.classify import HEADER, classify
@@ -61,7 +61,7 @@ def test_conversion_reproduces_the_original_table(original, tmp_path):
     """Converted, the classifier gives the original's calls and scores. The original scores 256 rows at
     a time and the last 188 rows alone; we score every block at 256 rows, so on a BLAS whose rounding
     follows the row count a score may differ in its last float32 digit, never more."""
-    d, ids, (dna, protein, member) = original
+    d, ids, member = original
     pth = d / "500_model.pth"
     conv = tmp_path / "500_model.safetensors"
     convert_original(pth, conv, sha256(pth))
@@ -74,7 +74,7 @@ def test_conversion_reproduces_the_original_table(original, tmp_path):
     tables = []
     for model in (conv, pth):  # our converted file, and the original through its conversion
         out = tmp_path / f"pred_{model.suffix}.tsv"
-        classify(dna, protein, member, model_note("classifier", model, tmp_path / "models"), 500, out)
+        classify(member, make_note("classifier", model, tmp_path / "models"), 500, out)
         got_ids, got_labels, got = scored(out)
         assert got_ids == want_ids == ids and got_labels == want_labels
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
@@ -145,9 +145,9 @@ def test_scores_do_not_depend_on_the_blas_threads(tmp_path):
 
 
 def test_output_format(original, tmp_path):
-    d, ids, (dna, protein, member) = original
+    d, ids, member = original
     out = tmp_path / "pred.tsv"
-    classify(dna, protein, member, model_note("classifier", d / "500_model.pth", tmp_path / "models"), 500, out)
+    classify(member, make_note("classifier", d / "500_model.pth", tmp_path / "models"), 500, out)
     lines = out.read_text().splitlines(keepends=True)
     assert lines[0] == HEADER == "Sequence_ID\tPrediction\tscore1\tscore2\n"
     assert len(lines) == len(ids) + 1
@@ -166,7 +166,7 @@ def test_output_format(original, tmp_path):
 def test_converted_file_is_as_readable_as_any_new_file(original, tmp_path, umask, tiny_models):
     """safetensors creates its files 0600 whatever the umask: the converted classifier and ESM-2 (and a
     trained classifier, written the same way) get the mode of a plain new file, like the originals."""
-    from virnucpro.io.converted import ensure_converted
+    from virnucpro.steps.models import ensure_converted
 
     d, _, _ = original
     previous = os.umask(umask)
@@ -218,12 +218,12 @@ def test_refuses_other_pickled_classes(tmp_path):
 def test_fragment_size_mismatch(original, tmp_path):
     d, _, sample = original
     with pytest.raises(VirNucProError, match=r"500 bp fragments, but fragment_size is 300"):
-        classify(*sample, model_note("classifier", d / "500_model.pth", tmp_path / "models"), 300, tmp_path / "p.tsv")
+        classify(sample, make_note("classifier", d / "500_model.pth", tmp_path / "models"), 300, tmp_path / "p.tsv")
     assert not (tmp_path / "p.tsv").exists()
     conv = tmp_path / "c.safetensors"
     convert_original(d / "500_model.pth", conv, sha256(d / "500_model.pth"))
     with pytest.raises(VirNucProError, match=r"500 bp fragments, but fragment_size is 300"):
-        classify(*sample, model_note("classifier", conv, tmp_path / "models"), 300, tmp_path / "p.tsv")
+        classify(sample, make_note("classifier", conv, tmp_path / "models"), 300, tmp_path / "p.tsv")
 
 
 def test_conversion_needs_the_original_name(original, tmp_path):
@@ -233,7 +233,7 @@ def test_conversion_needs_the_original_name(original, tmp_path):
     with pytest.raises(VirNucProError, match="cannot tell the fragment size"):
         convert_original(renamed, tmp_path / "out.safetensors", sha256(renamed))
     with pytest.raises(VirNucProError, match="cannot tell the fragment size"):
-        classify(*sample, model_note("classifier", renamed, tmp_path / "models"), 500, tmp_path / "p.tsv")
+        classify(sample, make_note("classifier", renamed, tmp_path / "models"), 500, tmp_path / "p.tsv")
     assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "p.tsv").exists()
 
 
@@ -242,7 +242,7 @@ def test_feature_width_must_match(tmp_path):
     save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 300)
     sample = stored_features(tmp_path / "s", ["s_chunk_1F1"], np.zeros((1, 20)), 8)
     with pytest.raises(VirNucProError, match="20 values per frame.*expects 24"):
-        classify(*sample, model_note("classifier", tmp_path / "m.safetensors", tmp_path / "models"), 300, tmp_path / "p.tsv")
+        classify(sample, make_note("classifier", tmp_path / "m.safetensors", tmp_path / "models"), 300, tmp_path / "p.tsv")
 
 
 def test_converted_metadata_is_checked(tmp_path):
@@ -259,7 +259,7 @@ def test_converted_metadata_is_checked(tmp_path):
 def test_sample_without_frames(tmp_path):
     save_classifier(MLPClassifier(input_dim=24, hidden_dim=8), tmp_path / "m.safetensors", 500)
     sample = stored_features(tmp_path / "s", [], np.zeros((0, 24)), 8)
-    classify(*sample, model_note("classifier", tmp_path / "m.safetensors", tmp_path / "models"), 500, tmp_path / "p.tsv")
+    classify(sample, make_note("classifier", tmp_path / "m.safetensors", tmp_path / "models"), 500, tmp_path / "p.tsv")
     assert (tmp_path / "p.tsv").read_text() == HEADER
 
 

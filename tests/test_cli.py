@@ -1,6 +1,7 @@
 """The `virnucpro` command: every subcommand's help page says what it does and explains every option; its
 defaults are the package's (and config/config.yaml's); a subcommand does what the workflow's script does."""
 
+import inspect
 import json
 import re
 import runpy
@@ -11,12 +12,17 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from virnucpro.cli import build_parser, default, main
-from virnucpro.steps.precision import check_float8
+from virnucpro.cli import build_parser, main
 from virnucpro.io.checksums import SUFFIX, record_path
 from virnucpro.io.seqio import MAX_RECORD_BP
+from virnucpro.layout import SUMMARY
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def default(function, name):
+    """The default of parameter `name` of `function`."""
+    return inspect.signature(function).parameters[name].default
 
 
 def run_cli(capsys, *argv):
@@ -44,18 +50,19 @@ def test_help_page_describes_the_step_and_every_option(name, capsys):
 
 def test_every_rule_script_has_a_subcommand():
     scripts = {p.stem for p in (ROOT / "scripts").glob("*.py")}
-    names = {"note_model": "convert-model"}  # the others: the script's name with dashes
-    bookkeeping = {"embedded"}  # lists a plan's receipts for the workflow's own DAG: nothing to run by hand
+    names = {}  # every script: its name with dashes
+    bookkeeping = {"list_receipts"}  # lists a plan's receipts for the workflow's own DAG: nothing to run by hand
     assert {names.get(s, s.replace("_", "-")) for s in scripts - bookkeeping} <= set(subcommands())
 
 
 def test_the_config_holds_the_package_defaults():
     """config.yaml sets what virnucpro.defaults sets, and the functions and the command take those."""
     from virnucpro import defaults
-    from virnucpro.steps.plan import plan_run
-    from virnucpro.steps.prepare import prepare, prepare_sample
-    from virnucpro.steps.summarize import summarize
-    from virnucpro.steps.train import train_classifier
+    from virnucpro.steps.check_float8 import check_float8
+    from virnucpro.steps.plan import plan
+    from virnucpro.steps.prepare import cut_and_translate, prepare
+    from virnucpro.steps.summarize import Settings
+    from virnucpro.steps.train import train
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -68,21 +75,19 @@ def test_the_config_holds_the_package_defaults():
                 assert got[key] == value, f"{where}{key}"
 
     same(defaults.CONFIG, config)
-    assert (default(summarize, "threshold"), default(summarize, "top_sequences")) == (
-        defaults.VIRAL_FRACTION_THRESHOLD, defaults.PLOT_TOP_SEQUENCES)
+    assert (Settings().threshold, Settings().top_sequences) == (defaults.VIRAL_FRACTION_THRESHOLD,
+                                                                defaults.PLOT_TOP_SEQUENCES)
     for name in ("max_gap_fragments", "min_viral_fragments", "max_table_rows"):
-        assert default(summarize, name) == getattr(defaults, name.upper())
-    assert default(plan_run, "tokens_per_shard") == defaults.TOKENS_PER_SHARD
-    assert (default(check_float8, "frames"), default(check_float8, "min_call_agreement"),
-            default(check_float8, "min_cosine")) == (defaults.FLOAT8_CHECK_FRAMES, defaults.FLOAT8_MIN_CALL_AGREEMENT,
-                                                    defaults.FLOAT8_MIN_COSINE)
+        assert getattr(Settings(), name) == getattr(defaults, name.upper())
+    assert default(plan, "tokens_per_shard") == defaults.TOKENS_PER_SHARD
+    assert default(check_float8, "check") == config["embed"]["float8_check"]
     assert MAX_RECORD_BP == defaults.MAX_RECORD_BP
     # min_length: null (the fragment size) in the config, the package and the CLI
-    assert default(prepare_sample, "min_length") is default(prepare, "min_length") is defaults.MIN_LENGTH is None
+    assert default(prepare, "min_length") is default(cut_and_translate, "min_length") is defaults.MIN_LENGTH is None
     assert schema["properties"]["min_length"]["type"] == ["integer", "null"] and "min_length" in schema["required"]
     assert build_parser().parse_args(["prepare", "in.fa", "--fragment-size", "300", "--out-dna", "d",
                                       "--out-protein", "p"]).min_length is config["min_length"]
-    assert default(train_classifier, "seed") == defaults.TRAIN_SEED
+    assert default(train, "seed") == defaults.TRAIN_SEED
     assert schema["properties"]["fragment_size"]["enum"] == list(defaults.FRAGMENT_SIZES)
     args = build_parser().parse_args(["summarize", "--predictions", "p", "--manifest", "m", "--fasta", "f",
                                       "--fragment-size", "500", "--out-dir", "o"])
@@ -97,14 +102,15 @@ def test_convert_model_writes_the_note_and_checksum_records_of_the_rules_script(
     snapshot, _, _ = build_tiny_dnabert(tmp_path / "DNABERT-S")
     rule_note = tmp_path / "models" / "notes" / "dnabert_s-rule.json"
     snakemake = SimpleNamespace(output=[str(rule_note)], input=[str(snapshot)], log=[str(tmp_path / "rule.log")],
-                                params=SimpleNamespace(kind="dnabert_s", float8=False), threads=1)
+                                wildcards=SimpleNamespace(kind="dnabert_s"), params=SimpleNamespace(float8=False),
+                                threads=1)
     runpy.run_path(str(ROOT / "scripts" / "note_model.py"), init_globals={"snakemake": snakemake})
     records = list(Path(snapshot).glob(f"*{SUFFIX}"))
     assert records
     for record in records:
         record.unlink()  # the CLI must write them again
     cli_note = tmp_path / "cli.json"
-    rc, out, _ = run_cli(capsys, "convert-model", "dnabert_s", snapshot, "--models-dir", tmp_path / "models",
+    rc, out, _ = run_cli(capsys, "note-model", "dnabert_s", snapshot, "--models-dir", tmp_path / "models",
                          "--out", cli_note)
     assert rc == 0 and out.strip() == str(Path(snapshot).resolve())
     assert json.loads(cli_note.read_text()) == json.loads(rule_note.read_text())
@@ -173,33 +179,33 @@ def test_plan_leaves_out_a_sample_whose_status_says_its_input_was_bad(tmp_path, 
     rc, _, err = run_cli(capsys, "plan", *samples, *models, "--status", "other", tmp_path / "bad.json", "--out", tmp_path / "p0")
     assert rc == 1 and "--status other: no --sample of that name" in err
     assert run_cli(capsys, "plan", *samples, *models, "--status", "bad", tmp_path / "bad.json", "--out", tmp_path / "plan")[0] == 0
-    bad = json.loads((tmp_path / "plan" / "members" / "bad.json").read_text())
-    good = json.loads((tmp_path / "plan" / "members" / "good.json").read_text())
+    bad = json.loads((tmp_path / "members" / "bad.json").read_text())  # beside the plan by default
+    good = json.loads((tmp_path / "members" / "good.json").read_text())
     assert bad["skipped"] == json.loads((tmp_path / "bad.json").read_text())["error"] and bad["frames"] == 0
     assert good["frames"] > 0 and "skipped" not in good
 
 
 def test_summarize_writes_every_per_sample_file_of_the_workflow_under_its_name(tmp_path, capsys):
-    """`virnucpro summarize` writes, under the workflow's names (SAMPLE_RESULTS of common.smk), every
-    per-sample result the summarize rule makes; the region FASTA and GFF3 name the same regions."""
+    """`virnucpro summarize` writes, under the workflow's names (virnucpro.layout.SUMMARY, which the rule's
+    outputs come from), every per-sample result the summarize rule makes; the region FASTA and GFF3 name
+    the same regions."""
     import numpy as np
 
     from virnucpro.io.seqio import read_fasta
-    from virnucpro.steps.prepare import prepare
+    from virnucpro.steps.prepare import cut_and_translate
 
     sense = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
     seq = "".join(np.random.default_rng(3).choice(sense, 700))
     (tmp_path / "in.fa").write_text(f">c1 a contig\n{seq}\n")
-    prepare(tmp_path / "in.fa", 500, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
+    cut_and_translate(tmp_path / "in.fa", 500, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
     rows = [f"{fid}\tvirus\t0.2\t0.8\n" for fid, _ in read_fasta(tmp_path / "f.faa")]
     (tmp_path / "p.tsv").write_text("Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(rows))
     rc, _, err = run_cli(capsys, "summarize", "--predictions", tmp_path / "p.tsv", "--manifest", tmp_path / "m.tsv",
                          "--fasta", tmp_path / "in.fa", "--fragment-size", "500", "--out-dir", tmp_path / "out",
                          "--sample", "s")
     assert rc == 0, err
-    listed = re.search(r"SAMPLE_RESULTS = \[(.*?)\]", (ROOT / "workflow/rules/common.smk").read_text(), re.S).group(1)
-    names = set(re.findall(r'"([^"]+)"', listed)) - {"prediction_results.tsv"}  # classify's, not summarize's
-    assert {"viral_regions.fna", "viral_regions.gff3"} <= names
+    names = {output.path for output in SUMMARY.values()}
+    assert {"viral_regions.fna", "viral_regions.gff3"} <= names and len(names) == 14
     assert {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()} == names
     assert dict(read_fasta(tmp_path / "out" / "viral_regions.fna")) == {"c1|viral_region_1_2100": seq}
     assert "\tviral_sequence\t1\t2100\t0.800000\t.\t.\tID=c1|viral_region_1_2100;" in (

@@ -4,7 +4,7 @@ The out-of-memory split and the NaN check of the runner itself are tested in tes
 (`test_out_of_memory_split_gives_the_same_embeddings`, `test_nan_embedding_names_the_sequence`). Here:
 a non-finite embedding and a device failure that is not an out-of-memory (a lost GPU, a driver or ECC
 error: CUDA errors arrive as RuntimeError "CUDA error: ..." or torch.AcceleratorError) in either
-encoder stop `embed_shard` with one line naming the shard, the error and, for NaN, the frame and its
+encoder stop `embed` with one line naming the shard, the error and, for NaN, the frame and its
 sample, and leave neither a store file nor a receipt; through the Snakemake adapter's `run_step` the job
 exits with status 1. The rerun then finds the receipt missing and runs the shard again: that is the
 kill-and-resume test (test_resume.py).
@@ -17,11 +17,11 @@ import torch
 
 from virnucpro.models import dnabert, esm2
 from virnucpro.errors import VirNucProError
-from virnucpro.io.converted import model_note
+from virnucpro.steps.models import make_note
 from virnucpro.io.store import Namespace, store_files
 from virnucpro.harness import run_step
-from virnucpro.steps.embed import embed_shard
-from virnucpro.steps.plan import plan_run
+from virnucpro.steps.embed import embed
+from virnucpro.steps.plan import plan as plan_step
 
 FRAMES = [("a_chunk_1F1", "ATGAAAACCGCGTATATTGCGAAACAGCGCA", "MKTAYIAKQR"),
           ("b_chunk_1F2", "ATGAGCACCAACCCGAAACCGCAGCGCAAAA", "MSTNPKPQRK"),
@@ -36,13 +36,13 @@ ENCODERS = {"esm2": esm2.PackedESM2, "dnabert_s": dnabert.DnabertS}
 
 @pytest.fixture
 def shard(tmp_path, tiny_models):
-    """A one-shard plan of the three frames; returns the arguments of embed_shard."""
+    """A one-shard plan of the three frames; returns the arguments of embed."""
     (tmp_path / "f.fna").write_text("".join(f">{i}\n{n}\n" for i, n, _ in FRAMES))
     (tmp_path / "f.faa").write_text("".join(f">{i}\n{p}\n" for i, _, p in FRAMES))
-    notes = {"esm2": model_note("esm2", tiny_models["models.esm2"], tmp_path / "models"),
-             "dnabert_s": model_note("dnabert_s", tiny_models["models.dnabert_s"])}
-    plan = plan_run({"s": (tmp_path / "f.fna", tmp_path / "f.faa")}, tmp_path / "plan", tmp_path / "store",
-                    notes, "cpu", 10**9)
+    notes = {"esm2": make_note("esm2", tiny_models["models.esm2"], tmp_path / "models"),
+             "dnabert_s": make_note("dnabert_s", tiny_models["models.dnabert_s"])}
+    plan = plan_step({"s": (tmp_path / "f.fna", tmp_path / "f.faa")}, tmp_path / "plan", tmp_path / "members",
+                     tmp_path / "store", notes, "cpu", 10**9)
     (only,) = plan["shards"]
     return dict(plan_dir=tmp_path / "plan", shard=only["name"], notes=notes, receipt=tmp_path / "done" / "x.json")
 
@@ -78,7 +78,7 @@ def test_nan_for_one_frame_names_frame_and_shard_and_writes_nothing(encoder, sha
 
     _fault(monkeypatch, encoder, fake)
     with pytest.raises(VirNucProError) as err:
-        embed_shard(**shard)
+        embed(**shard)
     message = str(err.value)
     assert "\n" not in message and shard["shard"] in message and "NaN" in message
     assert f"{encoder}: non-finite embedding" in message and "'s:b_chunk_1F2'" in message
@@ -117,8 +117,8 @@ def test_lost_gpu_fails_cleanly_naming_the_shard(encoder, fault, shard, monkeypa
 
 
 def _one_per_batch(shard):
-    """embed_shard with batches too small for two frames: one batch per frame."""
-    return embed_shard(**shard, esm2_tokens_per_batch=1, dnabert_tokens_per_batch=1)
+    """embed with batches too small for two frames: one batch per frame."""
+    return embed(**shard, tokens_per_batch={"esm2": 1, "dnabert_s": 1})
 
 
 def test_out_of_memory_is_still_split_not_failed(shard, monkeypatch):
@@ -132,6 +132,6 @@ def test_out_of_memory_is_still_split_not_failed(shard, monkeypatch):
         return rows
 
     _fault(monkeypatch, "esm2", fake)
-    note = embed_shard(**shard)
+    note = embed(**shard)
     assert shard["receipt"].exists() and note["frames"] == {"esm2": 3, "dnabert_s": 3}
     assert seen[0] == 3 and seen.count(1) == 3

@@ -28,7 +28,7 @@ from virnucpro.models.dnabert import (
     alibi_slopes,
     load_dnabert,
 )
-from virnucpro.models.encoders import DNABERT_PRECISION
+from virnucpro.models.namespaces import DNABERT_PRECISION
 from virnucpro.models.packing import pack
 from virnucpro.models.runner import embed_packed
 

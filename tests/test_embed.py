@@ -21,7 +21,7 @@ from tests.tiny_esm2 import (
 from virnucpro.cli import main as cli_main
 from virnucpro.io.store import Namespace, store_files
 from virnucpro.errors import VirNucProError
-from virnucpro.steps.merge import gather_features, iter_features
+from virnucpro.io.features import gather_features, iter_features
 
 TOL = 1e-5
 AA = list("ACDEFGHIKLMNPQRSTVWY")
@@ -96,7 +96,7 @@ def test_plan_and_embed_fill_the_store_with_the_originals_embeddings(tmp_path, m
     assert {"load_esm2", "load_dnabert_s", "embed", "write"} <= set(receipts[0]["seconds"])
     assert "tokens/s" in caplog.text
     _, _, ids, proteins, nucleotides = frames
-    got_ids, features = gather_features(frames[0], frames[1], plan_dir / "members" / "s.json")
+    got_ids, features = gather_features(tmp_path / "members" / "s.json")
     assert got_ids == ids and features.shape == (40, 96 + 64)
     esm_path, dna_dir, state = models
     token_ids = hf_token_ids(dna_dir, nucleotides)
@@ -138,7 +138,7 @@ def test_step_errors_are_one_line(tmp_path, models, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("virnucpro embed: error: the esm2 model or its precision changed since the embedding plan")
     assert cli_main([*args, "--esm2", str(esm_path), "--dnabert-tokens-per-batch", "0"]) == 1
-    assert "tokens per batch must be positive" in capsys.readouterr().err
+    assert "dnabert_s tokens per batch must be positive" in capsys.readouterr().err
     assert cli_main([*args[:2], "0123456789abcdef", *args[3:], "--esm2", str(esm_path)]) == 1
     assert "the plan has no shard 0123456789abcdef" in capsys.readouterr().err
     assert not out.exists() and store_files(tmp_path / "store", Namespace.from_json(planned["namespaces"]["esm2"])) == []
@@ -166,8 +166,8 @@ def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, models, 
     """On a cluster whose login node has no GPU, `auto` plans for the CPU: a GPU job must not then
     silently embed on its CPU."""
     from virnucpro.errors import VirNucProError
-    from virnucpro.io.converted import model_note
-    from virnucpro.steps.embed import embed_shard
+    from virnucpro.steps.models import make_note
+    from virnucpro.steps.embed import embed
 
     esm_path, dna_dir, _ = models
     frames = sample(tmp_path / "s", n=3)
@@ -179,29 +179,29 @@ def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, models, 
     assert planned["device"] == "cpu" and planned["device_setting"] == "auto"
     monkeypatch.setattr("virnucpro.steps.embed.visible_devices", lambda: ["0"])  # the job: a GPU
     with pytest.raises(VirNucProError, match="set embed.device to cuda"):
-        notes = {"esm2": model_note("esm2", esm_path, tmp_path / "m"), "dnabert_s": model_note("dnabert_s", dna_dir)}
-        embed_shard(tmp_path / "plan", planned["shards"][0]["name"], notes, tmp_path / "r.json")
+        notes = {"esm2": make_note("esm2", esm_path, tmp_path / "m"), "dnabert_s": make_note("dnabert_s", dna_dir)}
+        embed(tmp_path / "plan", planned["shards"][0]["name"], notes, tmp_path / "r.json")
 
 
-def test_features_export_refuses_changed_frames_as_classify_does(tmp_path, models, capsys):
+def test_features_export_refuses_a_changed_frame_list_as_classify_does(tmp_path, models, capsys):
     import h5py
 
     frames = sample(tmp_path / "s", n=6, seed=2)
     plan_dir, planned = plan(tmp_path, models, frames)
     embed_all(tmp_path, models, plan_dir, planned["shards"])
-    member = plan_dir / "members" / "s.json"
-    args = ["features", "--frames-dna", str(frames[0]), "--frames-protein", str(frames[1]), "--member", str(member)]
+    member = tmp_path / "members" / "s.json"
+    args = ["features", "--member", str(member)]
     assert cli_main([*args, "--out", str(tmp_path / "f.h5")]) == 0
     with h5py.File(tmp_path / "f.h5", "r") as f:
         assert f["embeddings"].shape == (6, 96 + 64)
         assert f.attrs["esm2_namespace"] == planned["namespaces"]["esm2"]["id"]
     with pytest.raises(VirNucProError, match="expects 3328"):
-        gather_features(frames[0], frames[1], member, width=3328)
-    for path in frames[:2]:  # one frame fewer than the plan was made for
-        path.write_text("".join(path.read_text().splitlines(keepends=True)[:-2]))
+        gather_features(member, width=3328)
+    listed = member.with_name("s.frames.tsv")
+    listed.write_text("".join(listed.read_text().splitlines(keepends=True)[:-1]))  # one frame fewer than planned
     assert cli_main([*args, "--out", str(tmp_path / "g.h5")]) == 1
     err = capsys.readouterr().err
-    assert "5 frames, but the embedding plan" in err and not (tmp_path / "g.h5").exists()
+    assert "does not match its member plan" in err and not (tmp_path / "g.h5").exists()
     with pytest.raises(VirNucProError) as classify_reader:
-        list(iter_features(frames[0], frames[1], member))  # what classify reads through
+        list(iter_features(member))  # what classify reads through
     assert str(classify_reader.value) in err

@@ -15,7 +15,7 @@ import torch
 from tests.tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer
 from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint
 from virnucpro.models import dnabert, esm2
-from virnucpro.io.converted import ensure_converted
+from virnucpro.steps.models import ensure_converted
 from virnucpro.models.runner import Task, run_packed
 
 pytestmark = pytest.mark.gpu

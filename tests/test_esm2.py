@@ -26,7 +26,7 @@ from tiny_esm2 import (
 )
 
 from virnucpro.errors import VirNucProError
-from virnucpro.io.converted import ensure_converted
+from virnucpro.steps.models import ensure_converted
 from virnucpro.models import esm2
 from virnucpro.models.esm2 import (
     Esm2Tokenizer,
@@ -87,7 +87,7 @@ def test_token_counts_are_the_lengths_of_the_tokens(extra):
 
 
 def test_kernels_are_cached_in_the_models_folder_where_it_can_be_written(tmp_path, monkeypatch):
-    from virnucpro.models.backend import KERNEL_CACHES, use_kernel_cache
+    from virnucpro.models.generated import KERNEL_CACHES, use_kernel_cache
 
     for variable in KERNEL_CACHES:
         monkeypatch.setenv(variable, "default")

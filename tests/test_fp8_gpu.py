@@ -79,11 +79,11 @@ def test_the_guard_decides_both_ways_and_the_plan_embeds_in_float8(tmp_path):
     from tests.stored_features import random_frames
     from tests.tiny_dnabert import build_tiny_dnabert
     from tests.tiny_esm2 import save_fair_esm_checkpoint
-    from virnucpro.io.converted import model_note
+    from virnucpro.steps.models import make_note
     from virnucpro.models.mlp import MLPClassifier, write_classifier_file
-    from virnucpro.steps.embed import embed_shard
-    from virnucpro.steps.plan import plan_run
-    from virnucpro.steps.precision import check_float8
+    from virnucpro.steps.embed import embed
+    from virnucpro.steps.plan import plan as plan_step
+    from virnucpro.steps.check_float8 import CHECK, check_float8
 
     d = tmp_path / "models"
     esm = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=3, embed_dim=256, heads=4, seed=31), d)
@@ -93,23 +93,25 @@ def test_the_guard_decides_both_ways_and_the_plan_embeds_in_float8(tmp_path):
     with torch.no_grad():
         clf.output_layer.bias.copy_(torch.tensor([-50.0, 50.0]))
     write_classifier_file(clf, d / "confident.safetensors", 500, "test", "0" * 64)
-    notes = {"esm2": model_note("esm2", esm, d / "models", float8=True),
-             "dnabert_s": model_note("dnabert_s", dnabert),
-             "classifier": model_note("classifier", d / "confident.safetensors", d / "models")}
+    notes = {"esm2": make_note("esm2", esm, d / "models", float8=True),
+             "dnabert_s": make_note("dnabert_s", dnabert),
+             "classifier": make_note("classifier", d / "confident.safetensors", d / "models")}
     frames = random_frames([f"f{i}" for i in range(300)], seed=32)
     (tmp_path / "f.fna").write_text("".join(f">{i}\n{n}\n" for i, (n, _) in frames.items()))
     (tmp_path / "f.faa").write_text("".join(f">{i}\n{p}\n" for i, (_, p) in frames.items()))
     members, store = {"s": (tmp_path / "f.fna", tmp_path / "f.faa")}, tmp_path / "store"
-    passed = check_float8(members, notes, store, tmp_path / "ok.json", tmp_path / "ok.tsv", frames=256, device="cuda")
-    refused = check_float8(members, notes, store, tmp_path / "no.json", tmp_path / "no.tsv", frames=256,
-                           device="cuda", min_cosine=1.0)
+    passed = check_float8(members, notes, store, {"decision": tmp_path / "ok.json", "table": tmp_path / "ok.tsv"},
+                          {**CHECK, "frames": 256}, device="cuda")
+    refused = check_float8(members, notes, store, {"decision": tmp_path / "no.json", "table": tmp_path / "no.tsv"},
+                           {**CHECK, "frames": 256, "min_cosine": 1.0}, device="cuda")
     print(f"\nguard on the GPU: {passed['reason']}")
     assert passed["precision"] == "float8" and passed["min_cosine"] >= 0.999
     assert refused["precision"] == "float16" and "smallest cosine" in refused["reason"]
-    plan = plan_run(members, tmp_path / "plan", store, notes, "cuda", float8_decision=tmp_path / "ok.json")
+    plan = plan_step(members, tmp_path / "plan", tmp_path / "members", store, notes, "cuda",
+                     float8_decision=tmp_path / "ok.json")
     assert plan["esm2_precision"] == "float8"
     for shard in plan["shards"]:
-        receipt = embed_shard(tmp_path / "plan", shard["name"], notes, tmp_path / f"{shard['name']}.json")
+        receipt = embed(tmp_path / "plan", shard["name"], notes, tmp_path / f"{shard['name']}.json")
         assert "load_esm2_float8" in receipt["seconds"]
     spaces = [json.loads(p.read_text()) for p in store.glob("esm2-*/namespace.json")]
     assert len(spaces) == 1 and "float8" in spaces[0]["fields"]["precision"]

@@ -98,11 +98,11 @@ def test_cpu_steps_do_not_import_torch_for_their_threads(tmp_path):
         f"""
         import sys
         from virnucpro.harness import run_step
-        from virnucpro.steps.prepare import prepare
+        from virnucpro.steps.prepare import cut_and_translate
         d = {str(tmp_path)!r}
         with open(d + "/in.fa", "w") as fh:
             fh.write(">a\\n" + "ATG" * 200 + "\\n")
-        run_step(d + "/step.log", prepare, d + "/in.fa", 300, d + "/f.fna", d + "/f.faa", threads=2)
+        run_step(d + "/step.log", cut_and_translate, d + "/in.fa", 300, d + "/f.fna", d + "/f.faa", threads=2)
         assert "torch" not in sys.modules, "torch was imported"
         """
     )

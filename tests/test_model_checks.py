@@ -19,10 +19,10 @@ from virnucpro.config import check_classifier, classifier_fragment_size
 from virnucpro.device import check_device
 from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import read_record
-from virnucpro.io.converted import model_note
+from virnucpro.steps.models import make_note
 from virnucpro.models.mlp import MLPClassifier, write_classifier_file
-from virnucpro.steps import fetch
-from virnucpro.steps.report import model_rows
+from virnucpro.steps import models as fetch
+from virnucpro.steps.overview import model_rows
 
 ESM2_NAME = "esm2_t2_1M_UR50D"  # a fair-esm name, as the models step downloads it
 
@@ -111,7 +111,7 @@ def test_hand_placed_classifier_with_the_published_blob_id_is_verified(tmp_path,
     placed = make_original_classifier(models / "500_model.pth", input_dim=160)
     publish(monkeypatch, placed)
     check_classifier(placed, 500, models, tmp_path / "trained.safetensors")
-    note = model_note("classifier", placed, models)
+    note = make_note("classifier", placed, models)
     how = f"git blob id {fetch.CLASSIFIER_BLOB_IDS['500_model.pth']} of the original repository; placed by hand"
     assert note["verified"] == {"500_model.pth": how}
     assert read_record(placed)["verified"] == how
@@ -121,12 +121,12 @@ def test_hand_placed_classifier_with_the_published_blob_id_is_verified(tmp_path,
     placed.write_bytes(placed.read_bytes() + b"\0")  # changed after it was verified: refused
     with pytest.raises(VirNucProError, match=r"500_model.pth: sha256 \w+ differs from the checksum recorded when it "
                                              r"was verified"):
-        model_note("classifier", placed, models)
+        make_note("classifier", placed, models)
 
 
 def test_a_model_the_config_names_elsewhere_is_unverified(tmp_path, tiny_models):
-    notes = [model_note("esm2", tiny_models["models.esm2"], tmp_path / "models"),
-             model_note("classifier", tiny_models["models.classifier"], tmp_path / "models")]
+    notes = [make_note("esm2", tiny_models["models.esm2"], tmp_path / "models"),
+             make_note("classifier", tiny_models["models.classifier"], tmp_path / "models")]
     assert notes[0]["verified"] == {"esm2_tiny_UR50D.pt": "unverified"}
     assert notes[1]["verified"] == {"500_model.pth": "unverified"}
     rows = model_rows(notes)
@@ -152,7 +152,7 @@ def corrupt_a_member(path):
 
 def test_hand_placed_esm2_is_verified_by_the_crc_of_every_member(placed_esm2):
     models, path = placed_esm2
-    note = model_note("esm2", path, models)
+    note = make_note("esm2", path, models)
     how = "complete PyTorch zip archive, CRC-32 of every member; placed by hand"
     assert note["verified"] == {f"{ESM2_NAME}.pt": how} and read_record(path)["verified"] == how
 
@@ -161,7 +161,7 @@ def test_hand_placed_esm2_failing_its_crc_is_refused_with_one_line(placed_esm2):
     models, path = placed_esm2
     corrupt_a_member(path)
     with pytest.raises(VirNucProError) as err:
-        model_note("esm2", path, models)
+        make_note("esm2", path, models)
     assert str(err.value).startswith(f"{path}: placed where the models step downloads the published file, but "
                                      f"member {ESM2_NAME}/data/0 fails its CRC-32 check: delete it")
     assert read_record(path)["verified"] is None and not (models / "converted").exists()
@@ -171,9 +171,9 @@ def test_hand_placed_dnabert_s_is_checked_as_its_download(tmp_path):
     folder, _, _ = build_tiny_dnabert(tmp_path / "models" / "DNABERT-S", formats=("bin",))
     with pytest.raises(VirNucProError, match=r"DNABERT-S/config.json: placed where the models step downloads the "
                                              r"published file, but config.json differs from DNABERT-S: "):
-        model_note("dnabert_s", folder, tmp_path / "models")
+        make_note("dnabert_s", folder, tmp_path / "models")
     elsewhere = shutil.copytree(folder, tmp_path / "mine" / "DNABERT-S")
-    assert set(model_note("dnabert_s", elsewhere, tmp_path / "models")["verified"].values()) == {"unverified"}
+    assert set(make_note("dnabert_s", elsewhere, tmp_path / "models")["verified"].values()) == {"unverified"}
 
 
 @pytest.mark.slow
@@ -186,10 +186,11 @@ def test_a_hand_placed_esm2_that_fails_stops_the_run_before_the_plan_and_any_emb
     work = workdir(work, {**tiny_models, "models.esm2": f"{ESM2_NAME}.pt"})
     proc = snakemake(work, "--cores", "2", check=False)  # the default profile keeps going
     assert proc.returncode != 0
-    one_error_line((models / "logs" / "convert_esm2.log").read_text(),
+    (log,) = (models / "logs").glob("note_model_esm2-*.log")
+    one_error_line(log.read_text(),
                    f"{placed.resolve()}: placed where the models step downloads", "fails its CRC-32 check")
     started = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", proc.stdout + proc.stderr, re.M)
-    assert "convert_esm2" in started and "prepare" in started  # the front end kept going, on the CPU
+    assert "note_model" in started and "prepare" in started  # the front end kept going, on the CPU
     assert "plan" not in started and "embed" not in started
     assert not (work / "results" / "embedding" / "samples" / "plan").exists()
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from virnucpro.errors import VirNucProError
-from virnucpro.steps import fetch as models
+from virnucpro.io.downloads import git_blob_id
+from virnucpro.steps import models
 
 
 def test_git_blob_id_matches_git():
     # ids printed by `git hash-object` for an empty file and for "hello\n"
-    assert models.git_blob_id(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
-    assert models.git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert git_blob_id(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    assert git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def remote(tmp_path):
 def serve_classifier(monkeypatch, remote, content, blob_id=None):
     (remote / "500_model.pth").write_bytes(content)
     monkeypatch.setattr(models, "CLASSIFIER_URL", remote.as_uri() + "/{name}")
-    ids = dict(models.CLASSIFIER_BLOB_IDS, **{"500_model.pth": blob_id or models.git_blob_id(content)})
+    ids = dict(models.CLASSIFIER_BLOB_IDS, **{"500_model.pth": blob_id or git_blob_id(content)})
     monkeypatch.setattr(models, "CLASSIFIER_BLOB_IDS", ids)
 
 
@@ -70,7 +71,7 @@ def test_offline_message_names_url_and_destination(tmp_path, monkeypatch):
     def no_network(url, timeout=None):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(models.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr("virnucpro.io.downloads.urllib.request.urlopen", no_network)
     out = tmp_path / "models" / "300_model.pth"
     with pytest.raises(VirNucProError) as err:
         models.download_model("classifier", out)

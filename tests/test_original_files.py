@@ -13,8 +13,8 @@ import torch
 
 from virnucpro.io.seqio import read_fasta
 from virnucpro.models.classifier import prediction_lines
-from virnucpro.steps.prepare import prepare
-from virnucpro.steps.summarize import summarize
+from virnucpro.steps.prepare import cut_and_translate
+from tests.summaries import run_summarize
 
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 
@@ -76,7 +76,7 @@ def scored(tmp_path):
     records.append(("gcc_rich", "GCC" * 1100))  # 7 fragments, six stop-free frames each
     fasta = tmp_path / "input.fa"
     fasta.write_text("".join(f">{i} desc\n{s}\n" for i, s in records))
-    prepare(fasta, 500, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv")
+    cut_and_translate(fasta, 500, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv")
     frames = [fid for fid, _ in read_fasta(tmp_path / "f.faa")]
     probabilities, near = probabilities_for(frames, rng)
     (tmp_path / "predictions.tsv").write_text(
@@ -90,12 +90,7 @@ def test_original_files_equal_what_the_original_writes(scored):
     (d / "original").mkdir()
     ref_txt, ref_csv = original_prediction_files(frames, probabilities, d / "original")
     out = d / "out"
-    summarize(
-        d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", out / "fc.tsv", out / "ss.tsv", out / "v.fna",
-        out / "h.png", out / "a.png", 0.5, 1, fragment_size=500,
-        original_predictions=out / "prediction_results.txt",
-        original_calls=out / "prediction_results_highestscore.csv",
-    )
+    run_summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", out, 500, top_sequences=1)
     assert (out / "prediction_results.txt").read_bytes() == ref_txt.read_bytes()
     assert (out / "prediction_results.txt").read_bytes() == (d / "predictions.tsv").read_bytes()  # a drop-in copy
     assert (out / "prediction_results_highestscore.csv").read_bytes() == ref_csv.read_bytes()
@@ -108,11 +103,8 @@ def test_original_files_equal_what_the_original_writes(scored):
 
 def test_original_files_of_a_sample_without_frames(tmp_path):
     (tmp_path / "in.fa").write_text(">n1\nNNNNNNNNNN\n")
-    prepare(tmp_path / "in.fa", 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
+    cut_and_translate(tmp_path / "in.fa", 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
     (tmp_path / "p.tsv").write_text("Sequence_ID\tPrediction\tscore1\tscore2\n")
-    out = tmp_path / "out"
-    summarize(tmp_path / "p.tsv", tmp_path / "m.tsv", tmp_path / "in.fa", out / "fc.tsv", out / "ss.tsv",
-              out / "v.fna", out / "h.png", out / "a.png", 0.5, 1, fragment_size=300,
-              original_predictions=out / "o.txt", original_calls=out / "o.csv")
-    assert (out / "o.txt").read_text() == "Sequence_ID\tPrediction\tscore1\tscore2\n"
-    assert (out / "o.csv").read_text() == "Modified_ID\tIs_Virus\n"
+    out = run_summarize(tmp_path / "p.tsv", tmp_path / "m.tsv", tmp_path / "in.fa", tmp_path / "out", 300)
+    assert out["original_predictions"].read_text() == "Sequence_ID\tPrediction\tscore1\tscore2\n"
+    assert out["original_calls"].read_text() == "Modified_ID\tIs_Virus\n"

@@ -260,7 +260,7 @@ def test_fallback_only_on_a_build_failure(caplog):
     a bug in the forward pass is raised again, unchanged."""
     from torch._inductor.exc import InductorError
 
-    from virnucpro.models.backend import fall_back
+    from virnucpro.models.generated import fall_back
 
     for exc in (torch.cuda.OutOfMemoryError("CUDA out of memory"), RuntimeError("CUDA error: an illegal memory access"),
                 ValueError("shapes do not match"), RuntimeError("inductor: out of memory while autotuning")):
@@ -324,6 +324,6 @@ def test_compiling_prints_no_torchscript_deprecation():
     """torch.compile's first call imports torch/utils/mkldnn.py, whose 14 `@torch.jit.script_method`
     decorators each warn (torch 2.13); `backend.compiled` keeps exactly those out. A fresh interpreter,
     because torch imports that module once per process."""
-    code = "from virnucpro.models.backend import compiled\ncompiled(lambda x: x * 2)\n"  # the import happens here
+    code = "from virnucpro.models.generated import compiled\ncompiled(lambda x: x * 2)\n"  # the import happens here
     proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

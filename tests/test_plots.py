@@ -6,6 +6,7 @@ import pytest
 
 from virnucpro.frames import fragment_layout
 from virnucpro.results.plots import PIXEL_COLUMNS, per_column, plot_along
+from virnucpro.results.sample import Sample
 
 RED, BLUE, BAND = (1.0, 0.0, 0.0), (0.0, 0.0, 0.545), (0xFC / 255, 0xD2 / 255, 0xD2 / 255)
 
@@ -13,9 +14,10 @@ RED, BLUE, BAND = (1.0, 0.0, 0.0), (0.0, 0.0, 0.545), (0xFC / 255, 0xD2 / 255, 0
 def along_png(path, length, viral_span, fragment_size=500, regions=()):
     """Draw one sequence of `length` bp whose fragments inside `viral_span` (0-based, end excluded)
     have virus score 0.95 (other score 0.05, called viral), every other one 0.1 (other score 0.9)."""
-    _, num, start, size = fragment_layout(np.array([length]), fragment_size)
+    owner, num, start, size = fragment_layout(np.array([length]), fragment_size)
     inside = (start >= viral_span[0]) & (start + size <= viral_span[1])
-    frag = {"owner": np.zeros(len(num), dtype=np.int64), "num": num, "viral": inside,
+    layout = {"owner": owner, "number": num, "start": start, "length": size}
+    frag = {"owner": np.zeros(len(num), dtype=np.int64), "num": num, "index": np.arange(len(num)), "viral": inside,
             "max2": np.where(inside, 0.95, 0.1).astype(np.float32),
             "max1": np.where(inside, 0.05, 0.9).astype(np.float32)}
     t = {"length": np.array([length]), "sequence_id": np.array(["chr1"]), "call": np.array(["not_viral"]),
@@ -24,7 +26,7 @@ def along_png(path, length, viral_span, fragment_size=500, regions=()):
     starts = np.array([r[0] for r in regions], dtype=np.int64)
     ends = np.array([r[1] for r in regions], dtype=np.int64)
     reg = {"owner": np.zeros(len(regions), dtype=np.int64), "start": starts, "end": ends}
-    plot_along(path, t, frag, reg, np.array([0]), fragment_size, "s")
+    plot_along(path, Sample("s", {}, layout, {}, frag, t, reg), np.array([0]))
     from matplotlib.image import imread
 
     return imread(path)[..., :3], int(inside.sum())

@@ -16,7 +16,7 @@ from tests.reference_frontend import chunks, front_end
 from virnucpro.errors import InputError, VirNucProError
 from virnucpro.frames import fragment_layout
 from virnucpro.io.seqio import read_sequences
-from virnucpro.steps.prepare import prepare, prepare_sample
+from virnucpro.steps.prepare import cut_and_translate, prepare
 
 # the original tool's outputs on its own code (tests/data/golden/original_virnucpro/README.md)
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "original_virnucpro"
@@ -32,7 +32,7 @@ def run_prepare(src, out, size, **kw):
         "out_fragments": out / "fragments.fa",
         "manifest": out / "sequences.tsv",
     }
-    stats = prepare(src, size, **paths, **kw)
+    stats = cut_and_translate(src, size, **paths, **kw)
     return stats, {k: p.read_bytes() for k, p in paths.items()}
 
 
@@ -110,7 +110,7 @@ def test_matches_per_codon_reference_on_random_iupac_input(tmp_path, size):
     sense = [c for c in ("GCT", "AAA", "TGG", "CAT", "GGC", "TTC", "ATG", "CCG")]
     records += [(f"orf_{i}", "".join(rng.choice(sense, int(rng.integers(1, 700))))) for i in range(60)]
     write_fasta(tmp_path / "in.fa", records, width=70)
-    stats, out = run_prepare(tmp_path / "in.fa", tmp_path, size, batch_bases=10_000)
+    stats, out = run_prepare(tmp_path / "in.fa", tmp_path, size, group_bases=10_000)
     dna, protein = reference_text(records, size)
     assert out["out_dna"] == dna
     assert out["out_protein"] == protein
@@ -219,7 +219,7 @@ def test_missing_input_file(tmp_path):
 
 def _peak_bytes(path, out):
     tracemalloc.start()
-    prepare(path, 500, out / "a.fna", out / "a.faa", manifest=out / "m.tsv", batch_bases=1 << 20)
+    cut_and_translate(path, 500, out / "a.fna", out / "a.faa", manifest=out / "m.tsv", group_bases=1 << 20)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak
@@ -234,7 +234,7 @@ def test_memory_does_not_grow_with_input(tmp_path):
                 fh.write(b">c%d\n" % i + contig + b"\n")
     small = _peak_bytes(tmp_path / "small.fa", tmp_path)
     large = _peak_bytes(tmp_path / "large.fa", tmp_path)
-    # 8x the input must not need noticeably more memory: only the batch and one record are held
+    # 8x the input must not need noticeably more memory: only the group and one record are held
     assert large < 1.5 * small, (small, large)
 
 
@@ -290,11 +290,11 @@ def test_the_workflow_step_records_bad_input_and_writes_empty_outputs(tmp_path):
     (tmp_path / "bad.fa").write_text(">a\nACGT\n>a\nACGT\n")
     out = {k: tmp_path / "out" / n for k, n in (("out_dna", "f.fna"), ("out_protein", "f.faa"),
                                               ("manifest", "m.tsv"), ("status", "status.json"))}
-    assert prepare_sample(tmp_path / "bad.fa", 500, **out) is None
+    assert prepare(tmp_path / "bad.fa", 500, **out) is None
     status = json.loads(out["status"].read_text())
     assert status == {"ok": False, "error": f"{tmp_path / 'bad.fa'}: record 'a': duplicate sequence id"}
     assert all(out[k].read_bytes() == b"" for k in ("out_dna", "out_protein", "manifest"))
-    stats = prepare_sample(GOLDEN / "input.fa", 500, **out, min_length=0)
+    stats = prepare(GOLDEN / "input.fa", 500, **out, min_length=0)
     assert json.loads(out["status"].read_text()) == {"ok": True, **stats.__dict__}
     assert out["out_protein"].read_bytes() == (GOLDEN / "identified_protein500.faa").read_bytes()
 

@@ -7,8 +7,8 @@ import pytest
 from tests.reference_frontend import chunks
 from virnucpro.errors import VirNucProError
 from virnucpro.io.seqio import read_fasta
-from virnucpro.steps.prepare import prepare
-from virnucpro.steps.summarize import summarize
+from virnucpro.steps.prepare import cut_and_translate
+from tests.summaries import run_summarize
 
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 SIZE = 500
@@ -39,7 +39,7 @@ def build(tmp_path):
         patterns[sid] = pattern
     fasta = tmp_path / "in.fa"
     fasta.write_text("".join(f">{i} a description\n{s}\n" for i, s in records))
-    prepare(fasta, SIZE, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
+    cut_and_translate(fasta, SIZE, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
     rows, scores = [], {}
     for fid, _ in read_fasta(tmp_path / "f.faa"):
         sid, _, k = fid[:-2].rpartition("_chunk_")
@@ -58,15 +58,9 @@ def sample(tmp_path):
 
 
 def run(d, max_gap=1, min_viral=2, top=3, threshold=0.5):
-    out = d / f"out_{max_gap}_{min_viral}_{threshold}"
-    names = dict(viral_regions="regions.tsv", score_track="score.bedGraph", region_track="regions.bed",
-                 regions_fasta="regions.fna", regions_gff="regions.gff3")
-    summarize(
-        d / "p.tsv", d / "m.tsv", d / "in.fa", out / "fc.tsv", out / "ss.tsv", out / "v.fna", out / "h.png",
-        out / "a.png", threshold, top, fragment_size=SIZE, sample="s1", max_gap_fragments=max_gap,
-        min_viral_fragments=min_viral, **{k: out / v for k, v in names.items()},
-    )
-    return {k: out / v for k, v in names.items()}
+    return run_summarize(d / "p.tsv", d / "m.tsv", d / "in.fa", d / f"out_{max_gap}_{min_viral}_{threshold}", SIZE,
+                         "s1", threshold=threshold, top_sequences=top, max_gap_fragments=max_gap,
+                         min_viral_fragments=min_viral)
 
 
 def spans(sid, seq):
@@ -137,7 +131,7 @@ def test_a_sequence_called_viral_has_a_region_and_regions_lie_in_classified_sequ
     a classified sequence; a sequence without one viral fragment is never called viral (threshold 0)."""
     d, _, patterns, _ = sample
     out = run(d, max_gap, min_viral, threshold=threshold)
-    _, summary = table(out["viral_regions"].with_name("ss.tsv"))
+    _, summary = table(out["sequence_summary"])
     _, regions = table(out["viral_regions"])
     called = {r[0] for r in summary if r[9] == "viral"}
     assert called <= {r[0] for r in regions}
@@ -168,7 +162,7 @@ def test_tracks_are_sorted_half_open_with_a_track_line(sample):
     bars = [line.split("\t") for line in graph[1:]]
     key = [(b[0].encode(), int(b[1])) for b in bars]
     assert key == sorted(key)
-    fragment_scores = {r[0]: r[3] for r in table(out["viral_regions"].with_name("fc.tsv"))[1]}
+    fragment_scores = {r[0]: r[3] for r in table(out["fragment_calls"])[1]}
     for sid, seq in records.items():
         mine = [(int(b[1]), int(b[2]), b[3]) for b in bars if b[0] == sid]
         assert all(0 <= s < e <= len(seq) for s, e, _ in mine)
@@ -207,7 +201,7 @@ def test_plots_carry_legend_threshold_sample_and_region_bands(sample, monkeypatc
     assert along._suptitle.get_text().startswith("s1: virus score along the")
     assert [t.get_text() for t in along.legends[0].get_texts()] == [
         "fragment called viral", "fragment not called viral", "viral region", "virus score 0.5"]
-    _, regions = table(d / "out_1_2_0.5" / "regions.tsv")
+    _, regions = table(d / "out_1_2_0.5" / "viral_regions.tsv")
     for ax in along.axes:
         title = ax.get_title(loc="left")
         sid = next(i for i in records if title.startswith(shorten(i) + "  ("))
@@ -277,7 +271,7 @@ def test_gff3_escapes_reserved_characters_and_gffutils_reads_them_back(tmp_path)
     rng = np.random.default_rng(8)
     sid = "odd;id=1,x&y"
     (tmp_path / "in.fa").write_text(f">{sid}\n" + "".join(rng.choice(SENSE, 400)) + "\n")
-    prepare(tmp_path / "in.fa", SIZE, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
+    cut_and_translate(tmp_path / "in.fa", SIZE, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv")
     rows = [f"{fid}\tvirus\t0.1\t0.9\n" for fid, _ in read_fasta(tmp_path / "f.faa")]
     (tmp_path / "p.tsv").write_text("Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(rows))
     out = run(tmp_path)

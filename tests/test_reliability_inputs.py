@@ -152,7 +152,7 @@ def test_the_samples_that_finished_get_the_overview_and_the_report_lists_the_oth
     """The run files are made for the samples that finished, beside the bad ones: overview.tsv counts the
     good samples from their own tables and gives each bad one the error its front end recorded, and so
     does unfinished.tsv; `snakemake --report` succeeds and its page names every bad sample and why."""
-    from virnucpro.steps.report import sample_counts
+    from virnucpro.steps.overview import sample_counts
 
     work, proc, files = bad_data_run
     results = work / "results"
@@ -312,13 +312,13 @@ def _full_size_classifier(tmp_path, models):
 
 
 MODEL_CASES = [
-    (_text_esm, "models/logs/convert_esm2.log", "models/notes/esm2-*.json",
+    (_text_esm, "models/logs/note_model_esm2-*.log", "models/notes/esm2-*.json",
      ["esm2_t36_3B_UR50D.pt: not a loadable fair-esm checkpoint (not a torch.save file"]),
-    (_truncated_esm, "models/logs/convert_esm2.log", "models/notes/esm2-*.json",
+    (_truncated_esm, "models/logs/note_model_esm2-*.log", "models/notes/esm2-*.json",
      ["cut/esm2_tiny_UR50D.pt: not a loadable fair-esm checkpoint (PytorchStreamReader failed"]),
-    (_dnabert_without_tokenizer, "models/logs/check_dnabert_s.log", "models/notes/dnabert_s-*.json",
+    (_dnabert_without_tokenizer, "models/logs/note_model_dnabert_s-*.log", "models/notes/dnabert_s-*.json",
      ["tokenizer.json: not a readable tokenizer.json"]),
-    (_text_classifier, "models/logs/convert_classifier.log", "models/notes/classifier-*.json",
+    (_text_classifier, "models/logs/note_model_classifier-*.log", "models/notes/classifier-*.json",
      ["500_model.pth: not a readable classifier file (not a torch.save file"]),
     (_full_size_classifier, "results/s/logs/classify.log", "results/s/prediction_results.tsv",
      ["results/embedding/samples/members/s.json: features have 160 values per frame", "expects 3328"]),
@@ -332,7 +332,8 @@ def test_wrong_model_file_fails_its_step_with_one_line(tmp_path, tiny_models, ch
     work = workdir(tmp_path / "work", models)
     proc = snakemake(work, "--cores", "2", check=False)
     assert proc.returncode != 0
-    one_error_line((work / log).read_text(), *needles)
+    (found,) = work.glob(log)  # a log's path, or its pattern
+    one_error_line(found.read_text(), *needles)
     assert_nothing_looks_finished(work, output, *(f"results/s/{t}" for t in TABLES))
 
 

@@ -1,6 +1,6 @@
 """What the report shows besides the plots: the per-sample HTML tables (virnucpro.results.views), the overview of
-all samples (those that did not finish with why: virnucpro.steps.outcome), the models (with checksums) and
-parameters of the run (virnucpro.steps.report), and the `virnucpro overview` command. The rendered report:
+all samples (those that did not finish with why: virnucpro.steps.unfinished), the models (with checksums) and
+parameters of the run (virnucpro.steps.overview), and the `virnucpro overview` command. The rendered report:
 tests/test_workflow_e2e.py, tests/test_reliability_inputs.py (a run with a sample that did not finish)."""
 
 import hashlib
@@ -16,8 +16,9 @@ from virnucpro.errors import VirNucProError
 from virnucpro.io.tables import write_tsv
 from virnucpro.results.regions import REGION_COLUMNS
 from virnucpro.results.views import write_table_views
-from virnucpro.steps.outcome import sample_reason, unfinished
-from virnucpro.steps.report import OVERVIEW_COLUMNS, overview_rows, sample_outcomes, write_run_files
+from virnucpro.steps.unfinished import sample_reason, unfinished
+from virnucpro.layout import OVERVIEW
+from virnucpro.steps.overview import OVERVIEW_COLUMNS, overview_rows, sample_outcomes, write_run_files
 from virnucpro.steps.summarize import SEQUENCE_COLUMNS
 
 
@@ -98,11 +99,10 @@ def test_table_views_stop_at_max_rows(tables):
 
 
 def run_outputs(d):
-    """The output arguments of `write_run_files`, under `d`: (tables, views)."""
-    names = ("overview", "unfinished", "models", "parameters", "all_sequences", "all_regions")
-    out = {name: d / f"{name}.tsv" for name in names} | {"provenance_file": d / "provenance.json"}
-    views = {f"{name}_view": d / f"{name}.html" for name in ("overview", "unfinished", "models", "provenance")}
-    return out, views
+    """The outputs of `write_run_files` under `d`, as the workflow names them; twice, for the tables and
+    for the views."""
+    outputs = {name: d / output.path for name, output in OVERVIEW.items()}
+    return outputs, outputs
 
 
 def status(path, error=None):
@@ -159,7 +159,7 @@ def test_the_report_views_show_a_reason_as_text_not_markup(tables):
     d, _, _ = tables
     reason = "in.fa: record '`touch <x>': not FASTA or FASTQ (starts with b'\\x00')"
     out, views = run_outputs(d)
-    write_run_files(["bad"], {}, {"bad": reason}, [], {}, **out, **views)
+    write_run_files(["bad"], {}, {"bad": reason}, [], {}, out)
     assert Cells(views["unfinished_view"].read_text()).rows == [["sample", "reason"], ["bad", reason]]
     assert Cells(views["overview_view"].read_text()).rows[1] == ["bad", reason] + [""] * 9
     assert "&lt;x&gt;" in views["unfinished_view"].read_text()
@@ -195,15 +195,15 @@ def test_closing_summary_names_the_interrupt_and_counts_a_stale_summary_of_a_fai
 
 
 def test_run_files_list_samples_models_with_their_sha256_and_parameters(tables, tiny_models):
-    from virnucpro.io.converted import model_note
+    from virnucpro.steps.models import make_note
 
     d, _, _ = tables
-    notes = [model_note("esm2", tiny_models["models.esm2"], d / "models"),
-             model_note("dnabert_s", tiny_models["models.dnabert_s"]),
-             model_note("classifier", tiny_models["models.classifier"], d / "models")]
+    notes = [make_note("esm2", tiny_models["models.esm2"], d / "models"),
+             make_note("dnabert_s", tiny_models["models.dnabert_s"]),
+             make_note("classifier", tiny_models["models.classifier"], d / "models")]
     settings = {"fragment_size": "500", "regions.max_gap_fragments": "1"}
     out, views = run_outputs(d)
-    write_run_files(["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, notes, settings, **out, **views)
+    write_run_files(["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, notes, settings, out)
     assert Cells(views["overview_view"].read_text()).rows == [line.split("\t") for line in
                                                              out["overview"].read_text().splitlines()]
     assert out["overview"].read_text().splitlines() == [
@@ -228,11 +228,11 @@ def test_run_files_list_samples_models_with_their_sha256_and_parameters(tables, 
 def test_overview_command_keeps_the_order_given_and_lists_unfinished_samples(tables, tiny_models):
     """`virnucpro overview --sample ... --unfinished NAME STATUS`: rows in the order given, the unfinished
     sample with the error its status records; a status without an error is refused."""
-    from virnucpro.io.converted import write_note
+    from virnucpro.steps.models import note_model
 
     d, _, _ = tables
     note = d / "classifier.json"
-    write_note("classifier", tiny_models["models.classifier"], d / "models", note)
+    note_model("classifier", tiny_models["models.classifier"], d / "models", note)
     bad = status(d / "bad.json", "in.fa: no sequences (empty input)")
     command = [sys.executable, "-m", "virnucpro.cli", "overview", "--unfinished", "bad", str(bad),
                "--sample", "a", str(d / "ss.tsv"), str(d / "vr.tsv"), "--note", str(note), "--out-dir", str(d / "out")]
@@ -259,14 +259,14 @@ def test_all_sequences_and_all_regions_hold_every_finished_sample_rows_under_its
     write_tsv(d / "vr3.tsv", REGION_COLUMNS, [["v", 1, 600, 600, 1, 1, "0.600000", "0.600000", True]])
     out, views = run_outputs(d)
     given = {"a": (d / "ss.tsv", d / "vr.tsv"), "c": (d / "ss3.tsv", d / "vr3.tsv")}
-    write_run_files(["c", "bad", "a"], given, {"bad": "in.fa: binary data"}, [], {}, **out, **views)
+    write_run_files(["c", "bad", "a"], given, {"bad": "in.fa: binary data"}, [], {}, out)
     text = [[str(x) for x in r] for r in seqs]
     assert tsv_rows(out["all_sequences"]) == [["sample", *SEQUENCE_COLUMNS], ["c", "v", "600", "1", "1", "1",
                                               "0.600000", "0.600000", "0.600000", "classified", "viral"],
                                               *[["a", *r] for r in text]]
     assert tsv_rows(out["all_regions"]) == [["sample", *REGION_COLUMNS], ["c", "v", "1", "600", "600", "1", "1",
                                             "0.600000", "0.600000", "True"], *[["a", *map(str, r)] for r in regions]]
-    write_run_files(["bad"], {}, {"bad": "in.fa: binary data"}, [], {}, **out, **views)
+    write_run_files(["bad"], {}, {"bad": "in.fa: binary data"}, [], {}, out)
     assert tsv_rows(out["all_sequences"]) == [["sample", *SEQUENCE_COLUMNS]]  # none finished: the header alone
 
 
@@ -281,7 +281,7 @@ def git(tree, *args):
 
 def test_provenance_names_version_commit_dirty_tree_and_nothing_outside_git(tmp_path):
     import virnucpro
-    from virnucpro.steps.provenance import workflow_source
+    from virnucpro.results.provenance import workflow_source
 
     assert workflow_source(tmp_path) == {"version": virnucpro.__version__, "commit": None, "dirty": None}
     tree = tmp_path / "tree"
@@ -305,7 +305,7 @@ def test_provenance_file_names_software_devices_precision_models_and_settings(ta
     from importlib import metadata
 
     import virnucpro
-    from virnucpro.io.converted import model_note
+    from virnucpro.steps.models import make_note
 
     d, _, _ = tables
     with h5py.File(d / "shard0.h5", "w") as f:
@@ -316,14 +316,14 @@ def test_provenance_file_names_software_devices_precision_models_and_settings(ta
     receipts[1].write_text(json.dumps({"device": "cuda:1", "store_files": {"esm2": str(d / "gone.h5")}}))
     decision = d / "float8_check.json"
     decision.write_text(json.dumps({"precision": "float16", "reason": "float8 refused: calls differ"}))
-    notes = [model_note("classifier", tiny_models["models.classifier"], d / "models")]
+    notes = [make_note("classifier", tiny_models["models.classifier"], d / "models")]
     settings = {"embed.precision": "float8", "fragment_size": "500"}
     out, views = run_outputs(d)
     pointers = {"a": d / "a" / "provenance.txt"}
     (d / "a").mkdir()
-    write_run_files(["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, notes, settings, **out, **views,
+    write_run_files(["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, notes, settings, out,
                     pointers=pointers, receipts=receipts, float8_check=decision)
-    record = json.loads(out["provenance_file"].read_text())
+    record = json.loads(out["provenance"].read_text())
     tree = Path(virnucpro.__file__).resolve().parents[1]
     head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert record["workflow"]["version"] == virnucpro.__version__ and record["workflow"]["commit"] == (head or None)
@@ -341,12 +341,12 @@ def test_provenance_file_names_software_devices_precision_models_and_settings(ta
     assert "../provenance.json" in pointer and f"workflow {virnucpro.__version__}, commit {head or 'none'}" in pointer
     receipts[1].write_text("{")
     with pytest.raises(VirNucProError, match=r"r1.json: not a readable embedding receipt"):
-        write_run_files(["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, notes, settings, **out, **views,
+        write_run_files(["a"], {"a": (d / "ss.tsv", d / "vr.tsv")}, {}, notes, settings, out,
                         receipts=receipts)
 
 
 def test_models_view_shortens_each_sha256_with_the_full_value_in_its_tooltip():
-    from virnucpro.steps.report import models_html
+    from virnucpro.steps.overview import models_html
 
     digest = "0123456789abcdef" * 4
     page = models_html([("VirNucPro classifier", "/m/c.pth", digest, "unverified")])

@@ -318,7 +318,7 @@ def test_an_added_sample_runs_only_its_own_jobs(tmp_path, tiny_models):
     per_sample = [(rule, w) for rule, w in jobs if "sample=" in w]
     assert per_sample and all(w == "sample=sample_c" for _, w in per_sample), jobs
     assert {r for r, _ in per_sample} == {"prepare", "classify", "summarize"}, jobs
-    assert ran_rules - {"prepare", "classify", "summarize"} <= {"plan", "embed", "embedded", "overview", "all"}, jobs
+    assert ran_rules - {"prepare", "classify", "summarize"} <= {"plan", "embed", "list_receipts", "overview", "all"}, jobs
     now = snapshot(work)
     for path, stamp in old.items():
         assert now[path] == stamp, f"{path} was rewritten although its sample did not change"

@@ -22,7 +22,7 @@ from virnucpro.io.store import (
     store_files,
     write_store_file,
 )
-from virnucpro.steps.merge import gather_features, iter_features
+from virnucpro.io.features import gather_features, iter_features
 
 NS = Namespace.of("esm2", model_sha256="a" * 64, precision="float32", pooling="mean", truncation=1022)
 
@@ -139,30 +139,33 @@ def test_features_are_dnabert_then_esm2_in_frame_order(tmp_path):
     ids = [f"s{i}_chunk_1F1" for i in range(50)]
     x = np.random.default_rng(2).normal(size=(50, 12)).astype(np.float32)
     sample = stored_features(tmp_path, ids, x, dna_dim=4)
-    got_ids, got = gather_features(*sample)
+    got_ids, got = gather_features(sample)
     assert got_ids == ids
     np.testing.assert_array_equal(got, x)
-    chunks = list(iter_features(*sample, chunk=7))
+    chunks = list(iter_features(sample, chunk=7))
     assert [len(i) for i, _ in chunks] == [7] * 7 + [1]
     np.testing.assert_array_equal(np.concatenate([c for _, c in chunks]), x)
 
 
 def test_a_frame_missing_from_the_store_is_named(tmp_path):
     ids = [f"s{i}_chunk_1F1" for i in range(6)]
-    dna, protein, member = stored_features(tmp_path, ids, np.zeros((6, 12)), dna_dim=4)
+    member = stored_features(tmp_path, ids, np.zeros((6, 12)), dna_dim=4)
     (tmp_path / "store" / NS_OF(member, "esm2") / "b.h5").unlink()  # the second half of the frames
     with pytest.raises(VirNucProError, match=r"frame 's3_chunk_1F1' and 2 more are not in the embedding store "
                                              r"\(esm2, .*\).*snakemake --forcerun plan"):
-        gather_features(dna, protein, member)
+        gather_features(member)
 
 
-def test_frames_changed_since_the_plan(tmp_path):
+def test_a_frame_list_changed_since_its_member_plan_is_refused(tmp_path):
     ids = [f"s{i}_chunk_1F1" for i in range(4)]
-    dna, protein, member = stored_features(tmp_path, ids, np.zeros((4, 12)), dna_dim=4)
-    for path in (dna, protein):
-        path.write_text("".join(path.read_text().splitlines(keepends=True)[:4]))  # two frames left
-    with pytest.raises(VirNucProError, match="2 frames, but the embedding plan .* was made for 4"):
-        gather_features(dna, protein, member)
+    member = stored_features(tmp_path, ids, np.zeros((4, 12)), dna_dim=4)
+    listed = member.with_name("s.frames.tsv")
+    lines = listed.read_text().splitlines(keepends=True)
+    for changed in (lines[:2], [lines[1], lines[0], *lines[2:]]):  # two frames left; two swapped
+        listed.write_text("".join(changed))
+        with pytest.raises(VirNucProError, match=r"s\.frames\.tsv: does not match its member plan .*s\.json .*"
+                                                 r"plan again \(snakemake --forcerun plan\)"):
+            gather_features(member)
 
 
 def NS_OF(member, encoder):

@@ -32,7 +32,7 @@ from virnucpro.io.store import (
     verify_store_file,
     write_store_file,
 )
-from virnucpro.steps.merge import gather_features
+from virnucpro.io.features import gather_features
 from virnucpro.steps.plan import plan_embeddings
 
 NS = Namespace.of("esm2", model_sha256="a" * 64, precision="float32", pooling="mean", truncation=1022)
@@ -143,7 +143,7 @@ def test_a_damaged_store_file_is_set_aside_by_the_plan_and_its_frames_embedded_a
     frames = sample(tmp_path / "s")
     plan_dir, planned = plan(tmp_path, models, frames)
     embed_all(tmp_path, models, plan_dir, planned["shards"])
-    ids, clean = gather_features(frames[0], frames[1], plan_dir / "members" / "s.json")
+    ids, clean = gather_features(tmp_path / "members" / "s.json")
     victim = store_files(tmp_path / "store", Namespace.from_json(planned["namespaces"]["esm2"]))[0]
     held = read_keys(victim).size
     flip(victim, data_offset(victim, "embeddings"))
@@ -159,19 +159,18 @@ def test_a_damaged_store_file_is_set_aside_by_the_plan_and_its_frames_embedded_a
     assert not victim.exists() and kept.read_bytes() == damaged
     assert replanned["frames_to_embed"] == held and [s["dnabert_s"] for s in replanned["shards"]] == [0]
     embed_all(tmp_path, models, plan_dir, replanned["shards"])
-    again_ids, again = gather_features(frames[0], frames[1], plan_dir / "members" / "s.json")
+    again_ids, again = gather_features(tmp_path / "members" / "s.json")
     assert again_ids == ids
     np.testing.assert_array_equal(again, clean)  # what a clean run gives, bit for bit on the CPU
 
 
 def test_a_file_damaged_after_the_plan_stops_the_read_with_one_line_and_is_set_aside(tmp_path):
-    dna, protein, member = stored_features(tmp_path, [f"s{i}_chunk_1F1" for i in range(6)],
-                                           np.ones((6, 12)), dna_dim=4)
+    member = stored_features(tmp_path, [f"s{i}_chunk_1F1" for i in range(6)], np.ones((6, 12)), dna_dim=4)
     record = json.loads(member.read_text())
     victim = Namespace.from_json(record["namespaces"]["esm2"]).directory(record["store"]) / "b.h5"
     flip(victim, data_offset(victim, "embeddings"))
     with pytest.raises(VirNucProError) as caught:
-        gather_features(dna, protein, member)
+        gather_features(member)
     (kept,) = (victim.parent / "quarantine").iterdir()
     assert str(caught.value) == (
         f"store file {victim}: 'embeddings' rows 0-2 fail their checksums (Can't synchronously read data "
@@ -182,15 +181,17 @@ def test_a_file_damaged_after_the_plan_stops_the_read_with_one_line_and_is_set_a
     flip(keys_victim, data_offset(keys_victim, "keys"))
     with pytest.raises(VirNucProError, match=rf"^store file {keys_victim}: its keys fail their checksums .*; "
                                              r"moved to .*quarantine.*; plan again \(snakemake --forcerun plan\)"):
-        gather_features(dna, protein, member)
+        gather_features(member)
 
 
 def test_a_file_this_user_cannot_read_is_an_error_not_damage(tmp_path, monkeypatch):
     """Permissions are a setup problem: the plan stops with one line and sets nothing aside."""
-    dna, protein, _ = stored_features(tmp_path, ["s0_chunk_1F1", "s1_chunk_1F1"], np.ones((2, 12)), dna_dim=4)
+    stored_features(tmp_path, ["s0_chunk_1F1", "s1_chunk_1F1"], np.ones((2, 12)), dna_dim=4)
+    dna, protein = tmp_path / "frames.fna", tmp_path / "frames.faa"
     monkeypatch.setattr("virnucpro.io.store.os.access", lambda path, mode: False)
     with pytest.raises(VirNucProError, match=r"a\.h5: store file not readable \(permission denied\)$") as caught:
-        plan_embeddings({"s": (dna, protein)}, tmp_path / "plan2", tmp_path / "store", NAMESPACES, 10**9, "cpu")
+        plan_embeddings({"s": (dna, protein)}, tmp_path / "plan2", tmp_path / "members2", tmp_path / "store",
+                        NAMESPACES, 10**9, "cpu")
     assert not isinstance(caught.value, StoreFileError) and not list(tmp_path.rglob("quarantine"))
 
 

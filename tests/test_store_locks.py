@@ -1,4 +1,4 @@
-"""Concurrent runs on one store: the store's lock files (virnucpro.io.locks) and `embed_shard` taking the
+"""Concurrent runs on one store: the store's lock files (virnucpro.io.locks) and `embed` taking the
 shard's lock and re-checking the store before it loads any model. Deterministic: no test sleeps or races;
 each situation (a lock of a dead pid, a live lock released while waiting, a store file present) is
 built, and the injected sleep and clock replace waiting."""
@@ -15,7 +15,7 @@ import pytest
 from tests.test_embed import embed_all, models, plan, sample  # noqa: F401 (the models fixture)
 from virnucpro.io import locks
 from virnucpro.models import dnabert, esm2
-from virnucpro.steps.embed import embed_shard
+from virnucpro.steps.embed import embed
 
 HOST = socket.gethostname()
 
@@ -140,7 +140,7 @@ def test_the_heartbeat_refreshes_the_lock_while_it_is_ours(tmp_path, caplog):
     assert warnings_of(caplog) == [f"lock {path} is no longer held by this process"]
 
 
-# ------------------------------------------------------------------------------ embed_shard and its lock
+# ------------------------------------------------------------------------------ embed and its lock
 
 
 @pytest.fixture
@@ -174,7 +174,7 @@ def test_a_shard_another_run_embedded_is_not_embedded_again(tmp_path, two_plans,
     shard = b["shards"][0]["name"]
     receipt = tmp_path / "done_b" / f"{shard}.json"
     with caplog.at_level(logging.INFO, logger="virnucpro"):
-        note = embed_shard(plan_b, shard, notes={}, receipt=receipt, lock_options={"sleep": no_sleep})
+        note = embed(plan_b, shard, notes={}, receipt=receipt, lock_options={"sleep": no_sleep})
     assert json.loads(receipt.read_text()) == note
     (a,) = [r for r in receipts_a if r["shard"] == shard]
     assert note["already_stored"] == a["store_files"] and note["store_files"] == a["store_files"]
@@ -204,7 +204,7 @@ def test_a_shard_being_embedded_is_waited_for_then_found_stored(tmp_path, two_pl
         lock.unlink()
 
     with caplog.at_level(logging.INFO, logger="virnucpro"):
-        note = embed_shard(plan_b, shard, notes={}, receipt=tmp_path / "b.json",
+        note = embed(plan_b, shard, notes={}, receipt=tmp_path / "b.json",
                            lock_options={"sleep": a_finishes, "poll_s": 2})
     assert note["already_stored"] == a["store_files"]
     assert [r.getMessage() for r in caplog.records][0] == (
@@ -238,7 +238,7 @@ def test_a_shard_missing_from_the_store_is_embedded_under_its_lock(tmp_path, two
 
 
 def test_the_lock_is_held_while_the_shard_is_embedded(tmp_path, two_plans, monkeypatch):
-    """While embed_shard embeds, its lock file exists and names this process; afterwards it is gone."""
+    """While embed embeds, its lock file exists and names this process; afterwards it is gone."""
     plan_b, b, receipts_a = two_plans
     shard = b["shards"][0]["name"]
     (a,) = [r for r in receipts_a if r["shard"] == shard]
@@ -246,14 +246,14 @@ def test_the_lock_is_held_while_the_shard_is_embedded(tmp_path, two_plans, monke
         os.unlink(path)
     seen = {}
 
-    def embed(plan, shard_, todo, *args):
+    def fake_embed(plan, shard_, todo, *args):
         seen["holder"] = [locks.read_holder(p)[0] for p in (tmp_path / "store").rglob(f".lock-{shard}")]
         seen["threads"] = threading.active_count()
         return {"device": "cpu", "gpu": None, "tokens": {}, "seconds": {"embed": 0.0}, "store_files": {}}
 
     import virnucpro.steps.embed as step
 
-    monkeypatch.setattr(step, "_embed", embed)
-    embed_shard(plan_b, shard, notes={}, receipt=tmp_path / "b.json")
+    monkeypatch.setattr(step, "_embed", fake_embed)
+    step.embed(plan_b, shard, notes={}, receipt=tmp_path / "b.json")
     assert [(h["host"], h["pid"]) for h in seen["holder"]] == [(HOST, os.getpid())]
     assert not list((tmp_path / "store").rglob(".lock-*"))

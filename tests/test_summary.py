@@ -6,8 +6,8 @@ import pytest
 from tests.reference_frontend import chunks
 from virnucpro.errors import VirNucProError
 from virnucpro.io.seqio import read_fasta
-from virnucpro.steps.prepare import prepare
-from virnucpro.steps.summarize import summarize
+from virnucpro.steps.prepare import cut_and_translate
+from tests.summaries import run_summarize
 
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
@@ -32,7 +32,7 @@ def sample(tmp_path):
     fasta = tmp_path / "input.fa"
     fasta.write_text("".join(f">{i} some description\n{s[:70]}\n{s[70:]}\n" for i, s in records))
     # every sequence cut, as the original (min_length 0): the 150 bp short read gets its one fragment
-    prepare(fasta, 500, tmp_path / "frames.fna", tmp_path / "frames.faa", manifest=tmp_path / "manifest.tsv",
+    cut_and_translate(fasta, 500, tmp_path / "frames.fna", tmp_path / "frames.faa", manifest=tmp_path / "manifest.tsv",
             min_length=0)
     frames = [fid for fid, _ in read_fasta(tmp_path / "frames.faa")]
     scores = {}
@@ -56,14 +56,8 @@ def sample(tmp_path):
 
 
 def run(d, threshold=0.5, top=3, predictions=None, manifest=None, fasta=None, fragment_size=500):
-    out = {k: d / "out" / name for k, name in [
-        ("fragment_calls", "fragment_calls.tsv"), ("sequence_summary", "sequence_summary.tsv"),
-        ("viral_fasta", "viral.fna"), ("histogram", "plots/hist.png"), ("along", "plots/along.png")]}
-    summarize(
-        predictions=predictions or d / "predictions.tsv", manifest=manifest or d / "manifest.tsv",
-        fasta=fasta or d / "input.fa", threshold=threshold, top_sequences=top, fragment_size=fragment_size, **out,
-    )
-    return out
+    return run_summarize(predictions or d / "predictions.tsv", manifest or d / "manifest.tsv", fasta or d / "input.fa",
+                         d / "out", fragment_size, threshold=threshold, top_sequences=top)
 
 
 def table(path):
@@ -202,7 +196,7 @@ def test_fasta_must_match_the_manifest(sample):
 
 def test_sample_without_frames(tmp_path):
     (tmp_path / "in.fa").write_text(">n1\nNNNNNNNNNN\n>n2\nNNN\n")
-    prepare(tmp_path / "in.fa", 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv",
+    cut_and_translate(tmp_path / "in.fa", 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv",
             min_length=0)
     (tmp_path / "predictions.tsv").write_text(HEADER)
     out = run(tmp_path, fasta=tmp_path / "in.fa", fragment_size=300)
@@ -229,7 +223,7 @@ def test_viral_fasta_keeps_each_full_header(tmp_path, form):
         fasta = tmp_path / "in.fq.gz"
         text = "\n".join(f"@{h}\n{s}\n+\n{'@' * len(s)}" for _, h, s in records) + "\n"
         fasta.write_bytes(gzip.compress(text.encode()))
-    prepare(fasta, 500, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv", min_length=0)
+    cut_and_translate(fasta, 500, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "manifest.tsv", min_length=0)
     rows = [f"{fid}\tvirus\t0.1\t0.9\n" if not fid.startswith("h1") else f"{fid}\tothers\t0.9\t0.1\n"
             for fid, _ in read_fasta(tmp_path / "f.faa")]
     (tmp_path / "predictions.tsv").write_text(HEADER + "".join(rows))
@@ -251,19 +245,18 @@ def test_scores_have_the_same_number_of_decimals_in_every_table(sample):
 
 
 def test_views_are_written_with_the_tables(sample):
+    from tests.summaries import summary_outputs
+    from virnucpro.steps.summarize import summarize
+
     d, records, _, _ = sample
-    out = {k: d / "views" / n for k, n in [("viral_regions", "regions.tsv"), ("sequences_view", "s.html"),
-                                            ("regions_view", "r.html")]}
-    summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", d / "views" / "fc.tsv",
-              d / "views" / "ss.tsv", d / "views" / "v.fna", d / "views" / "h.png", d / "views" / "a.png", 0.5, 1,
-              fragment_size=500, sample="sample_x", max_table_rows=2, **out)
+    out = run_summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", d / "views", 500, "sample_x",
+                        top_sequences=1, max_table_rows=2)
     page = out["sequences_view"].read_text()
     assert "sample_x: sequence summary" in page and f"The first 2 of {len(records)} rows." in page
     assert "sample_x: viral regions" in out["regions_view"].read_text()
-    with pytest.raises(VirNucProError, match="need both view paths and the viral region table"):
-        summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", d / "v2" / "fc.tsv",
-                  d / "v2" / "ss.tsv", d / "v2" / "v.fna", d / "v2" / "h.png", d / "v2" / "a.png", 0.5, 1,
-                  fragment_size=500, sequences_view=d / "v2" / "s.html")
+    partial = {k: v for k, v in summary_outputs(d / "v2").items() if k != "regions_view"}
+    with pytest.raises(VirNucProError, match="summarize writes fragment_calls, .*; given fragment_calls"):
+        summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", partial, 500)
     assert not (d / "v2").exists() or not any((d / "v2").iterdir())
 
 
@@ -272,15 +265,14 @@ def test_views_show_the_rows_of_the_tables(sample):
     from tests.test_report import Cells
 
     d, records, _, _ = sample
-    v = d / "views"
-    summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", v / "fc.tsv", v / "ss.tsv", v / "v.fna",
-              v / "h.png", v / "a.png", 0.5, 1, fragment_size=500, viral_regions=v / "regions.tsv",
-              sequences_view=v / "s.html", regions_view=v / "r.html", min_viral_fragments=1)
-    tsv = {n: [line.split("\t") for line in (v / n).read_text().splitlines()] for n in ("ss.tsv", "regions.tsv")}
-    shown = Cells((v / "s.html").read_text()).rows
-    assert shown[0] == tsv["ss.tsv"][0] and sorted(shown[1:]) == sorted(tsv["ss.tsv"][1:])
+    out = run_summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", d / "views", 500,
+                        top_sequences=1, min_viral_fragments=1)
+    tsv = {n: [line.split("\t") for line in out[n].read_text().splitlines()]
+           for n in ("sequence_summary", "viral_regions")}
+    shown = Cells(out["sequences_view"].read_text()).rows
+    assert shown[0] == tsv["sequence_summary"][0] and sorted(shown[1:]) == sorted(tsv["sequence_summary"][1:])
     assert len(shown) == len(records) + 1
-    assert Cells((v / "r.html").read_text()).rows == tsv["regions.tsv"] and len(tsv["regions.tsv"]) > 1
+    assert Cells(out["regions_view"].read_text()).rows == tsv["viral_regions"] and len(tsv["viral_regions"]) > 1
 
 
 def short_sample(tmp_path, monkeypatch, min_length):
@@ -293,18 +285,13 @@ def short_sample(tmp_path, monkeypatch, min_length):
     records = min_length_records(np.random.default_rng(21))
     fasta = tmp_path / "in.fa"
     fasta.write_text("".join(f">{i} desc\n{s}\n" for i, s in records))
-    prepare(fasta, 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv", min_length=min_length)
+    cut_and_translate(fasta, 300, tmp_path / "f.fna", tmp_path / "f.faa", manifest=tmp_path / "m.tsv", min_length=min_length)
     rows = [f"{fid}\tvirus\t0.1\t0.9\n" for fid, _ in read_fasta(tmp_path / "f.faa")]
     (tmp_path / "p.tsv").write_text(HEADER + "".join(rows))
-    names = ["fc.tsv", "ss.tsv", "v.fna", "h.png", "a.png", "regions.tsv", "score.bedGraph", "regions.bed",
-             "prediction_results_highestscore.csv"]
-    out = {n: tmp_path / "out" / n for n in names}
     titles, save = [], Figure.savefig
     monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (
         titles.extend(ax.get_title(loc="left") for ax in fig.axes), save(fig, *a, **k))[1])
-    summarize(tmp_path / "p.tsv", tmp_path / "m.tsv", fasta, *(out[n] for n in names[:5]), 0.5, 10,
-              fragment_size=300, viral_regions=out["regions.tsv"], score_track=out["score.bedGraph"],
-              region_track=out["regions.bed"], original_calls=out["prediction_results_highestscore.csv"])
+    out = run_summarize(tmp_path / "p.tsv", tmp_path / "m.tsv", fasta, tmp_path / "out", 300, top_sequences=10)
     return records, out, titles
 
 
@@ -314,7 +301,7 @@ def ids_in(path, column=0, skip=1):
 
 def test_sequences_shorter_than_min_length_get_a_status_and_no_call_anywhere(tmp_path, monkeypatch):
     records, out, titles = short_sample(tmp_path, monkeypatch, None)  # min_length: the fragment size, 300
-    rows = table(out["ss.tsv"])
+    rows = table(out["sequence_summary"])
     assert [r["sequence_id"] for r in rows] == [r[0] for r in records]  # one row each, in input order
     got = {r["sequence_id"]: (r["fragments"], r["fragments_with_frames"], r["viral_fraction"], r["status"], r["call"])
            for r in rows}
@@ -322,25 +309,25 @@ def test_sequences_shorter_than_min_length_get_a_status_and_no_call_anywhere(tmp
     assert got["stops"] == ("2", "0", "NA", "no_stop_free_frame", "no_call")
     assert got["exact"][3:] == got["long"][3:] == ("classified", "viral")
     called = {"exact", "long"}
-    assert set(dict(read_fasta(out["v.fna"]))) == called
-    assert ids_in(out["regions.tsv"]) == ids_in(out["regions.bed"]) == ids_in(out["score.bedGraph"]) == called
-    assert ids_in(out["fc.tsv"]) == ids_in(out["prediction_results_highestscore.csv"]) == called
+    assert set(dict(read_fasta(out["viral_fasta"]))) == called
+    assert ids_in(out["viral_regions"]) == ids_in(out["region_track"]) == ids_in(out["score_track"]) == called
+    assert ids_in(out["fragment_calls"]) == ids_in(out["original_calls"]) == called
     plotted = [t.split("  (")[0] for t in titles if "  (" in t]
     assert sorted(plotted) == sorted(called)
-    regions = [line.split("\t") for line in out["regions.tsv"].read_text().splitlines()[1:]]
+    regions = [line.split("\t") for line in out["viral_regions"].read_text().splitlines()[1:]]
     assert [(r[0], r[1], r[2], r[8]) for r in regions] == [("exact", "1", "300", "True"), ("long", "1", "901", "True")]
-    bars = [line.split("\t")[:3] for line in out["score.bedGraph"].read_text().splitlines()[1:]]
+    bars = [line.split("\t")[:3] for line in out["score_track"].read_text().splitlines()[1:]]
     starts = [r.start for _, r in chunks("long", range(901), 300)]  # the original's fragments of 901 bp
     assert bars == [["exact", "0", "300"]] + [["long", str(a), str(b)] for a, b in zip(starts, starts[1:] + [901])]
 
 
 def test_with_min_length_0_short_sequences_are_classified_as_the_original_does(tmp_path, monkeypatch):
     records, out, _ = short_sample(tmp_path, monkeypatch, 0)
-    got = {r["sequence_id"]: (r["fragments"], r["status"], r["call"]) for r in table(out["ss.tsv"])}
+    got = {r["sequence_id"]: (r["fragments"], r["status"], r["call"]) for r in table(out["sequence_summary"])}
     assert got["tiny"] == got["just_short"] == ("1", "classified", "viral")
     assert got["stops"] == ("2", "no_stop_free_frame", "no_call")
     called = {"tiny", "just_short", "exact", "long"}
-    assert set(dict(read_fasta(out["v.fna"]))) == ids_in(out["regions.tsv"]) == ids_in(out["regions.bed"]) == called
+    assert set(dict(read_fasta(out["viral_fasta"]))) == ids_in(out["viral_regions"]) == ids_in(out["region_track"]) == called
 
 
 def test_a_manifest_no_single_min_length_explains_is_refused(sample):
@@ -384,7 +371,7 @@ def test_confidence_and_fragments_to_flip_state_the_evidence_of_each_call(sample
 def test_fragments_to_flip_at_thresholds_that_floats_round():
     """Thresholds whose product with the fragment count lands on or next to a whole number: 0.55 * 100 is
     55.00000000000001 in floats, yet 55 / 100 >= 0.55, so 55 viral fragments of 100 make a viral call."""
-    from virnucpro.steps.summarize import _fragments_to_flip
+    from virnucpro.results.sample import _fragments_to_flip
 
     cases = [(v, n, t) for n in (1, 2, 3, 5, 7, 10, 49, 100) for v in range(n + 1)
              for t in (0.0, 0.1, 0.2, 0.3, 1 / 3, 0.5, 0.55, 0.6, 0.7, 0.9, 1.0)]

@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 from tests.stored_features import stored_features
 from virnucpro.errors import VirNucProError
-from virnucpro.io.converted import model_note
+from virnucpro.steps.models import make_note
 from virnucpro.models.classifier import read_classifier
 from virnucpro.steps.classify import classify
-from virnucpro.steps.train import auroc, binary_metrics, train_classifier
+from virnucpro.steps.train import auroc, binary_metrics, train
 
 
 @pytest.fixture(autouse=True)
@@ -25,13 +25,13 @@ def one_thread():
 
 
 def make_class(folder, n, shift, label, seed, dim=3328):
-    """A training set (its frames, stored features and plan record; labelled) whose first 300 feature
-    values are shifted by `shift`: the classes differ in distribution."""
+    """A training set (its member plan, over stored features; labelled) whose first 300 feature values
+    are shifted by `shift`: the classes differ in distribution."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, dim)).astype(np.float32)
     x[:, :300] += shift
     ids = [f"{label}_{i}_chunk_1F1" for i in range(n)]
-    return (*stored_features(folder, ids, x, dna_dim=min(768, dim // 2), seed=seed), label)
+    return stored_features(folder, ids, x, dna_dim=min(768, dim // 2), seed=seed), label
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def read_metrics(path):
 
 def test_learns_two_classes_and_is_reproducible(data):
     d, features = data
-    first = train_classifier(features, d / "a.safetensors", d / "a.tsv", fragment_size=300, max_epochs=20)
+    first = train(features, d / "a.safetensors", d / "a.tsv", fragment_size=300, max_epochs=20)
     metrics = read_metrics(d / "a.tsv")
     assert float(metrics["auroc"]) >= 0.9 and first["auroc"] >= 0.9
     assert {"accuracy", "precision", "recall", "f1", "auroc"} <= metrics.keys()
@@ -57,17 +57,17 @@ def test_learns_two_classes_and_is_reproducible(data):
 
     clf = read_classifier(d / "a.safetensors")  # our converted format, usable by classify
     assert clf.fragment_size == 300 and clf.input_dim == 3328
-    classify(*features[0][:3], model_note("classifier", d / "a.safetensors"), fragment_size=300, out=d / "pred.tsv")
+    classify(features[0][0], make_note("classifier", d / "a.safetensors"), fragment_size=300, out=d / "pred.tsv")
     calls = [line.split("\t")[1] for line in (d / "pred.tsv").read_text().splitlines()[1:]]
     assert calls.count("virus") > 0.8 * len(calls)
 
-    second = train_classifier(features, d / "b.safetensors", d / "b.tsv", fragment_size=300, max_epochs=20)
+    second = train(features, d / "b.safetensors", d / "b.tsv", fragment_size=300, max_epochs=20)
     assert second == first
     assert (d / "a.tsv").read_text() == (d / "b.tsv").read_text()
     a, b = load_file(d / "a.safetensors"), load_file(d / "b.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
-    train_classifier(features, d / "c.safetensors", d / "c.tsv", fragment_size=300, seed=7, max_epochs=3)
+    train(features, d / "c.safetensors", d / "c.tsv", fragment_size=300, seed=7, max_epochs=3)
     c = load_file(d / "c.safetensors")
     assert not (a["hidden_layer.weight"] == c["hidden_layer.weight"]).all()  # the seed matters
 
@@ -76,10 +76,10 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, caplog):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(400, 64)).astype(np.float32)  # a weak signal: the held-out loss soon stops improving
     x[:200, :8] += 0.15
-    viral = (*stored_features(tmp_path / "v", [f"v{i}" for i in range(200)], x[:200], 32, seed=1), 1)
-    other = (*stored_features(tmp_path / "o", [f"o{i}" for i in range(200)], x[200:], 32, seed=2), 0)
+    viral = (stored_features(tmp_path / "v", [f"v{i}" for i in range(200)], x[:200], 32, seed=1), 1)
+    other = (stored_features(tmp_path / "o", [f"o{i}" for i in range(200)], x[200:], 32, seed=2), 0)
     caplog.set_level(logging.INFO, logger="virnucpro")
-    m = train_classifier([viral, other], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500, max_epochs=200,
+    m = train([viral, other], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500, max_epochs=200,
                          patience=3)
     held = [float(r.getMessage().rsplit(" ", 1)[1]) for r in caplog.records if "held-out loss" in r.getMessage()]
     assert len(held) == m["epochs_run"] < 200
@@ -103,10 +103,10 @@ def test_auroc_rank_formula():
 def test_bad_training_sets(tmp_path):
     viral = make_class(tmp_path / "v", 30, 0.0, 1, seed=1, dim=16)
     with pytest.raises(VirNucProError, match="both classes"):
-        train_classifier([viral], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
+        train([viral], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
     with pytest.raises(VirNucProError, match="label must be 0"):
-        train_classifier([(*viral[:3], 2)], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
+        train([(viral[0], 2)], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
     other = make_class(tmp_path / "o", 30, 0.0, 0, seed=2, dim=17)
     with pytest.raises(VirNucProError, match="17 values per frame"):
-        train_classifier([viral, other], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
+        train([viral, other], tmp_path / "m.safetensors", tmp_path / "m.tsv", 500)
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "m.tsv").exists()

@@ -18,7 +18,7 @@ from virnucpro.cli import main as cli_main
 from virnucpro.errors import InputError, VirNucProError
 from virnucpro.io import checksums, seqio
 from virnucpro.io.checksums import SUFFIX, checked_sha256, record_path, write_record
-from virnucpro.io.converted import ensure_converted, model_note
+from virnucpro.steps.models import ensure_converted, make_note
 from virnucpro.models.esm2 import load_converted
 from virnucpro.models import dnabert
 
@@ -111,7 +111,7 @@ def test_tampered_esm2_file_is_refused_before_loading(tmp_path, tiny_models, cap
     _tamper(model)
     with pytest.raises(VirNucProError, match=r"sha256 \w+ differs from the checksum recorded when it was verified"):
         ensure_converted("esm2", model, tmp_path / "other")
-    rc = cli_main(["convert-model", "esm2", str(model), "--models-dir", str(tmp_path / "other"),
+    rc = cli_main(["note-model", "esm2", str(model), "--models-dir", str(tmp_path / "other"),
                    "--out", str(tmp_path / "note.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and "differs from the checksum recorded" in err[-1] and str(model) in err[-1]
@@ -132,7 +132,7 @@ def test_tampered_dnabert_file_is_refused_before_loading(tmp_path, tiny_models, 
     weights = next(p for p in files if p.name in ("pytorch_model.bin", "model.safetensors"))
     _tamper(weights if which == "weights" else model / which)
     with pytest.raises(VirNucProError, match="differs from the checksum recorded"):
-        model_note("dnabert_s", model)
+        make_note("dnabert_s", model)
     with pytest.raises(VirNucProError, match="differs from the checksum recorded"):
         dnabert.load_dnabert(model)
 

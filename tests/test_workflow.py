@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tests.workflow_runs import REPO, SNAKEMAKE, make_workdir, snakemake
-from virnucpro.steps.prepare import prepare
+from virnucpro.steps.prepare import cut_and_translate
 
 
 def test_snakefmt_clean():
@@ -45,7 +45,7 @@ def test_front_end_then_full_dag(tmp_path, tiny_models):
     plan = work / "results" / "embedding" / "samples" / "plan"
     for sample, src in (("sample_a", "sample_a.fa"), ("sample_b", "sample_b.fa.gz")):
         ref = tmp_path / f"ref_{sample}"
-        prepare(REPO / "example" / src, 500, ref / "f.fna", ref / "f.faa", manifest=ref / "m.tsv")
+        cut_and_translate(REPO / "example" / src, 500, ref / "f.fna", ref / "f.faa", manifest=ref / "m.tsv")
         out = work / "results" / sample
         assert (out / "prepare" / "frames.fna").read_bytes() == (ref / "f.fna").read_bytes()
         assert (out / "prepare" / "frames.faa").read_bytes() == (ref / "f.faa").read_bytes()
@@ -59,8 +59,7 @@ def test_front_end_then_full_dag(tmp_path, tiny_models):
     assert full["embed"] == len(shards), full
     for rule in ("classify", "summarize"):
         assert full[rule] == 2, (rule, full)
-    assert "convert_classifier" in full  # the encoders' notes were made before the plan, which reads them
-    assert "convert_esm2" not in full and "check_dnabert_s" not in full
+    assert full["note_model"] == 1  # the classifier's: the encoders' were made before the plan, which reads them
 
 
 def test_a_float8_run_checks_float8_before_its_plan(tmp_path, tiny_models):
@@ -69,7 +68,7 @@ def test_a_float8_run_checks_float8_before_its_plan(tmp_path, tiny_models):
     models = {**tiny_models, "models.dir": str(tmp_path / "models"), "embed.device": "cuda"}
     work = make_workdir(tmp_path, **models, **{"embed.precision": "float8"})
     proc = snakemake(work, "-n", "--quiet", "rules")
-    assert {"check_float8": 1, "plan": 1, "convert_esm2": 1}.items() <= job_counts(proc).items()
+    assert {"check_float8": 1, "plan": 1, "note_model": 3}.items() <= job_counts(proc).items()
     graph = snakemake(work, "--rulegraph").stdout
     ids = {name: i for i, name in re.findall(r'(\d+)\[label = "(\w+)"', graph)}
     assert f"{ids['check_float8']} -> {ids['plan']}" in graph

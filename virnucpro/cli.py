@@ -5,43 +5,26 @@ heavy modules (torch, h5py) are imported inside the handlers so that `virnucpro 
 """
 
 import argparse
-import copy
-import inspect
 import logging
 import sys
 from pathlib import Path
 
-from virnucpro import __version__
+from virnucpro import __version__, defaults
+from virnucpro.device import SETTINGS as DEVICES
 from virnucpro.errors import VirNucProError
-from virnucpro.defaults import DNABERT_TOKENS_PER_BATCH, ESM2_TOKENS_PER_BATCH, FRAGMENT_SIZES, MAX_RECORD_BP
 from virnucpro.harness import DATE_FORMAT, LOG_FORMAT
+from virnucpro.layout import MEMBERS, OVERVIEW, SUMMARY
+from virnucpro.steps.models import KINDS
 
 log = logging.getLogger("virnucpro")
-DEVICES = ["auto", "cpu", "cuda"]
-
-
-def default(function, name):
-    """The default of parameter `name` of `function`: the one place such a default is written."""
-    return inspect.signature(function).parameters[name].default
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Help strings may be callables, called only when a help page is shown: their values live in modules
-    that import torch, which a plain `virnucpro prepare` does not."""
-
-    def _format_action(self, action):
-        if callable(action.help):
-            action = copy.copy(action)
-            action.help = action.help()
-        return super()._format_action(action)
 
 
 def _prepare(args):
-    from virnucpro.steps.prepare import prepare_sample
+    from virnucpro.steps.prepare import prepare
 
-    prepare_sample(args.input, args.fragment_size, args.out_dna, args.out_protein, manifest=args.manifest,
-                   status=args.status, out_fragments=args.out_fragments, max_bp=args.max_record_bp,
-                   min_length=args.min_length)
+    prepare(args.input, args.fragment_size, args.out_dna, args.out_protein, manifest=args.manifest,
+            status=args.status, out_fragments=args.out_fragments, max_bp=args.max_record_bp,
+            min_length=args.min_length)
 
 
 def _members(pairs):
@@ -54,85 +37,79 @@ def _members(pairs):
 
 
 def _encoder_notes(args, float8=False):
-    from virnucpro.io.converted import model_note
+    from virnucpro.steps.models import make_note
 
-    return {"esm2": model_note("esm2", args.esm2, args.models_dir, float8=float8),
-            "dnabert_s": model_note("dnabert_s", args.dnabert_s)}
+    return {"esm2": make_note("esm2", args.esm2, args.models_dir, float8=float8),
+            "dnabert_s": make_note("dnabert_s", args.dnabert_s)}
 
 
 def _plan(args):
-    from virnucpro.steps.plan import plan_run
+    from virnucpro.steps.plan import plan
 
     members, statuses = _members(args.sample), dict(args.status or [])
     if unknown := sorted(set(statuses) - set(members)):
         raise VirNucProError(f"--status {unknown[0]}: no --sample of that name")
-    plan_run(members, args.out, args.store, _encoder_notes(args), args.device, args.tokens_per_shard, statuses,
-             float8_decision=args.float8_decision)
+    members_dir = args.members_dir or Path(args.out).parent / MEMBERS
+    plan(members, args.out, members_dir, args.store, _encoder_notes(args), args.device, args.tokens_per_shard,
+         statuses, float8_decision=args.float8_decision)
+
+
+def _tokens(args):
+    return {"esm2": args.esm2_tokens_per_batch, "dnabert_s": args.dnabert_tokens_per_batch}
 
 
 def _check_float8(args):
-    from virnucpro.io.converted import model_note
-    from virnucpro.steps.precision import check_float8
+    from virnucpro.steps.check_float8 import check_float8
+    from virnucpro.steps.models import make_note
 
     members, statuses = _members(args.sample), dict(args.status or [])
-    notes = {**_encoder_notes(args, float8=True), "classifier": model_note("classifier", args.model, args.models_dir)}
-    check_float8(members, notes, args.store, args.out_decision, args.out_table, frames=args.frames,
-                 min_call_agreement=args.min_call_agreement, min_cosine=args.min_cosine, device=args.device,
-                 statuses=statuses)
+    notes = {**_encoder_notes(args, float8=True), "classifier": make_note("classifier", args.model, args.models_dir)}
+    check = {"frames": args.frames, "min_call_agreement": args.min_call_agreement, "min_cosine": args.min_cosine}
+    check_float8(members, notes, args.store, {"decision": args.out_decision, "table": args.out_table}, check,
+                 device=args.device, statuses=statuses, tokens_per_batch=_tokens(args))
 
 
 def _embed(args):
-    from virnucpro.steps.embed import embed_shard, read_plan
+    from virnucpro.steps.embed import embed, read_plan
 
     float8 = read_plan(args.plan).get("esm2_precision") == "float8"
-    embed_shard(args.plan, args.shard, _encoder_notes(args, float8), args.out,
-                esm2_tokens_per_batch=args.esm2_tokens_per_batch,
-                dnabert_tokens_per_batch=args.dnabert_tokens_per_batch)
+    embed(args.plan, args.shard, _encoder_notes(args, float8), args.out, tokens_per_batch=_tokens(args))
 
 
 def _classify(args):
-    from virnucpro.io.converted import model_note
     from virnucpro.steps.classify import classify
+    from virnucpro.steps.models import make_note
 
-    note = model_note("classifier", args.model, args.models_dir)
-    classify(args.frames_dna, args.frames_protein, args.member, note, fragment_size=args.fragment_size, out=args.out)
+    note = make_note("classifier", args.model, args.models_dir)
+    classify(args.member, note, fragment_size=args.fragment_size, out=args.out)
 
 
 def _features(args):
-    from virnucpro.steps.merge import write_features
+    from virnucpro.io.features import write_features
 
-    write_features(args.frames_dna, args.frames_protein, args.member, args.out)
+    write_features(args.member, args.out)
 
 
 def _note_model(args):
-    from virnucpro.io.converted import write_note
+    from virnucpro.steps.models import note_model
 
-    print(write_note(args.kind, args.source, args.models_dir, args.out, float8=args.float8)["file"])
+    print(note_model(args.kind, args.source, args.models_dir, args.out, float8=args.float8)["file"])
 
 
 def _summarize(args):
-    from virnucpro.steps.summarize import summarize
+    from virnucpro.steps.summarize import Settings, summarize
 
     out = Path(args.out_dir)
-    summarize(
-        predictions=args.predictions, manifest=args.manifest, fasta=args.fasta,
-        fragment_calls=out / "fragment_calls.tsv", sequence_summary=out / "sequence_summary.tsv",
-        viral_fasta=out / "viral.fna", histogram=out / "plots" / "score_histogram.png",
-        along=out / "plots" / "score_along_sequences.png", threshold=args.threshold,
-        top_sequences=args.top_sequences, fragment_size=args.fragment_size, sample=args.sample,
-        viral_regions=out / "viral_regions.tsv", score_track=out / "tracks" / "virus_score.bedGraph",
-        region_track=out / "tracks" / "viral_regions.bed", original_predictions=out / "prediction_results.txt",
-        original_calls=out / "prediction_results_highestscore.csv",
-        sequences_view=out / "report" / "sequence_summary.html", regions_view=out / "report" / "viral_regions.html",
-        regions_fasta=out / "viral_regions.fna", regions_gff=out / "viral_regions.gff3", max_gap_fragments=args.max_gap_fragments, min_viral_fragments=args.min_viral_fragments,
-        max_table_rows=args.max_table_rows,
-    )
+    settings = Settings(args.threshold, args.top_sequences, args.max_gap_fragments, args.min_viral_fragments,
+                        args.max_table_rows)
+    summarize(args.predictions, args.manifest, args.fasta, {name: out / o.path for name, o in SUMMARY.items()},
+              args.fragment_size, args.sample, settings)
 
 
 def _overview(args):
-    from virnucpro.steps.outcome import sample_reason
     from virnucpro.io.status import read_status
-    from virnucpro.steps.report import write_run_files
+    from virnucpro.steps.overview import write_run_files
+    from virnucpro.steps.unfinished import sample_reason
 
     out = Path(args.out_dir)
     settings = dict(s.partition("=")[::2] for s in args.setting or [])
@@ -144,25 +121,19 @@ def _overview(args):
         if not read_status(status):
             raise VirNucProError(f"--unfinished {name}: {status} records no error: give its tables with --sample")
     write_run_files([s[0] for s in args.samples], tables, {n: sample_reason(st) for n, st in failed.items()},
-                    notes=args.note, settings=settings, overview=out / "overview.tsv",
-                    unfinished=out / "unfinished.tsv", models=out / "models.tsv", parameters=out / "parameters.tsv",
-                    overview_view=out / "overview.html", unfinished_view=out / "unfinished.html",
-                    all_sequences=out / "all_sequences.tsv", all_regions=out / "all_viral_regions.tsv",
-                    provenance_file=out / "provenance.json", models_view=out / "models.html",
-                    provenance_view=out / "provenance.html", receipts=args.receipt or [],
-                    float8_check=args.float8_check)
+                    args.note, settings, {name: out / o.path for name, o in OVERVIEW.items()},
+                    receipts=args.receipt or [], float8_check=args.float8_check)
 
 
 def _train(args):
-    from virnucpro.steps.train import train_classifier
+    from virnucpro.steps.train import train
 
-    labelled = [(*m, 1) for m in args.viral] + [(*m, 0) for m in args.other]
-    seed = {} if args.seed is None else {"seed": args.seed}  # none given: the function's default
-    train_classifier(labelled, args.out_model, args.metrics, args.fragment_size, **seed)
+    labelled = [(m, 1) for m in args.viral] + [(m, 0) for m in args.other]
+    train(labelled, args.out_model, args.metrics, args.fragment_size, seed=args.seed)
 
 
-def _download(args):
-    from virnucpro.steps.fetch import download_model
+def _download_model(args):
+    from virnucpro.steps.models import download_model
 
     download_model(args.kind, args.output)
 
@@ -184,8 +155,8 @@ def _verify_store(args):
 
 
 def _fragment_size(p):
-    sizes = " or ".join(map(str, FRAGMENT_SIZES))
-    p.add_argument("--fragment-size", type=int, required=True, choices=FRAGMENT_SIZES,
+    sizes = " or ".join(map(str, defaults.FRAGMENT_SIZES))
+    p.add_argument("--fragment-size", type=int, required=True, choices=defaults.FRAGMENT_SIZES,
                    help=f"fragment length in bp ({sizes}); must match the classifier")
 
 
@@ -199,10 +170,9 @@ def _encoders(p):
     _models_dir(p)
 
 
-def _member_frames(p):
-    p.add_argument("--frames-dna", required=True, help="frames.fna of the sample, from `prepare`")
-    p.add_argument("--frames-protein", required=True, help="frames.faa of the sample, from `prepare`")
-    p.add_argument("--member", required=True, help="the sample's record of the embedding plan (members/NAME.json)")
+def _member(p):
+    p.add_argument("--member", required=True, help="the sample's plan, beside the embedding plan (members/NAME.json, "
+                                                   "with its frame list members/NAME.frames.tsv)")
 
 
 def _samples(p):
@@ -218,14 +188,12 @@ def _tokens_per_batch(p, encoder, name, budgets):
                         f"{budgets['cpu']} on CPU)")
 
 
-def _seed_help():
-    from virnucpro.steps.train import train_classifier
-
-    return f"seed of the split, the initial weights and the batches (default {default(train_classifier, 'seed')})"
+def _with_default(p, option, value, text, kind=int):
+    p.add_argument(option, type=kind, default=value, help=f"{text} (default {value})")
 
 
 def _command(sub, name, handler, summary, description=None):
-    p = sub.add_parser(name, help=summary, description=description or summary, formatter_class=_HelpFormatter)
+    p = sub.add_parser(name, help=summary, description=description or summary)
     p.set_defaults(handler=handler)
     return p
 
@@ -234,8 +202,6 @@ def _command(sub, name, handler, summary, description=None):
 
 
 def _add_front(sub):
-    from virnucpro.steps.plan import plan_run
-
     p = _command(sub, "prepare", _prepare, "fragments and stop-free six-frame translations",
                  "Cut every sequence into fragments and keep the stop-free frames, as the original does.")
     p.add_argument("input", help="FASTA or FASTQ, plain or gzip (detected from content)")
@@ -246,9 +212,9 @@ def _add_front(sub):
     p.add_argument("--manifest", help="TSV with one row per input sequence")
     p.add_argument("--status", help="as the workflow: record bad input here (JSON) and write empty outputs, "
                                     "instead of stopping with the error")
-    p.add_argument("--max-record-bp", type=int, default=MAX_RECORD_BP,
-                   help=f"longest sequence read; a longer record is refused (default {MAX_RECORD_BP:_})")
-    p.add_argument("--min-length", type=int, default=None,
+    p.add_argument("--max-record-bp", type=int, default=defaults.MAX_RECORD_BP,
+                   help=f"longest sequence read; a longer record is refused (default {defaults.MAX_RECORD_BP:_})")
+    p.add_argument("--min-length", type=int, default=defaults.MIN_LENGTH,
                    help="a shorter sequence gets no fragment, no frame and no call (default: the fragment size; "
                         "0 cuts every sequence, as the original)")
 
@@ -260,16 +226,14 @@ def _add_front(sub):
     p.add_argument("--store", required=True, help="embedding store directory (shared between runs)")
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="where the embedding jobs will run; auto: cuda when a GPU is visible here")
-    per_shard = default(plan_run, "tokens_per_shard")
-    p.add_argument("--tokens-per-shard", type=int, default=per_shard, help=f"ESM-2 tokens per shard (default {per_shard:_})")
+    _with_default(p, "--tokens-per-shard", defaults.TOKENS_PER_SHARD, "ESM-2 tokens per shard")
     p.add_argument("--float8-decision", help="the decision of `check-float8`: ESM-2 planned in the precision it names")
     p.add_argument("--out", required=True, help="the plan directory to write")
+    p.add_argument("--members-dir", help=f"where each sample's plan goes (default: {MEMBERS}/ beside --out)")
     _add_check_float8(sub)
 
 
 def _add_check_float8(sub):
-    from virnucpro.steps.precision import check_float8
-
     p = _command(sub, "check-float8", _check_float8, "check float8 ESM-2 embeddings on a run's own frames",
                  "Embed a calibration subset of the samples' frames with ESM-2 in float16 and in float8, score "
                  "both with the classifier, write the per-frame table and the decision the plan follows.")
@@ -278,10 +242,11 @@ def _add_check_float8(sub):
     p.add_argument("--model", required=True, help="the classifier (original 300/500_model.pth or .safetensors)")
     p.add_argument("--store", required=True, help="embedding store directory (the measurement is kept there)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to embed (float8 needs CUDA)")
-    for name, what in (("frames", "calibration frames"), ("min_call_agreement", "least call agreement"),
-                       ("min_cosine", "least cosine")):
-        value = default(check_float8, name)
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"{what} (default {value})")
+    _with_default(p, "--frames", defaults.FLOAT8_CHECK_FRAMES, "calibration frames")
+    _with_default(p, "--min-call-agreement", defaults.FLOAT8_MIN_CALL_AGREEMENT, "least call agreement", float)
+    _with_default(p, "--min-cosine", defaults.FLOAT8_MIN_COSINE, "least cosine", float)
+    _tokens_per_batch(p, "esm2", "ESM-2", defaults.ESM2_TOKENS_PER_BATCH)
+    _tokens_per_batch(p, "dnabert", "DNABERT-S", defaults.DNABERT_TOKENS_PER_BATCH)
     p.add_argument("--out-decision", required=True, help="the decision to write (JSON)")
     p.add_argument("--out-table", required=True, help="the per-frame table to write (TSV)")
 
@@ -293,13 +258,13 @@ def _add_embed(sub):
     p.add_argument("plan", help="the plan directory")
     p.add_argument("shard", help="the shard's name (plan.json lists them)")
     _encoders(p)
-    _tokens_per_batch(p, "esm2", "ESM-2", ESM2_TOKENS_PER_BATCH)
-    _tokens_per_batch(p, "dnabert", "DNABERT-S", DNABERT_TOKENS_PER_BATCH)
+    _tokens_per_batch(p, "esm2", "ESM-2", defaults.ESM2_TOKENS_PER_BATCH)
+    _tokens_per_batch(p, "dnabert", "DNABERT-S", defaults.DNABERT_TOKENS_PER_BATCH)
     p.add_argument("--out", required=True, help="the receipt to write (JSON)")
 
     p = _command(sub, "classify", _classify, "score a sample's frames with the VirNucPro classifier",
                  "Read the sample's features from the embedding store and write the original's prediction table.")
-    _member_frames(p)
+    _member(p)
     p.add_argument("--model", required=True, help="original 300/500_model.pth, or our .safetensors classifier")
     _models_dir(p)
     _fragment_size(p)
@@ -307,14 +272,14 @@ def _add_embed(sub):
 
     p = _command(sub, "features", _features, "export a sample's classifier features from the store",
                  "Write the DNABERT-S + ESM-2 features of a sample's frames to an HDF5 file (ids, embeddings).")
-    _member_frames(p)
+    _member(p)
     p.add_argument("--out", required=True, help="feature file (HDF5)")
 
-    p = _command(sub, "convert-model", _note_model, "note a model: checksum it, convert it once, write its note",
+    p = _command(sub, "note-model", _note_model, "note a model: checksum it, convert it once, write its note",
                  "The models step for one model file: checksum records, the conversion the steps load (ESM-2: "
                  "fair-esm checkpoint -> float16 safetensors; classifier: original .pth -> safetensors; "
                  "DNABERT-S: used as it is) and the model's note. Prints the path of the file the steps load.")
-    p.add_argument("kind", choices=["esm2", "dnabert_s", "classifier"], help="which model the file is")
+    p.add_argument("kind", choices=list(KINDS), help="which model the file is")
     p.add_argument("source", help="the fair-esm .pt, the DNABERT-S folder or the original 300/500_model.pth")
     _models_dir(p)
     p.add_argument("--float8", action="store_true", help="ESM-2: also make the float8 file (embed.precision float8)")
@@ -322,8 +287,6 @@ def _add_embed(sub):
 
 
 def _add_results(sub):
-    from virnucpro.steps.summarize import summarize
-
     p = _command(sub, "summarize", _summarize, "a sample's tables, viral regions, tracks, viral FASTA and plots",
                  "Per-fragment calls, per-sequence summary, viral regions, genome-browser tracks, the original's "
                  "files, the viral sequences, plots and table pages of one sample.")
@@ -331,24 +294,22 @@ def _add_results(sub):
     p.add_argument("--manifest", required=True, help="sequences.tsv from `prepare`")
     p.add_argument("--fasta", required=True, help="the sample's input sequences")
     _fragment_size(p)
-    p.add_argument("--out-dir", required=True,
-                   help="folder for the tables, viral.fna, viral_regions.fna and .gff3, tracks/, plots/ and report/")
-    threshold, top = default(summarize, "threshold"), default(summarize, "top_sequences")
-    p.add_argument("--threshold", type=float, default=threshold, help=f"viral fraction for a viral call (default {threshold})")
-    p.add_argument("--top-sequences", type=int, default=top, help=f"sequences in the along-sequence plot (default {top})")
+    p.add_argument("--out-dir", required=True, help="the sample's folder: " + ", ".join(o.path for o in SUMMARY.values()))
+    _with_default(p, "--threshold", defaults.VIRAL_FRACTION_THRESHOLD, "viral fraction for a viral call", float)
+    _with_default(p, "--top-sequences", defaults.PLOT_TOP_SEQUENCES, "sequences in the along-sequence plot")
     p.add_argument("--sample", default="", help="the sample's name, for plot titles and tracks")
-    for name, text in (("max_gap_fragments", "viral regions: fragments allowed between two viral ones of a region"),
-                       ("min_viral_fragments", "viral regions: fewest viral fragments"),
-                       ("max_table_rows", "rows per table in the HTML pages")):
-        value = default(summarize, name)
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=f"{text} (default {value})")
+    _with_default(p, "--max-gap-fragments", defaults.MAX_GAP_FRAGMENTS,
+                  "viral regions: fragments allowed between two viral ones of a region")
+    _with_default(p, "--min-viral-fragments", defaults.MIN_VIRAL_FRAGMENTS, "viral regions: fewest viral fragments")
+    _with_default(p, "--max-table-rows", defaults.MAX_TABLE_ROWS, "rows per table in the HTML pages")
 
     p = _command(sub, "overview", _overview, "the run's overview of all samples, the models and the settings",
                  "Write overview.tsv (one row per sample, in the order given), unfinished.tsv (the samples "
                  "that did not finish, and why), models.tsv (every model file with its sha256, from the notes), "
                  "parameters.tsv, all_sequences.tsv and all_viral_regions.tsv (every finished sample's rows under a "
                  "sample column), provenance.json (versions, git commit, devices, precision, models, settings), "
-                 "and HTML tables for a report (overview.html, unfinished.html, models.html, provenance.html).")
+                 "and HTML tables for a report (in report/: overview.html, unfinished.html, models.html, "
+                 "provenance.html).")
     p.add_argument("--sample", nargs=3, action="append", dest="samples", default=[],
                    metavar=("NAME", "SEQUENCE_SUMMARY", "VIRAL_REGIONS"),
                    help="a sample and its sequence_summary.tsv and viral_regions.tsv (repeat for each sample)")
@@ -364,16 +325,15 @@ def _add_results(sub):
     p = _command(sub, "train", _train, "train the classifier on labelled training sets",
                  "The original recipe on the features of labelled training sets, read from the embedding store.")
     for label in ("viral", "other"):
-        p.add_argument(f"--{label}", nargs=3, action="append", required=True,
-                       metavar=("FRAMES_FNA", "FRAMES_FAA", "MEMBER_JSON"),
-                       help=f"a {label} training set: its frames and its record of the embedding plan (repeatable)")
+        p.add_argument(f"--{label}", action="append", required=True, metavar="MEMBER_JSON",
+                       help=f"a {label} training set's plan, beside the embedding plan (repeatable)")
     _fragment_size(p)
     p.add_argument("--out-model", required=True, help="trained classifier (.safetensors)")
     p.add_argument("--metrics", required=True, help="held-out metrics (TSV)")
-    p.add_argument("--seed", type=int, help=_seed_help)
+    _with_default(p, "--seed", defaults.TRAIN_SEED, "seed of the split, the initial weights and the minibatches")
 
-    p = _command(sub, "download-model", _download, "fetch and verify a model file")
-    p.add_argument("kind", choices=["esm2", "dnabert_s", "classifier"],
+    p = _command(sub, "download-model", _download_model, "fetch and verify a model file")
+    p.add_argument("kind", choices=list(KINDS),
                    help="esm2: a fair-esm checkpoint; dnabert_s: the DNABERT-S snapshot; classifier: 300/500_model.pth")
     p.add_argument("output", help="file (or directory, for dnabert_s) to create, named as in models.dir")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import is_verified
-from virnucpro.io.converted import is_safetensors, safetensors_metadata
-from virnucpro.steps.fetch import DOWNLOAD_NAMES, at_download_name, classifier_blob_problem
+from virnucpro.io.tensors import is_safetensors, safetensors_metadata
+from virnucpro.steps.models import KINDS, at_download_name, classifier_blob_problem
 
 
 def _validator(schema_path):
@@ -115,13 +115,13 @@ def check_models(paths, models_dir, made_here=()):
         path = Path(path)
         if path in {Path(p) for p in made_here}:
             continue
-        want_dir = key == "dnabert_s"
+        want_dir = KINDS[key].folder
         if path.exists():
             if path.is_dir() != want_dir:
                 what = "a folder" if want_dir else "a file"
                 raise VirNucProError(f"config: models.{key}: {path} is not {what}")
             continue
-        pattern, names = DOWNLOAD_NAMES[key]
+        pattern, names = KINDS[key].download_names
         if path.parent == Path(models_dir) and pattern.fullmatch(path.name):
             continue
         raise VirNucProError(
@@ -139,7 +139,7 @@ def classifier_fragment_size(path):
         if not size.isdigit():
             return None, "its safetensors metadata records no fragment_size: not a VirNucPro classifier"
         return int(size), "its metadata"
-    match = DOWNLOAD_NAMES["classifier"][0].fullmatch(path.name)
+    match = KINDS["classifier"].download_names[0].fullmatch(path.name)
     if match:
         return int(match.group(1)), "its file name"
     return None, "an original classifier file is named 300_model.pth or 500_model.pth"

@@ -1,12 +1,12 @@
 """Model notes: which file each step loads for a model, and the checksums its source had when noted.
 
-`converted.model_note(kind, source, models_dir)` makes the note of one model, a dict
+The models step (`virnucpro.steps.models.make_note`) makes the note of one model, a dict
 
-    {"kind", "source": the file or folder the config names, "checksums": {file name: sha256} of the
-     source's files, "verified": {file name: how it was verified, as its checksum record says, or
-     "unverified"}, "file": what the steps load}
+    {"kind", "title": what the model is, "source": the file or folder the config names,
+     "checksums": {file name: sha256} of the source's files, "verified": {file name: how it was
+     verified, as its checksum record says, or "unverified"}, "file": what the steps load}
 
-for kind "esm2" (a fair-esm checkpoint; "file" is its float16 conversion, `converted.ensure_converted`),
+for kind "esm2" (a fair-esm checkpoint; "file" is its float16 conversion),
 "dnabert_s" (a snapshot folder, loaded as it is; its config.json, tokenizer.json and weights are
 checksummed) or "classifier" (an original `{300|500}_model.pth`, converted once, or our `.safetensors`,
 used as it is). A model downloaded by the models step is verified; so is one placed by hand where the
@@ -25,7 +25,7 @@ from pathlib import Path
 from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import checked_sha256
 
-KINDS = ("esm2", "dnabert_s", "classifier")
+FIELDS = ("kind", "title", "source", "checksums", "file")
 
 
 def source_sha256(note):
@@ -55,6 +55,6 @@ def read_note(path):
         note = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise VirNucProError(f"{path}: not a readable model note ({exc})") from None
-    if not isinstance(note, dict) or note.get("kind") not in KINDS:
+    if not isinstance(note, dict) or not all(isinstance(note.get(f), (str, dict)) for f in FIELDS):
         raise VirNucProError(f"{path}: not a model note")
     return note

@@ -1,4 +1,4 @@
-"""A sample's prepare status (`prepare/status.json`, written by `steps.prepare.prepare_sample`): read here
+"""A sample's prepare status (`prepare/status.json`, written by `steps.prepare.prepare`): read here
 with the standard library alone, so that the workflow's parse-time code (which runs where Snakemake
 runs, without the numerical stack) can tell which samples' front end failed."""
 

@@ -7,7 +7,7 @@ conversion of an original `300_model.pth` / `500_model.pth`, or a retrained clas
 (all strings) holds `format`, `fragment_size`, `input_dim`, `hidden_dim`, `num_class`, `source` and
 `source_sha256`; the parameter names are the original's (`hidden_layer`, `bn1`, `output_layer`).
 
-`Classifier.scores` computes float32 arithmetic in blocks of exactly `BATCH` rows (the last one padded
+`Classifier.scores` computes float32 arithmetic in blocks of exactly `BLOCK` rows (the last one padded
 with zeros): every matrix product has one shape, so a frame's scores do not depend on which other frames
 are scored with it (BLAS libraries may round a row differently for different row counts). NumPy, not
 torch: the step that scores a sample then starts in a fraction of a second. The scores agree with the
@@ -21,11 +21,11 @@ import numpy as np
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import checked_sha256
-from virnucpro.io.converted import is_safetensors, safetensors_metadata
+from virnucpro.io.tensors import is_safetensors, safetensors_metadata
 
 FORMAT = "virnucpro-mlp-classifier/1"
 INPUT_DIM, HIDDEN_DIM, NUM_CLASS = 3328, 512, 2
-BATCH = 256  # rows per forward pass, as the original's DataLoader
+BLOCK = 256  # rows scored at once: the batches of the original's DataLoader
 BN_EPS = 1e-5  # nn.BatchNorm1d's default, which the original keeps
 LABELS = ("others", "virus")  # the prediction of the column with the larger score
 PARAMETERS = {  # name -> (shape as a function of (input_dim, hidden, num_class))
@@ -53,7 +53,7 @@ class Classifier:
     def input_dim(self):
         return self.weights["hidden_layer.weight"].shape[1]
 
-    def scores(self, features, batch=BATCH):
+    def scores(self, features, block_rows=BLOCK):
         """Softmax probabilities (N, num_class) float32 of `features` (N, input_dim); see the module docstring."""
         w = self.weights
         first, second = np.ascontiguousarray(w["hidden_layer.weight"].T), np.ascontiguousarray(w["output_layer.weight"].T)
@@ -61,12 +61,12 @@ class Classifier:
         shift = w["bn1.bias"] - w["bn1.running_mean"] * scale
         x = np.asarray(features, dtype=np.float32)
         out = np.empty((x.shape[0], second.shape[1]), dtype=np.float32)
-        block = np.zeros((batch, first.shape[0]), dtype=np.float32)
-        for lo in range(0, x.shape[0], batch):
-            rows = min(batch, x.shape[0] - lo)
+        block = np.zeros((block_rows, first.shape[0]), dtype=np.float32)
+        for lo in range(0, x.shape[0], block_rows):
+            rows = min(block_rows, x.shape[0] - lo)
             block[:rows], block[rows:] = x[lo : lo + rows], 0
-            h = np.maximum((block @ first + w["hidden_layer.bias"]) * scale + shift, 0)  # (batch, hidden)
-            logits = h @ second + w["output_layer.bias"]  # (batch, num_class)
+            h = np.maximum((block @ first + w["hidden_layer.bias"]) * scale + shift, 0)  # (BLOCK, hidden)
+            logits = h @ second + w["output_layer.bias"]  # (BLOCK, num_class)
             e = np.exp(logits - logits.max(axis=1, keepdims=True))
             out[lo : lo + rows] = (e / e.sum(axis=1, keepdims=True))[:rows]
         return out

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from virnucpro.errors import VirNucProError, first_line
 from virnucpro.io.checksums import checked_sha256
 from virnucpro.models.attention import select_backend, varlen_attention
-from virnucpro.models.backend import compiled, fall_back
-from virnucpro.models.encoders import DNABERT_DTYPE, DNABERT_WEIGHT_FILES
+from virnucpro.models.generated import compiled, fall_back
+from virnucpro.models.namespaces import DNABERT_DTYPE, DNABERT_WEIGHT_FILES
 from virnucpro.models.packing import segment_mean
 
 log = logging.getLogger("virnucpro")

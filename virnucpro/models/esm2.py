@@ -34,8 +34,8 @@ from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import checked_sha256
 from virnucpro.io.torchfile import load_torch_file
 from virnucpro.models.attention import select_backend, varlen_attention
-from virnucpro.models.backend import compiled, fall_back
-from virnucpro.models.encoders import ESM2_PRECISION, ESM2_TRUNCATION
+from virnucpro.models.generated import compiled, fall_back
+from virnucpro.models.namespaces import ESM2_PRECISION, ESM2_TRUNCATION
 from virnucpro.models import fp8
 from virnucpro.models.fp8 import Fp8Linear, Quantized, check_dequantised, quantize_rows, quantize_weight
 from virnucpro.models.packing import segment_ids, segment_mean
@@ -177,7 +177,7 @@ def convert_checkpoint(source, out, source_sha256):
     """
     from safetensors.torch import safe_open
 
-    from virnucpro.io.converted import save_safetensors
+    from virnucpro.io.tensors import save_safetensors
 
     config, state = read_checkpoint(source)
     try:
@@ -246,7 +246,7 @@ def convert_float8(converted, out, source_sha256):
     checked: every e4m3 weight, dequantised, within e4m3's rounding bound of its float16 weight."""
     from safetensors.torch import load_file
 
-    from virnucpro.io.converted import save_safetensors
+    from virnucpro.io.tensors import save_safetensors
 
     config, meta = _converted_meta(converted, source_sha256, FORMAT)
     state = load_file(str(converted))

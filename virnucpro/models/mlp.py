@@ -29,7 +29,7 @@ from torch import nn
 
 from virnucpro.errors import VirNucProError, first_line
 from virnucpro.io.checksums import checked_sha256
-from virnucpro.io.converted import is_safetensors
+from virnucpro.io.tensors import is_safetensors
 from virnucpro.io.torchfile import load_torch_file
 from virnucpro.models.classifier import BN_EPS, FORMAT, HIDDEN_DIM, INPUT_DIM, NUM_CLASS, from_file
 
@@ -142,7 +142,7 @@ def _load_original(path, digest):
 
 def write_classifier_file(model, path, fragment_size, source, source_sha256):
     """Write `model` to `path` in our safetensors format (not atomic: callers write to a temporary name)."""
-    from virnucpro.io.converted import save_safetensors
+    from virnucpro.io.tensors import save_safetensors
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     input_dim, hidden, num_class = _dims(state, path)

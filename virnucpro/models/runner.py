@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from virnucpro.errors import VirNucProError, first_line
-from virnucpro.models.backend import is_device_failure, is_oom
+from virnucpro.models.generated import is_device_failure, is_oom
 from virnucpro.models.packing import pack, plan_batches
 
 log = logging.getLogger("virnucpro")

@@ -8,28 +8,16 @@ Its `prediction.py` writes, from the classifier's float32 probabilities:
   pandas, grouped by `Modified_ID` (the frame id without its two-character frame suffix, i.e. the
   fragment id), `Is_Virus` = max score2 >= max score1 over the group, written as `True`/`False`. The
   groupby sorts the fragment ids as strings (code point order: `x_chunk_10` before `x_chunk_2`).
-Here both are written from the scores of our prediction table; rows of the first keep its frame order
-(the original's order for up to 10,000 frames, past which its own order depends on the file system).
-A sample without frames gives both headers alone.
-The first holds the bytes of our `prediction_results.tsv` (the same table, under the original's name) and
-the second the calls of `fragment_calls.tsv` in the original's order and format: both are kept for
+The first is our `prediction_results.tsv`, byte for byte (classify writes the original's table: its
+rows keep the frame order, the original's for up to 10,000 frames, past which its own order depends on
+the file system); the second is written here from the per-fragment calls (`write_highest_scores`), in
+the original's order and format. A sample without frames gives both headers alone. Both are kept for
 drop-in use, since scripts written for the original open these names.
 """
 
-import numpy as np
 
 PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
 CALLS_HEADER = "Modified_ID\tIs_Virus\n"
-
-
-def write_prediction_results(path, frames):
-    """`prediction_results.txt` from the frame ids and float32 scores of `read_predictions`."""
-    s1 = np.asarray(frames["score1"], dtype=np.float32)
-    s2 = np.asarray(frames["score2"], dtype=np.float32)
-    labels = np.where(s2 > s1, "virus", "others")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(PREDICTION_HEADER)
-        fh.writelines(f"{i}\t{p}\t{a!s}\t{b!s}\n" for i, p, a, b in zip(frames["id"], labels, s1, s2))
 
 
 def write_highest_scores(path, fragment_ids, viral):

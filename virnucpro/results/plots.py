@@ -19,8 +19,6 @@ drawn once, when it is saved: a layout engine would draw it a second time to mea
 
 import numpy as np
 
-from virnucpro.frames import fragment_layout
-
 VIRAL_COLOUR, OTHER_COLOUR, REGION_COLOUR = "red", "darkblue", "#fcd2d2"
 MAX_ID_CHARS = 60
 ALONG_WIDTH, DPI = 14, 100  # inches, pixels per inch: the along-sequence figure
@@ -154,26 +152,28 @@ def _panel(ax, t, i, segments, viral, regions):
     _style(ax)
 
 
-def plot_along(path, t, frag, regions, top, fragment_size, sample):
-    """Virus score of each fragment along the sequences `top`, one panel per sequence."""
+def plot_along(path, sample, top):
+    """Virus score of each fragment along the sequences `top` of `sample` (a `virnucpro.results.sample.Sample`),
+    one panel per sequence."""
+    t, frag, regions = sample.table, sample.frag, sample.regions
     n = max(len(top), 1)
     fig = _figure(ALONG_WIDTH, 1.9 * n + 1.0)
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     title = dict(x=0.01, y=1 - 0.1 / fig.get_figheight(), ha="left", va="top", fontweight="bold")
     if not len(top):
-        fig.suptitle(f"{shorten(sample)}: virus score along sequences", **title)
+        fig.suptitle(f"{shorten(sample.name)}: virus score along sequences", **title)
         axes[0].text(0.5, 0.5, "no sequence was classified", ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_axis_off()
         fig.savefig(path, format="png")
         return
-    fig.suptitle(f"{shorten(sample)}: virus score along the {len(top)} sequence(s) with the highest mean "
+    fig.suptitle(f"{shorten(sample.name)}: virus score along the {len(top)} sequence(s) with the highest mean "
                  "virus score", fontsize=13, **title)
     _legend(fig)
     for ax, i in zip(axes, top.tolist()):
         mine = frag["owner"] == i
-        _, _, start, length = fragment_layout(t["length"][i : i + 1], fragment_size)
-        k = frag["num"][mine] - 1
-        segments, viral = per_column(start[k], length[k], frag["max2"][mine], frag["viral"][mine], int(t["length"][i]))
+        at = frag["index"][mine]  # into the sample's fragment layout
+        segments, viral = per_column(sample.layout["start"][at], sample.layout["length"][at], frag["max2"][mine],
+                                     frag["viral"][mine], int(t["length"][i]))
         own = regions["owner"] == i
         _panel(ax, t, i, segments, viral, list(zip(regions["start"][own], regions["end"][own])))
     axes[-1].set_xlabel("position (bp)")

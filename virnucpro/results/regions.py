@@ -27,7 +27,6 @@ sequence's regions never overlap, and the same in the region FASTA, the GFF3 fil
 import numpy as np
 
 from virnucpro.errors import VirNucProError
-from virnucpro.frames import fragment_layout
 from virnucpro.io.tables import score_texts
 
 REGION_COLUMNS = [
@@ -46,18 +45,6 @@ def check_region_settings(max_gap_fragments, min_viral_fragments):
         )
 
 
-def sample_layout(seqs, fragment_size):
-    """`fragment_layout` of the manifest's fragments: a sequence it lists without fragments (shorter than
-    min_length, not cut) has none, so that indices agree with `fragment_index`."""
-    return fragment_layout(np.where(seqs["fragments"] > 0, seqs["length"], 0), fragment_size)
-
-
-def fragment_index(seqs, frag):
-    """Index of each classified fragment among all fragments of the sample, in input order."""
-    first = np.cumsum(seqs["fragments"]) - seqs["fragments"]
-    return first[frag["owner"]] + frag["num"] - 1
-
-
 def _segment_reduce(ufunc, values, lo, hi):
     """`ufunc.reduce(values[lo[i]:hi[i]])` for disjoint, ordered, non-empty segments."""
     if not lo.size:
@@ -66,13 +53,13 @@ def _segment_reduce(ufunc, values, lo, hi):
     return ufunc.reduceat(padded, np.column_stack([lo, hi]).ravel())[::2]
 
 
-def call_regions(seqs, frag, fragment_size, max_gap_fragments, min_viral_fragments, called):
+def call_regions(seqs, layout, frag, max_gap_fragments, min_viral_fragments, called):
     """Regions of the module docstring as arrays: owner (sequence index), start, end, fragments,
-    viral_fragments, mean, max, whole. `frag` holds the classified fragments in input order
-    (`virnucpro.steps.summarize.fragment_scores`); `called`: per sequence, whether it is called viral."""
+    viral_fragments, mean, max, whole. `layout`: the sample's fragments (start, length) and `frag` its
+    classified fragments in input order with their index into it (`virnucpro.results.sample`);
+    `called`: per sequence, whether it is called viral."""
     check_region_settings(max_gap_fragments, min_viral_fragments)
-    _, _, frag_start, frag_length = sample_layout(seqs, fragment_size)
-    index = fragment_index(seqs, frag)
+    frag_start, frag_length, index = layout["start"], layout["length"], frag["index"]
     viral = np.flatnonzero(frag["viral"])  # positions in `frag`
     at, owner = index[viral], frag["owner"][viral]
     apart = (owner[1:] != owner[:-1]) | (at[1:] - at[:-1] - 1 > int(max_gap_fragments))

@@ -17,7 +17,7 @@ then by start.
 import numpy as np
 
 from virnucpro.io.tables import score_texts
-from virnucpro.results.regions import fragment_index, region_names, sample_layout
+from virnucpro.results.regions import region_names
 
 REGION_RGB = "200,0,0"
 
@@ -33,12 +33,13 @@ def _quote(text):
     return str(text).replace('"', "'")
 
 
-def write_score_track(path, seqs, frag, fragment_size, sample):
-    """The bedGraph of fragment virus scores; see the module docstring."""
-    owner_all, _, start, length = sample_layout(seqs, fragment_size)
+def write_score_track(path, seqs, layout, frag, sample):
+    """The bedGraph of fragment virus scores; see the module docstring (`layout`, `frag`: as
+    `virnucpro.results.sample` holds them)."""
+    owner_all, start, length = layout["owner"], layout["start"], layout["length"]
     same_next = np.r_[owner_all[1:] == owner_all[:-1], False]
     stop = np.where(same_next, np.r_[start[1:], 0], start + length)  # ends where the next fragment starts
-    at = fragment_index(seqs, frag)
+    at = frag["index"]
     order = np.lexsort((at, _id_rank(seqs["sequence_id"])[frag["owner"]]))
     ids = seqs["sequence_id"]
     with open(path, "w", encoding="utf-8") as fh:

@@ -12,23 +12,18 @@ from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.notes import check_note
 from virnucpro.models.classifier import classifier_of, prediction_lines
 from virnucpro.results.original_files import PREDICTION_HEADER as HEADER
-from virnucpro.steps.merge import iter_features
+from virnucpro.io.features import iter_features
 
 log = logging.getLogger("virnucpro")
 
 
-def classify(dna, protein, member, note, fragment_size, out):
-    """Score every frame of a sample (its frames files and plan record; features read from the embedding
-    store) with the classifier that `note` (a model note or the path of one) names; write the prediction
-    table `out`."""
+def classify(member, note, fragment_size, out):
+    """Score every frame of a sample (named by its member plan, `virnucpro.io.members`; features read from
+    the embedding store) with the classifier that `note` (a model note or the path of one) names; write
+    the prediction table `out`."""
     note = check_note(note)
     clf = classifier_of(note)
     model = note["source"]
-    if clf.fragment_size is None:
-        raise VirNucProError(
-            f"{model}: the classifier's fragment size is unknown; name an original file "
-            "300_model.pth/500_model.pth or convert it first"
-        )
     if clf.fragment_size != int(fragment_size):
         raise VirNucProError(
             f"{model}: classifier trained on {clf.fragment_size} bp fragments, but fragment_size is "
@@ -38,11 +33,10 @@ def classify(dna, protein, member, note, fragment_size, out):
     with atomic_outputs(out) as (tmp,):
         with open(tmp, "w") as fh:
             fh.write(HEADER)
-            for ids, features in iter_features(dna, protein, member, width=clf.input_dim,
-                                               wanted_by=f"the classifier {model}"):
+            for ids, features in iter_features(member, width=clf.input_dim, wanted_by=f"the classifier {model}"):
                 probabilities = clf.scores(features)
                 fh.writelines(prediction_lines(ids, probabilities))
                 n_frames += len(ids)
                 n_virus += int((probabilities[:, 1] > probabilities[:, 0]).sum())
-    log.info("classified %d frames of %s (%d virus) with %s -> %s", n_frames, protein, n_virus, model, out)
+    log.info("classified %d frames of %s (%d virus) with %s -> %s", n_frames, member, n_virus, model, out)
     return out

@@ -1,6 +1,6 @@
 """The embedding step: one shard of the plan, both encoders, each model loaded once, into the store.
 
-`embed_shard(plan_dir, shard, notes, receipt)` reads the shard's proteins (`shards/{shard}.faa`) and
+`embed(plan_dir, shard, notes, receipt)` reads the shard's proteins (`shards/{shard}.faa`) and
 nucleotide slices (`shards/{shard}.fna`) from the plan directory, claims the device the plan was made for
 (`device.resolve_device`: a GPU of its own), loads the models the notes name (`virnucpro.io.notes`): ESM-2
 from its converted float16 file straight onto the device (`esm2.load_converted`) and DNABERT-S from its
@@ -36,16 +36,16 @@ from virnucpro.device import resolve_device, visible_devices
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.notes import check_note, source_sha256
 from virnucpro.io.seqio import read_frames
+from virnucpro.layout import KERNELS, PLAN_FILE, SHARDS
 from virnucpro.io.locks import hold_lock
 from virnucpro.io.store import Namespace, StoreFileError, read_keys, verify_store_file, write_store_file
 from virnucpro.models import dnabert, esm2
-from virnucpro.models.backend import use_kernel_cache
-from virnucpro.models.encoders import DNABERT_PRECISION, namespaces
+from virnucpro.models.generated import use_kernel_cache
+from virnucpro.models.namespaces import DNABERT_PRECISION, namespaces
 from virnucpro.models.packing import pack
 from virnucpro.models.runner import Task, run_packed
 
 log = logging.getLogger("virnucpro")
-KERNELS = "kernels"  # beside the converted models: the kernel cache every job and machine shares
 
 
 def read_shard(path):
@@ -59,7 +59,7 @@ def read_shard(path):
 
 
 def read_plan(plan_dir):
-    path = Path(plan_dir) / "plan.json"
+    path = Path(plan_dir) / PLAN_FILE
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -104,7 +104,7 @@ def _esm2_task(records, note, device, tokens_per_batch, seconds, float8=False, l
     """The ESM-2 task of `records`, its model loaded from the note's float16 file, or its float8 one."""
     started = time.monotonic()
     if device.type == "cuda":  # where kernels are built
-        use_kernel_cache(Path(note["file"]).parent / KERNELS)
+        use_kernel_cache(Path(note["file"]).parent.parent / KERNELS)  # the converted file's models folder
     ids, seqs = [r[1] for r in records], [r[2] for r in records]
     tok = esm2.tokenizer()
     lengths = tok.lengths(ids, seqs)  # validates every residue before the model loads
@@ -153,28 +153,33 @@ def _warm_up(model, tokens, device):
         torch.cuda.synchronize(device)
 
 
-def _budget(value, defaults, device):
-    """Tokens per batch on `device`: `value` (a number, or {device type: number}), else the default."""
-    if isinstance(value, dict):
-        value = value.get(device.type)
-    if value is None:
-        value = defaults[device.type]
-    if value < 1:
-        raise VirNucProError(f"tokens per batch must be positive, not {value}")
-    return int(value)
+DEFAULT_BUDGETS = {"esm2": ESM2_TOKENS_PER_BATCH, "dnabert_s": DNABERT_TOKENS_PER_BATCH}
+
+
+def budgets(tokens_per_batch, device):
+    """{encoder: tokens per packed batch on `device`}: from `tokens_per_batch` ({encoder: a number, or
+    {device type: number}}, config's `embed.*_tokens_per_batch`; None or a missing encoder: the default)."""
+    chosen = {}
+    for encoder, defaults in DEFAULT_BUDGETS.items():
+        value = (tokens_per_batch or {}).get(encoder)
+        if isinstance(value, dict):
+            value = value.get(device.type)
+        value = defaults[device.type] if value is None else value
+        if value < 1:
+            raise VirNucProError(f"{encoder} tokens per batch must be positive, not {value}")
+        chosen[encoder] = int(value)
+    return chosen
 
 
 def _identity(tokens):
     return tokens
 
 
-def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dnabert_tokens_per_batch=None,
-                lock_options=None):
+def embed(plan_dir, shard, notes, receipt, tokens_per_batch=None, lock_options=None):
     """Embed one shard into the store and write its receipt; see the module docstring.
 
     notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file (`virnucpro.io.notes`).
-    The token budgets are numbers or {device type: number} (config's `embed.*_tokens_per_batch`);
-    None takes each encoder's default for the device. lock_options: keyword arguments of
+    tokens_per_batch: the token budgets (`budgets`). lock_options: keyword arguments of
     `locks.hold_lock` (stale_after_s, poll_s; tests inject sleep, clock, alive).
     """
     started_at = time.time()
@@ -182,7 +187,7 @@ def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dna
     plan = read_plan(plan_dir)
     if shard not in {s["name"] for s in plan["shards"]}:
         raise VirNucProError(f"{plan_dir}: the plan has no shard {shard}")
-    frames = {"esm2": plan_dir / "shards" / f"{shard}.faa", "dnabert_s": plan_dir / "shards" / f"{shard}.fna"}
+    frames = {"esm2": plan_dir / SHARDS / f"{shard}.faa", "dnabert_s": plan_dir / SHARDS / f"{shard}.fna"}
     records = {e: read_shard(path) for e, path in frames.items()}
     planned = {e: Namespace.from_json(plan["namespaces"][e]) for e in records}
     lock = planned["esm2"].directory(plan["store"]) / f".lock-{shard}"
@@ -190,7 +195,7 @@ def embed_shard(plan_dir, shard, notes, receipt, esm2_tokens_per_batch=None, dna
         stored = _already_stored(plan["store"], planned, shard, records)
         todo = {e: r for e, r in records.items() if r and e not in stored}
         if todo:
-            note = _embed(plan, shard, todo, notes, esm2_tokens_per_batch, dnabert_tokens_per_batch, frames)
+            note = _embed(plan, shard, todo, notes, tokens_per_batch, frames)
         else:
             note = {"device": None, "gpu": None, "tokens": {}, "seconds": {}, "store_files": {}}
         note = {"shard": shard, **note, "frames": {e: len(r) for e, r in records.items()},
@@ -230,19 +235,18 @@ def _already_stored(root, planned, shard, records):
     return held
 
 
-def _embed(plan, shard, records, notes, esm2_tokens_per_batch, dnabert_tokens_per_batch, frames):
+def _embed(plan, shard, records, notes, tokens_per_batch, frames):
     """Embed `records` ({encoder: shard records}, none empty) into the store; the receipt's fields."""
     device = _device(plan)
-    esm2_tokens_per_batch = _budget(esm2_tokens_per_batch, ESM2_TOKENS_PER_BATCH, device)
-    dnabert_tokens_per_batch = _budget(dnabert_tokens_per_batch, DNABERT_TOKENS_PER_BATCH, device)
+    budget = budgets(tokens_per_batch, device)
     notes = {e: check_note(n) for e, n in notes.items()}
     namespaces = _check_namespaces(plan, notes, device.type)
     seconds, tasks = {}, []
     if "esm2" in records:
-        tasks.append(_esm2_task(records["esm2"], notes["esm2"], device, esm2_tokens_per_batch, seconds,
+        tasks.append(_esm2_task(records["esm2"], notes["esm2"], device, budget["esm2"], seconds,
                                 float8=_float8(plan)))
     if "dnabert_s" in records:
-        tasks.append(_dnabert_task(records["dnabert_s"], notes["dnabert_s"], device, dnabert_tokens_per_batch,
+        tasks.append(_dnabert_task(records["dnabert_s"], notes["dnabert_s"], device, budget["dnabert_s"],
                                    seconds))
     started = time.monotonic()
     try:
@@ -269,18 +273,17 @@ def _provenance(device, task, model):
             "attention": model.attention_backend, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def embed_calibration(frames, notes, device, esm2_tokens_per_batch=None, dnabert_tokens_per_batch=None):
+def embed_calibration(frames, notes, device, tokens_per_batch=None):
     """The float8 guard's embeddings of `frames` ([(label, key, nucleotide, protein)]) on `device`: (ESM-2
     in float16, ESM-2 in float8, DNABERT-S), each (N, D) float32; notes: checked model notes, the ESM-2 one
     naming its float8 file."""
     proteins = [(key, label, prot) for label, key, _, prot in frames]
     nucleotides = [(key, label, nuc) for label, key, nuc, _ in frames]
-    esm2_tokens_per_batch = _budget(esm2_tokens_per_batch, ESM2_TOKENS_PER_BATCH, device)
-    dnabert_tokens_per_batch = _budget(dnabert_tokens_per_batch, DNABERT_TOKENS_PER_BATCH, device)
+    budget = budgets(tokens_per_batch, device)
     seconds = {}
-    tasks = [_esm2_task(proteins, notes["esm2"], device, esm2_tokens_per_batch, seconds, float8=f, label=label)[0]
+    tasks = [_esm2_task(proteins, notes["esm2"], device, budget["esm2"], seconds, float8=f, label=label)[0]
              for f, label in ((False, "esm2 float16"), (True, "esm2 float8"))]
-    tasks.append(_dnabert_task(nucleotides, notes["dnabert_s"], device, dnabert_tokens_per_batch, seconds)[0])
+    tasks.append(_dnabert_task(nucleotides, notes["dnabert_s"], device, budget["dnabert_s"], seconds)[0])
     if not frames:
         return tuple(np.zeros((0, t.dim), dtype=np.float32) for t in tasks)
     return tuple(run_packed(tasks, device))

@@ -9,21 +9,23 @@ that fails is set aside (one warning line) and its frames are planned again. The
 order of first appearance (members in the order given), are cut into n = ceil(tokens / tokens_per_shard)
 contiguous shards balanced by ESM-2 token count (residues truncated at 1022, plus BOS and EOS: ESM-2 3B
 dominates the cost of every shard). A shard is named by its content (the first 16 hex digits of a sha256
-over the namespaces and its keys), so the same work always gets the same name. The plan directory, written complete or not at all:
+over the namespaces and its keys), so the same work always gets the same name. The plan directory (`virnucpro.layout`), written complete or not at all:
 
     plan.json               device, store, namespaces, shards and counts
     shards/{shard}.faa      proteins to embed with ESM-2, `>{key} {member}:{frame id}` (its first appearance)
     shards/{shard}.fna      nucleotide slices to embed with DNABERT-S, headed the same way
-    members/{member}.json   per member: its frame count, the store and namespaces, and the store
-                            files (relative to each namespace's folder) that hold all its frames
 
-plan.json's `member_shards` names, per member, the shards of this plan holding its new frames: what must
-be embedded before the member's features can be read. That list changes once the shards are embedded
-(the next plan has none for the member), so it is kept out of the member's record, whose content depends
-only on the member's frames, the store, the namespaces and the store files holding its frames. Given
-`records_dir`, the records are written there instead (outside the plan directory, which the workflow
-replaces whole), each one only where its content changed: an unchanged member's record keeps its bytes
-and its modification time, so nothing that reads it runs again.
+and beside it, in `members_dir` (outside the plan directory, which the workflow replaces whole), each
+member's plan (`virnucpro.io.members`): its frame list (every frame's id and key, in its order) and the
+store files (relative to each namespace's folder) that hold all its frames. A member's plan is written
+only where its content changed: an unchanged member's plan keeps its bytes and its modification time,
+so nothing that reads it runs again. plan.json's `member_shards` names, per member, the shards of this
+plan holding its new frames: what must be embedded before its features can be read. That list changes
+once the shards are embedded (the next plan has none for the member), so it is kept out of the
+member's plan, whose content depends only on the member's frames, the store, the namespaces and the
+store files holding its frames.
+
+`list_receipts` (rule `list_receipts`) lists the receipts of the plan's shards.
 """
 
 import hashlib
@@ -36,8 +38,10 @@ import numpy as np
 
 from virnucpro.defaults import TOKENS_PER_SHARD
 from virnucpro.errors import VirNucProError
-from virnucpro.io.atomic import atomic_outputs, write_text_if_changed
+from virnucpro.io.atomic import atomic_outputs
+from virnucpro.io.members import ENCODERS, skipped_member, write_member
 from virnucpro.io.seqio import read_frames
+from virnucpro.layout import PLAN_FILE, SHARDS
 from virnucpro.io.store import (
     StoreFileError,
     StoreIndex,
@@ -47,11 +51,10 @@ from virnucpro.io.store import (
     store_files,
     verify_store_file,
 )
-from virnucpro.models.encoders import ESM2_PRECISION, ESM2_TRUNCATION
+from virnucpro.models.namespaces import ESM2_PRECISION, ESM2_TRUNCATION
 
 log = logging.getLogger("virnucpro")
 
-ENCODERS = ("esm2", "dnabert_s")
 SUFFIX = {"esm2": ".faa", "dnabert_s": ".fna"}
 
 
@@ -97,10 +100,12 @@ class _Work:
         self.distinct = set()
         self.positions = {}  # member -> (frames,) int64 position, -1 when all of the frame is stored
         self.stored_in = {}  # member -> encoder -> store file indices holding its stored frames
+        self.frame_lists = {}  # member -> its frames' ids and keys, as its frame list's text
 
     def add_member(self, name, frames):
-        at, stored = [], {e: set() for e in ENCODERS}
-        for _, key, _, protein in frames:
+        at, stored, lines = [], {e: set() for e in ENCODERS}, []
+        for rid, key, _, protein in frames:
+            lines.append(f"{rid}\t{key}\n")
             self.distinct.add(key)
             located = {e: self.indexes[e].where.get(key.encode("ascii")) for e in ENCODERS}
             for e in ENCODERS:
@@ -109,6 +114,7 @@ class _Work:
             at.append(self._position(key, protein, tuple(located[e] is None for e in ENCODERS)))
         self.positions[name] = np.array(at, dtype=np.int64)
         self.stored_in[name] = stored
+        self.frame_lists[name] = "".join(lines)
 
     def _position(self, key, protein, needs):
         if key in self.order:
@@ -121,15 +127,14 @@ class _Work:
         return self.order[key]
 
 
-def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, device, device_setting=None,
-                    skipped=None, esm2_precision=None, records_dir=None):
+def plan_embeddings(members, out_dir, members_dir, store, namespaces, tokens_per_shard, device, device_setting=None,
+                    skipped=None, esm2_precision=None):
     """Write the plan directory; returns the plan (the contents of plan.json). See the module docstring.
 
     members: {name: (frames.fna, frames.faa)} in order; namespaces: {encoder: store.Namespace}; device:
     the device type the embedding jobs run on, as `device_setting` (embed.device) resolved; skipped:
-    {name: error} of members left out (their front end failed), whose records say why; esm2_precision:
-    "float8" when the embedding jobs run ESM-2 in float8 (its namespace says so too), else None;
-    records_dir: where the member records go (see the module docstring), else `out_dir/members`.
+    {name: error} of members left out (their front end failed), whose plans say why; esm2_precision:
+    "float8" when the embedding jobs run ESM-2 in float8 (its namespace says so too), else None.
     """
     if tokens_per_shard < 1:
         raise VirNucProError(f"shards.tokens_per_shard must be positive, not {tokens_per_shard}")
@@ -160,15 +165,11 @@ def plan_embeddings(members, out_dir, store, namespaces, tokens_per_shard, devic
         "distinct_frames": len(work.distinct),
         "frames_to_embed": len(keys),
     }
-    records = {name: _member_record(name, plan, work, shard_of, names, files) for name in members}
+    for name in members:
+        write_member(members_dir, _member_plan(name, plan, work, shard_of, names, files), work.frame_lists[name])
     for name, error in plan["skipped"].items():
-        records[name] = {"member": name, "skipped": error, "frames": 0, "store": plan["store"],
-                         "namespaces": plan["namespaces"], "files": {e: [] for e in ENCODERS}}
-    if records_dir is not None:
-        for name, record in records.items():
-            _write_if_changed(Path(records_dir) / f"{name}.json", record)
-        records = {}
-    _write(out_dir, plan, members, work, keys, shard_of, names, records)
+        write_member(members_dir, skipped_member(name, error, plan["store"], plan["namespaces"]), "")
+    _write(out_dir, plan, members, work, keys, shard_of, names)
     _log(plan)
     return plan
 
@@ -218,39 +219,26 @@ def _new_shards(at, shard_of, names):
     return sorted({names[s] for s in shard_of[at[at >= 0]].tolist()})
 
 
-def _member_record(name, plan, work, shard_of, names, files):
-    """members/{name}.json: per encoder, the store files holding the member's frames (see the module
-    docstring: nothing in it changes once its frames are embedded)."""
+def _member_plan(name, plan, work, shard_of, names, files):
+    """The member's plan without its frame list: per encoder, the store files holding the member's frames
+    (see the module docstring: nothing in it changes once its frames are embedded)."""
     at = work.positions[name]
     new = at[at >= 0]
-    record = {"member": name, "frames": int(at.size), "store": plan["store"], "namespaces": plan["namespaces"],
+    member = {"member": name, "frames": int(at.size), "store": plan["store"], "namespaces": plan["namespaces"],
               "files": {}}
     for i, e in enumerate(ENCODERS):
         held = {files[e][f].name for f in work.stored_in[name][e]}
         held |= {f"{names[shard_of[a]]}.h5" for a in new.tolist() if work.needs[a][i]}
-        record["files"][e] = sorted(held)
-    return record
+        member["files"][e] = sorted(held)
+    return member
 
 
-def _write(out_dir, plan, members, work, keys, shard_of, names, records):
-    """The plan directory, written complete or not at all (`atomic_outputs`); `records`: {member: record}
-    to write into its members/ folder."""
+def _write(out_dir, plan, members, work, keys, shard_of, names):
+    """The plan directory, written complete or not at all (`atomic_outputs`)."""
     with atomic_outputs(out_dir) as (tmp,):
-        (tmp / "shards").mkdir(parents=True)
-        (tmp / "members").mkdir()
-        _write_shards(tmp / "shards", members, work, keys, shard_of, names)
-        for name, record in records.items():
-            _write_json(tmp / "members" / f"{name}.json", record)
-        _write_json(tmp / "plan.json", plan)
-
-
-def _write_if_changed(path, data):
-    """`data` as JSON into `path` (atomically), unless the file holds exactly that already."""
-    write_text_if_changed(path, json.dumps(data, indent=1) + "\n")
-
-
-def _write_json(path, data):
-    path.write_text(json.dumps(data, indent=1) + "\n")
+        (tmp / SHARDS).mkdir(parents=True)
+        _write_shards(tmp / SHARDS, members, work, keys, shard_of, names)
+        (tmp / PLAN_FILE).write_text(json.dumps(plan, indent=1) + "\n")
 
 
 def _write_shards(folder, members, work, keys, shard_of, names):
@@ -297,7 +285,7 @@ def _log(plan):
 
 def usable_members(members, statuses):
     """(members whose front end went through, {name: error} of the others, each logged as left out);
-    statuses: {name: prepare status file} (`prepare.prepare_sample`), or None."""
+    statuses: {name: prepare status file} (`prepare.prepare`), or None."""
     from virnucpro.io.status import read_status
 
     skipped = {name: error for name, path in (statuses or {}).items() if (error := read_status(path))}
@@ -306,18 +294,18 @@ def usable_members(members, statuses):
     return {name: frames for name, frames in members.items() if name not in skipped}, skipped
 
 
-def plan_run(members, out_dir, store, notes, device, tokens_per_shard=TOKENS_PER_SHARD, statuses=None,
-             float8_decision=None, records_dir=None):
+def plan(members, out_dir, members_dir, store, notes, device, tokens_per_shard=TOKENS_PER_SHARD, statuses=None,
+         float8_decision=None):
     """The `plan` step: the namespaces of the models the notes name (`virnucpro.io.notes`, checked to be
     current), on the device the embedding jobs will use (`device.planned_device`), then `plan_embeddings`.
     notes: {"esm2": note, "dnabert_s": note}, each a note or the path of a note file; statuses: {name:
-    prepare status file}: a member whose front end failed is left out (`prepare.prepare_sample`);
-    float8_decision: the float8 guard's decision file (`precision.check_float8`), when the run asked for
-    float8: ESM-2 is planned in the precision it names; records_dir: as `plan_embeddings`'s."""
+    prepare status file}: a member whose front end failed is left out (`prepare.prepare`);
+    float8_decision: the float8 guard's decision file (`check_float8`), when the run asked for float8:
+    ESM-2 is planned in the precision it names."""
     from virnucpro.device import planned_device
     from virnucpro.io.notes import check_note
-    from virnucpro.models.encoders import namespaces
-    from virnucpro.steps.precision import read_decision
+    from virnucpro.models.namespaces import namespaces
+    from virnucpro.steps.check_float8 import read_decision
 
     members, skipped = usable_members(members, statuses)
     planned = planned_device(device)
@@ -326,13 +314,13 @@ def plan_run(members, out_dir, store, notes, device, tokens_per_shard=TOKENS_PER
         raise VirNucProError("embed.precision float8 runs on CUDA GPUs only, but this plan is for the CPU "
                              f"(embed.device {device}); set embed.device to cuda, or the precision to float16")
     spaces = namespaces(check_note(notes["esm2"]), check_note(notes["dnabert_s"]), planned, float8=float8)
-    return plan_embeddings(members, out_dir, store, spaces, tokens_per_shard, planned, device, skipped,
-                           esm2_precision="float8" if float8 else None, records_dir=records_dir)
+    return plan_embeddings(members, out_dir, members_dir, store, spaces, tokens_per_shard, planned, device, skipped,
+                           esm2_precision="float8" if float8 else None)
 
 
-def write_receipt_list(receipts, out):
-    """Write the paths of a plan's shard receipts, one per line, to `out` (rule `embedded`): the one file
-    the steps that read the store wait for, so that their inputs stay the same files from run to run."""
+def list_receipts(receipts, out):
+    """Write the paths of a plan's shard receipts, one per line, to `out` (rule `list_receipts`): the one
+    file the steps that read the store wait for, so that their inputs stay the same files from run to run."""
     with atomic_outputs(out) as (tmp,):
         tmp.write_text("".join(f"{r}\n" for r in receipts))
     log.info("%d shard receipt(s) -> %s", len(receipts), out)

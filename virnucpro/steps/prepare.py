@@ -10,10 +10,10 @@ A sequence shorter than `min_length` bp is not cut: it gets no fragment and no f
 has `fragments` 0), because the classifier was trained on whole 300/500 bp fragments and is at chance
 level on much shorter ones. `min_length=None` means the fragment size; `min_length=0` cuts every
 sequence, exactly as the original does.
-Records are processed in batches of about `batch_bases` bases; memory is bounded by the batch and the
+Records are processed in groups of about `group_bases` bases; memory is bounded by the group and the
 longest single record, not by the input size: a record longer than `max_bp` is refused (`seqio`).
 
-`prepare_sample` is the step its rule and the CLI call: given a status file (the workflow), bad input is
+`prepare` is the step its rule and the CLI call: given a status file (the workflow), bad input is
 recorded there and the sample's outputs are written empty, so that the run's other samples go on.
 """
 
@@ -52,8 +52,8 @@ def resolve_min_length(min_length, fragment_size):
     return int(min_length)
 
 
-def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None, manifest=None,
-            batch_bases=1 << 22, max_bp=MAX_RECORD_BP, min_length=None):
+def cut_and_translate(input_path, fragment_size, out_dna, out_protein, out_fragments=None, manifest=None,
+            group_bases=1 << 22, max_bp=MAX_RECORD_BP, min_length=None):
     """Run the front end on `input_path`; returns `PrepareStats`. See the module docstring."""
     min_length = resolve_min_length(min_length, fragment_size)
     stats = PrepareStats()
@@ -62,15 +62,15 @@ def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None,
         handles = [None if p is None else open(p, "wb", buffering=1 << 20) for p in tmp]
         try:
             writer = _Writer(*handles)
-            batch, batch_len = [], 0
+            group, group_len = [], 0
             for rid, seq in read_sequences(input_path, max_bp=max_bp):
-                batch.append((rid, seq))
-                batch_len += len(seq)
-                if batch_len >= batch_bases:
-                    _process(batch, fragment_size, min_length, writer, stats)
-                    batch, batch_len = [], 0
+                group.append((rid, seq))
+                group_len += len(seq)
+                if group_len >= group_bases:
+                    _process(group, fragment_size, min_length, writer, stats)
+                    group, group_len = [], 0
                     last_report = _progress(stats, started, last_report)
-            _process(batch, fragment_size, min_length, writer, stats)
+            _process(group, fragment_size, min_length, writer, stats)
         finally:
             for h in handles:
                 if h is not None:
@@ -84,7 +84,7 @@ def prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=None,
     return stats
 
 
-def prepare_sample(input_path, fragment_size, out_dna, out_protein, manifest=None, status=None, out_fragments=None,
+def prepare(input_path, fragment_size, out_dna, out_protein, manifest=None, status=None, out_fragments=None,
                    max_bp=MAX_RECORD_BP, min_length=None):
     """The `prepare` step on one sample, as its rule and the CLI run it: `prepare`, and with `status`
     (JSON) the workflow's record of how it went, {"ok": true, and the counts}.
@@ -95,7 +95,7 @@ def prepare_sample(input_path, fragment_size, out_dna, out_protein, manifest=Non
     Without `status` the error is raised.
     """
     try:
-        stats = prepare(input_path, fragment_size, out_dna, out_protein, out_fragments=out_fragments,
+        stats = cut_and_translate(input_path, fragment_size, out_dna, out_protein, out_fragments=out_fragments,
                         manifest=manifest, max_bp=max_bp, min_length=min_length)
     except InputError as exc:
         if status is None:
@@ -130,20 +130,20 @@ class _Writer:
             manifest.write(("\t".join(MANIFEST_COLUMNS) + "\n").encode())
 
 
-def _process(batch, size, min_length, writer, stats):
-    """Fragments and kept frames of `batch`, written; a sequence shorter than `min_length` is not cut."""
-    if not batch:
+def _process(group, size, min_length, writer, stats):
+    """Fragments and kept frames of `group`, written; a sequence shorter than `min_length` is not cut."""
+    if not group:
         return
-    ids = [rid for rid, _ in batch]
-    lengths = np.fromiter((len(s) for _, s in batch), dtype=np.int64, count=len(batch))
+    ids = [rid for rid, _ in group]
+    lengths = np.fromiter((len(s) for _, s in group), dtype=np.int64, count=len(group))
     short = lengths < min_length
     owner, number, start, length = fragment_layout(np.where(short, 0, lengths), size)  # short: no fragment
     offsets = np.cumsum(lengths) - lengths
-    joined = b"".join(s for _, s in batch)
+    joined = b"".join(s for _, s in group)
     upper = joined.upper()
     codes = encode(upper, size)
     names = [f"{ids[o]}_chunk_{k}".encode() for o, k in zip(owner.tolist(), number.tolist())]
-    kept = np.zeros(len(batch), dtype=np.int64)
+    kept = np.zeros(len(group), dtype=np.int64)
     for lo in range(0, owner.size, FRAGMENT_WINDOW):
         hi = min(lo + FRAGMENT_WINDOW, owner.size)
         frames = six_frames(upper, codes, offsets[owner[lo:hi]] + start[lo:hi], length[lo:hi], size)
@@ -152,10 +152,10 @@ def _process(batch, size, min_length, writer, stats):
     if writer.fragments is not None:
         _write_fragments(writer.fragments, names, joined, offsets[owner] + start, length)
     if writer.manifest is not None:
-        rows = zip(ids, lengths.tolist(), np.bincount(owner, minlength=len(batch)).tolist(),
+        rows = zip(ids, lengths.tolist(), np.bincount(owner, minlength=len(group)).tolist(),
                    kept.tolist())
         writer.manifest.write("".join(f"{i}\t{n}\t{f}\t{k}\n" for i, n, f, k in rows).encode())
-    stats.sequences += len(batch)
+    stats.sequences += len(group)
     stats.bases += int(lengths.sum())
     stats.fragments += owner.size
     stats.frames += int(kept.sum())

@@ -1,15 +1,16 @@
 """Retraining the VirNucPro classifier with the original recipe (its `train.py`).
 
-`train_classifier(members, out_model, metrics_tsv, fragment_size, seed=42, max_epochs=200, patience=5)`:
-- members: labelled training sets, (frames.fna, frames.faa, plan record, label) tuples with label 1 =
-  viral and 0 = other; their features are read from the embedding store (`virnucpro.steps.merge`) and all
-  frames of all sets are pooled;
+`train(members, out_model, metrics_tsv, fragment_size, seed, max_epochs, patience)` (defaults in
+`virnucpro.defaults`):
+- members: labelled training sets, (member plan, label) pairs with label 1 = viral and 0 = other; their
+  features are read from the embedding store (`virnucpro.io.features`) and all frames of all sets are
+  pooled;
 - split: the rows are shuffled with `seed` and 10 % (int(N * 0.1)) are held out, the rest trained on;
-- recipe: `MLPClassifier` (xavier-uniform weights), CrossEntropyLoss, SGD lr 2e-4 momentum 0.9, batches
-  of 32 reshuffled every epoch, StepLR(step_size=10, gamma=0.85) stepped after every epoch; after each
-  epoch the held-out loss (mean over held-out batches of 32) is measured, and training stops when it
+- recipe: `MLPClassifier` (xavier-uniform weights), CrossEntropyLoss, SGD lr 2e-4 momentum 0.9,
+  minibatches of 32 reshuffled every epoch, StepLR(step_size=10, gamma=0.85) stepped after every epoch; after each
+  epoch the held-out loss (mean over held-out minibatches of 32) is measured, and training stops when it
   has not improved for `patience` epochs; the weights of the best epoch are restored (the original
-  meant to; its copy kept references to the live tensors). A final training batch of a single row is
+  meant to; its copy kept references to the live tensors). A final training minibatch of a single row is
   skipped, as BatchNorm cannot train on one row;
 - outputs, both atomic: the classifier in our safetensors format (loadable by `virnucpro.models.classifier.read_classifier`, with
   the fragment size in its metadata) and a metrics TSV (`metric`, `value`): accuracy, precision,
@@ -31,21 +32,21 @@ from virnucpro.models.mlp import MLPClassifier, write_classifier_file
 
 log = logging.getLogger("virnucpro")
 
-LR, MOMENTUM, BATCH = 2e-4, 0.9, 32
+LR, MOMENTUM, MINIBATCH = 2e-4, 0.9, 32
 STEP_SIZE, GAMMA = 10, 0.85
 HELD_OUT = 0.1
 
 
 def load_training_set(members):
     """(X float32 (N, D), y int64 (N,), sha256 over the features and labels) from labelled members:
-    (frames.fna, frames.faa, plan record, label) tuples, features read from the embedding store."""
-    from virnucpro.steps.merge import gather_features
+    (member plan, label) pairs, features read from the embedding store."""
+    from virnucpro.io.features import gather_features
 
     xs, ys, digest = [], [], hashlib.sha256()
-    for dna, protein, member, label in members:
+    for member, label in members:
         if label not in (0, 1):
             raise VirNucProError(f"{member}: label must be 0 (other) or 1 (viral), not {label!r}")
-        _, emb = gather_features(dna, protein, member)
+        _, emb = gather_features(member)
         if xs and emb.shape[0] and emb.shape[1] != xs[0].shape[1]:
             raise VirNucProError(
                 f"{member}: {emb.shape[1]} values per frame, other training sets have {xs[0].shape[1]}"
@@ -100,20 +101,20 @@ def binary_metrics(labels, predicted, scores):
 
 
 def _evaluate(model, x, y):
-    """(mean over batches of the batch-mean cross-entropy, predicted class, virus probability)."""
+    """(mean over minibatches of the minibatch-mean cross-entropy, predicted class, virus probability)."""
     model.eval()
     losses, predicted, virus = [], [], []
     with torch.no_grad():
-        for lo in range(0, x.shape[0], BATCH):
-            logits = model(x[lo : lo + BATCH])
-            losses.append(F.cross_entropy(logits, y[lo : lo + BATCH]).item())
+        for lo in range(0, x.shape[0], MINIBATCH):
+            logits = model(x[lo : lo + MINIBATCH])
+            losses.append(F.cross_entropy(logits, y[lo : lo + MINIBATCH]).item())
             predicted.append(logits.argmax(dim=1))
             virus.append(F.softmax(logits, dim=1)[:, 1])
     return float(np.mean(losses)), torch.cat(predicted).numpy(), torch.cat(virus).numpy()
 
 
-def train_classifier(members, out_model, metrics_tsv, fragment_size, seed=TRAIN_SEED, max_epochs=TRAIN_MAX_EPOCHS,
-                     patience=TRAIN_PATIENCE):
+def train(members, out_model, metrics_tsv, fragment_size, seed=TRAIN_SEED, max_epochs=TRAIN_MAX_EPOCHS,
+          patience=TRAIN_PATIENCE):
     """Train, write the classifier and the metrics table; returns the metrics dict. See the module docstring."""
     x_all, y_all, inputs_sha256 = load_training_set(members)
     (x_train, y_train), (x_held, y_held) = _split(x_all, y_all, seed)
@@ -179,15 +180,15 @@ def _fit(model, train, held, seed, max_epochs, patience):
 
 
 def _train_epoch(model, optimizer, x, y, shuffler):
-    """One pass over `x` in batches of BATCH drawn by `shuffler` (a last batch of one row is skipped);
-    returns the batch losses."""
+    """One pass over `x` in minibatches of MINIBATCH drawn by `shuffler` (a last one of one row is skipped);
+    returns the minibatch losses."""
     model.train()
     running = []
-    for batch in torch.randperm(len(y), generator=shuffler).split(BATCH):
-        if batch.numel() < 2:
+    for rows in torch.randperm(len(y), generator=shuffler).split(MINIBATCH):
+        if rows.numel() < 2:
             continue
         optimizer.zero_grad()
-        loss = F.cross_entropy(model(x[batch]), y[batch])
+        loss = F.cross_entropy(model(x[rows]), y[rows])
         loss.backward()
         optimizer.step()
         running.append(loss.item())

@@ -3,17 +3,15 @@
 
 rule classify:
     input:
-        dna=rules.prepare.output.dna,
-        protein=rules.prepare.output.protein,
-        member=lambda wildcards: member_record(wildcards.sample),
+        member=lambda wildcards: member_plan(wildcards.sample),
         embedded=lambda wildcards: embedded(
-            wildcards.sample, f"{RESULTS}/{wildcards.sample}/prediction_results.tsv"
+            wildcards.sample, sample_file(layout.PREDICTIONS, wildcards.sample)
         ),
         classifier=note("classifier"),
     output:
-        f"{RESULTS}/{{sample}}/prediction_results.tsv",
+        sample_file(layout.PREDICTIONS),
     log:
-        f"{RESULTS}/{{sample}}/logs/classify.log",
+        sample_file("logs/classify.log"),
     conda:
         "../../envs/virnucpro.yaml"
     threads: threads_by_size(rules.prepare.output.protein, mb_per_thread=2, most=8)

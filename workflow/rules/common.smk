@@ -16,7 +16,7 @@ if (SOURCE_TREE / "virnucpro" / "__init__.py").is_file():
     sys.path.insert(0, str(SOURCE_TREE))
 
 try:
-    from virnucpro.io.checksums import SUFFIX as CHECKSUM_RECORD
+    from virnucpro.io.checksums import SUFFIX as CHECKSUM_SUFFIX
     from virnucpro.config import (
         check_classifier,
         check_models,
@@ -25,8 +25,10 @@ try:
         validate_config,
     )
     from virnucpro.errors import VirNucProError
+    from virnucpro.steps.models import KINDS as MODEL_KINDS
     from virnucpro.device import check_device, float8_problem
     from virnucpro.io.status import read_status
+    from virnucpro import layout
 except ModuleNotFoundError as exc:
     if exc.name != "virnucpro":
         raise
@@ -51,22 +53,35 @@ STORE = config["embed"]["store"]
 FLOAT8 = config["embed"]["precision"] == "float8"
 if FLOAT8 and config["embed"]["device"] == "cpu":
     sys.exit(f"configuration error: {float8_problem('cpu')}")
-# the pooled embedding stage: {EMBEDDING}/{batch}/plan, done/, logs/, benchmarks/
-EMBEDDING = f"{RESULTS}/embedding"
-# whole-run files
-RUN_FILES = [
-    "overview.tsv",
-    "unfinished.tsv",
-    "models.tsv",
-    "parameters.tsv",
-    "all_sequences.tsv",
-    "all_viral_regions.tsv",
-    "provenance.json",
-]
-
-
+# the pooled embedding stage of each pool: its plan, members, receipts, logs (virnucpro.layout)
+EMBEDDING = f"{RESULTS}/{layout.EMBEDDING}"
 # the classifier `snakemake train` writes; models.classifier may name it before it exists
-TRAINED = f"{RESULTS}/train/{FRAGMENT_SIZE}_model.safetensors"
+TRAINED = f"{RESULTS}/{layout.TRAINED.format(fragment_size=FRAGMENT_SIZE)}"
+
+
+def sample_file(path, sample="{sample}"):
+    """A file of a sample's folder (`path` from virnucpro.layout); by default the {sample} pattern."""
+    return f"{RESULTS}/{sample}/{path}"
+
+
+def pool_file(path, pool="{pool}"):
+    """A file of a pool's embedding folder (`path` from virnucpro.layout); by default the {pool} pattern."""
+    return f"{EMBEDDING}/{pool}/{path}"
+
+
+def shown(output, folder, category, subcategory=None):
+    """A `virnucpro.layout.Output` under `folder`, as `report()` shows it where it has a caption."""
+    path = f"{folder}/{output.path}"
+    if output.caption is None:
+        return path
+    labels = {"result": output.result, **({"form": output.form} if output.form else {})}
+    return report(
+        path,
+        caption=f"../report/{output.caption}.rst",
+        category=category,
+        subcategory=subcategory,
+        labels=labels,
+    )
 
 
 def model_path(key):
@@ -81,7 +96,7 @@ def model_path(key):
 
 try:
     check_models(
-        {key: model_path(key) for key in ("esm2", "dnabert_s", "classifier")},
+        {key: model_path(key) for key in MODEL_KINDS},
         MODELS,
         made_here=[TRAINED],
     )
@@ -106,7 +121,7 @@ def check_devices():
 def note(kind):
     """The `models` step's note of a model (virnucpro.io.notes), named after the source's path."""
     source = str(Path(model_path(kind)).resolve())
-    return f"{MODELS}/notes/{kind}-{hashlib.sha1(source.encode()).hexdigest()[:8]}.json"
+    return f"{MODELS}/{layout.NOTES}/{kind}-{hashlib.sha1(source.encode()).hexdigest()[:8]}.json"
 
 
 def stamp(kind):
@@ -115,7 +130,7 @@ def stamp(kind):
     model runs again."""
     path = Path(model_path(kind))
     files = sorted(path.iterdir()) if path.is_dir() else [path]
-    files = [p for p in files if p.is_file() and not p.name.endswith(CHECKSUM_RECORD)]
+    files = [p for p in files if p.is_file() and not p.name.endswith(CHECKSUM_SUFFIX)]
     return [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
 
 
@@ -126,51 +141,51 @@ def sample_input(wildcards):
     return TRAIN_SETS[wildcards.sample]
 
 
-def batch_of(name):
-    """The embedding plan a member belongs to: "samples", or "train" for the training sets."""
+def pool_of(name):
+    """The pool a member belongs to: "samples", or "train" for the training sets."""
     return "samples" if name in SAMPLES else "train"
 
 
-def batch_members(batch):
-    return list(SAMPLES if batch == "samples" else TRAIN_SETS)
+def pool_members(pool):
+    return list(SAMPLES if pool == "samples" else TRAIN_SETS)
 
 
-def batch_files(name):
-    """Input function: a file of `prepare` (frames.fna, frames.faa, status.json) of every member of the
-    plan's batch."""
+def prepared(name):
+    """Input function: the file `name` of `prepare` (virnucpro.layout.PREPARE) of every member of the pool."""
     return lambda wildcards: [
-        f"{RESULTS}/{m}/prepare/{name}" for m in batch_members(wildcards.batch)
+        sample_file(layout.PREPARE[name], m) for m in pool_members(wildcards.pool)
     ]
 
 
-def member_record(name):
-    """The plan's record of a member (after the plan checkpoint has run). It lies outside the plan
-    directory, and the plan rewrites it only where its content changed (virnucpro.steps.plan).
-    """
-    checkpoints.plan.get(batch=batch_of(name))
-    return f"{EMBEDDING}/{batch_of(name)}/members/{name}.json"
+def member_plan(name):
+    """A member's plan (virnucpro.io.members), after the plan checkpoint has run: beside the plan, and
+    rewritten only where its content changed (virnucpro.steps.plan)."""
+    checkpoints.plan.get(pool=pool_of(name))
+    return pool_file(f"{layout.MEMBERS}/{name}.json", pool_of(name))
 
 
 def plan_receipts(wildcards):
-    """Input of `embedded`: the receipts of every shard of the batch's plan (after the plan has run)."""
-    plan = checkpoints.plan.get(batch=wildcards.batch).output[0]
-    shards = json.loads(Path(plan, "plan.json").read_text())["shards"]
-    return [f"{EMBEDDING}/{wildcards.batch}/done/{s['name']}.json" for s in shards]
+    """Input of `list_receipts`: the receipts of every shard of the pool's plan (after the plan has run)."""
+    plan = checkpoints.plan.get(pool=wildcards.pool).output[0]
+    shards = json.loads(Path(plan, layout.PLAN_FILE).read_text())["shards"]
+    return [pool_file(f"{layout.RECEIPTS}/{s['name']}.json") for s in shards]
 
 
 def embedded(name, output=None):
-    """Input: the batch's list of receipts (rule `embedded`); after the plan checkpoint has run. A step
-    reading a member's features (making `output`) waits for every shard of the plan. The list is
-    ancient input when nothing of the member is to embed and its record is not newer than `output`:
-    then shards embedded for other members (an added sample) do not make the step run again. Otherwise
-    it is plain input, so that Snakemake runs the step (an ancient input whose producer runs hides the
-    step's own reasons to run)."""
-    plan = checkpoints.plan.get(batch=batch_of(name)).output[0]
-    receipts = f"{EMBEDDING}/{batch_of(name)}/embedded.txt"
-    pending = json.loads(Path(plan, "plan.json").read_text())["member_shards"].get(name)
-    record, out = Path(member_record(name)), Path(output or "")
+    """Input: the pool's list of receipts (rule `list_receipts`); after the plan checkpoint has run. A
+    step reading a member's features (making `output`) waits for every shard of the plan. The list is
+    ancient input when nothing of the member is to embed and its plan is not newer than `output`: then
+    shards embedded for other members (an added sample) do not make the step run again. Otherwise it is
+    plain input, so that Snakemake runs the step (an ancient input whose producer runs hides the step's
+    own reasons to run)."""
+    plan = checkpoints.plan.get(pool=pool_of(name)).output[0]
+    receipts = pool_file(layout.RECEIPT_LIST, pool_of(name))
+    pending = json.loads(Path(plan, layout.PLAN_FILE).read_text())["member_shards"].get(
+        name
+    )
+    member, out = Path(member_plan(name)), Path(output or "")
     current = (
-        output and out.is_file() and record.stat().st_mtime_ns <= out.stat().st_mtime_ns
+        output and out.is_file() and member.stat().st_mtime_ns <= out.stat().st_mtime_ns
     )
     return [ancient(receipts)] if current and pending == [] else [receipts]
 
@@ -191,32 +206,13 @@ def threads_by_size(path, mb_per_thread, most):
 
 def float8_decision(wildcards):
     """Input function of the plan: the float8 guard's decision, for the samples of a float8 run."""
-    if FLOAT8 and wildcards.batch == "samples":
-        return f"{EMBEDDING}/samples/float8_check.json"
+    if FLOAT8 and wildcards.pool == "samples":
+        return pool_file(layout.FLOAT8_DECISION, "samples")
     return []
 
 
-SAMPLE_RESULTS = [
-    "prediction_results.tsv",
-    "fragment_calls.tsv",
-    "sequence_summary.tsv",
-    "viral_regions.tsv",
-    "viral.fna",
-    "viral_regions.fna",
-    "viral_regions.gff3",
-    "tracks/virus_score.bedGraph",
-    "tracks/viral_regions.bed",
-    "prediction_results.txt",
-    "prediction_results_highestscore.csv",
-    "plots/score_histogram.png",
-    "plots/score_along_sequences.png",
-    "report/sequence_summary.html",
-    "report/viral_regions.html",
-]
-
-
 def status_file(sample):
-    return f"{RESULTS}/{sample}/prepare/status.json"
+    return sample_file(layout.PREPARE["status"], sample)
 
 
 def recorded_failure(sample):
@@ -230,7 +226,7 @@ def front_end_failed():
     Snakemake's IncompleteCheckpointException until the samples' plan checkpoint is complete and up to
     date: the plan reads every status, so then each one is current (a fixed input has been prepared
     again)."""
-    checkpoints.plan.get(batch="samples")
+    checkpoints.plan.get(pool="samples")
     statuses = {s: read_status(status_file(s)) for s in SAMPLES}
     return {s: error for s, error in statuses.items() if error}
 
@@ -240,7 +236,7 @@ def finished(name):
 
     def files(wildcards):
         failed = front_end_failed()
-        return [f"{RESULTS}/{s}/{name}" for s in SAMPLES if s not in failed]
+        return [sample_file(name, s) for s in SAMPLES if s not in failed]
 
     return files
 
@@ -253,11 +249,12 @@ def all_results(wildcards):
     was fixed still gets all its results in this run, through the overview, which waits for the plan
     and then asks for the summary of every sample whose front end went through (`finished`).
     """
-    files = [f"{RESULTS}/{name}" for name in RUN_FILES]
-    files += [f"{RESULTS}/float8_check.tsv"] if FLOAT8 else []
+    files = [f"{RESULTS}/{output.path}" for output in layout.OVERVIEW.values()]
+    files += [f"{RESULTS}/{layout.FLOAT8_TABLE.path}"] if FLOAT8 else []
+    summary = [output.path for output in layout.SUMMARY.values()]
     for s in SAMPLES:
-        names = ["prediction_results.tsv"] if recorded_failure(s) else SAMPLE_RESULTS
-        files += [f"{RESULTS}/{s}/{name}" for name in names]
+        names = [layout.PREDICTIONS] + ([] if recorded_failure(s) else summary)
+        files += [sample_file(name, s) for name in names]
     return files
 
 
@@ -266,12 +263,12 @@ def finished_receipts(wildcards):
     whose front end went through (after the plan: plan.json's member_shards), for the run's provenance.
     """
     failed = front_end_failed()
-    plan = checkpoints.plan.get(batch="samples").output[0]
-    pending = json.loads(Path(plan, "plan.json").read_text())["member_shards"]
+    plan = checkpoints.plan.get(pool="samples").output[0]
+    pending = json.loads(Path(plan, layout.PLAN_FILE).read_text())["member_shards"]
     shards = dict.fromkeys(
         s for m in SAMPLES if m not in failed for s in pending.get(m, [])
     )
-    return [f"{EMBEDDING}/samples/done/{s}.json" for s in shards]
+    return [pool_file(f"{layout.RECEIPTS}/{s}.json", "samples") for s in shards]
 
 
 def run_settings():
@@ -286,20 +283,15 @@ def run_settings():
     return flat
 
 
-def training(label, part):
-    """Input function: for every training set with `label` (viral or other), in order, its frames
-    (part "fna" or "faa"), its plan record ("member") or its shards' receipts ("embedded").
-    """
+def training(label):
+    """Input function: the member plan of every training set with `label` (viral or other), in order."""
     names = [n for n in TRAIN_SETS if n.startswith(f"train-{label}-")]
+    return lambda wildcards: [member_plan(n) for n in names]
 
-    def inputs(wildcards):
-        if part == "member":
-            return [member_record(n) for n in names]
-        if part == "embedded":
-            return embedded(names[0]) if names else []  # plain input: no output given
-        return [f"{RESULTS}/{n}/prepare/frames.{part}" for n in names]
 
-    return inputs
+def training_embedded(wildcards):
+    """Input function: the training sets' list of receipts (plain input: no output given)."""
+    return embedded(next(iter(TRAIN_SETS))) if TRAIN_SETS else []
 
 
 INTERRUPTED = []  # the signals that reached Snakemake during the run (note_interrupts)
@@ -327,13 +319,11 @@ def run_summary():
     """After a failed run: the samples that did not finish and why (interrupted, when a signal stopped
     the run), and the models still missing (URL, destination, setting), in one block at the end.
     """
-    from virnucpro.steps.fetch import missing_models
-    from virnucpro.steps.outcome import unfinished
+    from virnucpro.steps.models import missing_models
+    from virnucpro.steps.unfinished import unfinished
 
     interrupted = INTERRUPTED[0] if INTERRUPTED else None
     lines = unfinished(RESULTS, list(SAMPLES), interrupted)
-    lines += missing_models(
-        {k: model_path(k) for k in ("esm2", "dnabert_s", "classifier")}
-    )
+    lines += missing_models({k: model_path(k) for k in MODEL_KINDS})
     if lines:
         print("\n".join(lines), file=sys.stderr)

@@ -15,7 +15,7 @@ rule download_esm2:
         name="esm2_t[0-9]+_[0-9]+[MB]_UR50D",
     localrule: True
     conda:
-        "../../envs/cpu.yaml"
+        "../../envs/virnucpro.yaml"
     threads: 1
     params:
         kind="esm2",
@@ -30,7 +30,7 @@ rule download_dnabert_s:
         f"{MODELS}/logs/download_DNABERT-S.log",
     localrule: True
     conda:
-        "../../envs/cpu.yaml"
+        "../../envs/virnucpro.yaml"
     threads: 1
     params:
         kind="dnabert_s",
@@ -47,7 +47,7 @@ rule download_classifier:
         size="300|500",
     localrule: True
     conda:
-        "../../envs/cpu.yaml"
+        "../../envs/virnucpro.yaml"
     threads: 1
     params:
         kind="classifier",
@@ -55,32 +55,26 @@ rule download_classifier:
         "../../scripts/download_model.py"
 
 
-# One note rule per kind of model, alike but for the kind: convert_esm2, check_dnabert_s, convert_classifier.
-for _kind, _rule in (
-    ("esm2", "convert_esm2"),
-    ("dnabert_s", "check_dnabert_s"),
-    ("classifier", "convert_classifier"),
-):
-
-    rule:
-        name:
-            _rule
-        input:
-            model_path(_kind),
-        output:
-            note(_kind),
-        log:
-            f"{MODELS}/logs/{_rule}.log",
-        localrule: True
-        conda:
-            "../../envs/virnucpro.yaml"
-        threads: 1
-        params:
-            kind=_kind,
-            stamp=stamp(_kind),
-            float8=_kind == "esm2" and FLOAT8,  # ESM-2's float8 file too (embed.precision)
-        script:
-            "../../scripts/note_model.py"
+# The note of each kind of model (esm2, dnabert_s, classifier), made from the file the config names.
+rule note_model:
+    input:
+        lambda wildcards: model_path(wildcards.kind),
+    output:
+        f"{MODELS}/notes/{{kind}}-{{source}}.json",
+    log:
+        f"{MODELS}/logs/note_model_{{kind}}-{{source}}.log",
+    wildcard_constraints:
+        kind="|".join(MODEL_KINDS),
+        source="[0-9a-f]{8}",
+    localrule: True
+    conda:
+        "../../envs/virnucpro.yaml"
+    threads: 1
+    params:
+        stamp=lambda wildcards: stamp(wildcards.kind),
+        float8=FLOAT8,  # the float8 form too, of a kind that has one (ESM-2; embed.precision)
+    script:
+        "../../scripts/note_model.py"
 
 
 rule models:

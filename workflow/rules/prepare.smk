@@ -7,12 +7,9 @@ rule prepare:
     input:
         fasta=sample_input,
     output:
-        dna=f"{RESULTS}/{{sample}}/prepare/frames.fna",
-        protein=f"{RESULTS}/{{sample}}/prepare/frames.faa",
-        manifest=f"{RESULTS}/{{sample}}/prepare/sequences.tsv",
-        status=f"{RESULTS}/{{sample}}/prepare/status.json",
+        **{name: sample_file(path) for name, path in layout.PREPARE.items()},
     log:
-        f"{RESULTS}/{{sample}}/logs/prepare.log",
+        sample_file("logs/prepare.log"),
     conda:
         "../../envs/cpu.yaml"
     threads: 1

@@ -1,22 +1,17 @@
-# Retraining: labelled inputs go through the same front end and embedding stage as samples (as
-# training sets train-viral-N / train-other-N, in a plan of their own), then the classifier is trained
-# on their features.
+# Retraining (`snakemake train`): labelled inputs go through the same front end and embedding stage as
+# samples (as training sets train-viral-N / train-other-N, in a pool of their own), then the classifier
+# is trained on their features.
 
 
-rule train_classifier:
+rule train:
     input:
-        viral_dna=training("viral", "fna"),
-        viral_protein=training("viral", "faa"),
-        viral_member=training("viral", "member"),
-        viral_embedded=training("viral", "embedded"),
-        other_dna=training("other", "fna"),
-        other_protein=training("other", "faa"),
-        other_member=training("other", "member"),
-        other_embedded=training("other", "embedded"),
+        viral=training("viral"),
+        other=training("other"),
+        embedded=training_embedded,
     output:
-        model=f"{RESULTS}/train/{FRAGMENT_SIZE}_model.safetensors",
+        model=TRAINED,
         metrics=report(
-            f"{RESULTS}/train/metrics.tsv",
+            f"{RESULTS}/{layout.TRAIN_METRICS}",
             caption="../report/train_metrics.rst",
             category="Training",
             labels={"table": "held-out metrics"},
@@ -31,9 +26,3 @@ rule train_classifier:
         seed=config["train"]["seed"],
     script:
         "../../scripts/train.py"
-
-
-rule train:
-    input:
-        rules.train_classifier.output,
-    localrule: True

@@ -14,11 +14,11 @@ from tests.stored_features import random_frames
 from tests.tiny_dnabert import build_tiny_dnabert
 from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint
 from virnucpro.errors import VirNucProError
-from virnucpro.io.converted import model_note
+from virnucpro.steps.models import make_note
 from virnucpro.io.store import frame_key
 from virnucpro.io.tables import read_tsv
-from virnucpro.steps import precision
-from virnucpro.steps.plan import plan_run
+from virnucpro.steps import check_float8 as precision
+from virnucpro.steps.plan import plan as plan_step
 
 
 def _members(tmp_path, sizes):
@@ -41,9 +41,9 @@ def notes(tmp_path_factory):
     dnabert, _, _ = build_tiny_dnabert(d / "DNABERT-S-tiny", hidden_size=DNA_DIM)
     make_original_classifier(d / "500_model.pth", input_dim=DNA_DIM + ESM_DIM)
     models_dir = d / "models"  # not where the files are: they are the user's own, not placed downloads
-    return {"esm2": model_note("esm2", esm, models_dir, float8=True),
-            "dnabert_s": model_note("dnabert_s", dnabert, models_dir),
-            "classifier": model_note("classifier", d / "500_model.pth", models_dir)}
+    return {"esm2": make_note("esm2", esm, models_dir, float8=True),
+            "dnabert_s": make_note("dnabert_s", dnabert, models_dir),
+            "classifier": make_note("classifier", d / "500_model.pth", models_dir)}
 
 
 def test_calibration_frames_are_chosen_by_content_and_spread_over_members(tmp_path):
@@ -62,7 +62,8 @@ def test_calibration_frames_are_chosen_by_content_and_spread_over_members(tmp_pa
 def test_the_guard_measures_decides_and_keeps_its_measurement(tmp_path, notes, caplog):
     members = _members(tmp_path, [20, 9])
     store, decision, table = tmp_path / "store", tmp_path / "decision.json", tmp_path / "check.tsv"
-    outcome = precision.check_float8(members, notes, store, decision, table, frames=16, device="cpu")
+    outcome = precision.check_float8(members, notes, store, {"decision": decision, "table": table},
+                                     {**precision.CHECK, "frames": 16}, device="cpu")
     header, rows = read_tsv(table)
     assert header == precision.TABLE_COLUMNS and len(rows) == 16
     cos = np.array([float(r[2]) for r in rows])
@@ -79,8 +80,8 @@ def test_the_guard_measures_decides_and_keeps_its_measurement(tmp_path, notes, c
     original = precision.measure
     try:
         precision.measure = lambda *a, **k: calls.append(a) or original(*a, **k)
-        again = precision.check_float8(members, notes, store, decision, table, frames=16, device="cpu",
-                                       min_cosine=1.0)
+        again = precision.check_float8(members, notes, store, {"decision": decision, "table": table},
+                                       {**precision.CHECK, "frames": 16, "min_cosine": 1.0}, device="cpu")
     finally:
         precision.measure = original
     assert calls == [] and read_tsv(table)[1] == rows
@@ -102,15 +103,17 @@ def test_the_plan_follows_the_decision_and_float8_stays_on_cuda(tmp_path, notes)
     members = _members(tmp_path, [6])
     decision = tmp_path / "decision.json"
     decision.write_text(json.dumps({"precision": "float16"}))
-    plan = plan_run(members, tmp_path / "plan16", tmp_path / "store", notes, "cpu", float8_decision=decision)
+    plan = plan_step(members, tmp_path / "plan16", tmp_path / "members", tmp_path / "store", notes, "cpu",
+                    float8_decision=decision)
     assert plan["esm2_precision"] == "float32"
     decision.write_text(json.dumps({"precision": "float8"}))
     with pytest.raises(VirNucProError, match="float8 runs on CUDA GPUs only"):
-        plan_run(members, tmp_path / "plan8", tmp_path / "store", notes, "cpu", float8_decision=decision)
+        plan_step(members, tmp_path / "plan8", tmp_path / "members", tmp_path / "store", notes, "cpu",
+                 float8_decision=decision)
 
 
 def test_a_float8_namespace_differs_from_float16(notes):
-    from virnucpro.models.encoders import namespaces
+    from virnucpro.models.namespaces import namespaces
 
     plain = namespaces(notes["esm2"], notes["dnabert_s"], "cuda")
     float8 = namespaces(notes["esm2"], notes["dnabert_s"], "cuda", float8=True)

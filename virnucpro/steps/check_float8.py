@@ -1,18 +1,19 @@
 """The float8 guard: a run asked for `embed.precision: float8` embeds in float8 only after measuring, on
 its own frames and with its own classifier, that float8 calls what float16 calls.
 
-`check_float8(members, notes, store, decision, table, ...)`:
+`check_float8(members, notes, store, outputs, check, ...)`:
 
 1. takes a deterministic calibration subset of the run's frames (`calibration_frames`): from every member
-   the frames with the smallest content keys (`store.frame_key`), an equal share each, then the `frames`
-   smallest of those; the same frames give the same subset whatever their order or file;
+   the frames with the smallest content keys (`store.frame_key`), an equal share each, then the
+   `check["frames"]` smallest of those; the same frames give the same subset whatever their order or file;
 2. embeds them with ESM-2 in float16 and in float8 (the models step's two converted files) and with
    DNABERT-S once, scores both feature sets with the run's classifier (features DNABERT-S then ESM-2, as
    classify builds them), and measures per frame the cosine of the two ESM-2 embeddings, both virus
    scores, their difference and whether the two calls (argmax, as `prediction_results` calls a frame) agree;
-3. writes `table` (one row per frame, `TABLE_COLUMNS`) and `decision` (JSON: the precision the plan is to
-   use, why, and the summary): float8 only if the call agreement is at least `min_call_agreement` and the
-   smallest cosine at least `min_cosine`, otherwise float16 with one warning line saying why.
+3. writes `outputs["table"]` (one row per frame, `TABLE_COLUMNS`) and `outputs["decision"]` (JSON: the
+   precision the plan is to use, why, and the summary): float8 only if the call agreement is at least
+   `check["min_call_agreement"]` and the smallest cosine at least `check["min_cosine"]`, otherwise
+   float16 with one warning line saying why (`check`: config.yaml's embed.float8_check).
 
 The measurement is kept in the embedding store (`{store}/float8-checks/{key}.tsv`), keyed by the model
 checksums, the device type and the calibration frames: a rerun, or another project on the same store with
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.defaults import FLOAT8_CHECK_FRAMES, FLOAT8_MIN_CALL_AGREEMENT, FLOAT8_MIN_COSINE
+from virnucpro.defaults import CONFIG, FLOAT8_CHECK_FRAMES, FLOAT8_MIN_CALL_AGREEMENT, FLOAT8_MIN_COSINE
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
 from virnucpro.io.notes import check_note, source_sha256
@@ -40,10 +41,10 @@ log = logging.getLogger("virnucpro")
 TABLE_COLUMNS = ["frame", "key", "cosine", "virus_score_float16", "virus_score_float8", "score_difference",
                  "call_float16", "call_float8", "agree"]
 CHECKS_FOLDER = "float8-checks"
-FRAMES, MIN_CALL_AGREEMENT, MIN_COSINE = FLOAT8_CHECK_FRAMES, FLOAT8_MIN_CALL_AGREEMENT, FLOAT8_MIN_COSINE
+CHECK = CONFIG["embed"]["float8_check"]  # frames, min_call_agreement, min_cosine
 
 
-def calibration_frames(members, frames=FRAMES):
+def calibration_frames(members, frames=FLOAT8_CHECK_FRAMES):
     """[(label "member:frame id", key, nucleotide, protein)] of the calibration subset, ordered by key.
 
     members: {name: (frames.fna, frames.faa)}. Each member offers its ceil(frames / members) frames of
@@ -71,12 +72,12 @@ def check_key(notes, device_type, keys):
     return h.hexdigest()
 
 
-def measure(frames, notes, device, esm2_tokens_per_batch=None, dnabert_tokens_per_batch=None):
+def measure(frames, notes, device, tokens_per_batch=None):
     """The table rows (`TABLE_COLUMNS`) of `frames` (`calibration_frames`) on `device` (a torch device)."""
     from virnucpro.models.classifier import LABELS, classifier_of
     from virnucpro.steps.embed import embed_calibration
 
-    esm16, esm8, dna = embed_calibration(frames, notes, device, esm2_tokens_per_batch, dnabert_tokens_per_batch)
+    esm16, esm8, dna = embed_calibration(frames, notes, device, tokens_per_batch)
     clf = classifier_of(notes["classifier"])
     p16 = clf.scores(np.concatenate([dna, esm16], axis=1))
     p8 = clf.scores(np.concatenate([dna, esm8], axis=1))
@@ -88,7 +89,7 @@ def measure(frames, notes, device, esm2_tokens_per_batch=None, dnabert_tokens_pe
             for (label, key, _, _), c, a, b, x, y in zip(frames, cos, p16[:, 1], p8[:, 1], call16, call8)]
 
 
-def summarize_check(rows, min_call_agreement=MIN_CALL_AGREEMENT, min_cosine=MIN_COSINE):
+def summarize_check(rows, min_call_agreement=FLOAT8_MIN_CALL_AGREEMENT, min_cosine=FLOAT8_MIN_COSINE):
     """The decision of a measurement: {"precision", "reason", "frames", "min_cosine", "median_cosine",
     "call_agreement", "max_score_difference", thresholds}."""
     if not rows:
@@ -113,13 +114,12 @@ def summarize_check(rows, min_call_agreement=MIN_CALL_AGREEMENT, min_cosine=MIN_
             f"cosine {cos.min():.6f}", **summary}
 
 
-def check_float8(members, notes, store, decision, table, frames=FRAMES, min_call_agreement=MIN_CALL_AGREEMENT,
-                 min_cosine=MIN_COSINE, device="auto", statuses=None, esm2_tokens_per_batch=None,
-                 dnabert_tokens_per_batch=None):
+def check_float8(members, notes, store, outputs, check=CHECK, device="auto", statuses=None, tokens_per_batch=None):
     """The guard step (module docstring). members: {name: (frames.fna, frames.faa)}; statuses: {name:
     prepare status file} (a member whose front end failed is left out, as the plan leaves it out); notes:
     {"esm2", "dnabert_s", "classifier"}, notes or their paths, the ESM-2 note naming a float8 file (the
-    models step with embed.precision float8)."""
+    models step with embed.precision float8); outputs: {"decision", "table"}; tokens_per_batch: as
+    `embed`'s."""
     from virnucpro.device import resolve_device
     from virnucpro.steps.plan import usable_members
 
@@ -128,23 +128,23 @@ def check_float8(members, notes, store, decision, table, frames=FRAMES, min_call
     if not notes["esm2"].get("float8_file"):
         raise VirNucProError(f"{notes['esm2']['source']}: the models step made no float8 file for it "
                              "(embed.precision float8 asks for one); run the workflow's models step again")
-    chosen = calibration_frames(members, frames)
+    chosen = calibration_frames(members, check["frames"])
     device = resolve_device(device)
     key = check_key(notes, device.type, [f[1] for f in chosen])
     kept = Path(store) / CHECKS_FOLDER / f"{key}.tsv"
     rows = _read_kept(kept)
     if rows is None:
         log.info("float8 check: %d calibration frames of %d member(s) on %s", len(chosen), len(members), device)
-        rows = measure(chosen, notes, device, esm2_tokens_per_batch, dnabert_tokens_per_batch)
+        rows = measure(chosen, notes, device, tokens_per_batch)
         kept.parent.mkdir(parents=True, exist_ok=True)
         with atomic_outputs(kept) as (tmp,):
             write_tsv(tmp, TABLE_COLUMNS, rows)
     else:
         log.info("float8 check: the measurement of these %d frames and models is kept in %s", len(rows), kept)
-    outcome = {**summarize_check(rows, min_call_agreement, min_cosine), "measurement": str(kept)}
+    outcome = {**summarize_check(rows, check["min_call_agreement"], check["min_cosine"]), "measurement": str(kept)}
     (log.info if outcome["precision"] == "float8" else log.warning)(
         "embedding in %s: %s", outcome["precision"], outcome["reason"])
-    with atomic_outputs(decision, table) as (t_decision, t_table):
+    with atomic_outputs(outputs["decision"], outputs["table"]) as (t_decision, t_table):
         t_decision.write_text(json.dumps(outcome, indent=1) + "\n")
         write_tsv(t_table, TABLE_COLUMNS, rows)
     return outcome

@@ -1,7 +1,7 @@
 """The files of the whole run that the report's front page shows (`write_run_files`, all together or
 none):
 - `overview.tsv`: one row per sample, in the order given: `sample`; `status`, `finished` or why the
-  sample did not finish (`outcome.sample_reason`), the counts then empty; `sequences` and `bp` (their
+  sample did not finish (`unfinished.sample_reason`), the counts then empty; `sequences` and `bp` (their
   total length); `classified` (sequences with status `classified`) and `no_call` (every other status:
   no call was made); `viral_sequences` (called viral) and `viral_sequence_bp` (their total length);
   `viral_regions` and `viral_region_bp` (the bases inside them); `median_virus_score`, the median of
@@ -20,7 +20,7 @@ none):
 - `models.html`: models.tsv as an HTML fragment, each sha256 shortened with the full value in its
   tooltip (`models_html`);
 - `parameters.tsv`: `setting, value`;
-- `provenance.json` (`virnucpro.steps.provenance`), `provenance.html` (it as an HTML fragment, models
+- `provenance.json` (`virnucpro.results.provenance`), `provenance.html` (it as an HTML fragment, models
   and settings left to their own tables), and each sample's `provenance.txt`, which points to it.
 The HTML fragments are tables in a box that the report's style scrolls sideways when a table is wider
 than the page.
@@ -33,11 +33,12 @@ from pathlib import Path
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs, write_text_if_changed
-from virnucpro.io.tables import read_tsv, write_tsv
-from virnucpro.results.regions import REGION_COLUMNS
-from virnucpro.steps.outcome import sample_reason
 from virnucpro.io.status import read_status
-from virnucpro.steps.summarize import SEQUENCE_COLUMNS
+from virnucpro.io.tables import read_tsv, write_tsv
+from virnucpro.layout import OVERVIEW
+from virnucpro.results.regions import REGION_COLUMNS
+from virnucpro.results.sample import SEQUENCE_COLUMNS
+from virnucpro.steps.unfinished import sample_reason
 
 OVERVIEW_COLUMNS = ["sample", "status", "sequences", "bp", "classified", "no_call", "viral_sequences",
                     "viral_sequence_bp", "viral_regions", "viral_region_bp", "median_virus_score"]
@@ -115,10 +116,6 @@ def _one_line(text):
     return str(text).replace("\t", " ").replace("\n", " ")
 
 
-NAMES = {"esm2": "ESM-2 (protein embeddings)", "dnabert_s": "DNABERT-S (nucleotide embeddings)",
-         "classifier": "VirNucPro classifier"}
-
-
 MODEL_COLUMNS = ["model", "file", "sha256", "verified"]
 SHORT_HASH = 12
 
@@ -132,7 +129,7 @@ def model_rows(notes):
     rows = []
     for note in notes:
         note = check_note(note)
-        name = NAMES[note["kind"]]
+        name = note["title"]
         source = Path(note["source"])
         for file, digest in note["checksums"].items():
             path = source if source.name == file else source / file
@@ -155,38 +152,38 @@ def models_html(rows):
     return table
 
 
-def write_run_files(samples, tables, reasons, notes, settings, overview, unfinished, models, parameters,
-                    overview_view, unfinished_view, all_sequences, all_regions, provenance_file, models_view,
-                    provenance_view, pointers=None, receipts=(), float8_check=None):
-    """The files of the module docstring: `samples`, `tables` and `reasons` as `overview_rows` takes
-    them, `notes` the model notes (or their paths), `settings` maps setting -> value; the provenance
-    (`virnucpro.steps.provenance`, from `receipts` and `float8_check`) as JSON, as an HTML table
-    (`provenance_view`), and `pointers` maps a sample to the path of its `provenance.txt`, written after
-    the run files and only where its text changed: a sample folder is touched only when what it names
-    changed (an added sample leaves the others' folders as they are)."""
-    from virnucpro.steps.provenance import pointer_text, provenance
+def write_run_files(samples, tables, reasons, notes, settings, outputs, pointers=None, receipts=(), float8_check=None):
+    """The files of the module docstring (`outputs`: {name: path} of exactly `virnucpro.layout.OVERVIEW`'s
+    names): `samples`, `tables` and `reasons` as `overview_rows` takes them, `notes` the model notes (or
+    their paths), `settings` maps setting -> value; the provenance (`virnucpro.results.provenance`, from
+    `receipts` and `float8_check`) as JSON and as an HTML table, and `pointers` maps a sample to the path
+    of its `provenance.txt`, written after the run files and only where its text changed: a sample
+    folder is touched only when what it names changed (an added sample leaves the others' folders as
+    they are)."""
+    from virnucpro.results.provenance import pointer_text, provenance
 
     runs = overview_rows(samples, tables, reasons)
     left = [(s, _one_line(reasons[s])) for s in samples if s in reasons]
     used = model_rows(notes)
     record = provenance(used, settings, receipts, float8_check)
-    pointers = dict(pointers or {})
-    outputs = (overview, unfinished, models, parameters, overview_view, unfinished_view, all_sequences,
-               all_regions, provenance_file, models_view, provenance_view)
-    with atomic_outputs(*outputs) as (t_overview, t_left, t_models, t_params, v_overview, v_left, t_seqs,
-                                      t_regions, t_prov, v_models, v_prov):
-        write_tsv(t_overview, OVERVIEW_COLUMNS, runs)
-        write_tsv(t_left, UNFINISHED_COLUMNS, left)
-        write_tsv(t_models, MODEL_COLUMNS, used)
-        write_tsv(t_params, ["setting", "value"], settings.items())
-        write_tsv(t_seqs, ALL_SEQUENCE_COLUMNS, all_sample_rows(samples, tables, 0))
-        write_tsv(t_regions, ALL_REGION_COLUMNS, all_sample_rows(samples, tables, 1))
-        t_prov.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        v_overview.write_text(_scrolling(html_table(OVERVIEW_COLUMNS, runs)), encoding="utf-8")
-        v_left.write_text(_scrolling(html_table(UNFINISHED_COLUMNS, left)), encoding="utf-8")
-        v_models.write_text(_scrolling(models_html(used)), encoding="utf-8")
-        v_prov.write_text(_scrolling(html_table(["item", "value"], provenance_rows(record))), encoding="utf-8")
-    for path in pointers.values():
+    if set(outputs) != set(OVERVIEW):
+        raise VirNucProError(f"the overview writes {', '.join(OVERVIEW)}; given {', '.join(outputs)}")
+    names = list(OVERVIEW)
+    with atomic_outputs(*(outputs[name] for name in names)) as tmp:
+        t = dict(zip(names, tmp))
+        write_tsv(t["overview"], OVERVIEW_COLUMNS, runs)
+        write_tsv(t["unfinished"], UNFINISHED_COLUMNS, left)
+        write_tsv(t["models"], MODEL_COLUMNS, used)
+        write_tsv(t["parameters"], ["setting", "value"], settings.items())
+        write_tsv(t["all_sequences"], ALL_SEQUENCE_COLUMNS, all_sample_rows(samples, tables, 0))
+        write_tsv(t["all_regions"], ALL_REGION_COLUMNS, all_sample_rows(samples, tables, 1))
+        t["provenance"].write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        t["overview_view"].write_text(_scrolling(html_table(OVERVIEW_COLUMNS, runs)), encoding="utf-8")
+        t["unfinished_view"].write_text(_scrolling(html_table(UNFINISHED_COLUMNS, left)), encoding="utf-8")
+        t["models_view"].write_text(_scrolling(models_html(used)), encoding="utf-8")
+        t["provenance_view"].write_text(_scrolling(html_table(["item", "value"], provenance_rows(record))),
+                                        encoding="utf-8")
+    for path in (pointers or {}).values():
         write_text_if_changed(path, pointer_text(record))
 
 
@@ -209,8 +206,9 @@ def _scrolling(table):
     return f'<div class="virnucpro-table">\n{table}</div>\n'
 
 
-def overview(samples, statuses, sequence_summaries, viral_regions, **run_files):
+def overview(samples, statuses, sequence_summaries, viral_regions, notes, settings, outputs, pointers=None,
+             receipts=(), float8_check=None):
     """The `overview` step as its rule runs it: `sample_outcomes` on the rule's inputs, then
-    `write_run_files` (`run_files`: its other arguments)."""
+    `write_run_files` (the other arguments are its own)."""
     tables, reasons = sample_outcomes(samples, statuses, sequence_summaries, viral_regions)
-    write_run_files(samples, tables, reasons, **run_files)
+    write_run_files(samples, tables, reasons, notes, settings, outputs, pointers, receipts, float8_check)

@@ -11,8 +11,7 @@ which concern several samples at once, get a line of their own.
 from pathlib import Path
 
 from virnucpro.io.status import read_status
-
-FINAL = "sequence_summary.tsv"  # a sample is finished when its summary is there
+from virnucpro.layout import EMBEDDING, FINISHED, PREPARE
 NOT_REACHED = "not reached (see the errors above)"
 
 
@@ -48,12 +47,12 @@ def unfinished(results, samples, interrupted=None):
     results = Path(results)
     lines = []
     for sample in samples:
-        out, status = results / sample, results / sample / "prepare" / "status.json"
-        if (out / FINAL).is_file() and not (status.is_file() and read_status(status)):
+        out, status = results / sample, results / sample / PREPARE["status"]
+        if (out / FINISHED).is_file() and not (status.is_file() and read_status(status)):
             continue  # finished (a summary left from before a front end that failed since does not count)
         reason = sample_reason(status, (out / "logs").rglob("*.log"), interrupted)
         lines.append(f"  {sample}: {reason}")
-    stage = last_error((results / "embedding").glob("*/logs/**/*.log"))
+    stage = last_error((results / EMBEDDING).glob("*/logs/**/*.log"))
     if stage:
         lines.append(f"  the embedding stage: {stage}")
     if lines:
