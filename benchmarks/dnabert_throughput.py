@@ -12,7 +12,8 @@ frames as `prepare` writes them for 300 and 500 bp fragments (lengths S-6 .. S, 
   unpadded sequence (matmul attention plus the ALiBi table, as the published model code computes it),
   mean over all tokens, copy to the host.
 - packed: `tokenise all frames (encode_batch) + runner.embed_packed`, end to end, as `embed-dna` runs
-  it, in bf16 on CUDA (float32 on CPU), for each ALiBi attention backend, eager and compiled.
+  it, in bf16 on CUDA (float32 on CPU), for each ALiBi attention backend (the compiled variant of the
+  recorded runs is no longer built: no job used it).
 Tokens are the real ones ([CLS] and [SEP] included, no padding). Every variant is warmed up on a slice
 of the workload first (compilation happens there). The ESM-2 comparison uses the ESM-2 packed rate
 given by --esm2-tokens-per-s (the ESM-2 3B packed rate that benchmarks/esm2_throughput.py measures on
@@ -35,12 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer  # noqa: E402
+from tests.tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer  # noqa: E402
 
 from benchmarks.timing import timed  # noqa: E402
 from virnucpro.models.attention import _have_flash_attn  # noqa: E402
 from virnucpro.models.dnabert import alibi_slopes, load_dnabert  # noqa: E402
-from virnucpro.models.runner import embed_packed  # noqa: E402
+from tests.packed_runs import embed_packed  # noqa: E402
 
 ARCHS = {"full": (768, 12, 12, 3072, 4096), "tiny": (96, 2, 12, 160, 256)}  # D, layers, heads, I, vocab
 
@@ -135,7 +136,6 @@ def parse_args():
     ap.add_argument("--n-packed", type=int, default=50000, help="frames per packed run")
     ap.add_argument("--n-original", type=int, default=1000, help="frames per original-path run")
     ap.add_argument("--backends", default=None, help="ALiBi attention backends (default: all available)")
-    ap.add_argument("--compile", default=None, help="'eager', 'compiled' or both (default: both on CUDA)")
     ap.add_argument("--budgets", default="65536", help="packed token budgets")
     ap.add_argument("--esm2-tokens-per-s", type=float, default=95500.0, help="ESM-2 3B packed rate, same GPU")
     ap.add_argument("--time-limit", type=float, default=480, help="skip remaining variants after this many s")
@@ -148,14 +148,12 @@ def parse_args():
 
 
 def load_variants(snapshot, args, device, dtype):
-    """{(backend, 'eager' | 'compiled'): (model, tokenizer, path)} for the requested variants."""
+    """{(backend, 'eager'): (model, tokenizer, path)} for the requested attention backends."""
     cuda = device.type == "cuda"
     backends = (args.backends.split(",") if args.backends else
                 (["padded_sdpa"] + (["flash_attn"] if _have_flash_attn() else []) if cuda
                  else ["reference", "padded_sdpa"]))
-    modes = (args.compile.split(",") if args.compile else (["eager", "compiled"] if cuda else ["eager"]))
-    return {(backend, mode): load_dnabert(snapshot, device, dtype, attention=backend, compile=mode == "compiled")
-            for backend in backends for mode in modes}
+    return {(backend, "eager"): load_dnabert(snapshot, device, dtype, attention=backend) for backend in backends}
 
 
 def build_snapshot(directory, arch, log):

@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from esm.model.esm2 import ESM2  # noqa: E402
-from tiny_esm2 import LENGTHS, padded_reference, random_proteins  # noqa: E402
+from tests.tiny_esm2 import LENGTHS, packed_from_fair_esm, padded_reference, random_proteins  # noqa: E402
 
 from virnucpro.models.mlp import MLPClassifier  # noqa: E402
 from virnucpro.models.esm2 import PackedESM2, tokenizer  # noqa: E402
-from virnucpro.models.runner import embed_packed  # noqa: E402
+from tests.packed_runs import embed_packed  # noqa: E402
 
 
 def build_3b(outliers):
@@ -119,7 +119,7 @@ def accuracy_rows(model, sets, refs, tok, rows, float8_only):
         if not float8_only and not float8:
             residuals.append((dtype, f"{name} residual"))
         for residual, label in residuals:
-            packed = PackedESM2.from_fair_esm(model, "cuda", dtype, kernels=True, residual_dtype=residual,
+            packed = packed_from_fair_esm(model, "cuda", dtype, kernels=True, residual_dtype=residual,
                                               float8=float8)
             what = "float8 (e4m3 q, k, fc1, fc2)" if float8 else name
             report(f"triton kernels {what}, {label}", packed_rows(packed))

@@ -28,8 +28,9 @@ import esm  # noqa: E402
 from esm.model.esm2 import ESM2  # noqa: E402
 
 from benchmarks.timing import sync, timed  # noqa: E402
+from tests.tiny_esm2 import packed_from_fair_esm
 from virnucpro.models.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
-from virnucpro.models.runner import embed_packed  # noqa: E402
+from tests.packed_runs import embed_packed  # noqa: E402
 
 GFLOP_PER_TOKEN = 5.66
 ARCHS = {"3B": (36, 2560, 40), "tiny": (2, 64, 4)}
@@ -160,7 +161,7 @@ def packed_variants(model, tok, seqs, warm, wl, name, dtype, variants, budgets, 
     device, dim = torch.device(args.device), model.embed_dim
     fp8 = dict(float8=True) if name == "float8" else {}
     if "packed_eager" in variants and not out_of_time():
-        packed = PackedESM2.from_fair_esm(model, device, dtype, compile=False, kernels=False, **fp8)
+        packed = packed_from_fair_esm(model, device, dtype, compile=False, kernels=False, **fp8)
         for b in (16384, 65536):
             if not out_of_time():
                 measure(f"{wl} packed {name} eager {b} tok/batch",
@@ -170,10 +171,10 @@ def packed_variants(model, tok, seqs, warm, wl, name, dtype, variants, budgets, 
                                     ("packed_triton", "triton kernels", dict(kernels=True))):
         if variant not in variants or out_of_time():
             continue
-        packed = PackedESM2.from_fair_esm(model, device, dtype, **options, **fp8)
+        packed = packed_from_fair_esm(model, device, dtype, **options, **fp8)
         chosen, check = packed.backend, seqs[:300]
         ids = [str(i) for i in range(len(check))]
-        eager = PackedESM2.from_fair_esm(model, device, dtype, compile=False, kernels=False, **fp8)
+        eager = packed_from_fair_esm(model, device, dtype, compile=False, kernels=False, **fp8)
         a = embed_packed(ids, check, tok, eager.embed, dim, device, 16384, "check")
         c = embed_packed(ids, check, tok, packed.embed, dim, device, 16384, "check")
         del eager
@@ -250,14 +251,14 @@ def main():
             packed_variants(model, tok, seqs, warm, wl, name, dtype, variants, budgets, args, results, log,
                             out_of_time)
         if "ablations" in variants and not out_of_time():  # the Triton path with a 16-bit residual stream
-            packed = PackedESM2.from_fair_esm(model, device, dtypes[0][1], kernels=True, residual_dtype=dtypes[0][1])
+            packed = packed_from_fair_esm(model, device, dtypes[0][1], kernels=True, residual_dtype=dtypes[0][1])
             measure(f"{wl} triton kernels, {dtypes[0][0]} residual stream, 65536 tok/batch",
                     lambda s: run_packed(packed, tok, s, device, 65536), seqs, warm, device, results, log)
             del packed
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if "gemm" in variants and device.type == "cuda":
-        packed = PackedESM2.from_fair_esm(model, device, dtypes[0][1], compile=False, kernels=False)
+        packed = packed_from_fair_esm(model, device, dtypes[0][1], compile=False, kernels=False)
         tps = gemm_ceiling(packed, device)
         log(f"# cuBLAS {dtypes[0][0]} bias GEMMs alone (36 layers, 65536-token M): {tps / 1e3:.1f} K tok/s "
             f"= {tps * GFLOP_PER_TOKEN / 1e3:.0f} TFLOP/s")

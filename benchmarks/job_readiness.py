@@ -85,7 +85,7 @@ T["import torch"] = round(time.perf_counter() - t0, 3)
 args = json.loads(sys.argv[1])
 from virnucpro.steps import embed as E
 from virnucpro.models import dnabert, esm2
-from virnucpro.models.runner import embed_packed
+from tests.packed_runs import embed_packed
 from virnucpro.io import tensors
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer, write_weights
+from tests.tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer, write_weights
 
 from virnucpro.errors import VirNucProError
 from virnucpro.models import dnabert
@@ -30,7 +30,7 @@ from virnucpro.models.dnabert import (
 )
 from virnucpro.models.namespaces import DNABERT_PRECISION
 from virnucpro.models.packing import pack
-from virnucpro.models.runner import embed_packed
+from tests.packed_runs import embed_packed
 
 # the published slopes of the 12-head model, written out (not computed)
 SLOPES_12 = [2**-1, 2**-2, 2**-3, 2**-4, 2**-5, 2**-6, 2**-7, 2**-8, 2**-0.5, 2**-1.5, 2**-2.5, 2**-3.5]
@@ -235,51 +235,6 @@ def test_attention_backends_agree_with_the_reference(snapshot, backend):
     got = embed_packed(ids, tok(seqs), lambda t: t, model.embed, 96, "cpu", 2048, "test")
     want = reference_embeddings(state, hf_token_ids(directory, seqs))
     assert _rel_err(got, want).max() < TOL
-
-
-def test_compiled_layers_match_eager(snapshot):
-    """The torch.compile path (an option; token dimension dynamic) computes the eager function."""
-    directory, _, model, tok = snapshot
-    compiled, _, _ = load_dnabert(directory, compile=True)
-    for lengths in ([3, 50, 200], [1, 7, 20, 90, 400, 1100]):  # two token counts: no re-specialisation
-        batch = pack(tok(random_dna(len(lengths), lengths, seed=len(lengths))), np.arange(len(lengths)))
-        want = model.embed(batch).numpy()
-        got = compiled.embed(batch).numpy()
-        assert compiled.compiled  # did not fall back to eager
-        assert _rel_err(got, want).max() < TOL
-
-
-def _compiled_raising(exc, calls):
-    """A stand-in for `backend.compiled` whose function raises `exc`, counting its calls."""
-    def build(fn):
-        def run(*args):
-            calls.append(fn)
-            raise exc
-        return run
-    return build
-
-
-def test_compiled_path_falls_back_only_on_a_build_failure(snapshot, monkeypatch, caplog):
-    """A compiled function that cannot be built is replaced by the eager code for good (same bits, one
-    warning, `compiled` false); any other error from it is raised and the model stays compiled."""
-    directory, _, model, tok = snapshot
-    batch = pack(tok(random_dna(4, [3, 50, 200, 600], seed=13)), np.arange(4))
-    want = model.embed(batch)
-    calls = []
-    monkeypatch.setattr(dnabert, "compiled", _compiled_raising(ImportError("no C compiler"), calls))
-    fallen, _, _ = load_dnabert(directory, compile=True)
-    assert fallen.compiled
-    with caplog.at_level("WARNING", logger="virnucpro"):
-        assert torch.equal(fallen.embed(batch), want)
-        assert torch.equal(fallen.embed(batch), want)
-    assert len(calls) == 1 and not fallen.compiled
-    assert "torch.compile failed (no C compiler); running DNABERT-S on plain torch ops" in caplog.text
-
-    monkeypatch.setattr(dnabert, "compiled", _compiled_raising(ValueError("shapes do not match"), calls))
-    failing, _, _ = load_dnabert(directory, compile=True)
-    with pytest.raises(ValueError, match="shapes do not match"):
-        failing.embed(batch)
-    assert failing.compiled
 
 
 def test_compute_dtypes_are_the_store_namespace_precisions():

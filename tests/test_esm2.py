@@ -16,10 +16,11 @@ import esm
 import numpy as np
 import pytest
 import torch
-from tiny_esm2 import (
+from tests.tiny_esm2 import (
     assert_every_layer_matches_fair_esm,
     build_tiny_esm2,
     fair_esm_from_file,
+    packed_from_fair_esm,
     padded_reference,
     random_proteins,
     save_fair_esm_checkpoint,
@@ -37,7 +38,7 @@ from virnucpro.models.esm2 import (
     tokenizer,
 )
 from virnucpro.models.packing import pack
-from virnucpro.models.runner import embed_packed
+from tests.packed_runs import embed_packed
 
 RTOL = 1e-5
 
@@ -213,9 +214,9 @@ RAGGED = [1, 2, 3, 7, 20, 64, 100, 166, 300, 511, 700, 1021, 1022, 1023, 1100]
 
 
 def test_every_layer_matches_fair_esm_token_by_token(tiny):
-    ref, _, packed, _ = tiny
+    ref, _, _, _ = tiny
     seqs = random_proteins([1, 9, 40, 130]) + ["ACD<mask>EFGH<mask>K"]  # <mask>: token-dropout rescaling
-    assert_every_layer_matches_fair_esm(ref, packed, seqs)
+    assert_every_layer_matches_fair_esm(ref, seqs)
 
 
 @pytest.mark.parametrize(
@@ -269,7 +270,7 @@ def test_nan_embedding_names_the_sequence(tiny):
     loaded = fair_esm_from_file(path)
     with torch.no_grad():
         loaded.embed_tokens.weight[22] = float("nan")  # W
-    broken = PackedESM2.from_fair_esm(loaded, "cpu", torch.float32)
+    broken = packed_from_fair_esm(loaded, "cpu", torch.float32)
     seqs = ["ACDE", "KLMNPW", "QRST"]
     with pytest.raises(VirNucProError, match="'second'"):
         embed_packed(["first", "second", "third"], seqs, tok, broken.embed, 64, "cpu", 4096, "test")
@@ -278,7 +279,7 @@ def test_nan_embedding_names_the_sequence(tiny):
 def test_compiled_layers_match_eager(tiny):
     """The torch.compile path (token dimension dynamic) computes the same function as the eager one."""
     ref, _, packed, tok = tiny
-    compiled = PackedESM2.from_fair_esm(ref, "cpu", torch.float32, compile=True)
+    compiled = packed_from_fair_esm(ref, "cpu", torch.float32, compile=True)
     assert not packed.compiled
     for lengths in ([3, 50, 200], [1, 7, 20, 90, 400, 1100]):  # two token counts: no re-specialisation
         batch = pack(tok(random_proteins(lengths, seed=len(lengths))), np.arange(len(lengths)))
@@ -299,7 +300,7 @@ def test_a_compile_build_failure_falls_back_to_eager(tiny, caplog):
     from torch._inductor.exc import InductorError
 
     ref, _, packed, tok = tiny
-    model = PackedESM2.from_fair_esm(ref, "cpu", torch.float32, compile=True)
+    model = packed_from_fair_esm(ref, "cpu", torch.float32, compile=True)
     model.backend._project = _failing_project(InductorError(RuntimeError("no C compiler"), None))
     batch = pack(tok(random_proteins([5, 30])), np.arange(2))
     with caplog.at_level("WARNING", logger="virnucpro"):
@@ -316,7 +317,7 @@ def test_a_compile_build_failure_falls_back_to_eager(tiny, caplog):
 def test_a_device_fault_or_a_bug_propagates(tiny, compile, exc):
     """Only a build failure falls back: anything else raised inside the forward reaches the caller."""
     ref, _, _, tok = tiny
-    model = PackedESM2.from_fair_esm(ref, "cpu", torch.float32, compile=compile)
+    model = packed_from_fair_esm(ref, "cpu", torch.float32, compile=compile)
     backend = model.backend
     backend._project = _failing_project(exc)
     with pytest.raises(type(exc)) as raised:

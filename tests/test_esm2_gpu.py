@@ -13,10 +13,10 @@ fair-esm's own padded error at the same precision.
 import numpy as np
 import pytest
 import torch
-from tiny_esm2 import LENGTHS, build_tiny_esm2, padded_reference, random_proteins
+from tests.tiny_esm2 import LENGTHS, build_tiny_esm2, packed_from_fair_esm, padded_reference, random_proteins
 
 from virnucpro.models.esm2 import PackedESM2, tokenizer
-from virnucpro.models.runner import embed_packed
+from tests.packed_runs import embed_packed
 
 pytestmark = pytest.mark.gpu
 
@@ -29,7 +29,7 @@ def _check(model, seqs, tokens_per_batch, kernels, dtype=torch.float16):
     torch.backends.cudnn.allow_tf32 = False
     layer = model.num_layers
     ref = padded_reference(model, seqs, layer, batch=4)
-    packed = PackedESM2.from_fair_esm(model, "cuda", dtype)
+    packed = packed_from_fair_esm(model, "cuda", dtype)
     chosen = packed.backend  # the default CUDA path: Triton where the head size allows, else compiled torch
     assert (chosen.name == "triton") == kernels and chosen.compiled == (not kernels)
     tok = tokenizer()

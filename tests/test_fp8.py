@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_esm2 import build_tiny_esm2, padded_reference, random_proteins
+from tests.tiny_esm2 import build_tiny_esm2, packed_from_fair_esm, padded_reference, random_proteins
 from virnucpro.models import fp8
 from virnucpro.models.esm2 import PackedESM2, float8_state, packed_state, tokenizer, Esm2Config
 from virnucpro.models.packing import pack
@@ -100,7 +100,7 @@ def _embed(packed, seqs):
 
 def test_emulated_float8_forward_equals_fair_esm_with_e4m3_linears(tiny):
     seqs = random_proteins([3, 20, 41, 100, 166], seed=4)
-    packed = PackedESM2.from_fair_esm(tiny, "cpu", torch.float32, float8=True)
+    packed = packed_from_fair_esm(tiny, "cpu", torch.float32, float8=True)
     got = _embed(packed, seqs)
     want = padded_reference(fair_esm_float8_reference(tiny), seqs, tiny.num_layers)
     plain = padded_reference(tiny, seqs, tiny.num_layers)

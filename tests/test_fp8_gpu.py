@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_esm2 import build_tiny_esm2, padded_reference, random_proteins
+from tests.tiny_esm2 import build_tiny_esm2, packed_from_fair_esm, padded_reference, random_proteins
 from virnucpro.models import fp8
 from virnucpro.models.esm2 import PackedESM2, TritonBackend, tokenizer
-from virnucpro.models.runner import embed_packed
+from tests.packed_runs import embed_packed
 
 pytestmark = pytest.mark.gpu
 LENGTHS = [1, 5, 20, 64, 100, 166, 250, 700, 1022]
@@ -41,11 +41,11 @@ def model():
 
 def test_float8_triton_path_made_the_result_and_equals_the_emulation(model):
     seqs = random_proteins(LENGTHS * 2, seed=22)
-    packed = PackedESM2.from_fair_esm(model.cuda(), "cuda", torch.float16, float8=True)
+    packed = packed_from_fair_esm(model.cuda(), "cuda", torch.float16, float8=True)
     got = _embed(packed, seqs)
     assert isinstance(packed.produced_by, TritonBackend) and packed.produced_by.float8
     assert isinstance(packed.layers[0].fc1, fp8.Fp8Linear)
-    emulated = PackedESM2.from_fair_esm(model.cpu(), "cpu", torch.float32, float8=True)
+    emulated = packed_from_fair_esm(model.cpu(), "cpu", torch.float32, float8=True)
     ids = [f"p{i}" for i in range(len(seqs))]
     want = embed_packed(ids, seqs, tokenizer(), emulated.embed, emulated.embed_dim, "cpu", 8192, "emulated")
     plain = padded_reference(model.cpu(), seqs, model.num_layers)
@@ -56,7 +56,7 @@ def test_float8_triton_path_made_the_result_and_equals_the_emulation(model):
 
 
 def test_float8_embeddings_do_not_depend_on_the_batch(model):
-    packed = PackedESM2.from_fair_esm(model.cuda(), "cuda", torch.float16, float8=True)
+    packed = packed_from_fair_esm(model.cuda(), "cuda", torch.float16, float8=True)
     target = random_proteins([20, 41, 100, 166, 7, 300] * 5, seed=23)
     others = random_proteins(list(range(20, 420, 7)), seed=24)
     alone = _embed(packed, target, budget=16384)

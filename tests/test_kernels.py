@@ -21,11 +21,12 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from tiny_esm2 import assert_every_layer_matches_fair_esm, build_tiny_esm2  # noqa: E402
+from tests.tiny_esm2 import assert_every_layer_matches_fair_esm, build_tiny_esm2, packed_from_fair_esm  # noqa: E402
 
 from virnucpro.models import kernels  # noqa: E402
 from virnucpro.models.attention import varlen_attention  # noqa: E402
-from virnucpro.models.esm2 import PackedESM2  # noqa: E402
+from virnucpro.models.esm2 import tokenizer  # noqa: E402
+from virnucpro.models.packing import pack  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -202,18 +203,18 @@ def test_split_attention_equals_the_fused_one():
 # ------------------------------------------------------------------------ the whole Triton path
 
 
-def _check_every_layer(model, packed):
+def _check_every_layer(model):
+    """The packed models of every depth, each checked against fair-esm, on the Triton path."""
     rng = np.random.default_rng(5)
     seqs = ["".join(rng.choice(AA, n)) for n in (1, 9, 70, 130)] + ["ACD<mask>EFGH<mask>K"]
-    assert_every_layer_matches_fair_esm(model, packed, seqs)
+    return assert_every_layer_matches_fair_esm(model, seqs, kernels=True)
 
 
 @pytest.mark.skipif(GPU, reason="the float32 model check runs the kernels through Triton's CPU interpreter")
 def test_triton_path_matches_fair_esm_layer_by_layer():
     model = build_tiny_esm2(num_layers=2, embed_dim=64, heads=2)  # head size 32
-    packed = PackedESM2.from_fair_esm(model, "cpu", torch.float32, kernels=True)
-    _check_every_layer(model, packed)
-    assert packed.produced_by.name == "triton" and packed.attention_backend == "triton"
+    for packed in _check_every_layer(model):
+        assert packed.produced_by.name == "triton" and packed.attention_backend == "triton"
 
 
 def _broken(exc):
@@ -227,14 +228,13 @@ def test_a_kernel_that_fails_to_build_falls_back_to_torch_ops(monkeypatch, caplo
     from triton.runtime.errors import PTXASError
 
     model = build_tiny_esm2(num_layers=2, embed_dim=64, heads=2)
-    packed = PackedESM2.from_fair_esm(model, "cpu", torch.float32, kernels=True)
     monkeypatch.setattr(kernels, "rotary_attention", _broken(PTXASError("PTX assembly failed: sm_70\ndetails")))
     with caplog.at_level("WARNING", logger="virnucpro"):
-        _check_every_layer(model, packed)  # the whole batch again on the torch path: nothing half-done
-    assert packed.produced_by.name == "reference" and not packed.compiled
+        built = _check_every_layer(model)  # the whole batch again on the torch path: nothing half-done
+    assert all(packed.produced_by.name == "reference" and not packed.compiled for packed in built)
     assert "the Triton kernels failed (" in caplog.text and "sm_70" in caplog.text
     assert "running ESM-2 on plain torch ops" in caplog.text
-    assert PackedESM2.from_fair_esm(model, "cpu", torch.float32).backend.name != "triton"  # not off CUDA
+    assert packed_from_fair_esm(model, "cpu", torch.float32).backend.name != "triton"  # not off CUDA
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("CUDA error: an illegal memory access was encountered"),
@@ -243,8 +243,9 @@ def test_a_kernel_that_fails_to_build_falls_back_to_torch_ops(monkeypatch, caplo
 def test_a_kernel_that_fails_otherwise_propagates(monkeypatch, exc):
     """Only a build failure falls back: a device fault or a bug inside the Triton forward is raised."""
     model = build_tiny_esm2(num_layers=1, embed_dim=64, heads=2)
-    packed = PackedESM2.from_fair_esm(model, "cpu", torch.float32, kernels=True)
+    packed = packed_from_fair_esm(model, "cpu", torch.float32, kernels=True)
     monkeypatch.setattr(kernels, "rotary_attention", _broken(exc))
+    batch = pack(tokenizer()(["MKTAYIAKQR"]), np.arange(1))
     with pytest.raises(type(exc)) as raised:
-        _check_every_layer(model, packed)
+        packed.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
     assert raised.value is exc and packed.backend.name == "triton" and packed.produced_by is None

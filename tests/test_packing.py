@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from virnucpro.errors import VirNucProError
 from virnucpro.models.packing import PackedBatch, pack, plan_batches, segment_mean
-from virnucpro.models.runner import Task, embed_packed, interleave, run_packed
+from tests.packed_runs import embed_packed
+from virnucpro.models.runner import Task, interleave, run_packed
 
 # ------------------------------------------------------------------------------------ plan_batches
 

@@ -109,19 +109,44 @@ def padded_reference(model, seqs, layer, batch=None):
     return np.stack(out)
 
 
-def assert_every_layer_matches_fair_esm(model, packed, seqs, rtol=1e-5, atol=1e-5):
-    """Packed representations of every layer equal fair-esm's padded float32 forward, token by token."""
+def first_layers(model, k):
+    """A copy of the fair-esm ESM2 `model` with its first `k` layers (its final layer norm after them)."""
+    import copy
+
+    part = copy.deepcopy(model)
+    part.layers, part.num_layers = part.layers[:k], k
+    return part
+
+
+def assert_every_layer_matches_fair_esm(model, seqs, rtol=1e-5, atol=1e-5, **options):
+    """For every depth k, the packed forward of `model`'s first k layers (`packed_from_fair_esm` with
+    `options`) equals fair-esm's padded float32 forward of the same k layers, token by token: both end
+    in the final layer norm, so each layer is checked as it is added. Returns the packed models."""
     from virnucpro.models.esm2 import tokenizer
     from virnucpro.models.packing import pack
 
     batch = pack(tokenizer()(seqs), np.arange(len(seqs)))
-    layers = list(range(packed.num_layers + 1))
-    got = packed.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen, layers)["representations"]
     _, _, tokens = model.alphabet.get_batch_converter(truncation_seq_length=1022)(list(enumerate(seqs)))
-    with torch.no_grad():
-        want = model(tokens, repr_layers=layers)["representations"]
-    cu = batch.cu_seqlens.tolist()
-    for layer in layers:
+    cu, packed = batch.cu_seqlens.tolist(), []
+    for k in range(1, model.num_layers + 1):
+        part = first_layers(model, k)
+        packed.append(packed_from_fair_esm(part, "cpu", torch.float32, **options))
+        got = packed[-1].forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
+        with torch.no_grad():
+            want = part(tokens, repr_layers=[k])["representations"][k]
         for i in range(len(seqs)):
-            n = cu[i + 1] - cu[i]
-            torch.testing.assert_close(got[layer][cu[i] : cu[i + 1]], want[layer][i, :n], rtol=rtol, atol=atol)
+            torch.testing.assert_close(got[cu[i] : cu[i + 1]], want[i, : cu[i + 1] - cu[i]], rtol=rtol, atol=atol)
+    return packed
+
+
+def packed_from_fair_esm(model, device, dtype, float8=False, **options):
+    """PackedESM2 from a fair-esm `ESM2` module, its weights taken as the converted file holds them
+    (`packed_state`; with `float8`, q, k, fc1 and fc2 quantised as the models step does); `options` as
+    PackedESM2 takes them."""
+    from virnucpro.models.esm2 import Esm2Config, PackedESM2, float8_state, packed_state
+
+    config = Esm2Config.of(model)
+    state = packed_state(config, model.state_dict(), torch.float32)
+    if float8:
+        state = float8_state(config, state)
+    return PackedESM2(config, state, device, dtype, float8=float8, **options)

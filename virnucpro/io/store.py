@@ -266,12 +266,6 @@ class StoreIndex:
                 self.where.setdefault(key, (len(self.files), row))
             self.files.append(path)
 
-    def __contains__(self, key):
-        return _as_bytes(key) in self.where
-
-    def __len__(self):
-        return len(self.where)
-
     def missing(self, keys):
         """Indices of the keys (str or bytes) that no file holds."""
         return [i for i, k in enumerate(keys) if _as_bytes(k) not in self.where]

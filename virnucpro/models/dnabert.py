@@ -20,7 +20,6 @@ it. On a GPU the matrix products run in bf16 while embeddings, LayerNorms, the g
 stream stay float32; on the CPU all is float32.
 """
 
-import functools
 import json
 import logging
 import math
@@ -35,7 +34,6 @@ import torch.nn.functional as F
 from virnucpro.errors import VirNucProError, first_line
 from virnucpro.io.checksums import checked_sha256
 from virnucpro.models.attention import select_backend, varlen_attention
-from virnucpro.models.generated import compiled, fall_back
 from virnucpro.models.namespaces import DNABERT_DTYPE, DNABERT_WEIGHT_FILES
 from virnucpro.models.packing import segment_mean
 
@@ -172,7 +170,7 @@ class Block(nn.Module):
 
     x (T, D) float32 in and out. Matrix products run in the linear weights' dtype; the residual adds,
     LayerNorms and the gated GELU run in float32, so only the matmul inputs and outputs are ever rounded
-    to bf16. A compiling DnabertS replaces `post_attention` on each instance by its compiled function.
+    to bf16.
     """
 
     def __init__(self, config):
@@ -238,15 +236,13 @@ CHECKPOINT_LAYER_NAMES = {
 class DnabertS(nn.Module):
     """DNABERT-S over packed batches (parameter names: CHECKPOINT_NAMES maps the published ones).
 
-    `attention` is a backend of `virnucpro.models.attention` ("reference" on CPU). `compile` runs every
-    block's `post_attention` through one `torch.compile`d function (only the token dimension dynamic);
-    if that cannot be built, the model logs one warning and runs eagerly from then on, and any other
-    error is raised. `compiled` tells whether the compiled path computes the results.
+    `attention` is a backend of `virnucpro.models.attention` ("reference" on CPU), the model runs eager
+    torch ops (compiling cost each job more than it saved: benchmarks/results/dnabert_throughput_h200.md).
     `to_inference(device, dtype)` puts the linear layers in `dtype` (bf16 on GPU) and keeps the
     embeddings, LayerNorms and residual stream in float32.
     """
 
-    def __init__(self, config, attention="reference", compile=False):
+    def __init__(self, config, attention="reference"):
         super().__init__()
         self.config = config
         d = config.hidden_size
@@ -257,28 +253,6 @@ class DnabertS(nn.Module):
         self.slopes = alibi_slopes(config.num_attention_heads)
         self._slopes_on = {}  # device -> (H,) float32, kept in float32 whatever the weights' dtype
         self.attention_backend = attention
-        self._use_compiled(bool(compile))
-
-    def _use_compiled(self, on):
-        """Every block's `post_attention` through the compiled function (on), or the eager method."""
-        self._compiled_post = compiled(Block.post_attention) if on else None
-        for block in self.layers:
-            if on:
-                block.post_attention = functools.partial(self._run_compiled, block)
-            else:
-                vars(block).pop("post_attention", None)
-        self.compiled = on
-
-    def _run_compiled(self, block, x, heads):
-        """`block.post_attention(x, heads)` through the compiled function; eager after a build failure."""
-        torch._dynamo.mark_dynamic(x, 0)
-        torch._dynamo.mark_dynamic(heads, 0)
-        try:
-            return self._compiled_post(block, x, heads)
-        except Exception as exc:
-            fall_back(exc, "torch.compile", "DNABERT-S")
-            self._use_compiled(False)
-            return block.post_attention(x, heads)
 
     def to_inference(self, device, dtype):
         """Linear layers in `dtype` on `device`; embeddings and LayerNorms stay float32.
@@ -421,18 +395,17 @@ def read_snapshot(model_dir):
     return config, tokenizer, path
 
 
-def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None, compile=False):
+def load_dnabert(model_dir, device="cpu", dtype=torch.float32, attention=None):
     """(DnabertS in eval mode on `device` in `dtype`, DnaTokenizer, weights path) from a snapshot dir.
 
-    attention: a backend name, or None to choose by capability. compile: run each block's work after
-    attention through `torch.compile` (see DnabertS); off by default.
+    attention: a backend name, or None to choose by capability.
     """
     device = torch.device(device)
     config, tokenizer, path = read_snapshot(model_dir)
     if attention is None:
         attention = select_backend(device, dtype, alibi=True)
     with torch.device("meta"):
-        model = DnabertS(config, attention=attention, compile=compile)
+        model = DnabertS(config, attention=attention)
     model = model.to_empty(device="cpu")
     load_state_dict(model, read_state_dict(path), path)
     return model.to_inference(device, dtype), tokenizer, path

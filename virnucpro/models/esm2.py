@@ -597,7 +597,7 @@ class PackedESM2(nn.Module):
     """ESM-2 run over packed batches.
 
     Built from an `Esm2Config` and our parameters (`packed_state`: q/k/v fused into one projection), cast
-    to `dtype` on `device`; `from_fair_esm` builds one from a fair-esm `ESM2` module. The backend is
+    to `dtype` on `device`. The backend is
     chosen here, once:
 
     - `TritonBackend` when `kernels` (default: on CUDA GPUs of compute capability >= 8.0 with Triton
@@ -640,16 +640,6 @@ class PackedESM2(nn.Module):
                                         self.float8)
         self.produced_by = None
 
-    @classmethod
-    def from_fair_esm(cls, model, device, dtype, float8=False, **options):
-        """From a fair-esm `ESM2` module (tests and benchmarks build them directly); `float8` quantises
-        q, k, fc1 and fc2 as the models step does (`float8_state`)."""
-        config = Esm2Config.of(model)
-        state = packed_state(config, model.state_dict(), torch.float32)
-        if float8:
-            state = float8_state(config, state)
-        return cls(config, state, device, dtype, float8=float8, **options)
-
     @property
     def attention_backend(self):
         return self.backend.name
@@ -666,42 +656,35 @@ class PackedESM2(nn.Module):
         return TorchBackend(self.backend.name, heads, float8=self.float8) if self.backend.compiled else None
 
     @torch.inference_mode()
-    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers):
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen):
         """input_ids (T,) int64, cu_seqlens (B + 1,) int32, both on the model's device; max_seqlen int.
 
-        Returns {'representations': {layer: (T, D)}} for each requested layer (0 = embeddings; the last
-        layer carries the final layer norm), as fair-esm's forward returns them per padded sequence.
+        Returns the last layer's representation (T, D), the final layer norm applied, as fair-esm's
+        forward returns it per padded sequence.
         """
-        repr_layers = set(repr_layers)
-        if not repr_layers <= set(range(self.num_layers + 1)):
-            raise ValueError(f"repr_layers must be within 0..{self.num_layers}")
         try:
-            out = self(input_ids, cu_seqlens, max_seqlen, repr_layers)
+            out = self(input_ids, cu_seqlens, max_seqlen)
         except Exception as exc:
             fallback = self._fallback()
             if fallback is None:
                 raise
             fall_back(exc, self.backend.what, "ESM-2")  # raises anything but a build failure
             self.backend = fallback
-            out = self(input_ids, cu_seqlens, max_seqlen, repr_layers)  # the whole batch again
+            out = self(input_ids, cu_seqlens, max_seqlen)  # the whole batch again
         self.produced_by = self.backend
         return out
 
-    def forward(self, input_ids, cu_seqlens, max_seqlen, repr_layers):
+    def forward(self, input_ids, cu_seqlens, max_seqlen):
         backend, total = self.backend, input_ids.shape[0]
         seg = segment_ids(cu_seqlens, total)
         run = PackedPass(cu_seqlens, max_seqlen, backend.rotary(self.inv_freq, cu_seqlens, max_seqlen, seg),
                          self.final_norm)
-        x = backend.residual(self._embed(input_ids, cu_seqlens, seg))
-        last = max(repr_layers, default=0)
-        reps = {0: x.clone() if last else x} if 0 in repr_layers else {}  # the Triton path updates x in place
-        h = self.backend.quantize(self._first_layer_norm(x), self.layers[0].attn_norm, run) if last else None
+        x = backend.residual(self._embed(input_ids, cu_seqlens, seg))  # (T, D), updated in place on Triton
+        h = backend.quantize(self._first_layer_norm(x), self.layers[0].attn_norm, run)
         norms = [block.attn_norm for block in self.layers[1:]] + [self.final_norm]
-        for i in range(last):
-            x, h = self.layers[i](x, h, norms[i], backend, run)
-            if i + 1 in repr_layers:  # the last layer with the final norm
-                reps[i + 1] = h if i + 1 == self.num_layers else x.clone() if i + 1 < last else x
-        return {"representations": reps}
+        for block, next_norm in zip(self.layers, norms):
+            x, h = block(x, h, next_norm, backend, run)
+        return h  # the final norm of the last layer's output
 
     def _embed(self, input_ids, cu_seqlens, seg):
         """Token embeddings (T, D), scaled for token dropout as fair-esm does."""
@@ -723,5 +706,5 @@ class PackedESM2(nn.Module):
     def embed(self, batch):
         """Pooled residue means (S, D) float32 of a PackedBatch already on the device (S: every sequence,
         padding included)."""
-        out = self.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen, [self.num_layers])
-        return segment_mean(out["representations"][self.num_layers], batch.cu_seqlens, 1, 1, batch.kept(2))
+        out = self.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen)
+        return segment_mean(out, batch.cu_seqlens, 1, 1, batch.kept(2))

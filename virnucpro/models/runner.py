@@ -10,7 +10,6 @@ without blocking; a batch that runs out of device memory is split in two (the ha
 Each task gets one float32 row per input sequence, in input order. Every sequence is embedded exactly
 once; a non-finite embedding stops the run with the sequence's id; any other device fault (a lost GPU, a
 driver or ECC error) stops it with one line (a `VirNucProError`), before anything is written.
-`embed_packed` is the one-task form.
 
 Three parts run a schedule: `_Producer` (the packing thread), `_launched` (starts each batch on the device
 and splits a batch that runs out of memory) and `_Collector` (checks the rows and puts them in input order).
@@ -284,11 +283,3 @@ def run_packed(tasks, device):
             raise _device_failure(tasks, current, exc) from None
     collector.check_complete()
     return collector.out
-
-
-def embed_packed(ids, sequences, tokenize, forward, dim, device, tokens_per_batch, label, lengths=None):
-    """One task through `run_packed`: (N, dim) float32 in input order (see `Task` for the arguments)."""
-    if tokens_per_batch < 1:
-        raise ValueError(f"tokens_per_batch must be positive, got {tokens_per_batch}")
-    task = Task(label, list(ids), list(sequences), tokenize, forward, dim, tokens_per_batch, lengths)
-    return run_packed([task], device)[0]

@@ -128,9 +128,9 @@ def _dnabert_task(records, note, device, tokens_per_batch, seconds):
     ids = [r[1] for r in records]
     tokens = tokenizer([r[2] for r in records])  # once, up front: the lengths plan the batches
     seconds["load_dnabert_s"] = round(time.monotonic() - started, 2)
-    log.info("DNABERT-S %s: %d layers, dim %d, %s on %s, attention %s%s, ready in %.1f s", model_dir,
+    log.info("DNABERT-S %s: %d layers, dim %d, %s on %s, attention %s, ready in %.1f s", model_dir,
              model.config.num_hidden_layers, model.config.hidden_size, DNABERT_PRECISION[device.type], device,
-             model.attention_backend, ", compiled" if model.compiled else "", seconds["load_dnabert_s"])
+             model.attention_backend, seconds["load_dnabert_s"])
     lengths = [len(t) for t in tokens]
     return Task("dnabert_s", ids, tokens, _identity, model.embed, model.config.hidden_size, tokens_per_batch,
                 lengths), model
