@@ -21,8 +21,8 @@ from tests.workflow_runs import REPO, snakemake
 pytestmark = [pytest.mark.workflow]
 DOT_TEST = REPO / ".test"
 LEFT_BY_A_RUN = ("results", "resources", ".snakemake", "report.html", "*.checksum.json")  # .test/.gitignore
-STEPS = {"convert_esm2": 1, "check_dnabert_s": 1, "convert_classifier": 1, "prepare": 2, "plan": 1, "embed": 1,
-         "embedded": 1, "classify": 2, "summarize": 2, "overview": 1}
+STEPS = {"note_model": 3, "prepare": 2, "plan": 1, "embed": 1, "list_receipts": 1, "classify": 2, "summarize": 2,
+         "overview": 1}
 FRAME = re.compile(r"(.+)_chunk_(\d+)([FR][123])")
 
 
