@@ -51,6 +51,18 @@ def test_bounds_balance_tokens_not_records():
     assert shard_bounds([], 100) == [0]
 
 
+def test_a_frame_counts_the_tokens_esm2_will_see_truncated_at_1022_residues(tmp_path):
+    """Shards balance what the GPU runs: a 1,500-residue frame is 1,022 residues + BOS + EOS."""
+    frames = random_frames(["short"])
+    rng = np.random.default_rng(3)
+    long = "M" + "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 1499))
+    frames["long"] = ("".join(rng.choice(list("ACGT"), 3 * len(long))), long)
+    members = {"m": write_member(tmp_path / "m", frames, ["long", "short"])}
+    plan = plan_embeddings(members, tmp_path / "plan", tmp_path / "members", tmp_path / "store", NAMESPACES,
+                           10_000, "cpu")
+    assert [s["tokens"] for s in plan["shards"]] == [1024 + 43]
+
+
 def test_frames_of_all_members_are_pooled_and_embedded_once(pool):
     tmp_path, frames, members = pool
     plan = plan_embeddings(members, tmp_path / "plan", tmp_path / "members", tmp_path / "store", NAMESPACES, 43 * 10, "cpu")

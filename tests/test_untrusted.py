@@ -26,7 +26,7 @@ CODE = sorted([*(REPO / "virnucpro").rglob("*.py"), *(REPO / "scripts").glob("*.
 RULES = sorted([REPO / "workflow" / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")])
 FORBIDDEN = {
     "weights_only=False": r"weights_only\s*=\s*False",
-    "pickle.load": r"\bpickle\.loads?\b|\bcPickle\b|\bdill\b|\bjoblib\.load\b",
+    "pickle.load": r"\bpickle\.(loads?|Unpickler)\b|\bfrom\s+pickle\s+import\b|\bcPickle\b|\bdill\b|\bjoblib\.load\b",
     "trust_remote_code": r"trust_remote_code",
     "eval(": r"(?<![.\w])eval\s*\(",  # the builtin; `model.eval()` is torch's eval mode
     "exec(": r"(?<![.\w])exec\s*\(",
@@ -45,6 +45,25 @@ def code_lines(path):
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
             docs.update(range(body[0].lineno, body[0].end_lineno + 1))
     return [(i, line.split("#")[0]) for i, line in enumerate(text.splitlines(), 1) if i not in docs]
+
+
+CAUGHT = {  # what each pattern must catch, written the ways code writes it
+    "weights_only=False": ["torch.load(p, weights_only = False)"],
+    "pickle.load": ["pickle.load(fh)", "pickle.loads(b)", "pickle.Unpickler(fh).load()",
+                    "from pickle import Unpickler", "joblib.load(p)"],
+    "trust_remote_code": ["AutoModel.from_pretrained(d, trust_remote_code=True)"],
+    "eval(": ["eval(text)", "x = eval (text)"],
+    "exec(": ["exec(code)"],
+    "shell=True": ["subprocess.run(cmd, shell=True)"],
+    "os.system": ["os.system(cmd)", "os.popen(cmd)", "os.execvp(a, b)"],
+}
+
+
+@pytest.mark.parametrize("what", FORBIDDEN)
+def test_the_scan_catches_what_it_names_and_not_its_safe_look_alikes(what):
+    assert all(re.search(FORBIDDEN[what], line) for line in CAUGHT[what]), CAUGHT[what]
+    safe = ["model.eval()", "except pickle.UnpicklingError:", "torch.load(p, weights_only=True)", "os.path.join(a)"]
+    assert not any(re.search(FORBIDDEN[what], line) for line in safe)
 
 
 @pytest.mark.parametrize("what", FORBIDDEN)
@@ -210,7 +229,7 @@ class _Counting(io.BufferedReader):
         return data
 
 
-@pytest.mark.parametrize("length", [1001, 3 << 20])
+@pytest.mark.parametrize("length", [1001, 1100, 3 << 20])  # past the limit by 1, by less than a piece, by pieces
 def test_a_fastq_sequence_is_refused_as_soon_as_it_passes_the_limit(tmp_path, monkeypatch, length):
     """Refused having read at most the limit and a line end past it, even when the line ends soon after."""
     path = tmp_path / "reads.fq"
