@@ -53,7 +53,7 @@ def resolve_min_length(min_length, fragment_size):
 
 
 def cut_and_translate(input_path, fragment_size, out_dna, out_protein, out_fragments=None, manifest=None,
-            group_bases=1 << 22, max_bp=MAX_RECORD_BP, min_length=None):
+                      group_bases=1 << 22, max_bp=MAX_RECORD_BP, min_length=None):
     """Run the front end on `input_path`; returns `PrepareStats`. See the module docstring."""
     min_length = resolve_min_length(min_length, fragment_size)
     stats = PrepareStats()
