@@ -7,7 +7,7 @@ in a temporary folder (deleted after each), and times, side by side in one run:
 
 - write: the embedding step's write of the files;
 - read: what `classify` does, the store's reader (`StoreIndex`, keys then embeddings in chunks of
-  `merge.CHUNK` frames in file order) over all frames of both encoders;
+  `features.CHUNK` frames in file order) over all frames of both encoders;
 - verify: the plan's full check of every file (`verify_store_file`: every chunk and both sha256s).
 
 Layouts: store format 1 (contiguous datasets, no checksums), chunked without Fletcher-32 (what the
@@ -20,7 +20,6 @@ from disk adds the same I/O time to every layout. Each timing is the best of `--
 
 import argparse
 import hashlib
-import inspect
 import math
 import os
 import platform
@@ -41,8 +40,8 @@ from virnucpro.io.store import (  # noqa: E402
     verify_store_file,
     write_store_file,
 )
-from virnucpro.steps.merge import CHUNK  # noqa: E402
-from virnucpro.steps.plan import plan_run  # noqa: E402
+from virnucpro.defaults import TOKENS_PER_SHARD  # noqa: E402
+from virnucpro.io.features import CHUNK  # noqa: E402
 
 WIDTHS = {"esm2": 2560, "dnabert_s": 768}
 FRAMES_PER_MBP = 1340  # 0.6 frames per 500 bp fragment, as 3.5 Mbp of phage and gut contigs kept
@@ -123,7 +122,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each read, the best reported")
     args = parser.parse_args()
     n = int(args.mbp * FRAMES_PER_MBP)
-    tokens_per_shard = inspect.signature(plan_run).parameters["tokens_per_shard"].default
+    tokens_per_shard = TOKENS_PER_SHARD
     shards = math.ceil(n * TOKENS_PER_FRAME / tokens_per_shard)
     rng = np.random.default_rng(0)
     keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]

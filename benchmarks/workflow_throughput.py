@@ -51,7 +51,8 @@ from tests.workflow_runs import make_workdir  # noqa: E402
 from virnucpro.steps.models import ensure_converted  # noqa: E402
 from virnucpro.io.seqio import read_fasta  # noqa: E402
 from virnucpro.models import esm2  # noqa: E402
-from virnucpro.models.namespaces import ESM2_TOKENS_PER_BATCH, ESM2_TRUNCATION  # noqa: E402
+from virnucpro.defaults import ESM2_TOKENS_PER_BATCH  # noqa: E402
+from virnucpro.models.namespaces import ESM2_TRUNCATION  # noqa: E402
 from tests.packed_runs import embed_packed  # noqa: E402
 
 INPUTS = "1x20,8x2.5,100x0.2"  # samples x Mbp each (1x100 in a call of its own: a call may run 10 minutes)
