@@ -210,3 +210,8 @@ def test_summarize_writes_every_per_sample_file_of_the_workflow_under_its_name(t
     assert dict(read_fasta(tmp_path / "out" / "viral_regions.fna")) == {"c1|viral_region_1_2100": seq}
     assert "\tviral_sequence\t1\t2100\t0.800000\t.\t.\tID=c1|viral_region_1_2100;" in (
         tmp_path / "out" / "viral_regions.gff3").read_text()
+    rc, _, err = run_cli(capsys, "summarize", "--predictions", tmp_path / "p.tsv", "--manifest", tmp_path / "m.tsv",
+                         "--fasta", tmp_path / "in.fa", "--fragment-size", "500", "--out-dir", tmp_path / "short",
+                         "--max-record-bp", "2000")  # reaches the viral FASTA's reader
+    assert rc != 0 and "in.fa: record 'c1'" in err and "2,000" in err, err
+    assert [p for p in (tmp_path / "short").rglob("*") if p.is_file()] == []

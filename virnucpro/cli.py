@@ -103,7 +103,7 @@ def _summarize(args):
     settings = Settings(args.threshold, args.top_sequences, args.max_gap_fragments, args.min_viral_fragments,
                         args.max_table_rows)
     summarize(args.predictions, args.manifest, args.fasta, {name: out / o.path for name, o in SUMMARY.items()},
-              args.fragment_size, args.sample, settings)
+              args.fragment_size, args.sample, settings, args.max_record_bp)
 
 
 def _overview(args):
@@ -201,6 +201,11 @@ def _command(sub, name, handler, summary, description=None):
 # ------------------------------------------------------------------------------------ subcommands
 
 
+def _max_record_bp(p):
+    p.add_argument("--max-record-bp", type=int, default=defaults.MAX_RECORD_BP,
+                   help=f"longest sequence read; a longer record is refused (default {defaults.MAX_RECORD_BP:_})")
+
+
 def _add_front(sub):
     p = _command(sub, "prepare", _prepare, "fragments and stop-free six-frame translations",
                  "Cut every sequence into fragments and keep the stop-free frames, as the original does.")
@@ -212,8 +217,7 @@ def _add_front(sub):
     p.add_argument("--manifest", help="TSV with one row per input sequence")
     p.add_argument("--status", help="as the workflow: record bad input here (JSON) and write empty outputs, "
                                     "instead of stopping with the error")
-    p.add_argument("--max-record-bp", type=int, default=defaults.MAX_RECORD_BP,
-                   help=f"longest sequence read; a longer record is refused (default {defaults.MAX_RECORD_BP:_})")
+    _max_record_bp(p)
     p.add_argument("--min-length", type=int, default=defaults.MIN_LENGTH,
                    help="a shorter sequence gets no fragment, no frame and no call (default: the fragment size; "
                         "0 cuts every sequence, as the original)")
@@ -298,6 +302,7 @@ def _add_results(sub):
     _with_default(p, "--threshold", defaults.VIRAL_FRACTION_THRESHOLD, "viral fraction for a viral call", float)
     _with_default(p, "--top-sequences", defaults.PLOT_TOP_SEQUENCES, "sequences in the along-sequence plot")
     p.add_argument("--sample", default="", help="the sample's name, for plot titles and tracks")
+    _max_record_bp(p)
     _with_default(p, "--max-gap-fragments", defaults.MAX_GAP_FRAGMENTS,
                   "viral regions: fragments allowed between two viral ones of a region")
     _with_default(p, "--min-viral-fragments", defaults.MIN_VIRAL_FRAGMENTS, "viral regions: fewest viral fragments")

@@ -85,7 +85,7 @@ def cut_and_translate(input_path, fragment_size, out_dna, out_protein, out_fragm
 
 
 def prepare(input_path, fragment_size, out_dna, out_protein, manifest=None, status=None, out_fragments=None,
-                   max_bp=MAX_RECORD_BP, min_length=None):
+            max_bp=MAX_RECORD_BP, min_length=None):
     """The `prepare` step on one sample, as its rule and the CLI run it: `prepare`, and with `status`
     (JSON) the workflow's record of how it went, {"ok": true, and the counts}.
 
