@@ -1,5 +1,5 @@
 """Peak memory and time of each CPU step of one sample as the sample grows: prepare, plan, classify,
-summarize, overview, each run through the workflow's step harness (`logs.run_step`) in a fresh process,
+summarize, overview, each run through the workflow's step harness (`harness.run_step`) in a fresh process,
 whose last log line gives the step's peak resident memory (VmHWM) and time.
 
 For each size a genome-like sample (contigs of 100 kb, as benchmarks/workflow_throughput.py writes them)
@@ -25,6 +25,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from virnucpro.layout import OVERVIEW, SUMMARY  # noqa: E402
 
 STEPS = ("prepare", "plan", "classify", "summarize", "overview")
 DONE = re.compile(r"done in ([0-9.]+) s, peak memory ([0-9]+) MB")
@@ -53,12 +54,12 @@ def models(root):
 def call(step):
     """The step's function and arguments, for the child process (`run`)."""
     from virnucpro.steps.classify import classify
-    from virnucpro.steps.plan import plan_run
+    from virnucpro.steps.plan import plan
     from virnucpro.steps.prepare import prepare
     from virnucpro.steps.overview import overview
     from virnucpro.steps.summarize import summarize
 
-    return {"prepare": prepare, "plan": plan_run, "classify": classify, "summarize": summarize,
+    return {"prepare": prepare, "plan": plan, "classify": classify, "summarize": summarize,
             "overview": overview}[step]
 
 
@@ -110,28 +111,20 @@ def measure(root, notes, mbp, threads):
     row["prepare"] = step("prepare", d / "prepare.log", 1, [str(fasta)], fragment_size=500,
                           out_dna=str(p / "f.fna"), out_protein=str(p / "f.faa"), manifest=str(p / "m.tsv"),
                           status=str(p / "status.json"))
-    row["plan"] = step("plan", d / "plan.log", 1, [{"s": [str(p / "f.fna"), str(p / "f.faa")]}, str(d / "plan")],
+    row["plan"] = step("plan", d / "plan.log", 1, [{"s": [str(p / "f.fna"), str(p / "f.faa")]}, str(d / "plan"),
+                                                     str(d / "members")],
                        store=str(d / "store"), notes={k: notes[k] for k in ("esm2", "dnabert_s")}, device="cpu",
-                       statuses={"s": str(p / "status.json")}, records_dir=str(d / "members"))
+                       statuses={"s": str(p / "status.json")})
     fake_embeddings(d / "plan")
-    row["classify"] = step("classify", d / "classify.log", threads,
-                           [str(p / "f.fna"), str(p / "f.faa"), str(d / "members" / "s.json")],
+    row["classify"] = step("classify", d / "classify.log", threads, [str(d / "members" / "s.json")],
                            note=notes["classifier"], fragment_size=500, out=str(out / "predictions.tsv"))
-    names = {"fragment_calls": "fragment_calls.tsv", "sequence_summary": "sequence_summary.tsv",
-             "viral_fasta": "viral.fna", "histogram": "h.png", "along": "a.png", "viral_regions": "regions.tsv",
-             "score_track": "t.bedGraph", "region_track": "r.bed", "original_predictions": "o.txt",
-             "original_calls": "o.csv", "sequences_view": "s.html", "regions_view": "r.html",
-             "regions_fasta": "regions.fna", "regions_gff": "regions.gff3"}
     row["summarize"] = step("summarize", d / "summarize.log", 1, predictions=str(out / "predictions.tsv"),
                             manifest=str(p / "m.tsv"), fasta=str(fasta), fragment_size=500, sample="s",
-                            **{k: str(out / v) for k, v in names.items()})
-    runs = {k: str(out / "run" / k) for k in ("overview", "unfinished", "models", "parameters", "overview_view",
-                                               "unfinished_view", "all_sequences", "all_regions", "provenance_file",
-                                               "models_view", "provenance_view")}
-    (out / "run").mkdir()
+                            outputs={name: str(out / o.path) for name, o in SUMMARY.items()})
     row["overview"] = step("overview", d / "overview.log", 1, samples=["s"], statuses=[str(p / "status.json")],
-                           sequence_summaries=[str(out / "sequence_summary.tsv")],
-                           viral_regions=[str(out / "regions.tsv")], notes=list(notes.values()), settings={}, **runs)
+                           sequence_summaries=[str(out / SUMMARY["sequence_summary"].path)],
+                           viral_regions=[str(out / SUMMARY["viral_regions"].path)], notes=list(notes.values()),
+                           settings={}, outputs={name: str(out / "run" / o.path) for name, o in OVERVIEW.items()})
     frames = sum(1 for _ in open(p / "f.faa")) // 2
     return row, frames
 

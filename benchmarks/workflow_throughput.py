@@ -21,7 +21,7 @@ the converted model, the frames of the first input, warm) in the same process. R
 ESM-2 tokens/s over the run and its share of the kernel rate, from the jobs' receipts each job's seconds
 until ESM-2 and DNABERT-S are ready and the seconds of embedding and writing, from snakemake's log the
 span of every rule (start of its first job to end of its last), and from every job's log its peak memory
-and time (`logs.run_step`), so that what limits each figure is measured.
+and time (`harness.run_step`), so that what limits each figure is measured.
 
     python benchmarks/workflow_throughput.py --models-dir /tmp/m --out benchmarks/results/workflow_throughput_h200.md
     python benchmarks/workflow_throughput.py --models-dir /tmp/m --inputs 1x100 --no-added-sample --out ...
@@ -223,7 +223,7 @@ DONE = re.compile(r"virnucpro INFO (\w+): done in ([0-9.]+) s, peak memory ([0-9
 
 def step_peaks(work):
     """{step: (jobs, largest peak memory in MB, seconds summed)} from the last line of every job's log
-    (`logs.run_step`)."""
+    (`harness.run_step`)."""
     peaks = {}
     for log in (work / "results").glob("**/logs/**/*.log"):
         lines = log.read_text().splitlines()
