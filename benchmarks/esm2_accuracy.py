@@ -26,7 +26,7 @@ from esm.model.esm2 import ESM2  # noqa: E402
 from tests.tiny_esm2 import LENGTHS, packed_from_fair_esm, padded_reference, random_proteins  # noqa: E402
 
 from virnucpro.models.mlp import MLPClassifier  # noqa: E402
-from virnucpro.models.esm2 import PackedESM2, tokenizer  # noqa: E402
+from virnucpro.models.esm2 import tokenizer  # noqa: E402
 from tests.packed_runs import embed_packed  # noqa: E402
 
 

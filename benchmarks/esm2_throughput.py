@@ -29,7 +29,7 @@ from esm.model.esm2 import ESM2  # noqa: E402
 
 from benchmarks.timing import sync, timed  # noqa: E402
 from tests.tiny_esm2 import packed_from_fair_esm
-from virnucpro.models.esm2 import Esm2Tokenizer, PackedESM2  # noqa: E402
+from virnucpro.models.esm2 import Esm2Tokenizer  # noqa: E402
 from tests.packed_runs import embed_packed  # noqa: E402
 
 GFLOP_PER_TOKEN = 5.66

@@ -31,7 +31,6 @@ from virnucpro.steps.models import ensure_converted
 from virnucpro.models import esm2
 from virnucpro.models.esm2 import (
     Esm2Tokenizer,
-    PackedESM2,
     convert_checkpoint,
     load_converted,
     read_checkpoint,

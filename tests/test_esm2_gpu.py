@@ -15,7 +15,7 @@ import pytest
 import torch
 from tests.tiny_esm2 import LENGTHS, build_tiny_esm2, packed_from_fair_esm, padded_reference, random_proteins
 
-from virnucpro.models.esm2 import PackedESM2, tokenizer
+from virnucpro.models.esm2 import tokenizer
 from tests.packed_runs import embed_packed
 
 pytestmark = pytest.mark.gpu

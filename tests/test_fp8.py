@@ -9,7 +9,7 @@ import torch
 
 from tests.tiny_esm2 import build_tiny_esm2, packed_from_fair_esm, padded_reference, random_proteins
 from virnucpro.models import fp8
-from virnucpro.models.esm2 import PackedESM2, float8_state, packed_state, tokenizer, Esm2Config
+from virnucpro.models.esm2 import float8_state, packed_state, tokenizer, Esm2Config
 from virnucpro.models.packing import pack
 
 # every value e4m3 holds in [1, 2): 1 + m/8

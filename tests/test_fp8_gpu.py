@@ -16,7 +16,7 @@ import torch
 
 from tests.tiny_esm2 import build_tiny_esm2, packed_from_fair_esm, padded_reference, random_proteins
 from virnucpro.models import fp8
-from virnucpro.models.esm2 import PackedESM2, TritonBackend, tokenizer
+from virnucpro.models.esm2 import TritonBackend, tokenizer
 from tests.packed_runs import embed_packed
 
 pytestmark = pytest.mark.gpu

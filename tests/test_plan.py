@@ -126,7 +126,7 @@ def test_every_frame_is_hashed_once(pool, monkeypatch):
     """The second pass, which writes the shards, takes the keys from the first."""
     tmp_path, _, members = pool
     hashed = []
-    monkeypatch.setattr("virnucpro.steps.plan.frame_key", lambda n, p: hashed.append(n) or frame_key(n, p))
+    monkeypatch.setattr("virnucpro.io.members.frame_key", lambda n, p: hashed.append(n) or frame_key(n, p))
     plan = plan_embeddings(members, tmp_path / "plan", tmp_path / "members", tmp_path / "store", NAMESPACES, 430, "cpu")
     assert len(hashed) == plan["frames"] == 34
 

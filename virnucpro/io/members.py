@@ -21,6 +21,8 @@ from pathlib import Path
 
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import write_text_if_changed
+from virnucpro.io.seqio import read_frames
+from virnucpro.io.store import frame_key
 
 ENCODERS = ("esm2", "dnabert_s")
 FRAME_LIST = ".frames.tsv"  # beside {member}.json
@@ -75,3 +77,21 @@ def frame_list(path, member):
     if n != member["frames"] or digest.hexdigest() != member["frames_sha256"]:
         raise VirNucProError(f"{listed}: does not match its member plan {path} (changed since the plan was "
                              f"made); {PLAN_AGAIN}")
+
+
+def member_frames(name, dna, protein):
+    """Yield (frame id, key, nucleotide, protein) of one member; both files must hold the same ids in order."""
+    for rid, nucleotide, prot in paired_frames(name, dna, protein):
+        yield rid, frame_key(nucleotide, prot), nucleotide, prot
+
+
+def paired_frames(name, dna, protein):
+    """Yield (frame id, nucleotide, protein) of one member, checking that both files hold the same ids."""
+    proteins = read_frames(protein)
+    for rid, nucleotide in read_frames(dna):
+        pid, prot = next(proteins, (None, None))
+        if pid != rid:
+            raise VirNucProError(f"{dna} and {protein} of '{name}' do not hold the same frames in the same order")
+        yield rid, nucleotide, prot
+    if next(proteins, None) is not None:
+        raise VirNucProError(f"{dna} and {protein} of '{name}' do not hold the same frames in the same order")

@@ -49,7 +49,7 @@ def calibration_frames(members, frames=FLOAT8_CHECK_FRAMES):
 
     members: {name: (frames.fna, frames.faa)}. Each member offers its ceil(frames / members) frames of
     smallest key; of those (a frame shared by members counted once) the `frames` smallest are taken."""
-    from virnucpro.steps.plan import member_frames
+    from virnucpro.io.members import member_frames
 
     share = math.ceil(frames / max(len(members), 1))
     offered = {}
@@ -121,7 +121,7 @@ def check_float8(members, notes, store, outputs, check=CHECK, device="auto", sta
     models step with embed.precision float8); outputs: {"decision", "table"}; tokens_per_batch: as
     `embed`'s."""
     from virnucpro.device import resolve_device
-    from virnucpro.steps.plan import usable_members
+    from virnucpro.io.status import usable_members
 
     members, _ = usable_members(members, statuses)
     notes = {kind: check_note(n) for kind, n in notes.items()}

@@ -39,13 +39,11 @@ import numpy as np
 from virnucpro.defaults import TOKENS_PER_SHARD
 from virnucpro.errors import VirNucProError
 from virnucpro.io.atomic import atomic_outputs
-from virnucpro.io.members import ENCODERS, skipped_member, write_member
-from virnucpro.io.seqio import read_frames
+from virnucpro.io.members import ENCODERS, member_frames, paired_frames, skipped_member, write_member
 from virnucpro.layout import PLAN_FILE, SHARDS
 from virnucpro.io.store import (
     StoreFileError,
     StoreIndex,
-    frame_key,
     remove_stale_temporaries,
     set_aside,
     store_files,
@@ -68,24 +66,6 @@ def shard_bounds(tokens, tokens_per_shard):
     midpoints = np.cumsum(tokens) - tokens / 2
     cuts = np.searchsorted(midpoints, np.arange(1, n) * total / n)
     return [0, *np.unique(cuts).tolist(), tokens.size]
-
-
-def member_frames(name, dna, protein):
-    """Yield (frame id, key, nucleotide, protein) of one member; both files must hold the same ids in order."""
-    for rid, nucleotide, prot in _paired(name, dna, protein):
-        yield rid, frame_key(nucleotide, prot), nucleotide, prot
-
-
-def _paired(name, dna, protein):
-    """Yield (frame id, nucleotide, protein) of one member, checking that both files hold the same ids."""
-    proteins = read_frames(protein)
-    for rid, nucleotide in read_frames(dna):
-        pid, prot = next(proteins, (None, None))
-        if pid != rid:
-            raise VirNucProError(f"{dna} and {protein} of '{name}' do not hold the same frames in the same order")
-        yield rid, nucleotide, prot
-    if next(proteins, None) is not None:
-        raise VirNucProError(f"{dna} and {protein} of '{name}' do not hold the same frames in the same order")
 
 
 class _Work:
@@ -250,7 +230,7 @@ def _write_shards(folder, members, work, keys, shard_of, names):
     current, handles, next_at = None, {}, 0
     try:
         for member, (dna, protein) in members.items():
-            for (rid, nucleotide, prot), at in zip(_paired(member, dna, protein), work.positions[member]):
+            for (rid, nucleotide, prot), at in zip(paired_frames(member, dna, protein), work.positions[member]):
                 if at < next_at:  # stored, or written already
                     continue
                 if at != next_at:
@@ -283,17 +263,6 @@ def _log(plan):
     )
 
 
-def usable_members(members, statuses):
-    """(members whose front end went through, {name: error} of the others, each logged as left out);
-    statuses: {name: prepare status file} (`prepare.prepare`), or None."""
-    from virnucpro.io.status import read_status
-
-    skipped = {name: error for name, path in (statuses or {}).items() if (error := read_status(path))}
-    for name, error in skipped.items():
-        log.warning("%s is left out: its front end failed (%s)", name, error)
-    return {name: frames for name, frames in members.items() if name not in skipped}, skipped
-
-
 def plan(members, out_dir, members_dir, store, notes, device, tokens_per_shard=TOKENS_PER_SHARD, statuses=None,
          float8_decision=None):
     """The `plan` step: the namespaces of the models the notes name (`virnucpro.io.notes`, checked to be
@@ -303,6 +272,7 @@ def plan(members, out_dir, members_dir, store, notes, device, tokens_per_shard=T
     float8_decision: the float8 guard's decision file (`check_float8`), when the run asked for float8:
     ESM-2 is planned in the precision it names."""
     from virnucpro.device import planned_device
+    from virnucpro.io.status import usable_members
     from virnucpro.io.notes import check_note
     from virnucpro.models.namespaces import namespaces
     from virnucpro.steps.check_float8 import read_decision

@@ -4,7 +4,7 @@
 rule classify:
     input:
         member=lambda wildcards: member_plan(wildcards.sample),
-        embedded=lambda wildcards: embedded(
+        receipts=lambda wildcards: receipt_list(
             wildcards.sample, sample_file(layout.PREDICTIONS, wildcards.sample)
         ),
         classifier=note("classifier"),

@@ -171,7 +171,7 @@ def plan_receipts(wildcards):
     return [pool_file(f"{layout.RECEIPTS}/{s['name']}.json") for s in shards]
 
 
-def embedded(name, output=None):
+def receipt_list(name, output=None):
     """Input: the pool's list of receipts (rule `list_receipts`); after the plan checkpoint has run. A
     step reading a member's features (making `output`) waits for every shard of the plan. The list is
     ancient input when nothing of the member is to embed and its plan is not newer than `output`: then
@@ -289,9 +289,9 @@ def training(label):
     return lambda wildcards: [member_plan(n) for n in names]
 
 
-def training_embedded(wildcards):
+def training_receipt_list(wildcards):
     """Input function: the training sets' list of receipts (plain input: no output given)."""
-    return embedded(next(iter(TRAIN_SETS))) if TRAIN_SETS else []
+    return receipt_list(next(iter(TRAIN_SETS))) if TRAIN_SETS else []
 
 
 INTERRUPTED = []  # the signals that reached Snakemake during the run (note_interrupts)

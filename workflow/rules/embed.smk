@@ -94,7 +94,7 @@ rule embed:
 
 
 # Every shard of the pool's plan embedded: the list of their receipts. Steps that read the store take it
-# as ancient input (common.smk `embedded`): they wait for it, but a shard embedded for another member
+# as ancient input (common.smk `receipt_list`): they wait for it, but a shard embedded for another member
 # (an added sample) does not make them run again.
 rule list_receipts:
     input:

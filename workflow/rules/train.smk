@@ -7,7 +7,7 @@ rule train:
     input:
         viral=training("viral"),
         other=training("other"),
-        embedded=training_embedded,
+        receipts=training_receipt_list,
     output:
         model=TRAINED,
         metrics=report(
