@@ -302,21 +302,25 @@ def test_two_tasks_in_one_run_each_get_their_rows():
     assert run_packed([Task("none", [], [], _toy_tokenize, _toy_forward, 3, 64)], "cpu")[0].shape == (0, 3)
 
 
-def _gemm_forward(batch):
-    """A forward whose matrix product sees the whole batch: BLAS libraries compute a row differently for
-    different row counts (small ones above all), so this is only batch-independent at one batch shape."""
+def _row_count_rounding_forward(batch):
+    """A forward whose rows depend on how many rows the batch has, in their last bits, as a BLAS's may
+    (small row counts take other code paths): the condition is constructed, so that a batch not padded
+    to the budget gives other bits on every machine, not only on one whose BLAS happens to round so."""
     t = batch.input_ids.to(torch.float32)
     x = torch.stack([torch.sin(t * (k + 1)) for k in range(256)], dim=1)  # (T, 256)
     w = torch.linspace(-1, 1, 256 * 64).reshape(64, 256)
-    return segment_mean(F.linear(x, w), batch.cu_seqlens, 1, 1)
+    y = F.linear(x, w) * (1 + t.shape[0] * 2.0**-20)  # another factor for each row count
+    return segment_mean(y, batch.cu_seqlens, 1, 1)
 
 
 def test_a_sequence_gets_the_same_bits_in_any_batch():
+    """Constructed condition (`_row_count_rounding_forward`): every batch is padded to the budget."""
     ids, seqs = _toy_data(200, seed=9)
-    ids, seqs = ["short", *ids], ["ACDEF", *seqs]  # alone, a batch of 7 tokens: BLAS takes a small-matrix path
-    whole = embed_packed(ids, seqs, _toy_tokenize, _gemm_forward, 64, "cpu", 512, "toy")
-    alone = embed_packed(ids[:1], seqs[:1], _toy_tokenize, _gemm_forward, 64, "cpu", 512, "toy")
-    mixed = embed_packed(ids[::-1][:50], seqs[::-1][:50], _toy_tokenize, _gemm_forward, 64, "cpu", 512, "toy")
+    ids, seqs = ["short", *ids], ["ACDEF", *seqs]  # alone: a batch of 7 tokens unless padded
+    forward = _row_count_rounding_forward
+    whole = embed_packed(ids, seqs, _toy_tokenize, forward, 64, "cpu", 512, "toy")
+    alone = embed_packed(ids[:1], seqs[:1], _toy_tokenize, forward, 64, "cpu", 512, "toy")
+    mixed = embed_packed(ids[::-1][:50], seqs[::-1][:50], _toy_tokenize, forward, 64, "cpu", 512, "toy")
     assert np.array_equal(alone, whole[:1])
     assert np.array_equal(mixed, whole[::-1][:50])
 

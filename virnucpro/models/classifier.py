@@ -40,6 +40,11 @@ PARAMETERS = {  # name -> (shape as a function of (input_dim, hidden, num_class)
 }
 
 
+def affine(x, weight_t, bias):
+    """x @ weight_t + bias: the matrix products, which BLAS may round differently for other row counts."""
+    return x @ weight_t + bias
+
+
 @dataclass(frozen=True)
 class Classifier:
     """A classifier read from its file: float32 parameters (the original's names) and what the file says."""
@@ -65,8 +70,8 @@ class Classifier:
         for lo in range(0, x.shape[0], block_rows):
             rows = min(block_rows, x.shape[0] - lo)
             block[:rows], block[rows:] = x[lo : lo + rows], 0
-            h = np.maximum((block @ first + w["hidden_layer.bias"]) * scale + shift, 0)  # (BLOCK, hidden)
-            logits = h @ second + w["output_layer.bias"]  # (BLOCK, num_class)
+            h = np.maximum(affine(block, first, w["hidden_layer.bias"]) * scale + shift, 0)  # (BLOCK, hidden)
+            logits = affine(h, second, w["output_layer.bias"])  # (BLOCK, num_class)
             e = np.exp(logits - logits.max(axis=1, keepdims=True))
             out[lo : lo + rows] = (e / e.sum(axis=1, keepdims=True))[:rows]
         return out
