@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_dnabert import hf_token_ids, reference_embeddings
-from tests.tiny_dnabert import build_tiny_dnabert, random_dna
+from tests.tiny_dnabert import build_tiny_dnabert, hf_token_ids, random_dna, reference_embeddings
 from tests.tiny_esm2 import (
     build_tiny_esm2,
     fair_esm_from_file,
