@@ -15,7 +15,7 @@ import pytest
 
 from tests.stored_features import NAMESPACES, stored_features
 from tests.test_embed import embed_all, models, plan, sample  # noqa: F401 (models is a fixture)
-from tests.workflow_runs import REPO, snakemake
+from tests.workflow_runs import REPO, TABLES, snakemake, tiny_workdir
 from virnucpro.cli import main as cli_main
 from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import checked_sha256, write_record
@@ -268,14 +268,12 @@ def test_a_damaged_store_copy_gives_the_clean_runs_tables(tmp_path, tiny_models)
     it aside with one warning line and embeds its frames again, and the tables are the clean run's. (A
     file damaged after the plan: the unit test above, then test_reliability_inputs'
     `test_frame_missing_from_the_store_fails_the_classification`, a file gone from the store.)"""
-    from tests.test_workflow_e2e import TABLES, workdir
-
     sheet, shards = {"sample_a": REPO / "example" / "sample_a.fa"}, {"shards.tokens_per_shard": 6000}
-    clean = workdir(tmp_path / "clean", tiny_models, sheet=sheet, **shards)
+    clean = tiny_workdir(tmp_path / "clean", tiny_models, sheet=sheet, **shards)
     snakemake(clean, "--cores", "2")
     store = tmp_path / "copy"
     shutil.copytree(clean / "resources" / "embeddings", store)
-    work = workdir(tmp_path / "work", tiny_models, sheet=sheet, **shards, **{"embed.store": str(store)})
+    work = tiny_workdir(tmp_path / "work", tiny_models, sheet=sheet, **shards, **{"embed.store": str(store)})
     member = json.loads((clean / "results" / "embedding" / "samples" / "members" / "sample_a.json").read_text())
     first, _ = store_files(store, Namespace.from_json(member["namespaces"]["esm2"]))
     flip(first, data_offset(first, "embeddings"))
