@@ -82,6 +82,19 @@ def tiny_models(tmp_path_factory):
     return {"models.esm2": str(esm), "models.dnabert_s": str(dnabert), "models.classifier": str(classifier)}
 
 
+@pytest.fixture(scope="module")
+def embed_models(tmp_path_factory):
+    """(tiny ESM-2 checkpoint, tiny DNABERT-S snapshot directory, its state dict) for `virnucpro plan`
+    and `virnucpro embed` run directly (tests/embed_runs.py); one set per test module."""
+    from tests.tiny_dnabert import build_tiny_dnabert
+    from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint
+
+    d = tmp_path_factory.mktemp("models")
+    esm_path = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=3, embed_dim=64, heads=4), d)
+    dna_dir, state, _ = build_tiny_dnabert(d / "DNABERT-S")
+    return esm_path, dna_dir, state
+
+
 @pytest.fixture(autouse=True)
 def thread_settings():
     """`run_step` sets this process's thread variables and torch's thread count: every test gets them

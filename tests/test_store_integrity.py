@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.stored_features import NAMESPACES, stored_features
-from tests.test_embed import embed_all, models, plan, sample  # noqa: F401 (models is a fixture)
+from tests.embed_runs import embed_all, plan, sample
 from tests.workflow_runs import REPO, TABLES, snakemake, tiny_workdir
 from virnucpro.cli import main as cli_main
 from virnucpro.errors import VirNucProError
@@ -138,11 +138,11 @@ def test_set_aside_keeps_the_file_where_no_reader_looks(tmp_path):
 # ----------------------------------------------------------------------------------- plan and classify
 
 
-def test_a_damaged_store_file_is_set_aside_by_the_plan_and_its_frames_embedded_again(tmp_path, models, caplog):
+def test_a_damaged_store_file_is_set_aside_by_the_plan_and_its_frames_embedded_again(tmp_path, embed_models, caplog):
     """The observed case: 16 bytes flipped in the middle of `embeddings` of one ESM-2 store file."""
     frames = sample(tmp_path / "s")
-    plan_dir, planned = plan(tmp_path, models, frames)
-    embed_all(tmp_path, models, plan_dir, planned["shards"])
+    plan_dir, planned = plan(tmp_path, embed_models, frames)
+    embed_all(tmp_path, embed_models, plan_dir, planned["shards"])
     ids, clean = gather_features(tmp_path / "members" / "s.json")
     victim = store_files(tmp_path / "store", Namespace.from_json(planned["namespaces"]["esm2"]))[0]
     held = read_keys(victim).size
@@ -150,7 +150,7 @@ def test_a_damaged_store_file_is_set_aside_by_the_plan_and_its_frames_embedded_a
     damaged = victim.read_bytes()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="virnucpro"):
-        plan_dir, replanned = plan(tmp_path, models, frames, name="plan2")
+        plan_dir, replanned = plan(tmp_path, embed_models, frames, name="plan2")
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     (kept,) = (victim.parent / "quarantine").iterdir()
     assert warning == (f"plan: store file {victim}: 'embeddings' rows 0-{held - 1} fail their checksums "
@@ -158,7 +158,7 @@ def test_a_damaged_store_file_is_set_aside_by_the_plan_and_its_frames_embedded_a
                        "its frames are embedded again")
     assert not victim.exists() and kept.read_bytes() == damaged
     assert replanned["frames_to_embed"] == held and [s["dnabert_s"] for s in replanned["shards"]] == [0]
-    embed_all(tmp_path, models, plan_dir, replanned["shards"])
+    embed_all(tmp_path, embed_models, plan_dir, replanned["shards"])
     again_ids, again = gather_features(tmp_path / "members" / "s.json")
     assert again_ids == ids
     np.testing.assert_array_equal(again, clean)  # what a clean run gives, bit for bit on the CPU
