@@ -1,7 +1,9 @@
 """Shared pytest set-up: GPU tests skip cleanly where CUDA is absent, and Triton kernels run through
 Triton's CPU interpreter there; SLURM tests skip where no cluster answers, unless --require-slurm (CI)
 turns that into a failure; browser tests skip where headless Chromium, its driver or selenium is
-missing, unless --require-browser (CI) does; tiny models for workflow runs."""
+missing, unless --require-browser (CI) does; Triton tests (marked `triton`) skip where triton is not
+installed, unless --require-triton (CI) does; tiny models for workflow runs and for the embedding
+stage run directly."""
 
 import importlib.util
 import os
@@ -34,6 +36,13 @@ def pytest_addoption(parser):
                      help="fail SLURM tests instead of skipping them when no cluster answers")
     parser.addoption("--require-browser", action="store_true",
                      help="fail browser tests instead of skipping them when Chromium or selenium is missing")
+    parser.addoption("--require-triton", action="store_true",
+                     help="fail Triton tests instead of skipping them when triton is not installed")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "triton: runs the Triton kernels (through Triton's CPU interpreter where "
+                                       "there is no GPU); skipped where triton is not installed")
 
 
 BROWSER = ("chromium", "chromedriver")  # Debian packages chromium and chromium-driver
@@ -41,6 +50,10 @@ BROWSER = ("chromium", "chromedriver")  # Debian packages chromium and chromium-
 
 def browser_found():
     return all(shutil.which(p) for p in BROWSER) and importlib.util.find_spec("selenium") is not None
+
+
+def triton_found():
+    return importlib.util.find_spec("triton") is not None
 
 
 def slurm_answers():
@@ -54,16 +67,26 @@ def pytest_collection_modifyitems(config, items):
     skip_slurm = pytest.mark.skip(reason="no SLURM cluster answers (CI starts one: .ci/slurm.sh)")
     skip_browser = pytest.mark.skip(reason="no headless Chromium (apt-get install chromium chromium-driver) "
                                            "or no selenium (CI installs both)")
+    skip_triton = pytest.mark.skip(reason="triton is not installed (the test extra installs it on Linux x86_64; "
+                                          "CI requires it)")
     has_slurm = None
     for item in items:
         if "browser" in item.keywords and not config.getoption("--require-browser") and not browser_found():
             item.add_marker(skip_browser)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        if "triton" in item.keywords and not config.getoption("--require-triton") and not triton_found():
+            item.add_marker(skip_triton)
         if "slurm" in item.keywords and not config.getoption("--require-slurm"):
             has_slurm = slurm_answers() if has_slurm is None else has_slurm
             if not has_slurm:
                 item.add_marker(skip_slurm)
+
+
+def pytest_runtest_setup(item):
+    """A Triton test that was not skipped (above) but cannot run fails, saying why."""
+    if "triton" in item.keywords and not triton_found():
+        pytest.fail("Triton test required (--require-triton) but triton is not installed", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +103,19 @@ def tiny_models(tmp_path_factory):
     classifier = d / "500_model.pth"
     make_original_classifier(classifier, input_dim=DNA_DIM + ESM_DIM)
     return {"models.esm2": str(esm), "models.dnabert_s": str(dnabert), "models.classifier": str(classifier)}
+
+
+@pytest.fixture(scope="module")
+def embed_models(tmp_path_factory):
+    """(tiny ESM-2 checkpoint, tiny DNABERT-S snapshot directory, its state dict) for `virnucpro plan`
+    and `virnucpro embed` run directly (tests/embed_runs.py); one set per test module."""
+    from tests.tiny_dnabert import build_tiny_dnabert
+    from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint
+
+    d = tmp_path_factory.mktemp("models")
+    esm_path = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=3, embed_dim=64, heads=4), d)
+    dna_dir, state, _ = build_tiny_dnabert(d / "DNABERT-S")
+    return esm_path, dna_dir, state
 
 
 @pytest.fixture(autouse=True)

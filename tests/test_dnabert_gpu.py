@@ -12,8 +12,7 @@ real defect (a slope, a distance across packed sequences, [CLS]/[SEP] left out o
 import numpy as np
 import pytest
 import torch
-from test_dnabert import hf_token_ids, reference_embeddings
-from tests.tiny_dnabert import build_tiny_dnabert, random_dna, train_tokenizer
+from tests.tiny_dnabert import build_tiny_dnabert, hf_token_ids, random_dna, reference_embeddings, train_tokenizer
 
 from virnucpro.models.attention import _have_flash_attn
 from virnucpro.models.dnabert import load_dnabert

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_dnabert import hf_token_ids, reference_embeddings
-from tests.tiny_dnabert import build_tiny_dnabert, random_dna
+from tests.embed_runs import embed_all, plan, sample
+from tests.tiny_dnabert import hf_token_ids, reference_embeddings
 from tests.tiny_esm2 import (
     build_tiny_esm2,
     fair_esm_from_file,
@@ -24,53 +24,6 @@ from virnucpro.errors import VirNucProError
 from virnucpro.io.features import gather_features, iter_features
 
 TOL = 1e-5
-AA = list("ACDEFGHIKLMNPQRSTVWY")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    esm_path = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=3, embed_dim=64, heads=4), d)
-    dna_dir, state, _ = build_tiny_dnabert(d / "DNABERT-S")
-    return esm_path, dna_dir, state
-
-
-def sample(folder, n=40, seed=0):
-    """frames.fna / frames.faa of `n` frames (lower case and IUPAC codes among the nucleotides)."""
-    rng = np.random.default_rng(seed)
-    proteins = ["".join(rng.choice(AA, int(k))) for k in rng.integers(1, 170, n)]
-    nucleotides = random_dna(n, [3 * len(p) + 1 for p in proteins], seed=seed)
-    nucleotides[1] = nucleotides[1].lower()
-    nucleotides[2] = nucleotides[2][:4] + "NNRYK" + nucleotides[2][9:]
-    ids = [f"contig{i}_chunk_{i + 1}{'FR'[i % 2]}{i % 3 + 1}" for i in range(n)]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "frames.fna").write_text("".join(f">{i}\n{s}\n" for i, s in zip(ids, nucleotides)))
-    (folder / "frames.faa").write_text("".join(f">{i}\n{s}\n" for i, s in zip(ids, proteins)))
-    return folder / "frames.fna", folder / "frames.faa", ids, proteins, nucleotides
-
-
-def plan(tmp_path, models, frames, tokens_per_shard=2000, name="plan"):
-    esm_path, dna_dir, _ = models
-    out = tmp_path / name
-    rc = cli_main(["plan", "--sample", "s", str(frames[0]), str(frames[1]), "--esm2", str(esm_path),
-                   "--dnabert-s", str(dna_dir), "--models-dir", str(tmp_path / "models"), "--store",
-                   str(tmp_path / "store"), "--device", "cpu", "--tokens-per-shard", str(tokens_per_shard),
-                   "--out", str(out)])
-    assert rc == 0
-    return out, json.loads((out / "plan.json").read_text())
-
-
-def embed_all(tmp_path, models, plan_dir, shards):
-    esm_path, dna_dir, _ = models
-    receipts = []
-    for shard in shards:
-        out = tmp_path / "done" / f"{shard['name']}.json"
-        rc = cli_main(["embed", str(plan_dir), shard["name"], "--esm2", str(esm_path), "--dnabert-s", str(dna_dir),
-                       "--models-dir", str(tmp_path / "models"), "--esm2-tokens-per-batch", "1100",
-                       "--dnabert-tokens-per-batch", "700", "--out", str(out)])
-        assert rc == 0
-        receipts.append(json.loads(out.read_text()))
-    return receipts
 
 
 def fair_esm_reference(path, seqs):
@@ -86,19 +39,19 @@ def rel_err(a, b):
     return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def test_plan_and_embed_fill_the_store_with_the_originals_embeddings(tmp_path, models, caplog):
+def test_plan_and_embed_fill_the_store_with_the_originals_embeddings(tmp_path, embed_models, caplog):
     frames = sample(tmp_path / "s")
-    plan_dir, planned = plan(tmp_path, models, frames)
+    plan_dir, planned = plan(tmp_path, embed_models, frames)
     assert len(planned["shards"]) >= 2
     with caplog.at_level(logging.INFO, logger="virnucpro"):
-        receipts = embed_all(tmp_path, models, plan_dir, planned["shards"])
+        receipts = embed_all(tmp_path, embed_models, plan_dir, planned["shards"])
     assert sum(r["frames"]["esm2"] for r in receipts) == sum(r["frames"]["dnabert_s"] for r in receipts) == 40
     assert {"load_esm2", "load_dnabert_s", "embed", "write"} <= set(receipts[0]["seconds"])
     assert "tokens/s" in caplog.text
     _, _, ids, proteins, nucleotides = frames
     got_ids, features = gather_features(tmp_path / "members" / "s.json")
     assert got_ids == ids and features.shape == (40, 96 + 64)
-    esm_path, dna_dir, state = models
+    esm_path, dna_dir, state = embed_models
     token_ids = hf_token_ids(dna_dir, nucleotides)
     assert 0 in token_ids[2]  # IUPAC codes became [UNK] tokens
     assert rel_err(features[:, :96], reference_embeddings(state, token_ids)).max() < TOL
@@ -113,22 +66,22 @@ def test_plan_and_embed_fill_the_store_with_the_originals_embeddings(tmp_path, m
         assert f.attrs["tokens_per_batch"] == 1100 and "<cls>" in f.attrs["pooling"]
 
 
-def test_a_rerun_plans_nothing_and_another_model_only_its_encoder(tmp_path, models):
+def test_a_rerun_plans_nothing_and_another_model_only_its_encoder(tmp_path, embed_models):
     frames = sample(tmp_path / "s", n=12, seed=3)
-    plan_dir, planned = plan(tmp_path, models, frames)
-    embed_all(tmp_path, models, plan_dir, planned["shards"])
-    _, again = plan(tmp_path, models, frames, name="again")
+    plan_dir, planned = plan(tmp_path, embed_models, frames)
+    embed_all(tmp_path, embed_models, plan_dir, planned["shards"])
+    _, again = plan(tmp_path, embed_models, frames, name="again")
     assert again["shards"] == [] and again["frames_to_embed"] == 0
     other = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=3, embed_dim=64, heads=4, seed=9), tmp_path / "b")
-    _, changed = plan(tmp_path, (other, *models[1:]), frames, name="changed")
+    _, changed = plan(tmp_path, (other, *embed_models[1:]), frames, name="changed")
     assert sum(s["esm2"] for s in changed["shards"]) == 12
     assert sum(s["dnabert_s"] for s in changed["shards"]) == 0
 
 
-def test_step_errors_are_one_line(tmp_path, models, capsys):
-    esm_path, dna_dir, _ = models
+def test_step_errors_are_one_line(tmp_path, embed_models, capsys):
+    esm_path, dna_dir, _ = embed_models
     frames = sample(tmp_path / "s", n=4)
-    plan_dir, planned = plan(tmp_path, models, frames)
+    plan_dir, planned = plan(tmp_path, embed_models, frames)
     shard = planned["shards"][0]["name"]
     other = save_fair_esm_checkpoint(build_tiny_esm2(num_layers=3, embed_dim=64, heads=4, seed=5), tmp_path / "b")
     out = tmp_path / "done.json"
@@ -149,8 +102,8 @@ def test_step_errors_are_one_line(tmp_path, models, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_a_plan_for_a_gpu_refuses_to_run_on_the_cpu(tmp_path, models, capsys):
-    esm_path, dna_dir, _ = models
+def test_a_plan_for_a_gpu_refuses_to_run_on_the_cpu(tmp_path, embed_models, capsys):
+    esm_path, dna_dir, _ = embed_models
     frames = sample(tmp_path / "s", n=3)
     out = tmp_path / "plan"
     assert cli_main(["plan", "--sample", "s", str(frames[0]), str(frames[1]), "--esm2", str(esm_path),
@@ -162,14 +115,14 @@ def test_a_plan_for_a_gpu_refuses_to_run_on_the_cpu(tmp_path, models, capsys):
     assert rc == 1 and "device cuda was asked for" in capsys.readouterr().err
 
 
-def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, models, monkeypatch):
+def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, embed_models, monkeypatch):
     """On a cluster whose login node has no GPU, `auto` plans for the CPU: a GPU job must not then
     silently embed on its CPU."""
     from virnucpro.errors import VirNucProError
     from virnucpro.steps.models import make_note
     from virnucpro.steps.embed import embed
 
-    esm_path, dna_dir, _ = models
+    esm_path, dna_dir, _ = embed_models
     frames = sample(tmp_path / "s", n=3)
     monkeypatch.setattr("virnucpro.device.visible_devices", lambda: [])  # where snakemake runs: no GPU
     assert cli_main(["plan", "--sample", "s", str(frames[0]), str(frames[1]), "--esm2", str(esm_path),
@@ -183,12 +136,12 @@ def test_a_cpu_plan_made_by_auto_refuses_a_job_that_has_a_gpu(tmp_path, models, 
         embed(tmp_path / "plan", planned["shards"][0]["name"], notes, tmp_path / "r.json")
 
 
-def test_features_export_refuses_a_changed_frame_list_as_classify_does(tmp_path, models, capsys):
+def test_features_export_refuses_a_changed_frame_list_as_classify_does(tmp_path, embed_models, capsys):
     import h5py
 
     frames = sample(tmp_path / "s", n=6, seed=2)
-    plan_dir, planned = plan(tmp_path, models, frames)
-    embed_all(tmp_path, models, plan_dir, planned["shards"])
+    plan_dir, planned = plan(tmp_path, embed_models, frames)
+    embed_all(tmp_path, embed_models, plan_dir, planned["shards"])
     member = tmp_path / "members" / "s.json"
     args = ["features", "--member", str(member)]
     assert cli_main([*args, "--out", str(tmp_path / "f.h5")]) == 0

@@ -31,7 +31,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from tests import conda_shim
-from tests.test_deploy import assert_complete, deploy, run_deployed
+from tests.workflow_runs import assert_complete, deploy, run_deployed
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = [REPO / "workflow" / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]

@@ -11,8 +11,7 @@ import shutil
 import pytest
 
 from tests.original_classifier import make_original_classifier
-from tests.workflow_runs import REPO, snakemake
-from tests.test_workflow_e2e import workdir
+from tests.workflow_runs import REPO, snakemake, tiny_workdir
 from tests.tiny_dnabert import build_tiny_dnabert, train_tokenizer
 from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint
 
@@ -56,7 +55,7 @@ def plan_counts(work):
 def test_each_swapped_model_reaches_the_scores_and_only_its_dependants_run(tmp_path, tiny_models):
     work = tmp_path / "work"
     models = own_models(work, tiny_models)
-    workdir(work, {k: str(v) for k, v in models.items()}, sheet={"s": SAMPLE})
+    tiny_workdir(work, {k: str(v) for k, v in models.items()}, sheet={"s": SAMPLE})
     snakemake(work, "--cores", "2")
     before = scores(work)
 

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from tests.original_classifier import make_original_classifier
-from tests.test_reliability_inputs import one_error_line, workdir
 from tests.tiny_dnabert import build_tiny_dnabert
 from tests.tiny_esm2 import build_tiny_esm2, save_fair_esm_checkpoint
-from tests.workflow_runs import REPO, make_workdir, snakemake
+from tests.workflow_runs import REPO, make_workdir, one_error_line, snakemake, tiny_workdir
 from virnucpro.config import check_classifier, classifier_fragment_size
 from virnucpro.device import check_device
 from virnucpro.errors import VirNucProError
@@ -25,6 +24,8 @@ from virnucpro.steps import models as fetch
 from virnucpro.steps.overview import model_rows
 
 ESM2_NAME = "esm2_t2_1M_UR50D"  # a fair-esm name, as the models step downloads it
+# one small sample (test_reliability_inputs' default): the run stops on the models, not on it
+SHEET = {"s": REPO / "tests" / "data" / "bad" / "shell_metachar_ids.fa"}
 
 
 def trained_classifier(path, fragment_size, input_dim=160):
@@ -77,7 +78,7 @@ def _trained_for_300(tmp_path, tiny_models):
 @pytest.mark.parametrize("case", [_pth_for_500, _trained_for_300], ids=["pth_name", "trained_safetensors"])
 def test_fragment_size_mismatch_stops_the_run_before_any_job(tmp_path, tiny_models, case):
     change, path, sizes = case(tmp_path, tiny_models)
-    work = workdir(tmp_path / "work", tiny_models, **change)
+    work = tiny_workdir(tmp_path / "work", tiny_models, sheet=SHEET, **change)
     proc = snakemake(work, "--cores", "2", check=False)
     assert proc.returncode != 0
     size = change.get("fragment_size", 500)
@@ -95,7 +96,7 @@ def test_hand_placed_classifier_with_another_blob_id_stops_the_run_before_any_jo
     models.mkdir(parents=True)
     placed = make_original_classifier(models / "500_model.pth", input_dim=160)
     blob = fetch.git_blob_id(placed.read_bytes())
-    work = workdir(tmp_path / "work", {**tiny_models, "models.classifier": "500_model.pth"})
+    work = tiny_workdir(tmp_path / "work", {**tiny_models, "models.classifier": "500_model.pth"}, sheet=SHEET)
     proc = snakemake(work, "--cores", "2", check=False)
     assert proc.returncode != 0
     one_error_line(proc.stderr, f"configuration error: config: models.classifier: {placed} is not the "
@@ -183,7 +184,7 @@ def test_a_hand_placed_esm2_that_fails_stops_the_run_before_the_plan_and_any_emb
     models.mkdir(parents=True)
     placed = shutil.copy(tiny_models["models.esm2"], models / f"{ESM2_NAME}.pt")
     corrupt_a_member(placed)
-    work = workdir(work, {**tiny_models, "models.esm2": f"{ESM2_NAME}.pt"})
+    work = tiny_workdir(work, {**tiny_models, "models.esm2": f"{ESM2_NAME}.pt"}, sheet=SHEET)
     proc = snakemake(work, "--cores", "2", check=False)  # the default profile keeps going
     assert proc.returncode != 0
     (log,) = (models / "logs").glob("note_model_esm2-*.log")

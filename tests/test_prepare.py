@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.frontend_inputs import min_length_records
 from tests.reference_frontend import chunks, front_end
 from virnucpro.errors import InputError, VirNucProError
 from virnucpro.frames import fragment_layout
@@ -297,15 +298,6 @@ def test_the_workflow_step_records_bad_input_and_writes_empty_outputs(tmp_path):
     stats = prepare(GOLDEN / "input.fa", 500, **out, min_length=0)
     assert json.loads(out["status"].read_text()) == {"ok": True, **stats.__dict__}
     assert out["out_protein"].read_bytes() == (GOLDEN / "identified_protein500.faa").read_bytes()
-
-
-def min_length_records(rng):
-    """A 3 bp and a 299 bp record (stop-free frames), one of exactly 300 bp, one without a stop-free
-    frame, and a long one: around the 300 bp fragment size."""
-    sense = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
-    coding = lambda n: "".join(rng.choice(sense, n // 3 + 1))[:n]  # noqa: E731
-    return [("tiny", "AAA"), ("just_short", coding(299)), ("exact", coding(300)), ("stops", "TAAT" * 150),
-            ("long", coding(901))]
 
 
 def manifest_rows(text):

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.workflow_runs import REPO, make_workdir, snakemake
+from tests.workflow_runs import REPO, one_error_line, snakemake, tiny_workdir
 from virnucpro.io.seqio import read_fasta
 from virnucpro.io.store import (
     Namespace,
@@ -38,24 +38,7 @@ TABLES = ["prediction_results.tsv", "fragment_calls.tsv", "sequence_summary.tsv"
 
 def workdir(path, models=None, sheet=None, **overrides):
     """A working directory for sample `s` (or `sheet`); with `models`, tiny models on CPU."""
-    path.mkdir(parents=True, exist_ok=True)
-    if models is not None:
-        overrides = {**models, "models.dir": str(path / "models"), "embed.device": "cpu", **overrides}
-    return make_workdir(path, sheet=sheet or {SAMPLE: METACHAR}, **overrides)
-
-
-def error_lines(text):
-    return [line for line in text.splitlines() if "error" in line.lower()]
-
-
-def one_error_line(text, *needles):
-    """The single error line of `text`; it must hold every needle, and no traceback may appear."""
-    errors = error_lines(text)
-    assert len(errors) == 1, text
-    assert "Traceback" not in text, text
-    for needle in needles:
-        assert str(needle) in errors[0], (needle, errors[0])
-    return errors[0]
+    return tiny_workdir(path, models, sheet=sheet or {SAMPLE: METACHAR}, **overrides)
 
 
 def leftovers(work):

@@ -7,11 +7,11 @@ import hashlib
 import json
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from tests.html_tables import Cells
 from virnucpro.errors import VirNucProError
 from virnucpro.io.tables import write_tsv
 from virnucpro.results.regions import REGION_COLUMNS
@@ -20,33 +20,6 @@ from virnucpro.steps.unfinished import sample_reason, unfinished
 from virnucpro.layout import OVERVIEW
 from virnucpro.steps.overview import OVERVIEW_COLUMNS, overview_rows, sample_outcomes, write_run_files
 from virnucpro.steps.summarize import SEQUENCE_COLUMNS
-
-
-class Cells(HTMLParser):
-    """Rows of cell texts (th and td) and the classes of the rows, from an HTML page."""
-
-    def __init__(self, text):
-        super().__init__()
-        self.rows, self.classes, self.cell, self.scripts = [], [], None, 0
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "tr":
-            self.rows.append([])
-            self.classes.append(dict(attrs).get("class"))
-        elif tag in ("td", "th"):
-            self.cell = ""
-        elif tag in ("script", "link", "img", "iframe"):
-            self.scripts += 1
-
-    def handle_data(self, data):
-        if self.cell is not None:
-            self.cell += data
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th"):
-            self.rows[-1].append(self.cell)
-            self.cell = None
 
 
 def summary_row(sid, length, call, mean):

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflow_runs import REPO, SNAKEMAKE, snakemake
-from tests.test_workflow_e2e import TABLES, rows, workdir
+from tests.workflow_runs import REPO, SNAKEMAKE, TABLES, rows, snakemake, tiny_workdir
 from virnucpro.io.seqio import read_sequences
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -53,7 +52,7 @@ def baseline(tmp_path_factory, tiny_models):
     base = tmp_path_factory.mktemp("baseline")
     reversed_fasta(SAMPLE_A, base / "sample_rev.fa")
     sheet = {"sample_a": SAMPLE_A, "sample_rev": base / "sample_rev.fa"}
-    work = workdir(base / "work", tiny_models, sheet=sheet, **SHARDS)
+    work = tiny_workdir(base / "work", tiny_models, sheet=sheet, **SHARDS)
     snakemake(work, "--cores", "2")
     return work
 
@@ -140,7 +139,7 @@ def assert_same_tables(work, baseline, sample="sample_a"):
 
 
 def test_killed_in_embedding_and_in_summarize_resumes_to_the_same_results(tmp_path, tiny_models, baseline):
-    work = workdir(tmp_path, tiny_models, sheet={"sample_a": SAMPLE_A}, **SHARDS)
+    work = tiny_workdir(tmp_path, tiny_models, sheet={"sample_a": SAMPLE_A}, **SHARDS)
     out = work / "results" / "sample_a"
     stage = work / "results" / "embedding" / "samples"
 
@@ -205,7 +204,7 @@ def test_ctrl_c_inside_a_step_gives_one_line_and_the_rerun_the_same_results(tmp_
     """SIGINT to the whole run (Ctrl-C in a terminal) while `summarize` runs: the step ends with one line
     and no traceback, the closing summary says the sample was interrupted, none of its results exists
     under a final or a temporary name, and the plain rerun (no --unlock) gives the uninterrupted tables."""
-    work = workdir(tmp_path, tiny_models, sheet={"sample_a": SAMPLE_A}, **SHARDS)
+    work = tiny_workdir(tmp_path, tiny_models, sheet={"sample_a": SAMPLE_A}, **SHARDS)
     out = work / "results" / "sample_a"
 
     def summarize_running():  # its log exists once run_step has set its signal handlers
@@ -233,7 +232,7 @@ def test_ctrl_c_inside_a_step_gives_one_line_and_the_rerun_the_same_results(tmp_
 
 
 def test_two_runs_give_identical_tables(tmp_path, tiny_models, baseline):
-    work = workdir(tmp_path, tiny_models, sheet={"sample_a": SAMPLE_A}, **SHARDS)
+    work = tiny_workdir(tmp_path, tiny_models, sheet={"sample_a": SAMPLE_A}, **SHARDS)
     snakemake(work, "--cores", "2")
     assert_same_tables(work, baseline)
 
@@ -303,7 +302,7 @@ def test_an_added_sample_runs_only_its_own_jobs(tmp_path, tiny_models):
     new file per encoder, holding only the new sample's frames; a rerun after that runs nothing."""
     rotated_fasta(SAMPLE_A, tmp_path / "sample_c.fa")
     sheet = {"sample_a": SAMPLE_A, "sample_b": REPO / "example" / "sample_b.fa.gz"}
-    work = workdir(tmp_path / "work", tiny_models, sheet=sheet)
+    work = tiny_workdir(tmp_path / "work", tiny_models, sheet=sheet)
     snakemake(work, "--cores", "2")
     old = {p: s for p, s in snapshot(work).items() if "/embedding/" not in p}
     old_results = {str(p.relative_to(work)): p.stat().st_mtime_ns for s in sheet
@@ -339,7 +338,7 @@ def test_a_changed_record_with_nothing_to_embed_still_reruns_classify(tmp_path, 
     """The store moved (embed.store set to a full copy): every record changes (it names the store) but
     nothing is to embed. Classify runs again for the sample (its record is newer than its table), while
     the batch's receipt list is remade: its ancient input must not hide the record's change."""
-    work = workdir(tmp_path / "work", tiny_models, sheet={"sample_a": SAMPLE_A})
+    work = tiny_workdir(tmp_path / "work", tiny_models, sheet={"sample_a": SAMPLE_A})
     snakemake(work, "--cores", "2")
     import shutil
 

@@ -6,18 +6,17 @@ import subprocess
 
 import pytest
 
-from tests.workflow_runs import REPO, snakemake
-from tests.test_workflow_e2e import SAMPLES, TABLES, workdir
+from tests.workflow_runs import REPO, SAMPLES, TABLES, snakemake, tiny_workdir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow, pytest.mark.slow]
 SMALL_JOBS = {"resources.gpu_mem_mb": 1000, "resources.gpu_cpus": 1}
 
 
 def test_slurm_run_equals_local_run(tmp_path, tiny_models):
-    local = workdir(tmp_path / "local", tiny_models, **SMALL_JOBS)
+    local = tiny_workdir(tmp_path / "local", tiny_models, **SMALL_JOBS)
     snakemake(local, "--cores", "2")
 
-    cluster = workdir(tmp_path / "slurm", tiny_models, **SMALL_JOBS)
+    cluster = tiny_workdir(tmp_path / "slurm", tiny_models, **SMALL_JOBS)
     proc = snakemake(
         cluster, "--profile", str(REPO / "profiles" / "slurm"),
         "--slurm-status-command", "squeue",  # no accounting database on the test cluster

@@ -1,10 +1,12 @@
-"""The embedding store: keys, namespaces, plain-HDF5 files written atomically by concurrent writers, reads
-by key across files, and the features read back for a sample (DNABERT-S first)."""
+"""The embedding store: keys, namespaces, plain-HDF5 files written atomically by concurrent writers (writer
+threads the test stops and releases at set points of the write: an interleaving it builds, no timing),
+reads by key across files, and the features read back for a sample (DNABERT-S first)."""
 
+import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
+import threading
 import time
 
 import h5py
@@ -20,6 +22,7 @@ from virnucpro.io.store import (
     read_keys,
     remove_stale_temporaries,
     store_files,
+    verify_store_file,
     write_store_file,
 )
 from virnucpro.io.features import gather_features, iter_features
@@ -94,31 +97,167 @@ def test_rows_far_apart_are_read_correctly(tmp_path, monkeypatch):
     np.testing.assert_array_equal(index.read([keys(40)[r] for r in rows]), emb[rows])
 
 
-def _writer(root, worker, files, rows):
-    rng = np.random.default_rng(worker)
-    for f in range(files):
-        k = keys(rows, seed=worker * 1000 + f)
-        write_store_file(root, NS, f"w{worker}-{f}", k, rng.normal(size=(rows, 256)), {"worker": worker})
+class Gate:
+    """Writer threads, each named after its writer, stop at named points of `write_store_file` until the
+    test lets them go on, so that the test, the reader, decides the interleaving. Waiting is on a condition
+    only; the timeout just turns a writer that never moves on into a failure instead of a hang."""
+
+    TIMEOUT_S = 60
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.held, self.returned, self.errors, self.opened = {}, set(), [], False
+
+    def hold(self, point):
+        """In a writer thread: stop at `point` until the test releases this writer."""
+        name = threading.current_thread().name
+        with self.cond:
+            self.held[name] = point
+            self.cond.notify_all()
+            assert self.cond.wait_for(lambda: name not in self.held or self.opened, self.TIMEOUT_S), name
+
+    def run(self, name, target):
+        """A writer thread `name` running `target`; what it raises is kept for the test."""
+
+        def guarded():
+            try:
+                target()
+            except BaseException as exc:
+                with self.cond:
+                    self.errors.append((name, exc))
+            finally:
+                with self.cond:
+                    self.returned.add(name)
+                    self.cond.notify_all()
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def where(self, *writers):
+        """{writer: the point it is held at, or "returned"}, once each of `writers` is at one or has returned."""
+        with self.cond:
+            settled = self.cond.wait_for(
+                lambda: all(w in self.held or w in self.returned for w in writers), self.TIMEOUT_S)
+            assert settled and not self.errors, self.errors
+            return {w: self.held.get(w, "returned") for w in writers}
+
+    def release(self, *writers):
+        with self.cond:
+            for w in writers:
+                del self.held[w]
+            self.cond.notify_all()
+
+    def open(self):
+        """Hold no one any longer (a failed test's writers run to their end)."""
+        with self.cond:
+            self.opened = True
+            self.cond.notify_all()
 
 
-def test_concurrent_writers_and_a_reader_never_meet_a_partial_file(tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_writer, args=(tmp_path, w, 6, 2000)) for w in range(3)]
-    for p in workers:
-        p.start()
-    seen = set()
-    while any(p.is_alive() for p in workers) or len(seen) < 18:
+def test_concurrent_writers_and_a_reader_never_meet_a_partial_file(tmp_path, monkeypatch):
+    """Three writers in one namespace, W0 and W1 writing the same store file `shared.h5` (different
+    embeddings) and W2 its own `own.h5`, stopped where a non-atomic write would show: all three writing
+    namespace.json (none of them has renamed it yet, so each found it missing); each store file's keys
+    written and flushed, its embeddings not yet; each temporary file complete and closed, not yet renamed.
+    Between steps the reader lists and reads the store: it sees only whole files, with every value of
+    exactly one writer, and the last writer of `shared.h5` wins, whole."""
+    import virnucpro.io.store as store
+
+    gate = Gate()
+    real_atomic_outputs, real_write_dataset = store.atomic_outputs, store._write_dataset
+
+    @contextlib.contextmanager
+    def held_atomic_outputs(*paths):
+        with real_atomic_outputs(*paths) as temps:
+            yield temps
+            # the block is done (files closed), the rename to the final name not yet
+            gate.hold("namespace" if paths[0].name == "namespace.json" else "written")
+
+    def held_write_dataset(f, name, data):
+        real_write_dataset(f, name, data)
+        if name == "keys":  # the file holds its keys, not yet its embeddings
+            f.flush()
+            gate.hold("partial")
+
+    monkeypatch.setattr(store, "atomic_outputs", held_atomic_outputs)
+    monkeypatch.setattr(store, "_write_dataset", held_write_dataset)
+    rng = np.random.default_rng(0)
+    shared_keys, own_keys = keys(2000, seed=1), keys(2000, seed=2)
+    emb = {w: rng.normal(size=(2000, 256)).astype(np.float32) for w in ("W0", "W1", "W2")}
+    jobs = {"W0": ("shared", shared_keys), "W1": ("shared", shared_keys), "W2": ("own", own_keys)}
+    folder = tmp_path / NS.name
+
+    def temporaries(suffix):
+        return sorted(p.name for p in folder.glob(f".tmp-*{suffix}"))
+
+    def reader_sees():
+        """{store file name: (its writer, its keys, its embeddings)}, every listed file read whole."""
+        seen = {}
         for path in store_files(tmp_path, NS):
-            assert len(read_keys(path)) == 2000  # whole files only
-            seen.add(path.name)
-        time.sleep(0.01)
-        if not any(p.is_alive() for p in workers) and len(seen) < 18:
-            break
-    for p in workers:
-        p.join()
-        assert p.exitcode == 0
-    assert len(store_files(tmp_path, NS)) == 18
-    assert len(StoreIndex(store_files(tmp_path, NS)).where) == 18 * 2000
+            assert not path.name.startswith(".tmp-")
+            assert verify_store_file(path, NS) == 2000  # every chunk and both checksums
+            index = StoreIndex([path])
+            file_keys = [k.decode() for k in read_keys(path)]
+            with h5py.File(path, "r") as f:
+                writer = f.attrs["writer"]
+            seen[path.name] = writer, file_keys, index.read(file_keys)
+        return seen
+
+    def assert_written_by(seen, name, writer):
+        got_writer, got_keys, got_emb = seen[name]
+        assert got_writer == writer and got_keys == jobs[writer][1]
+        np.testing.assert_array_equal(got_emb, emb[writer])  # every row, none from the other writer
+
+    threads = {
+        w: gate.run(w, lambda w=w: write_store_file(tmp_path, NS, jobs[w][0], jobs[w][1], emb[w], {"writer": w}))
+        for w in jobs
+    }
+    try:
+        # 1. all three are writing namespace.json (each found it missing): nothing under its final name yet
+        assert gate.where(*jobs) == {w: "namespace" for w in jobs}
+        assert not (folder / "namespace.json").exists() and len(temporaries("namespace.json")) == 3
+        assert store_files(tmp_path, NS) == []
+        gate.release("W2")  # W2 renames it first, then half writes its store file
+        assert gate.where("W2") == {"W2": "partial"}
+        assert json.loads((folder / "namespace.json").read_text()) == NS.to_json()
+        assert reader_sees() == {} and len(temporaries(".h5")) == 1
+        gate.release("W0", "W1")  # the other two replace it, whole
+        # 2. every store file half written (keys in it, embeddings not): the reader lists none
+        assert gate.where(*jobs) == {w: "partial" for w in jobs}
+        assert json.loads((folder / "namespace.json").read_text()) == NS.to_json()
+        assert temporaries("namespace.json") == [] and len(temporaries(".h5")) == 3
+        assert reader_sees() == {}
+        # 3. every temporary file complete and closed, none renamed: still none listed
+        gate.release(*jobs)
+        assert gate.where(*jobs) == {w: "written" for w in jobs}
+        assert len(temporaries(".h5")) == 3 and reader_sees() == {}
+        # 4. W1 renames shared.h5: the reader gets all of W1's file
+        gate.release("W1")
+        assert gate.where("W1") == {"W1": "returned"}
+        seen = reader_sees()
+        assert list(seen) == ["shared.h5"]
+        assert_written_by(seen, "shared.h5", "W1")
+        # 5. W0 renames its shared.h5 over W1's: all of W0's, nothing of W1's left
+        gate.release("W0")
+        assert gate.where("W0") == {"W0": "returned"}
+        seen = reader_sees()
+        assert list(seen) == ["shared.h5"]
+        assert_written_by(seen, "shared.h5", "W0")
+        # 6. W2 renames its own file
+        gate.release("W2")
+        assert gate.where("W2") == {"W2": "returned"}
+    finally:
+        gate.open()
+        for thread in threads.values():
+            thread.join(Gate.TIMEOUT_S)
+    assert not gate.errors and not any(t.is_alive() for t in threads.values())
+    seen = reader_sees()
+    assert sorted(seen) == ["own.h5", "shared.h5"]
+    assert_written_by(seen, "shared.h5", "W0")
+    assert_written_by(seen, "own.h5", "W2")
+    assert len(StoreIndex(store_files(tmp_path, NS)).where) == 2 * 2000
+    assert sorted(p.name for p in folder.iterdir()) == ["namespace.json", "own.h5", "shared.h5"]  # no temporaries
 
 
 def test_only_old_temporaries_are_removed(tmp_path):

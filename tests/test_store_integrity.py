@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.stored_features import NAMESPACES, stored_features
-from tests.test_embed import embed_all, models, plan, sample  # noqa: F401 (models is a fixture)
-from tests.workflow_runs import REPO, snakemake
+from tests.embed_runs import embed_all, plan, sample
+from tests.workflow_runs import REPO, TABLES, snakemake, tiny_workdir
 from virnucpro.cli import main as cli_main
 from virnucpro.errors import VirNucProError
 from virnucpro.io.checksums import checked_sha256, write_record
@@ -138,11 +138,11 @@ def test_set_aside_keeps_the_file_where_no_reader_looks(tmp_path):
 # ----------------------------------------------------------------------------------- plan and classify
 
 
-def test_a_damaged_store_file_is_set_aside_by_the_plan_and_its_frames_embedded_again(tmp_path, models, caplog):
+def test_a_damaged_store_file_is_set_aside_by_the_plan_and_its_frames_embedded_again(tmp_path, embed_models, caplog):
     """The observed case: 16 bytes flipped in the middle of `embeddings` of one ESM-2 store file."""
     frames = sample(tmp_path / "s")
-    plan_dir, planned = plan(tmp_path, models, frames)
-    embed_all(tmp_path, models, plan_dir, planned["shards"])
+    plan_dir, planned = plan(tmp_path, embed_models, frames)
+    embed_all(tmp_path, embed_models, plan_dir, planned["shards"])
     ids, clean = gather_features(tmp_path / "members" / "s.json")
     victim = store_files(tmp_path / "store", Namespace.from_json(planned["namespaces"]["esm2"]))[0]
     held = read_keys(victim).size
@@ -150,7 +150,7 @@ def test_a_damaged_store_file_is_set_aside_by_the_plan_and_its_frames_embedded_a
     damaged = victim.read_bytes()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="virnucpro"):
-        plan_dir, replanned = plan(tmp_path, models, frames, name="plan2")
+        plan_dir, replanned = plan(tmp_path, embed_models, frames, name="plan2")
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     (kept,) = (victim.parent / "quarantine").iterdir()
     assert warning == (f"plan: store file {victim}: 'embeddings' rows 0-{held - 1} fail their checksums "
@@ -158,7 +158,7 @@ def test_a_damaged_store_file_is_set_aside_by_the_plan_and_its_frames_embedded_a
                        "its frames are embedded again")
     assert not victim.exists() and kept.read_bytes() == damaged
     assert replanned["frames_to_embed"] == held and [s["dnabert_s"] for s in replanned["shards"]] == [0]
-    embed_all(tmp_path, models, plan_dir, replanned["shards"])
+    embed_all(tmp_path, embed_models, plan_dir, replanned["shards"])
     again_ids, again = gather_features(tmp_path / "members" / "s.json")
     assert again_ids == ids
     np.testing.assert_array_equal(again, clean)  # what a clean run gives, bit for bit on the CPU
@@ -268,14 +268,12 @@ def test_a_damaged_store_copy_gives_the_clean_runs_tables(tmp_path, tiny_models)
     it aside with one warning line and embeds its frames again, and the tables are the clean run's. (A
     file damaged after the plan: the unit test above, then test_reliability_inputs'
     `test_frame_missing_from_the_store_fails_the_classification`, a file gone from the store.)"""
-    from tests.test_workflow_e2e import TABLES, workdir
-
     sheet, shards = {"sample_a": REPO / "example" / "sample_a.fa"}, {"shards.tokens_per_shard": 6000}
-    clean = workdir(tmp_path / "clean", tiny_models, sheet=sheet, **shards)
+    clean = tiny_workdir(tmp_path / "clean", tiny_models, sheet=sheet, **shards)
     snakemake(clean, "--cores", "2")
     store = tmp_path / "copy"
     shutil.copytree(clean / "resources" / "embeddings", store)
-    work = workdir(tmp_path / "work", tiny_models, sheet=sheet, **shards, **{"embed.store": str(store)})
+    work = tiny_workdir(tmp_path / "work", tiny_models, sheet=sheet, **shards, **{"embed.store": str(store)})
     member = json.loads((clean / "results" / "embedding" / "samples" / "members" / "sample_a.json").read_text())
     first, _ = store_files(store, Namespace.from_json(member["namespaces"]["esm2"]))
     flip(first, data_offset(first, "embeddings"))

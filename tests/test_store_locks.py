@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from tests.test_embed import embed_all, models, plan, sample  # noqa: F401 (the models fixture)
+from tests.embed_runs import embed_all, plan, sample
 from virnucpro.io import locks
 from virnucpro.models import dnabert, esm2
 from virnucpro.steps.embed import embed
@@ -144,14 +144,14 @@ def test_the_heartbeat_refreshes_the_lock_while_it_is_ours(tmp_path, caplog):
 
 
 @pytest.fixture
-def two_plans(tmp_path, models):  # noqa: F811
+def two_plans(tmp_path, embed_models):
     """Two runs planned the same frames against one store before either embedded: one plan each, the
     same shard names; run A's shards are embedded."""
     frames = sample(tmp_path / "s")
-    plan_a, a = plan(tmp_path, models, frames, name="plan_a")
-    plan_b, b = plan(tmp_path, models, frames, name="plan_b")
+    plan_a, a = plan(tmp_path, embed_models, frames, name="plan_a")
+    plan_b, b = plan(tmp_path, embed_models, frames, name="plan_b")
     assert [s["name"] for s in a["shards"]] == [s["name"] for s in b["shards"]] and len(a["shards"]) > 1
-    receipts = embed_all(tmp_path, models, plan_a, a["shards"])
+    receipts = embed_all(tmp_path, embed_models, plan_a, a["shards"])
     return plan_b, b, receipts
 
 
@@ -211,7 +211,7 @@ def test_a_shard_being_embedded_is_waited_for_then_found_stored(tmp_path, two_pl
         f"shard {shard}: waiting for pid {os.getpid()} on {HOST}, which holds its lock {lock} (polling every 2 s)")
 
 
-def test_a_shard_missing_from_the_store_is_embedded_under_its_lock(tmp_path, two_plans, models, caplog):  # noqa: F811
+def test_a_shard_missing_from_the_store_is_embedded_under_its_lock(tmp_path, two_plans, embed_models, caplog):
     """A dead run's lock is taken over (one line); the shard's store files are gone (never written), so
     it is embedded, and the receipt says nothing was already stored."""
     plan_b, b, receipts_a = two_plans
@@ -227,7 +227,7 @@ def test_a_shard_missing_from_the_store_is_embedded_under_its_lock(tmp_path, two
         seen.append(s)
 
     with caplog.at_level(logging.INFO, logger="virnucpro"):
-        receipts_b = embed_all(tmp_path / "b", models, plan_b, [s for s in b["shards"] if s["name"] == shard])
+        receipts_b = embed_all(tmp_path / "b", embed_models, plan_b, [s for s in b["shards"] if s["name"] == shard])
     (note,) = receipts_b
     assert note["already_stored"] == {} and note["store_files"] == a["store_files"]
     assert note["tokens"] == a["tokens"] and seen == []

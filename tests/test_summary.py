@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 
+from tests.frontend_inputs import min_length_records
+from tests.html_tables import Cells
 from tests.reference_frontend import chunks
+from tests.summaries import run_summarize
 from virnucpro.errors import VirNucProError
 from virnucpro.io.seqio import read_fasta
 from virnucpro.steps.prepare import cut_and_translate
-from tests.summaries import run_summarize
 
 SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
@@ -262,8 +264,6 @@ def test_views_are_written_with_the_tables(sample):
 
 def test_views_show_the_rows_of_the_tables(sample):
     """The HTML pages hold every row of the TSV tables, field for field (sequences ranked, regions in order)."""
-    from tests.test_report import Cells
-
     d, records, _, _ = sample
     out = run_summarize(d / "predictions.tsv", d / "manifest.tsv", d / "input.fa", d / "views", 500,
                         top_sequences=1, min_viral_fragments=1)
@@ -276,11 +276,9 @@ def test_views_show_the_rows_of_the_tables(sample):
 
 
 def short_sample(tmp_path, monkeypatch, min_length):
-    """tests/test_prepare.py's records around 300 bp through `prepare` with `min_length`, every frame
+    """tests/frontend_inputs.py's records around 300 bp through `prepare` with `min_length`, every frame
     scored viral; then `summarize` with every output. Returns the output paths and the plot titles."""
     from matplotlib.figure import Figure
-
-    from tests.test_prepare import min_length_records
 
     records = min_length_records(np.random.default_rng(21))
     fasta = tmp_path / "in.fa"

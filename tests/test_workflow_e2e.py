@@ -3,7 +3,6 @@ the report, shard-count invariance, the embedding store across reruns, added sam
 retraining through the `train` target, and viral regions in chimeras found with the retrained
 classifier."""
 
-import csv
 import json
 import re
 import shutil
@@ -11,24 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.workflow_runs import REPO, make_workdir, snakemake
+from tests.workflow_runs import REPO, SAMPLES, TABLES, rows, snakemake, tiny_workdir
 from virnucpro.io.seqio import read_fasta, read_sequences
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
-SAMPLES = {"sample_a": REPO / "example" / "sample_a.fa", "sample_b": REPO / "example" / "sample_b.fa.gz"}
-TABLES = [
-    "prediction_results.tsv", "fragment_calls.tsv", "sequence_summary.tsv", "viral.fna", "viral_regions.tsv",
-    "tracks/virus_score.bedGraph", "tracks/viral_regions.bed", "prediction_results.txt",
-    "prediction_results_highestscore.csv", "viral_regions.fna", "viral_regions.gff3",
-]
-
-
-def workdir(path, models, sheet=SAMPLES, **overrides):
-    """A working directory running the tiny models on CPU; converted models go to path/models, the
-    embedding store is path/resources/embeddings (the default, relative to the working directory)."""
-    return make_workdir(
-        path, sheet=sheet, **models, **{"models.dir": str(path / "models"), "embed.device": "cpu", **overrides},
-    )
 
 
 def ran(proc, rule):
@@ -40,15 +25,10 @@ def plan_of(work, batch="samples"):
     return json.loads((work / "results" / "embedding" / batch / "plan" / "plan.json").read_text())
 
 
-def rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.reader(fh, delimiter="\t"))
-
-
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory, tiny_models):
     """The default target with small shards (several per sample), then the report."""
-    work = workdir(tmp_path_factory.mktemp("e2e"), tiny_models, **{"shards.tokens_per_shard": 12000})
+    work = tiny_workdir(tmp_path_factory.mktemp("e2e"), tiny_models, **{"shards.tokens_per_shard": 12000})
     snakemake(work, "--cores", "2")
     snakemake(work, "--report", "report.html")
     return work
@@ -96,7 +76,7 @@ def test_report_holds_tables_and_plots(sharded_run):
 
 def test_results_do_not_depend_on_the_shard_count(sharded_run, tmp_path, tiny_models):
     """One shard pooling both samples, against several shards: the same bytes in every table."""
-    work = workdir(tmp_path, tiny_models, **{"shards.tokens_per_shard": 10**9})
+    work = tiny_workdir(tmp_path, tiny_models, **{"shards.tokens_per_shard": 10**9})
     snakemake(work, "--cores", "2")
     assert len(plan_of(work)["shards"]) == 1
     for sample in SAMPLES:
@@ -139,7 +119,7 @@ def test_an_added_sample_embeds_only_its_new_frames(sharded_run, tmp_path):
 
 def test_a_store_shared_by_two_projects_embeds_nothing_twice(sharded_run, tmp_path, tiny_models):
     store = sharded_run / "resources" / "embeddings"
-    work = workdir(tmp_path, tiny_models, **{"embed.store": str(store), "shards.tokens_per_shard": 777})
+    work = tiny_workdir(tmp_path, tiny_models, **{"embed.store": str(store), "shards.tokens_per_shard": 777})
     proc = snakemake(work, "--cores", "2")
     assert plan_of(work)["shards"] == [] and ran(proc, "embed") == 0 and ran(proc, "summarize") == 2
     for sample in SAMPLES:
@@ -199,7 +179,7 @@ def trained_run(tmp_path_factory, tiny_models):
     truth = chimera_fasta(d / "chimeras.fa", seed=3)
     train = {"viral": [str(d / "viral.fa")], "other": [str(d / "other.fa")], "seed": 7}
     models = {**tiny_models, "models.classifier": "results/train/300_model.safetensors"}
-    work = workdir(d / "work", models, sheet={"chimeras": d / "chimeras.fa"}, fragment_size=300, train=train)
+    work = tiny_workdir(d / "work", models, sheet={"chimeras": d / "chimeras.fa"}, fragment_size=300, train=train)
     snakemake(work, "--cores", "2", "train")
     snakemake(work, "--cores", "2")
     snakemake(work, "--report", "report.html")

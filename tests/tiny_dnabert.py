@@ -11,15 +11,24 @@ what reads it:
   `pooler.*` and `cls.predictions.*` heads of the published checkpoints).
 
 The key names and shapes are written out here independently of `virnucpro.models.dnabert`.
+
+`reference_hidden` / `reference_embeddings`: the float32 one-sequence-at-a-time reference forward, written
+from the published model code's arithmetic (an explicit ALiBi matrix with the published 12-head slopes,
+matmul attention and softmax), also independently of `virnucpro.models.dnabert`; `hf_token_ids`: token ids
+as the published tokenizer file gives them.
 """
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+# the published slopes of the 12-head model, written out (not computed)
+SLOPES_12 = [2**-1, 2**-2, 2**-3, 2**-4, 2**-5, 2**-6, 2**-7, 2**-8, 2**-0.5, 2**-1.5, 2**-2.5, 2**-3.5]
 
 
 def random_dna(n, length, seed=0):
@@ -176,3 +185,55 @@ def build_tiny_dnabert(
     for fmt in formats:
         write_weights(state, directory, fmt, prefix)
     return directory, state, cfg
+
+
+@torch.no_grad()
+def reference_hidden(state, ids, device="cpu", dtype=torch.float32, heads=12, eps=1e-12):
+    """Last hidden state (L, D) of ONE sequence of token ids, computed as the original model does."""
+    w = {k.removeprefix("bert."): t.to(device=device, dtype=dtype) for k, t in state.items()}
+    ids = torch.as_tensor(np.asarray(ids), device=device).long()[None]  # (1, L)
+    length = ids.shape[1]
+    d = w["embeddings.word_embeddings.weight"].shape[1]
+    dh = d // heads
+    n_layers = len({k.split(".")[2] for k in w if k.startswith("encoder.layer.")})
+
+    def ln(x, prefix):
+        return F.layer_norm(x, (d,), w[f"{prefix}.weight"], w[f"{prefix}.bias"], eps)
+
+    token_type = torch.zeros_like(ids)
+    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.token_type_embeddings.weight"][token_type]
+    x = ln(x, "embeddings.LayerNorm")  # (1, L, D)
+    pos = torch.arange(length, device=device)
+    distance = (pos[None, :] - pos[:, None]).abs().to(torch.float32)  # (L, L)
+    alibi = -torch.tensor(SLOPES_12, device=device)[:, None, None] * distance  # (H, L, L)
+    alibi = alibi[None].to(dtype)  # (1, H, L, L)
+    for n in range(n_layers):
+        p = f"encoder.layer.{n}"
+        qkv = x @ w[f"{p}.attention.self.Wqkv.weight"].T + w[f"{p}.attention.self.Wqkv.bias"]
+        qkv = qkv.view(1, length, 3, heads, dh)
+        q = qkv[:, :, 0].permute(0, 2, 1, 3)  # (1, H, L, Dh)
+        k = qkv[:, :, 1].permute(0, 2, 3, 1)  # (1, H, Dh, L)
+        v = qkv[:, :, 2].permute(0, 2, 1, 3)  # (1, H, L, Dh)
+        scores = q @ k / math.sqrt(dh) + alibi
+        att = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(1, length, d)
+        att = att @ w[f"{p}.attention.output.dense.weight"].T + w[f"{p}.attention.output.dense.bias"]
+        x = ln(att + x, f"{p}.attention.output.LayerNorm")
+        h = x @ w[f"{p}.mlp.gated_layers.weight"].T  # (1, L, 2I)
+        inter = h.shape[-1] // 2
+        h = F.gelu(h[..., :inter]) * h[..., inter:]
+        h = h @ w[f"{p}.mlp.wo.weight"].T + w[f"{p}.mlp.wo.bias"]
+        x = ln(h + x, f"{p}.mlp.layernorm")
+    return x[0]
+
+
+def reference_embeddings(state, token_lists, **kw):
+    """VirNucPro's DNABERT-S embedding: mean of the last hidden state over all tokens, per sequence."""
+    return np.stack([reference_hidden(state, ids, **kw).float().mean(0).cpu().numpy() for ids in token_lists])
+
+
+def hf_token_ids(model_dir, seqs):
+    """Token ids as the published tokenizer gives them (tokenizers library, specials added by the file)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    return [tok.encode(s.upper()).ids for s in seqs]
