@@ -37,6 +37,13 @@ def test_the_adapter_passes_every_parameter_of_its_step(script):
     assert missing == [], f"{script.name} leaves {missing} of {step.__name__} to their defaults"
 
 
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_a_step_takes_at_most_ten_parameters(script):
+    """More would be settings that belong together (as summarize's `Settings`)."""
+    step, _ = step_call(script)
+    assert len(inspect.signature(step).parameters) <= 10, step.__name__
+
+
 def test_every_step_has_an_adapter_and_the_exceptions_exist():
     steps = {step_call(s)[0].__name__: inspect.signature(step_call(s)[0]).parameters for s in SCRIPTS}
     assert all(p in steps[s] for s, p in LEFT_TO_DEFAULT)
