@@ -51,14 +51,20 @@ def load_safetensors(path, device):
 def read_header(path):
     """(tensor entries {name: {dtype, shape, data_offsets}}, offset of the data, bytes of data)."""
     try:
+        total = os.path.getsize(path)
         with open(path, "rb") as f:
             n = struct.unpack("<Q", f.read(8))[0]
+            if n > total - 8:
+                raise ValueError(f"a header of {n} bytes in a file of {total}")
             header = json.loads(f.read(n))
-        size = os.path.getsize(path) - 8 - n
+        size = total - 8 - n
     except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise VirNucProError(f"{path}: not a readable safetensors file ({exc})") from None
-    header.pop("__metadata__", None)
-    end = max((e["data_offsets"][1] for e in header.values()), default=0)
+    try:
+        header.pop("__metadata__", None)
+        end = max((int(e["data_offsets"][1]) for e in header.values()), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError):
+        raise VirNucProError(f"{path}: not a readable safetensors file (its header lists no tensors)") from None
     if end != size:
         raise VirNucProError(f"{path}: the header describes {end} bytes of data, the file holds {size}")
     return header, 8 + n, size
