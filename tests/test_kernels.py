@@ -4,7 +4,8 @@ Where there is no GPU they run through Triton's CPU interpreter (conftest sets T
 float32 and float16; on a GPU, in bfloat16 and float16. Tolerances follow from where each kernel rounds:
 - float32: only summation order differs (~1e-7 relative); 1e-5 leaves room, and a wrong scale, head or
   sequence boundary is >= 1e-2. Rotary positions offset by a constant (global instead of restarting in
-  every sequence) are not caught: q·k depends only on the difference of two positions;
+  every sequence) stay within it, as q·k depends only on the difference of two positions: they are
+  caught bit for bit by `test_rotary_attention_keeps_sequences_apart` (each sequence alone and packed);
 - float16 / bfloat16 attention: q, k (after rotary) and the softmax probabilities are rounded to 11 / 8
   significant bits before the matrix products, as in FlashAttention: ~2^-11 / 2^-8 per element, so the
   output's relative norm error stays under 2e-3 / 1.5e-2;
